@@ -1,0 +1,3 @@
+fn main() {
+    println!("openshell-copier {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("openshell-sandbox {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,8 @@
+//! `openshell-sandbox`: runs an AI coding agent inside its own namespaces, behind Landlock,
+//! seccomp and a policy-enforcing egress proxy, and stays its parent to supervise it.
+//!
+//! One module per confinement step. Steps that act on the agent have a `prepare` half (before
+//! fork: may allocate, open files, compile filters) and an `apply` half (after fork: plain
+//! system calls only), and each `apply` reads back what it set.
+
+pub mod policy;

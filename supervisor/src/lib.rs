@@ -5,4 +5,6 @@
 //! fork: may allocate, open files, compile filters) and an `apply` half (after fork: plain
 //! system calls only), and each `apply` reads back what it set.
 
+pub mod log;
 pub mod policy;
+pub mod seccomp;

@@ -1,0 +1,169 @@
+//! Compiles [`RULES`](super::rules::RULES) into a classic BPF seccomp program.
+//!
+//! Layout, each check ending in its own `ret` so that every jump is short and forward:
+//!
+//! ```text
+//!   arch != x86_64            -> deny   (int 0x80 / IA32 emulation, any foreign ABI)
+//!   nr >= 0x40000000          -> deny   (x32 ABI: same table, different numbers)
+//!   nr == clone3              -> ENOSYS (flags are in memory the filter cannot read)
+//!   nr == row.nr && row.when  -> deny   (one block per row)
+//!   otherwise                 -> allow
+//! ```
+//!
+//! The architecture and x32 checks come first because a filter that compares syscall numbers
+//! without them can be bypassed by making the same call through another ABI.
+
+use libc::{ENOSYS, EPERM, sock_filter};
+
+use super::rules::{
+    ALLOWED_FAMILIES, ALLOWED_NETLINK_PROTOCOL, REFUSED_TYPES, RULES, Rule, SOCK_TYPE_MASK, When,
+};
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const OFFSET_NR: u32 = 0;
+const OFFSET_ARCH: u32 = 4;
+/// Low 32 bits of argument `i` (x86_64 is little-endian).
+const fn offset_arg(i: u8) -> u32 {
+    16 + 8 * i as u32
+}
+
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// What a refused call turns into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deny {
+    /// Ask the supervisor, which logs the call and answers with the row's errno.
+    Notify,
+    /// Return the row's errno directly (kernels without user notification).
+    RuleErrno,
+    /// Return one fixed errno for every refusal, so a test can tell the filter refused a call
+    /// and not the kernel.
+    Sentinel(u16),
+}
+
+impl Deny {
+    fn ret(self, errno: i32) -> u32 {
+        match self {
+            Deny::Notify => libc::SECCOMP_RET_USER_NOTIF,
+            Deny::RuleErrno => errno_ret(errno),
+            Deny::Sentinel(e) => errno_ret(i32::from(e)),
+        }
+    }
+}
+
+fn errno_ret(errno: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA)
+}
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// A program too long for 8-bit jump offsets cannot be built; the table is far below that.
+#[derive(Debug, thiserror::Error)]
+#[error("seccomp filter block for {0} is too long for a BPF jump")]
+pub struct TooLong(&'static str);
+
+/// Builds the whole program.
+pub fn compile(deny: Deny) -> Result<Vec<sock_filter>, TooLong> {
+    let mut prog = vec![
+        stmt(LD_W_ABS, OFFSET_ARCH),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(RET_K, deny.ret(EPERM)),
+        stmt(LD_W_ABS, OFFSET_NR),
+        jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(RET_K, deny.ret(EPERM)),
+        jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1),
+        stmt(RET_K, errno_ret(ENOSYS)),
+    ];
+    for rule in RULES {
+        let body = block(rule, deny);
+        let skip = u8::try_from(body.len()).map_err(|_| TooLong(rule.name))?;
+        prog.push(jump(JEQ_K, rule.nr as u32, 0, skip));
+        prog.extend(body);
+    }
+    prog.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+    Ok(prog)
+}
+
+/// The instructions run when the syscall number matched `rule`; every path ends in `ret`.
+fn block(rule: &Rule, deny: Deny) -> Vec<sock_filter> {
+    let refuse = stmt(RET_K, deny.ret(rule.errno));
+    let allow = stmt(RET_K, libc::SECCOMP_RET_ALLOW);
+    match rule.when {
+        When::Always => vec![refuse],
+        When::AnyFlag { arg, mask } => vec![
+            stmt(LD_W_ABS, offset_arg(arg)),
+            jump(JSET_K, mask, 0, 1),
+            refuse,
+            allow,
+        ],
+        When::ArgIn { arg, values } => {
+            let mut out = vec![stmt(LD_W_ABS, offset_arg(arg))];
+            let n = values.len();
+            for (i, value) in values.iter().enumerate() {
+                // Match: jump over the remaining compares and the allow, onto the refuse.
+                out.push(jump(JEQ_K, *value, (n - i) as u8, 0));
+            }
+            out.extend([allow, refuse]);
+            out
+        }
+        When::ArgNotIn { arg, values } => {
+            let mut out = vec![stmt(LD_W_ABS, offset_arg(arg))];
+            let n = values.len();
+            for (i, value) in values.iter().enumerate() {
+                // Match: jump over the remaining compares and the refuse, onto the allow.
+                out.push(jump(JEQ_K, *value, (n - i) as u8, 0));
+            }
+            out.extend([refuse, allow]);
+            out
+        }
+        When::SocketPolicy => socket_block(deny),
+    }
+}
+
+/// `socket(family, type, protocol)`: route netlink of any type; unix/IPv4/IPv6 unless raw or
+/// packet; nothing else.
+fn socket_block(deny: Deny) -> Vec<sock_filter> {
+    let refuse_family = stmt(RET_K, deny.ret(libc::EAFNOSUPPORT));
+    let refuse_type = stmt(RET_K, deny.ret(EPERM));
+    let allow = stmt(RET_K, libc::SECCOMP_RET_ALLOW);
+    let [unix, inet, inet6] = ALLOWED_FAMILIES;
+    let [raw, packet] = REFUSED_TYPES;
+    // A jump lands at (its own index + 1 + offset).
+    vec![
+        /* 0 */ stmt(LD_W_ABS, offset_arg(0)),
+        /* 1 */ jump(JEQ_K, unix, 8, 0),
+        /* 2 */ jump(JEQ_K, inet, 7, 0),
+        /* 3 */ jump(JEQ_K, inet6, 6, 0),
+        /* 4 */ jump(JEQ_K, libc::AF_NETLINK as u32, 1, 0),
+        /* 5 */ refuse_family,
+        /* 6 */ stmt(LD_W_ABS, offset_arg(2)),
+        /* 7 */ jump(JEQ_K, ALLOWED_NETLINK_PROTOCOL, 0, 1),
+        /* 8 */ allow,
+        /* 9 */ refuse_family,
+        /* 10: type check for unix, IPv4 and IPv6, without SOCK_NONBLOCK / SOCK_CLOEXEC */
+        stmt(LD_W_ABS, offset_arg(1)),
+        /* 11 */ stmt(AND_K, SOCK_TYPE_MASK),
+        /* 12 */ jump(JEQ_K, raw, 1, 0),
+        /* 13 */ jump(JEQ_K, packet, 0, 1),
+        /* 14 */ refuse_type,
+        /* 15 */ allow,
+    ]
+}

@@ -1,0 +1,342 @@
+//! The system calls the agent may not make, as data: one row per system call, with the
+//! condition under which it is refused, the errno the agent sees and the attack it stops.
+//!
+//! The filter is default-allow: the kernel surface an agent legitimately uses is huge (compilers,
+//! language runtimes, browsers), while the calls below are the ones container escapes and kernel
+//! exploits are made of. `memfd_create` is deliberately absent: Node/V8, CUDA and wasmtime need
+//! it, and Landlock plus no_new_privs already stop executing anything privileged from it.
+
+use libc::{EAFNOSUPPORT, EPERM, c_long};
+
+/// When a row applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Every call.
+    Always,
+    /// Calls whose argument `arg` (low 32 bits) has any bit of `mask` set.
+    AnyFlag {
+        /// Argument index.
+        arg: u8,
+        /// Refused bits.
+        mask: u32,
+    },
+    /// Calls whose argument `arg` (low 32 bits, as the kernel reads an `int`/`unsigned int`)
+    /// equals one of `values`.
+    ArgIn {
+        /// Argument index.
+        arg: u8,
+        /// Refused values.
+        values: &'static [u32],
+    },
+    /// Calls whose argument `arg` (low 32 bits) is not one of `values`.
+    ArgNotIn {
+        /// Argument index.
+        arg: u8,
+        /// Allowed values.
+        values: &'static [u32],
+    },
+    /// `socket(2)`: families other than unix, IPv4, IPv6 and route netlink, and raw or packet
+    /// sockets of any family.
+    SocketPolicy,
+}
+
+/// One refused system call.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// The call's name, for logs.
+    pub name: &'static str,
+    /// Its x86_64 number.
+    pub nr: c_long,
+    /// When it is refused.
+    pub when: When,
+    /// What the agent's call returns.
+    pub errno: i32,
+    /// Why it is refused, for logs and `check`.
+    pub why: &'static str,
+}
+
+/// Every `CLONE_NEW*` flag: a new namespace of any kind gives back what the sandbox took away
+/// (a user namespace in particular hands out a full capability set over it).
+pub const CLONE_NEW_ANY: u32 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u32;
+/// `unshare(2)` also takes `CLONE_NEWTIME`, whose bit is the exit-signal field in `clone(2)`.
+pub const UNSHARE_NEW_ANY: u32 = CLONE_NEW_ANY | libc::CLONE_NEWTIME as u32;
+
+/// Socket families the agent may create; anything else is refused with `EAFNOSUPPORT`.
+pub const ALLOWED_FAMILIES: [u32; 3] = [
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+];
+/// Netlink is allowed for routing information only (glibc's getaddrinfo and `ip addr` use it).
+pub const ALLOWED_NETLINK_PROTOCOL: u32 = libc::NETLINK_ROUTE as u32;
+/// The obsolete `SOCK_PACKET` type (libc marks it deprecated; refusing it is the point).
+const SOCK_PACKET: u32 = 10;
+/// Socket types refused in every family: they bypass the proxy below TCP/UDP.
+pub const REFUSED_TYPES: [u32; 2] = [libc::SOCK_RAW as u32, SOCK_PACKET];
+/// `type & SOCK_TYPE_MASK` strips SOCK_NONBLOCK / SOCK_CLOEXEC.
+pub const SOCK_TYPE_MASK: u32 = 0xf;
+
+/// Injecting keystrokes into the terminal the agent shares with the user (CVE-2017-5226), and
+/// the Linux console's equivalent.
+const TERMINAL_INJECTION: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
+
+/// `open_tree_attr(2)` (Linux 6.15) is newer than the libc crate's table.
+const SYS_OPEN_TREE_ATTR: c_long = 467;
+
+const fn always(name: &'static str, nr: c_long, why: &'static str) -> Rule {
+    Rule {
+        name,
+        nr,
+        when: When::Always,
+        errno: EPERM,
+        why,
+    }
+}
+
+/// The refused calls. `clone3` is not here: it is answered with `ENOSYS` in the filter itself
+/// (its flags live in memory the filter cannot read), which makes libc fall back to `clone`.
+pub const RULES: &[Rule] = &[
+    // Reaching into other processes: reading the supervisor's memory or stealing its fds.
+    always("ptrace", libc::SYS_ptrace, "tracing other processes"),
+    always(
+        "process_vm_readv",
+        libc::SYS_process_vm_readv,
+        "reading another process's memory",
+    ),
+    always(
+        "process_vm_writev",
+        libc::SYS_process_vm_writev,
+        "writing another process's memory",
+    ),
+    always(
+        "pidfd_getfd",
+        libc::SYS_pidfd_getfd,
+        "stealing another process's file descriptors",
+    ),
+    always(
+        "kcmp",
+        libc::SYS_kcmp,
+        "probing another process's kernel objects",
+    ),
+    always(
+        "process_madvise",
+        libc::SYS_process_madvise,
+        "changing another process's memory",
+    ),
+    // Kernel attack surface behind most recent local privilege escalations.
+    always("bpf", libc::SYS_bpf, "loading BPF programs into the kernel"),
+    always(
+        "perf_event_open",
+        libc::SYS_perf_event_open,
+        "kernel performance events",
+    ),
+    always(
+        "userfaultfd",
+        libc::SYS_userfaultfd,
+        "stalling the kernel in page faults (race exploits)",
+    ),
+    always(
+        "io_uring_setup",
+        libc::SYS_io_uring_setup,
+        "io_uring bypasses seccomp for the calls it performs",
+    ),
+    always(
+        "io_uring_enter",
+        libc::SYS_io_uring_enter,
+        "io_uring bypasses seccomp for the calls it performs",
+    ),
+    always(
+        "io_uring_register",
+        libc::SYS_io_uring_register,
+        "io_uring bypasses seccomp for the calls it performs",
+    ),
+    always(
+        "keyctl",
+        libc::SYS_keyctl,
+        "kernel keyrings are not namespaced",
+    ),
+    always(
+        "add_key",
+        libc::SYS_add_key,
+        "kernel keyrings are not namespaced",
+    ),
+    always(
+        "request_key",
+        libc::SYS_request_key,
+        "kernel keyrings are not namespaced",
+    ),
+    // Rearranging the filesystem view that Landlock rules are anchored to.
+    always("mount", libc::SYS_mount, "changing mounts"),
+    always("umount2", libc::SYS_umount2, "changing mounts"),
+    always(
+        "pivot_root",
+        libc::SYS_pivot_root,
+        "changing the root filesystem",
+    ),
+    always("chroot", libc::SYS_chroot, "changing the root directory"),
+    always("fsopen", libc::SYS_fsopen, "the new mount API"),
+    always("fsconfig", libc::SYS_fsconfig, "the new mount API"),
+    always("fsmount", libc::SYS_fsmount, "the new mount API"),
+    always("fspick", libc::SYS_fspick, "the new mount API"),
+    always("move_mount", libc::SYS_move_mount, "the new mount API"),
+    always("open_tree", libc::SYS_open_tree, "the new mount API"),
+    always("open_tree_attr", SYS_OPEN_TREE_ATTR, "the new mount API"),
+    always(
+        "mount_setattr",
+        libc::SYS_mount_setattr,
+        "the new mount API",
+    ),
+    // File handles name inodes directly, skipping path checks (the "shocker" escape).
+    always(
+        "open_by_handle_at",
+        libc::SYS_open_by_handle_at,
+        "opening files by handle, bypassing path checks",
+    ),
+    always(
+        "name_to_handle_at",
+        libc::SYS_name_to_handle_at,
+        "forging file handles",
+    ),
+    // Leaving or multiplying namespaces.
+    always("setns", libc::SYS_setns, "entering other namespaces"),
+    Rule {
+        name: "unshare",
+        nr: libc::SYS_unshare,
+        when: When::AnyFlag {
+            arg: 0,
+            mask: UNSHARE_NEW_ANY,
+        },
+        errno: EPERM,
+        why: "creating namespaces",
+    },
+    Rule {
+        name: "clone",
+        nr: libc::SYS_clone,
+        when: When::AnyFlag {
+            arg: 0,
+            mask: CLONE_NEW_ANY,
+        },
+        errno: EPERM,
+        why: "creating namespaces",
+    },
+    // Replacing or extending the kernel, or the machine's state.
+    always("kexec_load", libc::SYS_kexec_load, "loading a new kernel"),
+    always(
+        "kexec_file_load",
+        libc::SYS_kexec_file_load,
+        "loading a new kernel",
+    ),
+    always(
+        "init_module",
+        libc::SYS_init_module,
+        "loading kernel modules",
+    ),
+    always(
+        "finit_module",
+        libc::SYS_finit_module,
+        "loading kernel modules",
+    ),
+    always(
+        "delete_module",
+        libc::SYS_delete_module,
+        "unloading kernel modules",
+    ),
+    always("reboot", libc::SYS_reboot, "rebooting"),
+    always("swapon", libc::SYS_swapon, "changing swap"),
+    always("swapoff", libc::SYS_swapoff, "changing swap"),
+    always("acct", libc::SYS_acct, "process accounting"),
+    always("quotactl", libc::SYS_quotactl, "disk quotas"),
+    always("quotactl_fd", libc::SYS_quotactl_fd, "disk quotas"),
+    always(
+        "syslog",
+        libc::SYS_syslog,
+        "the kernel log leaks kernel addresses",
+    ),
+    always("iopl", libc::SYS_iopl, "raw I/O port access"),
+    always("ioperm", libc::SYS_ioperm, "raw I/O port access"),
+    // Sockets that bypass the egress proxy or expose rarely audited kernel code (AF_ALG,
+    // vsock, Bluetooth, packet sockets, non-route netlink).
+    Rule {
+        name: "socket",
+        nr: libc::SYS_socket,
+        when: When::SocketPolicy,
+        errno: EAFNOSUPPORT,
+        why: "socket family or type outside unix, IPv4, IPv6 and route netlink",
+    },
+    Rule {
+        name: "socketpair",
+        nr: libc::SYS_socketpair,
+        when: When::ArgNotIn {
+            arg: 0,
+            values: &[libc::AF_UNIX as u32],
+        },
+        errno: EAFNOSUPPORT,
+        why: "socket pairs other than unix",
+    },
+    Rule {
+        name: "ioctl",
+        nr: libc::SYS_ioctl,
+        when: When::ArgIn {
+            arg: 1,
+            values: TERMINAL_INJECTION,
+        },
+        errno: EPERM,
+        why: "injecting input into the terminal (TIOCSTI/TIOCLINUX)",
+    },
+];
+
+/// The row for an x86_64 system call number.
+pub fn rule_for(nr: c_long) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.nr == nr)
+}
+
+/// Why the filter refuses `socket(family, type, protocol)`, with the errno it answers, in
+/// the same order the filter checks: family first (`EAFNOSUPPORT`, as a kernel without that
+/// family would say), then raw and packet types (`EPERM`). `None` when the call is allowed.
+pub fn socket_refusal(family: u32, kind: u32, protocol: u32) -> Option<(i32, String)> {
+    if family == libc::AF_NETLINK as u32 {
+        return (protocol != ALLOWED_NETLINK_PROTOCOL).then(|| {
+            (
+                EAFNOSUPPORT,
+                format!("netlink protocol {protocol} (only NETLINK_ROUTE is allowed)"),
+            )
+        });
+    }
+    if !ALLOWED_FAMILIES.contains(&family) {
+        return Some((EAFNOSUPPORT, format!("socket family {family}")));
+    }
+    let kind = kind & SOCK_TYPE_MASK;
+    REFUSED_TYPES.contains(&kind).then(|| {
+        (
+            EPERM,
+            format!("socket type {kind} (raw or packet) in family {family}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_row_per_system_call() {
+        for (i, rule) in RULES.iter().enumerate() {
+            assert!(
+                RULES[i + 1..].iter().all(|r| r.nr != rule.nr),
+                "{} listed twice",
+                rule.name
+            );
+        }
+    }
+
+    #[test]
+    fn clone3_is_not_a_row() {
+        assert!(rule_for(libc::SYS_clone3).is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! SHA-256 digests: parsing the hex that pins and manifests carry, and hashing an open file.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use sha2::{Digest as _, Sha256};
+
+/// Read-back buffer: large enough that syscall overhead vanishes next to hashing, small enough
+/// to stay in L2 so the hash reads bytes the previous `pread` just brought in.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// Parses exactly 64 hex digits, in either case (sha256sum writes lowercase, people paste
+    /// uppercase).
+    pub fn from_hex(hex: &[u8]) -> Result<Self, &'static str> {
+        if hex.len() != 64 {
+            return Err("must be exactly 64 hex digits");
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(high), Some(low)) => *byte = high << 4 | low,
+                _ => return Err("contains a character that is not a hex digit"),
+            }
+        }
+        Ok(Self(bytes))
+    }
+
+    /// Hashes `file` from offset 0 to its end with `pread`, so the caller's file position is left
+    /// alone; returns the digest and the number of bytes hashed.
+    pub fn of_file(file: &File) -> io::Result<(Self, u64)> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            match file.read_at(&mut buf, offset) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    offset += n as u64;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok((Self(hasher.finalize().into()), offset))
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parses_either_case_and_prints_lowercase() {
+        let lower = Digest::from_hex(EMPTY.as_bytes()).unwrap();
+        let upper = Digest::from_hex(EMPTY.to_uppercase().as_bytes()).unwrap();
+        assert_eq!(lower, upper);
+        assert_eq!(upper.to_string(), EMPTY);
+    }
+
+    #[test]
+    fn rejects_wrong_length_and_non_hex() {
+        assert!(Digest::from_hex(&EMPTY.as_bytes()[..63]).is_err());
+        assert!(Digest::from_hex(format!("{EMPTY}0").as_bytes()).is_err());
+        let mut bad = EMPTY.as_bytes().to_vec();
+        bad[10] = b'g';
+        assert!(Digest::from_hex(&bad).is_err());
+    }
+
+    #[test]
+    fn hashes_files_across_chunk_boundaries() {
+        let mut file = tempfile_in_tmp();
+        let data: Vec<u8> = (0..READ_CHUNK * 2 + 17).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).unwrap();
+        let (digest, len) = Digest::of_file(&file).unwrap();
+        assert_eq!(len, data.len() as u64);
+        let expected: [u8; 32] = Sha256::digest(&data).into();
+        assert_eq!(digest, Digest(expected));
+    }
+
+    #[test]
+    fn hashes_an_empty_file() {
+        let file = tempfile_in_tmp();
+        let (digest, len) = Digest::of_file(&file).unwrap();
+        assert_eq!((digest.to_string().as_str(), len), (EMPTY, 0));
+    }
+
+    fn tempfile_in_tmp() -> File {
+        let path = std::env::temp_dir().join(format!(
+            "openshell-copier-digest-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
+    }
+}

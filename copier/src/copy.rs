@@ -12,8 +12,9 @@ use std::io::{self, Read, Write};
 
 use nix::errno::Errno;
 
-/// Bytes asked of one kernel copy call; large so a 15 MB binary takes a handful of calls.
-const KERNEL_CHUNK: usize = 8 << 20;
+/// Bytes asked of one kernel copy call: small enough that a reader trailing the copy (the
+/// verifying hash) starts early, large enough that syscall overhead stays negligible.
+const KERNEL_CHUNK: usize = 1 << 20;
 /// User-space buffer for the last-resort method.
 const BUFFER: usize = 256 * 1024;
 
@@ -90,8 +91,16 @@ impl Failure {
 /// reaching it is not trusted (some pseudo and FUSE filesystems say 0 for "cannot") and the next
 /// method gets a chance; only `read` has the last word on where the file ends. Short copies are
 /// simply continued, and the caller verifies the result by digest anyway.
-pub fn copy(src: &File, dst: &File, size_hint: u64) -> Result<(u64, Method), Failure> {
-    copy_from(Method::CopyFileRange, src, dst, size_hint)
+///
+/// `progress` is told the total copied after every call that moved bytes, so a reader can trail
+/// the copy.
+pub fn copy(
+    src: &File,
+    dst: &File,
+    size_hint: u64,
+    progress: impl FnMut(u64),
+) -> Result<(u64, Method), Failure> {
+    copy_from(Method::CopyFileRange, src, dst, size_hint, progress)
 }
 
 fn copy_from(
@@ -99,6 +108,7 @@ fn copy_from(
     src: &File,
     dst: &File,
     size_hint: u64,
+    mut progress: impl FnMut(u64),
 ) -> Result<(u64, Method), Failure> {
     let mut method = first;
     let mut copied = 0u64;
@@ -109,7 +119,10 @@ fn copy_from(
                 Some(next) if copied < size_hint => method = next,
                 _ => return Ok((copied, method)),
             },
-            Ok(n) => copied += n as u64,
+            Ok(n) => {
+                copied += n as u64;
+                progress(copied);
+            }
             // A signal arrived before anything moved: just ask again.
             Err(f) if f.error().kind() == io::ErrorKind::Interrupted => {}
             Err(f) => match method.fallback() {
@@ -188,8 +201,14 @@ mod tests {
         let data = data();
         let src = src_dir.file("src", &data);
         let dst = dst_dir.file("dst", b"");
-        let (n, method) = copy_from(first, &src, &dst, data.len() as u64).unwrap();
+        let mut reported = Vec::new();
+        let (n, method) = copy_from(first, &src, &dst, data.len() as u64, |done| {
+            reported.push(done)
+        })
+        .unwrap();
         assert_eq!(n, data.len() as u64);
+        assert_eq!(reported.last(), Some(&n));
+        assert!(reported.windows(2).all(|w| w[0] < w[1]));
         let written = std::fs::read(dst_dir.0.join("dst")).unwrap();
         (written, method)
     }
@@ -224,7 +243,7 @@ mod tests {
         let dst = dir.file("dst", b"");
         // Claiming the file is longer than it is makes every kernel method's EOF look premature,
         // so the copy must end with read(2) having the last word, and still be exact.
-        let (n, method) = copy_from(Method::CopyFileRange, &src, &dst, u64::MAX).unwrap();
+        let (n, method) = copy_from(Method::CopyFileRange, &src, &dst, u64::MAX, |_| ()).unwrap();
         assert_eq!((n, method), (data.len() as u64, Method::ReadWrite));
         assert_eq!(std::fs::read(dir.0.join("dst")).unwrap(), data);
     }
@@ -237,7 +256,7 @@ mod tests {
         let mut dst = dir.file("dst", b"");
         dst.write_all(&data[..1000]).unwrap();
         src.seek(SeekFrom::Start(1000)).unwrap();
-        let (n, _) = copy(&src, &dst, data.len() as u64).unwrap();
+        let (n, _) = copy(&src, &dst, data.len() as u64, |_| ()).unwrap();
         assert_eq!(n, data.len() as u64 - 1000);
         assert_eq!(std::fs::read(dir.0.join("dst")).unwrap(), data);
     }

@@ -32,24 +32,59 @@ impl Digest {
         Ok(Self(bytes))
     }
 
-    /// Hashes `file` from offset 0 to its end with `pread`, so the caller's file position is left
-    /// alone; returns the digest and the number of bytes hashed.
+    /// Hashes `file` from offset 0 to its end; returns the digest and the number of bytes hashed.
     pub fn of_file(file: &File) -> io::Result<(Self, u64)> {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut offset = 0u64;
-        loop {
-            match file.read_at(&mut buf, offset) {
+        ReadBack::new().finish(file)
+    }
+}
+
+/// An incremental SHA-256 of a file read back front to back with `pread`, so it can trail a
+/// writer that is still appending (and leaves the file position, which the writer uses, alone).
+#[derive(Debug)]
+pub struct ReadBack {
+    hasher: Sha256,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl Default for ReadBack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReadBack {
+    /// Starts at offset 0.
+    pub fn new() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            offset: 0,
+            buf: vec![0u8; READ_CHUNK],
+        }
+    }
+
+    /// Hashes the file's bytes up to offset `end`, or to its end if that comes first.
+    pub fn advance(&mut self, file: &File, end: u64) -> io::Result<()> {
+        while self.offset < end {
+            let want = usize::try_from(end - self.offset).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
+            match file.read_at(&mut self.buf[..want], self.offset) {
                 Ok(0) => break,
                 Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    offset += n as u64;
+                    self.hasher.update(&self.buf[..n]);
+                    self.offset += n as u64;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
             }
         }
-        Ok((Self(hasher.finalize().into()), offset))
+        Ok(())
+    }
+
+    /// Hashes whatever remains up to the end of the file; returns the digest and the number of
+    /// bytes hashed in all.
+    pub fn finish(mut self, file: &File) -> io::Result<(Digest, u64)> {
+        self.advance(file, u64::MAX)?;
+        Ok((Digest(self.hasher.finalize().into()), self.offset))
     }
 }
 
@@ -107,6 +142,28 @@ mod tests {
         assert_eq!(len, data.len() as u64);
         let expected: [u8; 32] = Sha256::digest(&data).into();
         assert_eq!(digest, Digest(expected));
+    }
+
+    #[test]
+    fn read_back_can_trail_a_growing_file() {
+        let mut file = tempfile_in_tmp();
+        let data: Vec<u8> = (0..READ_CHUNK + 1000).map(|i| (i % 13) as u8).collect();
+        let mut trail = ReadBack::new();
+        file.write_all(&data[..500]).unwrap();
+        trail.advance(&file, 500).unwrap();
+        // Asking past the end just stops at the end; the rest is picked up later.
+        trail.advance(&file, 10_000).unwrap();
+        file.write_all(&data[500..]).unwrap();
+        trail.advance(&file, 700).unwrap();
+        assert_eq!(
+            trail.finish(&file).unwrap(),
+            Digest::of_file(&file).unwrap()
+        );
+        let expected: [u8; 32] = Sha256::digest(&data).into();
+        assert_eq!(
+            Digest::of_file(&file).unwrap(),
+            (Digest(expected), data.len() as u64)
+        );
     }
 
     #[test]

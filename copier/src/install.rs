@@ -3,8 +3,10 @@
 //! failure or attack it is there for.
 
 use std::fs::{File, Permissions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -12,7 +14,7 @@ use nix::libc;
 use nix::sys::stat::{Mode, SFlag};
 
 use crate::copy::{self, Failure, Method};
-use crate::digest::Digest;
+use crate::digest::{Digest, ReadBack};
 use crate::dir::DestDir;
 use crate::error::Error;
 use crate::expected::{Authority, Expected};
@@ -89,15 +91,14 @@ fn write_verified(
     temp: &TempFile<'_>,
     expected: &Digest,
 ) -> Result<(u64, Method), Error> {
-    let (_, method) = copy::copy(src, temp.file(), size).map_err(|failure| match failure {
+    let (copied, readback) = copy_and_hash(src, size, temp.file());
+    let (_, method) = copied.map_err(|failure| match failure {
         Failure::Read(e) => Error::io(source, "read", e),
         Failure::Write { op, error } => Error::io(temp.path(), op, error),
     })?;
-    // Hash the bytes as the temp file holds them, read back through its own descriptor, not the
-    // source: this catches a source replaced or modified while we copied, a short copy, and a
-    // filesystem that mangled the write.
-    let (actual, bytes) =
-        Digest::of_file(temp.file()).map_err(|e| Error::io(temp.path(), "read back", e))?;
+    let (actual, bytes) = readback
+        .and_then(|readback| readback.finish(temp.file()))
+        .map_err(|e| Error::io(temp.path(), "read back", e))?;
     if actual != *expected {
         return Err(Error::DigestMismatch {
             source_path: source.to_owned(),
@@ -117,6 +118,55 @@ fn write_verified(
         .sync_all()
         .map_err(|e| Error::io(temp.path(), "fsync", e))?;
     Ok((bytes, method))
+}
+
+/// Copies `src` into `dst` on a second thread while this one hashes `dst` read back through its
+/// own descriptor, trailing the copy chunk by chunk.
+///
+/// Hashing what the temp file holds, not what we read from the source, catches a source modified
+/// or replaced while we copied, a short copy, and a filesystem that mangled the write. Doing it
+/// alongside the copy, with writeback of each chunk started as soon as it is copied, overlaps the
+/// three costs (kernel copy, SHA-256, disk writes) instead of adding them up.
+fn copy_and_hash(
+    src: &File,
+    size: u64,
+    dst: &File,
+) -> (Result<(u64, Method), Failure>, std::io::Result<ReadBack>) {
+    let (progress, copied_up_to) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let copier = scope.spawn(move || {
+            let mut written = 0;
+            copy::copy(src, dst, size, |done| {
+                start_writeback(dst, written, done);
+                written = done;
+                // The receiver only goes away if hashing failed; the copy result no longer matters.
+                let _ = progress.send(done);
+            })
+        });
+        let mut readback = ReadBack::new();
+        let hashed = copied_up_to
+            .iter()
+            .try_for_each(|done| readback.advance(dst, done));
+        // A panic on the copy thread is a bug: re-raise it here rather than hide it.
+        let copied = copier
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (copied, hashed.map(|()| readback))
+    })
+}
+
+/// Asks the kernel to start writing `[from, to)` of `file` to disk now, so the fsync that must
+/// follow finds most of the work done. Only a hint: any real write error is reported by fsync.
+fn start_writeback(file: &File, from: u64, to: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from)))
+    else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is kept open by
+    // `file` for the duration of the call.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
 }
 
 /// The destination's size if it already is a regular file of mode 0555 holding `expected`.

@@ -63,7 +63,9 @@ fn parse_line(line: &[u8]) -> Result<(Digest, Vec<u8>), &'static str> {
     let name = match rest {
         [b' ', b' ' | b'*', name @ ..] if !name.is_empty() => name,
         _ => {
-            return Err("the digest must be followed by two spaces (or a space and `*`) and a name");
+            return Err(
+                "the digest must be followed by two spaces (or a space and `*`) and a name",
+            );
         }
     };
     if escaped {

@@ -275,3 +275,188 @@ fn usage(arg: &str, reason: &str) -> Error {
         reason: reason.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    const HEX: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn parse_strs(args: &[&str], env: Option<&str>) -> Parsed {
+        parse(args.iter().map(OsString::from), env.map(OsString::from))
+    }
+
+    fn options(args: &[&str], env: Option<&str>) -> Options {
+        match parse_strs(args, env).command {
+            Ok(Command::Install(options)) => options,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn usage_error(args: &[&str], env: Option<&str>) -> String {
+        match parse_strs(args, env).command {
+            Err(err @ Error::Usage { .. }) => err.to_string(),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let o = options(&[], None);
+        assert_eq!(o.source, PathBuf::from("/usr/local/bin/openshell-sandbox"));
+        assert_eq!(
+            o.manifest,
+            PathBuf::from("/usr/local/share/openshell/SHA256SUMS")
+        );
+        assert_eq!(
+            o.dest,
+            PathBuf::from("/opt/openshell/bin/openshell-sandbox")
+        );
+        assert_eq!(o.pin, None);
+        assert_eq!(parse_strs(&[], None).log_format, Format::Text);
+    }
+
+    #[test]
+    fn takes_separate_and_inline_values() {
+        let o = options(
+            &[
+                "--source",
+                "/s",
+                "--manifest=/m",
+                "--dest",
+                "/d=x",
+                "--sha256",
+                HEX,
+            ],
+            None,
+        );
+        assert_eq!((o.source, o.manifest), ("/s".into(), "/m".into()));
+        assert_eq!(o.dest, PathBuf::from("/d=x"));
+        assert_eq!(
+            o.pin.map(|p| (p.digest.to_string(), p.origin)),
+            Some((HEX.into(), "--sha256"))
+        );
+    }
+
+    #[test]
+    fn keeps_non_utf8_paths_intact() {
+        let raw = b"/tmp/\xff\xfe".to_vec();
+        let mut inline = b"--dest=".to_vec();
+        inline.extend(&raw);
+        let parsed = parse(
+            [
+                OsString::from("--source"),
+                OsString::from_vec(raw.clone()),
+                OsString::from_vec(inline),
+            ],
+            None,
+        );
+        let Ok(Command::Install(o)) = parsed.command else {
+            panic!("{:?}", parsed.command)
+        };
+        assert_eq!(o.source.into_os_string().into_vec(), raw);
+        assert_eq!(o.dest.into_os_string().into_vec(), raw);
+    }
+
+    #[test]
+    fn the_flag_pin_overrides_the_environment_and_an_empty_one_is_unset() {
+        let upper = HEX.to_uppercase();
+        let from_env = options(&[], Some(&upper)).pin.unwrap();
+        assert_eq!(
+            (from_env.digest.to_string().as_str(), from_env.origin),
+            (HEX, PIN_ENV)
+        );
+        let from_flag = options(&["--sha256", HEX], Some("not even hex"))
+            .pin
+            .unwrap();
+        assert_eq!(from_flag.origin, "--sha256");
+        assert_eq!(options(&[], Some("")).pin, None);
+    }
+
+    #[test]
+    fn bad_pins_are_usage_errors_naming_their_origin() {
+        assert!(
+            usage_error(&["--sha256", "abc"], None).starts_with("--sha256: must be exactly 64")
+        );
+        let env = usage_error(&[], Some(&HEX.replace('a', "z")));
+        assert!(
+            env.starts_with("OPENSHELL_SUPERVISOR_SHA256: contains a character"),
+            "{env}"
+        );
+    }
+
+    #[test]
+    fn rejects_what_it_does_not_understand() {
+        for (args, expected) in [
+            (&["--bogus"][..], "--bogus: unknown option (see --help)"),
+            (
+                &["stray"],
+                "stray: unexpected argument: this command takes options only (see --help)",
+            ),
+            (&["--source"], "--source: expects a value (see --help)"),
+            (
+                &["--source", "--dest", "/d"],
+                "--source: expects a value (see --help)",
+            ),
+            (&["--source="], "--source: must not be empty (see --help)"),
+            (
+                &["--dest", "/a", "--dest", "/b"],
+                "--dest: given more than once (see --help)",
+            ),
+            (
+                &["--log-format", "xml"],
+                "--log-format: must be `text` or `json` (see --help)",
+            ),
+            (&["--help=yes"], "--help: unknown option (see --help)"),
+        ] {
+            assert_eq!(usage_error(args, None), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn the_log_format_applies_even_to_an_earlier_usage_error() {
+        let parsed = parse_strs(&["--bogus", "--log-format", "json"], None);
+        assert_eq!(parsed.log_format, Format::Json);
+        assert!(parsed.command.is_err());
+    }
+
+    #[test]
+    fn help_wins_and_version_is_recognised() {
+        assert!(matches!(
+            parse_strs(&["--bogus", "-h"], None).command,
+            Ok(Command::Help)
+        ));
+        assert!(matches!(
+            parse_strs(&["--version"], None).command,
+            Ok(Command::Version)
+        ));
+        assert!(matches!(
+            parse_strs(&["-V"], Some("junk")).command,
+            Ok(Command::Version)
+        ));
+    }
+
+    #[test]
+    fn help_documents_every_option_and_exit_code() {
+        for needle in [
+            "--source",
+            "--manifest",
+            "--sha256",
+            "--dest",
+            "--log-format",
+            PIN_ENV,
+            DEFAULT_SOURCE,
+            DEFAULT_MANIFEST,
+            DEFAULT_DEST,
+            "\n    0  ",
+            "\n    2  ",
+            "\n    3  ",
+            "\n    4  ",
+            "initContainers:",
+            "emptyDir",
+        ] {
+            assert!(HELP.contains(needle), "help lacks {needle:?}");
+        }
+    }
+}

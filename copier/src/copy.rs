@@ -165,33 +165,9 @@ fn step(method: Method, src: &File, dst: &File, buf: &mut Vec<u8>) -> Result<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::Scratch;
     use std::io::{Seek, SeekFrom};
-    use std::path::{Path, PathBuf};
-
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(base: &Path, tag: &str) -> Self {
-            let dir = base.join(format!(
-                "openshell-copier-copy-{tag}-{}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-
-        fn file(&self, name: &str, data: &[u8]) -> File {
-            let path = self.0.join(name);
-            std::fs::write(&path, data).unwrap();
-            File::options().read(true).write(true).open(path).unwrap()
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use std::path::Path;
 
     fn data() -> Vec<u8> {
         (0..3 * BUFFER + 123).map(|i| (i * 7 % 256) as u8).collect()
@@ -209,13 +185,13 @@ mod tests {
         assert_eq!(n, data.len() as u64);
         assert_eq!(reported.last(), Some(&n));
         assert!(reported.windows(2).all(|w| w[0] < w[1]));
-        let written = std::fs::read(dst_dir.0.join("dst")).unwrap();
+        let written = std::fs::read(dst_dir.join("dst")).unwrap();
         (written, method)
     }
 
     #[test]
     fn copy_file_range_copies_within_one_filesystem() {
-        let dir = Scratch::new(&std::env::temp_dir(), "cfr");
+        let dir = Scratch::new();
         assert_eq!(
             copy_with(Method::CopyFileRange, &dir, &dir),
             (data(), Method::CopyFileRange)
@@ -224,7 +200,7 @@ mod tests {
 
     #[test]
     fn sendfile_and_read_write_copy_everything() {
-        let dir = Scratch::new(&std::env::temp_dir(), "fallbacks");
+        let dir = Scratch::new();
         assert_eq!(
             copy_with(Method::Sendfile, &dir, &dir),
             (data(), Method::Sendfile)
@@ -237,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_method_that_stops_early_hands_over_to_the_next() {
-        let dir = Scratch::new(&std::env::temp_dir(), "early-eof");
+        let dir = Scratch::new();
         let data = data();
         let src = dir.file("src", &data);
         let dst = dir.file("dst", b"");
@@ -245,12 +221,12 @@ mod tests {
         // so the copy must end with read(2) having the last word, and still be exact.
         let (n, method) = copy_from(Method::CopyFileRange, &src, &dst, u64::MAX, |_| ()).unwrap();
         assert_eq!((n, method), (data.len() as u64, Method::ReadWrite));
-        assert_eq!(std::fs::read(dir.0.join("dst")).unwrap(), data);
+        assert_eq!(std::fs::read(dir.join("dst")).unwrap(), data);
     }
 
     #[test]
     fn continues_from_the_current_positions() {
-        let dir = Scratch::new(&std::env::temp_dir(), "resume");
+        let dir = Scratch::new();
         let data = data();
         let mut src = dir.file("src", &data);
         let mut dst = dir.file("dst", b"");
@@ -258,7 +234,7 @@ mod tests {
         src.seek(SeekFrom::Start(1000)).unwrap();
         let (n, _) = copy(&src, &dst, data.len() as u64, |_| ()).unwrap();
         assert_eq!(n, data.len() as u64 - 1000);
-        assert_eq!(std::fs::read(dir.0.join("dst")).unwrap(), data);
+        assert_eq!(std::fs::read(dir.join("dst")).unwrap(), data);
     }
 
     #[test]
@@ -270,8 +246,8 @@ mod tests {
             eprintln!("skipped: /dev/shm is missing");
             return;
         }
-        let src = Scratch::new(shm, "xdev");
-        let dst = Scratch::new(&std::env::temp_dir(), "xdev");
+        let src = Scratch::under(shm);
+        let dst = Scratch::new();
         let (written, method) = copy_with(Method::CopyFileRange, &src, &dst);
         assert_eq!(written, data());
         assert!(matches!(method, Method::CopyFileRange | Method::Sendfile));

@@ -112,6 +112,7 @@ impl fmt::Debug for Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::Scratch;
     use std::io::Write;
 
     const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -135,7 +136,8 @@ mod tests {
 
     #[test]
     fn hashes_files_across_chunk_boundaries() {
-        let mut file = tempfile_in_tmp();
+        let scratch = Scratch::new();
+        let mut file = scratch.file("f", b"");
         let data: Vec<u8> = (0..READ_CHUNK * 2 + 17).map(|i| (i % 251) as u8).collect();
         file.write_all(&data).unwrap();
         let (digest, len) = Digest::of_file(&file).unwrap();
@@ -146,7 +148,8 @@ mod tests {
 
     #[test]
     fn read_back_can_trail_a_growing_file() {
-        let mut file = tempfile_in_tmp();
+        let scratch = Scratch::new();
+        let mut file = scratch.file("f", b"");
         let data: Vec<u8> = (0..READ_CHUNK + 1000).map(|i| (i % 13) as u8).collect();
         let mut trail = ReadBack::new();
         file.write_all(&data[..500]).unwrap();
@@ -168,24 +171,9 @@ mod tests {
 
     #[test]
     fn hashes_an_empty_file() {
-        let file = tempfile_in_tmp();
+        let scratch = Scratch::new();
+        let file = scratch.file("f", b"");
         let (digest, len) = Digest::of_file(&file).unwrap();
         assert_eq!((digest.to_string().as_str(), len), (EMPTY, 0));
-    }
-
-    fn tempfile_in_tmp() -> File {
-        let path = std::env::temp_dir().join(format!(
-            "openshell-copier-digest-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
-        file
     }
 }

@@ -122,24 +122,22 @@ fn read_manifest(path: &Path) -> Result<Option<Vec<u8>>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::testutil::Scratch;
 
     const A: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     const B: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
 
-    struct Manifest(PathBuf);
+    struct Manifest {
+        scratch: Scratch,
+    }
 
     impl Manifest {
-        fn new(tag: &str, text: Option<&str>) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "openshell-copier-manifest-{tag}-{}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&path);
+        fn new(text: Option<&str>) -> Self {
+            let scratch = Scratch::new();
             if let Some(text) = text {
-                std::fs::write(&path, text).unwrap();
+                std::fs::write(scratch.join("SHA256SUMS"), text).unwrap();
             }
-            Self(path)
+            Self { scratch }
         }
 
         fn resolve(&self, pin: Option<&str>) -> Result<Expected, Error> {
@@ -147,13 +145,8 @@ mod tests {
                 digest: digest(hex),
                 origin: "--sha256",
             });
-            resolve(pin, &self.0, Path::new("/usr/local/bin/openshell-sandbox"))
-        }
-    }
-
-    impl Drop for Manifest {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
+            let source = Path::new("/usr/local/bin/openshell-sandbox");
+            resolve(pin, &self.scratch.join("SHA256SUMS"), source)
         }
     }
 
@@ -167,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_pin_alone_is_enough_when_there_is_no_manifest() {
-        let m = Manifest::new("pin-only", None);
+        let m = Manifest::new(None);
         let expected = m.resolve(Some(A)).unwrap();
         assert_eq!(
             (expected.digest, expected.authority),
@@ -177,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_manifest_alone_is_enough() {
-        let m = Manifest::new("manifest-only", Some(&entry(A)));
+        let m = Manifest::new(Some(&entry(A)));
         let expected = m.resolve(None).unwrap();
         assert_eq!(
             (expected.digest, expected.authority),
@@ -187,7 +180,7 @@ mod tests {
 
     #[test]
     fn pin_and_manifest_must_agree() {
-        let m = Manifest::new("both", Some(&entry(A)));
+        let m = Manifest::new(Some(&entry(A)));
         assert_eq!(
             m.resolve(Some(A)).unwrap().authority,
             Authority::PinAndManifest
@@ -203,18 +196,18 @@ mod tests {
 
     #[test]
     fn a_pin_covers_a_manifest_without_our_entry() {
-        let m = Manifest::new("other-entry", Some(&format!("{B}  other\n")));
+        let m = Manifest::new(Some(&format!("{B}  other\n")));
         assert_eq!(m.resolve(Some(A)).unwrap().authority, Authority::Pin);
     }
 
     #[test]
     fn refuses_when_nothing_vouches() {
-        let none = Manifest::new("nothing", None);
+        let none = Manifest::new(None);
         assert!(matches!(
             none.resolve(None),
             Err(Error::NothingToVerifyAgainst { .. })
         ));
-        let other = Manifest::new("no-entry", Some(&format!("{B}  other\n")));
+        let other = Manifest::new(Some(&format!("{B}  other\n")));
         assert!(matches!(
             other.resolve(None),
             Err(Error::ManifestNoEntry { .. })
@@ -223,7 +216,7 @@ mod tests {
 
     #[test]
     fn a_damaged_manifest_is_refused_even_with_a_pin() {
-        let m = Manifest::new("damaged", Some("garbage\n"));
+        let m = Manifest::new(Some("garbage\n"));
         let err = m.resolve(Some(A)).unwrap_err();
         assert!(
             matches!(err, Error::ManifestSyntax { line: 1, .. }),

@@ -16,6 +16,8 @@ pub mod install;
 pub mod log;
 pub mod manifest;
 pub mod temp;
+#[cfg(test)]
+mod testutil;
 
 pub use error::Error;
 

@@ -41,8 +41,15 @@ pub struct TempFile<'d> {
 impl<'d> TempFile<'d> {
     /// Creates a new, empty, locked temp file in `dir`, mode 0600 until verified.
     pub fn create(dir: &'d DestDir) -> Result<Self, Error> {
+        Self::create_from(dir, || fresh_name(dir.name()))
+    }
+
+    fn create_from(
+        dir: &'d DestDir,
+        mut next_name: impl FnMut() -> OsString,
+    ) -> Result<Self, Error> {
         for _ in 0..ATTEMPTS {
-            let name = fresh_name(dir.name());
+            let name = next_name();
             // O_EXCL|O_NOFOLLOW: if anything, a symlink in particular, already has this name we
             // get EEXIST instead of writing through it, and simply pick another name.
             let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL;
@@ -199,4 +206,129 @@ fn fresh_name(dest_name: &OsStr) -> OsString {
     let mut name = temp_prefix(dest_name).into_vec();
     name.extend(format!("{:0width$x}", hasher.finish(), width = SUFFIX_DIGITS).bytes());
     OsString::from_vec(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Scratch;
+    use std::os::unix::fs::symlink;
+
+    const STALE: &str = ".app.tmp-0123456789abcdef";
+
+    fn dest_dir(scratch: &Scratch) -> DestDir {
+        DestDir::open(&scratch.join("app")).unwrap()
+    }
+
+    #[test]
+    fn fresh_names_match_the_pattern_and_differ() {
+        let prefix = temp_prefix(OsStr::new("app"));
+        let a = fresh_name(OsStr::new("app"));
+        let b = fresh_name(OsStr::new("app"));
+        assert!(is_temp_name(&prefix, &a) && is_temp_name(&prefix, &b));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn only_the_exact_pattern_counts_as_ours() {
+        let prefix = temp_prefix(OsStr::new("app"));
+        assert!(is_temp_name(&prefix, OsStr::new(STALE)));
+        for other in [
+            "app",
+            ".app.tmp-0123456789abcde",
+            ".app.tmp-0123456789abcdef0",
+            ".app.tmp-0123456789ABCDEF",
+            ".other.tmp-0123456789abcdef",
+            "x.app.tmp-0123456789abcdef",
+        ] {
+            assert!(!is_temp_name(&prefix, OsStr::new(other)), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_planted_symlink_on_the_chosen_name_is_skipped_not_followed() {
+        let scratch = Scratch::new();
+        let outside = Scratch::new();
+        std::fs::write(outside.join("target"), b"precious").unwrap();
+        symlink(outside.join("target"), scratch.join(STALE)).unwrap();
+        let dir = dest_dir(&scratch);
+        let mut names = [OsString::from(STALE), fresh_name(OsStr::new("app"))].into_iter();
+        let temp = TempFile::create_from(&dir, || names.next().unwrap()).unwrap();
+        assert_ne!(temp.path(), scratch.join(STALE));
+        assert_eq!(std::fs::read(outside.join("target")).unwrap(), b"precious");
+        assert!(scratch.join(STALE).symlink_metadata().unwrap().is_symlink());
+    }
+
+    #[test]
+    fn gives_up_after_a_bounded_number_of_collisions() {
+        let scratch = Scratch::new();
+        std::fs::write(scratch.join(STALE), b"").unwrap();
+        let dir = dest_dir(&scratch);
+        let err = TempFile::create_from(&dir, || OsString::from(STALE)).unwrap_err();
+        assert!(err.to_string().contains("File exists"), "{err}");
+    }
+
+    #[test]
+    fn dropping_a_temp_file_removes_it_and_renaming_keeps_it() {
+        let scratch = Scratch::new();
+        let dir = dest_dir(&scratch);
+        let temp = TempFile::create(&dir).unwrap();
+        assert_eq!(scratch.listing().len(), 1);
+        drop(temp);
+        assert!(scratch.listing().is_empty());
+        TempFile::create(&dir).unwrap().rename_to_dest().unwrap();
+        assert_eq!(scratch.listing(), ["app"]);
+    }
+
+    #[test]
+    fn sweeps_abandoned_temp_files_only() {
+        let scratch = Scratch::new();
+        let outside = Scratch::new();
+        std::fs::write(scratch.join(STALE), b"partial").unwrap();
+        std::fs::write(scratch.join(".app.tmp-notours"), b"").unwrap();
+        std::fs::write(scratch.join(".other.tmp-0123456789abcdef"), b"").unwrap();
+        std::fs::write(outside.join("target"), b"precious").unwrap();
+        symlink(
+            outside.join("target"),
+            scratch.join(".app.tmp-00000000000000aa"),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(&scratch.join(".app.tmp-00000000000000bb"), Mode::S_IRWXU).unwrap();
+        std::fs::create_dir(scratch.join(".app.tmp-00000000000000cc")).unwrap();
+        let dir = dest_dir(&scratch);
+        // A live copier's temp file: created and locked, as TempFile::create does.
+        let live = TempFile::create(&dir).unwrap();
+        let live_name = live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+
+        assert_eq!(remove_stale(&dir).unwrap(), 1);
+        let mut expected = vec![
+            ".app.tmp-00000000000000aa",
+            ".app.tmp-00000000000000bb",
+            ".app.tmp-00000000000000cc",
+            ".app.tmp-notours",
+            ".other.tmp-0123456789abcdef",
+            &live_name,
+        ];
+        expected.sort_unstable();
+        assert_eq!(scratch.listing(), expected);
+        assert_eq!(std::fs::read(outside.join("target")).unwrap(), b"precious");
+        drop(live);
+    }
+
+    #[test]
+    fn a_temp_file_whose_owner_died_is_swept() {
+        let scratch = Scratch::new();
+        let dir = dest_dir(&scratch);
+        let temp = TempFile::create(&dir).unwrap();
+        // Simulate the owner dying: the kernel drops its lock; the name stays.
+        temp.file.unlock().unwrap();
+        assert_eq!(remove_stale(&dir).unwrap(), 1);
+        assert!(scratch.listing().is_empty());
+        drop(temp);
+    }
 }

@@ -1,3 +1,124 @@
-fn main() {
-    println!("openshell-sandbox {}", env!("CARGO_PKG_VERSION"));
+//! `openshell-sandbox`: the start-up sequence.
+//!
+//! parse → load policy → preflight → prepare every layer → fork the confined sandbox →
+//! supervise → exit with the agent's status. Anything that fails before the agent runs stops
+//! here with one line naming the cause and exit status 125.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use openshell_sandbox::cli::{Cli, Command, PolicyArgs, RunArgs};
+use openshell_sandbox::supervise::{self, Outcome};
+use openshell_sandbox::{check, log, policy, preflight, sandbox};
+
+const SETUP_FAILED: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { SETUP_FAILED } else { 0 });
+        }
+    };
+    keep_standard_fds_open();
+    let log = match &cli.command {
+        Some(Command::Check(args)) => &args.log,
+        None => &cli.run.log,
+    };
+    if let Err(e) = log::init(log.log_format, &log.log_level) {
+        eprintln!("openshell-sandbox: {e}");
+        return ExitCode::from(SETUP_FAILED);
+    }
+    let result = match cli.command {
+        Some(Command::Check(args)) => check(&args.policy),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(SETUP_FAILED)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let workdir = workdir(&args.policy)?;
+    let policy = policy::load(policy::origin_for(args.policy.policy.as_deref()), &workdir)?;
+    log_policy(&policy);
+    let kernel = preflight::probe();
+    kernel.require()?;
+    let prepared = sandbox::prepare(&policy, &kernel, &workdir, &args.command)?;
+    let running = sandbox::spawn(prepared)?;
+    let options = supervise::Options {
+        timeout: args.timeout,
+        grace: grace_period()?,
+    };
+    let outcome = supervise::run(running, options);
+    report(&outcome);
+    Ok(outcome.code())
+}
+
+fn check(args: &PolicyArgs) -> anyhow::Result<u8> {
+    let workdir = workdir(args)?;
+    let (report, ok) = check::report(policy::origin_for(args.policy.as_deref()), &workdir);
+    print!("{report}");
+    Ok(if ok { 0 } else { SETUP_FAILED })
+}
+
+fn workdir(args: &PolicyArgs) -> anyhow::Result<std::path::PathBuf> {
+    match &args.workdir {
+        Some(dir) => Ok(dir.clone()),
+        None => std::env::current_dir().context("cannot read the current directory"),
+    }
+}
+
+fn grace_period() -> anyhow::Result<std::time::Duration> {
+    match std::env::var("OPENSHELL_GRACE_PERIOD") {
+        Err(_) => Ok(std::time::Duration::from_secs(10)),
+        Ok(raw) => raw
+            .trim()
+            .parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| anyhow::anyhow!("OPENSHELL_GRACE_PERIOD={raw:?}: expected whole seconds")),
+    }
+}
+
+fn log_policy(policy: &policy::Policy) {
+    tracing::info!(
+        policy = %policy.origin,
+        read_only = policy.filesystem.read_only.len(),
+        read_write = policy.filesystem.read_write.len(),
+        network_rules = policy.network.len(),
+        "policy loaded"
+    );
+    for note in &policy.notes {
+        tracing::warn!(policy = %policy.origin, "{note}");
+    }
+}
+
+fn report(outcome: &Outcome) {
+    match outcome {
+        Outcome::Exited(code) => tracing::info!(status = code, "agent exited with status {code}"),
+        Outcome::Signaled(signal) => tracing::info!(signal, "agent killed by signal {signal}"),
+        Outcome::TimedOut => tracing::warn!("agent stopped: --timeout expired"),
+        Outcome::SetupFailed(message) | Outcome::ExecFailed { message, .. } => {
+            tracing::error!("{message}");
+        }
+    }
+}
+
+/// Reopens fds 0-2 on /dev/null when the supervisor was started without them, so that none
+/// of its own files can land there and be inherited by the agent as stdio.
+fn keep_standard_fds_open() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only queries; open returns the lowest free fd, which is `fd`.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
 }

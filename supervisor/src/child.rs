@@ -1,0 +1,289 @@
+//! The agent's side of the fork: every layer in order, each one read back, then `execve`.
+//!
+//! ```text
+//! signals reset, own process group (and the terminal, if we had it)
+//! → every inherited fd above 2 close-on-exec
+//! → /proc Landlock rules (needs root and the sandbox's procfs)  → chdir(workdir)
+//! → bounding + ambient sets emptied, securebits locked           (needs CAP_SETPCAP)
+//! → setgroups / setresgid / setresuid                            (clears the other sets)
+//! → effective, permitted, inheritable emptied; all five sets read back; setuid(0) must fail
+//! → RLIMIT_CORE 0, not dumpable
+//! → no_new_privs → Landlock enforced and proven
+//! → seccomp last (its listener handed to the supervisor)         → execve
+//! ```
+//!
+//! Everything here was prepared before fork; this code only makes system calls. A failure is
+//! reported on the control channel and the child exits 125 without running the agent.
+
+use std::ffi::{CString, c_char};
+
+use nix::errno::Errno;
+
+use crate::caps::{self, CapsFailure};
+use crate::channel::Sender;
+use crate::identity::{Identity, IdentityFailure};
+use crate::{landlock, seccomp};
+
+/// Exit status when set-up failed (the supervisor reports the reason it was sent).
+pub const SETUP_FAILED: i32 = 125;
+/// Exit status when the command exists but cannot be executed.
+pub const CANNOT_EXECUTE: i32 = 126;
+/// Exit status when the command does not exist.
+pub const NOT_FOUND: i32 = 127;
+
+/// A NULL-terminated array of C strings for `execve`.
+#[derive(Debug)]
+pub struct CStringArray {
+    strings: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl CStringArray {
+    /// Builds the array; the pointers stay valid because each CString owns its heap buffer.
+    pub fn new(strings: Vec<CString>) -> CStringArray {
+        let ptrs = strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        CStringArray { strings, ptrs }
+    }
+
+    /// The strings.
+    pub fn strings(&self) -> &[CString] {
+        &self.strings
+    }
+
+    fn as_ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+/// Everything the agent's side of the fork needs, prepared before fork.
+#[derive(Debug)]
+pub struct Plan {
+    /// `argv` of the agent.
+    pub argv: CStringArray,
+    /// Its environment.
+    pub envp: CStringArray,
+    /// Paths to try for `argv[0]`, in `PATH` order.
+    pub candidates: Vec<CString>,
+    /// Its working directory.
+    pub workdir: CString,
+    /// Who it runs as.
+    pub identity: Identity,
+    /// Capability dropping.
+    pub caps: caps::Prepared,
+    /// The Landlock ruleset.
+    pub landlock: landlock::Prepared,
+    /// The seccomp filter.
+    pub seccomp: seccomp::Prepared,
+    /// Whether the supervisor owned the terminal, which the agent then takes over.
+    pub take_terminal: bool,
+}
+
+/// A failed step, as reported to the supervisor.
+enum Failure {
+    Step(&'static str, Errno),
+    Unverified(&'static str, i64),
+}
+
+fn step(what: &'static str) -> impl FnOnce(Errno) -> Failure {
+    move |e| Failure::Step(what, e)
+}
+
+fn check(rc: libc::c_int, what: &'static str) -> Result<(), Failure> {
+    Errno::result(rc).map(drop).map_err(step(what))
+}
+
+/// Runs the agent's side of the fork. Never returns.
+pub fn run(plan: &Plan, channel: Sender) -> ! {
+    if let Err(failure) = confine(plan, channel) {
+        match failure {
+            Failure::Step(what, errno) => channel.failed(what, errno),
+            Failure::Unverified(what, value) => channel.unverified(what, value),
+        }
+        exit(SETUP_FAILED);
+    }
+    channel.confined();
+    exec(plan, channel)
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips atexit handlers and stdio buffers that belong to the supervisor.
+    unsafe { libc::_exit(code) }
+}
+
+fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
+    reset_signals()?;
+    process_group(plan.take_terminal)?;
+    close_inherited_on_exec()?;
+    plan.landlock
+        .apply()
+        .map_err(step("adding the /proc Landlock rules"))?;
+    // SAFETY: a valid C string.
+    let rc = unsafe { libc::chdir(plan.workdir.as_ptr()) };
+    check(rc, "chdir to the workdir")?;
+    plan.caps.drop_bounding_and_lock().map_err(caps_failure)?;
+    plan.identity.apply().map_err(identity_failure)?;
+    plan.caps.clear_and_verify().map_err(caps_failure)?;
+    plan.identity.verify().map_err(identity_failure)?;
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads the struct on the stack.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    check(rc, "setrlimit(RLIMIT_CORE)")?;
+    // SAFETY: prctl with scalar arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    check(rc, "PR_SET_DUMPABLE")?;
+    // no_new_privs before Landlock (which requires it without CAP_SYS_ADMIN) and seccomp:
+    // from here on no execve can gain privileges, setuid bits and file capabilities included.
+    // SAFETY: prctl with scalar arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    check(rc, "PR_SET_NO_NEW_PRIVS")?;
+    // SAFETY: prctl with scalar arguments.
+    if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
+        return Err(Failure::Unverified(
+            "no_new_privs did not read back as set",
+            0,
+        ));
+    }
+    plan.landlock
+        .restrict()
+        .map_err(step("landlock_restrict_self"))?;
+    plan.landlock.verify().map_err(|e| match e {
+        Some(errno) => Failure::Step("probing a path outside every Landlock rule", errno),
+        None => Failure::Unverified("a path outside every Landlock rule is still readable", 0),
+    })?;
+    // Seccomp is the very last layer: loaded earlier it would police the calls above.
+    let listener = plan
+        .seccomp
+        .apply()
+        .map_err(step("loading the seccomp filter"))?;
+    if let Some(listener) = listener {
+        channel
+            .seccomp_listener(std::os::fd::AsRawFd::as_raw_fd(&listener))
+            .map_err(step("handing the seccomp listener to the supervisor"))?;
+    }
+    seccomp::verify()
+        .map_err(|_| Failure::Unverified("seccomp mode did not read back as filter", 0))
+}
+
+fn caps_failure(f: CapsFailure) -> Failure {
+    match f {
+        CapsFailure::Syscall(what, errno) => Failure::Step(what, errno),
+        CapsFailure::Survived(what, cap) => Failure::Unverified(what, i64::from(cap)),
+        CapsFailure::Securebits(bits) => {
+            Failure::Unverified("securebits did not read back as locked", i64::from(bits))
+        }
+    }
+}
+
+fn identity_failure(f: IdentityFailure) -> Failure {
+    match f {
+        IdentityFailure::Syscall(what, errno) => Failure::Step(what, errno),
+        IdentityFailure::Mismatch(what) => Failure::Unverified(what, 0),
+    }
+}
+
+/// Init blocks the signals it forwards; the agent starts with the defaults, as after a login.
+fn reset_signals() -> Result<(), Failure> {
+    for signal in 1..libc::SIGRTMAX() {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: restoring the default disposition; failures (invalid numbers) are harmless.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+    // SAFETY: an empty set on the stack.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: initialising and installing the set on the stack.
+    check(unsafe { libc::sigemptyset(&mut empty) }, "sigemptyset")?;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) },
+        "sigprocmask",
+    )
+}
+
+/// The agent leads its own process group, so signals the supervisor forwards reach the agent
+/// and its children together. If the supervisor ran in the terminal's foreground, the agent
+/// takes the foreground over (for an interactive shell, and so Ctrl-C reaches it directly).
+fn process_group(take_terminal: bool) -> Result<(), Failure> {
+    // SAFETY: scalar arguments.
+    check(unsafe { libc::setpgid(0, 0) }, "setpgid")?;
+    if take_terminal {
+        // A background group changing the foreground gets SIGTTOU unless it is blocked.
+        // SAFETY: sets on the stack; tcsetpgrp on fd 0, which is a terminal (checked before).
+        unsafe {
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::sigprocmask(libc::SIG_BLOCK, &ttou, &mut old);
+            let rc = libc::tcsetpgrp(0, libc::getpid());
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            check(rc, "tcsetpgrp")?;
+        }
+    }
+    Ok(())
+}
+
+/// Only 0, 1 and 2 survive `execve`: every other inherited fd (the supervisor's sockets, the
+/// Landlock ruleset, the control channel) is closed by the kernel at exec.
+fn close_inherited_on_exec() -> Result<(), Failure> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: mark each possible fd.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct on the stack.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    check(rc, "getrlimit")?;
+    for fd in 3..limit.rlim_cur.min(1 << 20) as i32 {
+        // SAFETY: F_SETFD on a possibly closed fd fails with EBADF, which is fine.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Tries each candidate like `execvp`: a missing file moves on, a permission error is
+/// remembered (and wins over "not found"), anything else stops.
+fn exec(plan: &Plan, channel: Sender) -> ! {
+    let mut reported = (Errno::ENOENT, 0);
+    for (index, candidate) in plan.candidates.iter().enumerate() {
+        // SAFETY: the path and both arrays are NULL-terminated and live until exec or return.
+        unsafe { libc::execve(candidate.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        let errno = Errno::last();
+        match errno {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => {
+                if reported.0 != Errno::EACCES {
+                    reported = (errno, index);
+                }
+            }
+            other => {
+                reported = (other, index);
+                break;
+            }
+        }
+    }
+    channel.exec_failed(reported.0, reported.1);
+    exit(match reported.0 {
+        Errno::ENOENT | Errno::ENOTDIR => NOT_FOUND,
+        _ => CANNOT_EXECUTE,
+    })
+}

@@ -1,0 +1,156 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::log::Format;
+
+const ABOUT: &str = "Run an AI coding agent confined: own namespaces, Landlock, seccomp, no \
+                     capabilities, and all network egress through a policy-enforcing proxy.";
+
+const LONG_ABOUT: &str = "\
+Runs COMMAND (default: the user's shell from the image, or /bin/sh) confined, and stays its \
+parent: it forwards signals, reaps orphans, logs every denial it can see and exits with the \
+agent's status.
+
+Layers, applied in this order in the agent's process, each one read back before the next:
+  namespaces   own PID (a tiny init of ours is PID 1), mount (with its own /proc), IPC, UTS,
+               cgroup and network namespaces; the network namespace holds only loopback and
+               the proxy's listening socket
+  identity     run_as_user / run_as_group from the policy, or OPENSHELL_SANDBOX_UID/GID, or the
+               image's `sandbox` user, or 65534; never root
+  capabilities all five sets emptied, securebits locked; setuid(0) must fail
+  Landlock     read_only / read_write paths at the kernel's highest ABI, plus signal and
+               abstract-socket scoping
+  seccomp      last: refuses ptrace, bpf, io_uring, keyrings, mounts, namespaces, kernel
+               modules, raw and exotic sockets, 32-bit and x32 system calls...; each refusal is
+               logged with pid, executable and call
+
+The policy (YAML, the upstream OpenShell v1 format) comes from --policy, else OPENSHELL_POLICY,
+else /etc/openshell/policy.yaml, else a built-in restrictive default (system paths read-only,
+/tmp and the workdir read-write, no network). A policy error names file, line, column and field.
+Run `openshell-sandbox check --policy FILE` to see what would be enforced on this machine.";
+
+const AFTER_HELP: &str = "\
+Exit status:
+  the agent's own status, or 128+N if it died of signal N
+  124  --timeout expired (the agent got SIGTERM, then SIGKILL after the grace period)
+  125  the supervisor failed before the agent ran (bad policy, missing kernel feature or
+       capability, namespace set-up); one line on stderr names the cause
+  126  COMMAND exists but cannot be executed
+  127  COMMAND was not found
+
+Environment:
+  OPENSHELL_POLICY            policy file (same as --policy)
+  OPENSHELL_SANDBOX_UID/GID   the agent's uid/gid, overriding the policy
+  OPENSHELL_GRACE_PERIOD      seconds between SIGTERM and SIGKILL (default 10)
+  OPENSHELL_* variables configure the supervisor and are not passed to the agent.
+
+Example:
+  openshell-sandbox --policy /etc/openshell/claude.yaml --workdir /sandbox -- claude
+  openshell-sandbox check --policy policy.yaml";
+
+/// `openshell-sandbox`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "openshell-sandbox",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// A subcommand instead of running an agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Running an agent.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the policy and show what this kernel and these capabilities can enforce.
+    #[command(
+        long_about = "Validates the policy, probes the kernel (Landlock ABI, seccomp, \
+                      namespaces) and the capabilities this process holds, and prints in plain \
+                      words what would be enforced and what would fail. Exit status 0 when the \
+                      policy can be enforced as written here, 125 otherwise.",
+        after_long_help = "Example:\n  openshell-sandbox check --policy policies/default.yaml"
+    )]
+    Check(CheckArgs),
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Policy file (YAML). `--policy-data` is accepted for upstream compatibility.
+    #[arg(
+        long,
+        alias = "policy-data",
+        env = "OPENSHELL_POLICY",
+        value_name = "FILE"
+    )]
+    pub policy: Option<PathBuf>,
+    /// The agent's working directory, made read-write when the policy's include_workdir is
+    /// not false [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+}
+
+/// Logging.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Format of the supervisor's own log lines on stderr.
+    #[arg(long, value_enum, default_value = "text", value_name = "text|json")]
+    pub log_format: Format,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info", value_name = "LEVEL")]
+    pub log_level: String,
+}
+
+/// Running an agent.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Policy and workdir.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Stop the agent after SECS seconds (SIGTERM, grace period, SIGKILL; exit status 124).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// The agent and its arguments.
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy and workdir.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Parses a positive number of seconds.
+pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    match raw.parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{raw:?} is not a positive whole number of seconds")),
+    }
+}

@@ -1,0 +1,139 @@
+//! Init: PID 1 of the sandbox's PID namespace, the way bubblewrap does it.
+//!
+//! Agents do not reap, and PID 1 must: every orphan in the sandbox is re-parented here and
+//! reaped, so no zombie accumulates. Init also forwards the signals the supervisor passes on to
+//! the agent's process group, and when the agent exits it reports the status and exits itself,
+//! at which point the kernel kills whatever the agent left behind. The agent cannot signal or
+//! trace init: different uid, no capabilities, Landlock's signal scope, and init is not
+//! dumpable.
+
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::channel::Sender;
+use crate::child::{self, SETUP_FAILED};
+use crate::namespaces;
+
+/// The signals the supervisor forwards to the agent (through init).
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// What init needs, prepared before fork.
+#[derive(Debug)]
+pub struct Plan {
+    /// Namespaces to finish.
+    pub namespaces: namespaces::Prepared,
+    /// The agent's side.
+    pub agent: child::Plan,
+}
+
+/// Runs init. Never returns.
+pub fn run(plan: &Plan, channel: Sender) -> ! {
+    // Die with the supervisor: the kernel then kills everything in the namespace.
+    // SAFETY: prctl with scalar arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if supervisor_gone(channel.0) {
+        exit(SETUP_FAILED);
+    }
+    // SAFETY: prctl with scalar arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if let Err(f) = plan.namespaces.apply() {
+        channel.failed(f.what, f.errno);
+        exit(SETUP_FAILED);
+    }
+    // Blocked, the forwarded signals and SIGCHLD queue up for sigwaitinfo below. (Blocked
+    // signals are never discarded, not even for a namespace's PID 1.)
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGCHLD);
+    for signal in FORWARDED {
+        waited.add(signal);
+    }
+    if let Err(e) = waited.thread_block() {
+        channel.failed("blocking signals in init", e);
+        exit(SETUP_FAILED);
+    }
+    // SAFETY: init is single-threaded (forked from a single-threaded supervisor).
+    let agent = match unsafe { fork() } {
+        Ok(ForkResult::Child) => child::run(&plan.agent, channel),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            channel.failed("forking the agent", e);
+            exit(SETUP_FAILED);
+        }
+    };
+    close_all_but(channel.0);
+    channel.agent_spawned(agent.as_raw());
+    loop {
+        let Ok(signal) = waited.wait() else {
+            continue;
+        };
+        if signal == Signal::SIGCHLD {
+            reap(agent, channel);
+        } else {
+            forward(agent, signal);
+        }
+    }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit skips the supervisor's atexit handlers and buffers.
+    unsafe { libc::_exit(code) }
+}
+
+/// True when the supervisor died between fork and PR_SET_PDEATHSIG (its end of the channel
+/// is then closed).
+fn supervisor_gone(channel: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: channel,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: polls one pollfd on the stack without waiting.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Init keeps only the channel: the supervisor's sockets and the Landlock ruleset stay out
+/// of a process that lives as long as the sandbox.
+fn close_all_but(keep: RawFd) {
+    // SAFETY: close_range on ranges around `keep`; nothing else in init uses those fds.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, (keep + 1) as u32, u32::MAX, 0u32);
+    }
+}
+
+/// Reaps every exited child; reports and exits once the agent itself is gone.
+fn reap(agent: Pid, channel: Sender) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        if pid == agent.as_raw() {
+            channel.exited(status);
+            exit(0);
+        }
+    }
+}
+
+/// Passes a signal to the agent's process group, or to the agent alone if it left the group.
+fn forward(agent: Pid, signal: Signal) {
+    if kill(Pid::from_raw(-agent.as_raw()), signal) == Err(Errno::ESRCH) {
+        let _ = kill(agent, signal);
+    }
+}

@@ -1,0 +1,99 @@
+//! What this kernel and this process allow, probed without side effects, before anything is
+//! prepared. `openshell-sandbox check` prints the same facts.
+
+use caps::{CapSet, Capability};
+
+use crate::{landlock, seccomp};
+
+/// Capabilities the supervisor needs, with the reason shown when one is missing.
+pub const REQUIRED: [(Capability, &str); 7] = [
+    (
+        Capability::CAP_SYS_ADMIN,
+        "creating the sandbox's namespaces and mounting its /proc",
+    ),
+    (
+        Capability::CAP_NET_ADMIN,
+        "bringing up loopback in the sandbox's network namespace",
+    ),
+    (
+        Capability::CAP_SETUID,
+        "switching the agent to its own user",
+    ),
+    (
+        Capability::CAP_SETGID,
+        "switching the agent to its own group",
+    ),
+    (
+        Capability::CAP_SETPCAP,
+        "emptying the agent's bounding set and locking its securebits",
+    ),
+    (
+        Capability::CAP_SYS_PTRACE,
+        "reading which executable made a connection or a refused system call",
+    ),
+    (
+        Capability::CAP_KILL,
+        "forwarding signals to the agent, which runs as another user",
+    ),
+];
+
+/// The probed facts.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// `uname -r`.
+    pub release: String,
+    /// Landlock availability and ABI.
+    pub landlock: landlock::Support,
+    /// Whether refused system calls can be handed to the supervisor.
+    pub seccomp_notify: bool,
+    /// Required capabilities missing from our effective set.
+    pub missing_caps: Vec<(Capability, &'static str)>,
+    /// Whether the runtime already runs the supervisor under a seccomp filter.
+    pub runtime_seccomp: bool,
+}
+
+/// Probes the kernel and our capabilities.
+pub fn probe() -> Kernel {
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let missing_caps = REQUIRED
+        .into_iter()
+        .filter(|(cap, _)| !effective.contains(cap))
+        .collect();
+    // SAFETY: PR_GET_SECCOMP takes no arguments (mode 2 = filter).
+    let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    Kernel {
+        release: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "?".to_owned()),
+        landlock: landlock::probe(),
+        seccomp_notify: seccomp::user_notification_available(),
+        missing_caps,
+        runtime_seccomp: mode == libc::SECCOMP_MODE_FILTER as i32,
+    }
+}
+
+/// A requirement the pod does not meet.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "missing capabilit{plural}: {list}; add {names} to the container's \
+     securityContext.capabilities.add",
+    plural = if missing.len() == 1 { "y" } else { "ies" },
+    list = missing.iter().map(|(c, why)| format!("{c} (needed for {why})")).collect::<Vec<_>>().join(", "),
+    names = missing.iter().map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned()).collect::<Vec<_>>().join(", "),
+)]
+pub struct MissingCapabilities {
+    missing: Vec<(Capability, &'static str)>,
+}
+
+impl Kernel {
+    /// Fails when a required capability is missing.
+    pub fn require(&self) -> Result<(), MissingCapabilities> {
+        if self.missing_caps.is_empty() {
+            Ok(())
+        } else {
+            Err(MissingCapabilities {
+                missing: self.missing_caps.clone(),
+            })
+        }
+    }
+}

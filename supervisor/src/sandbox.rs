@@ -1,0 +1,319 @@
+//! Prepares every layer before fork and forks the sandbox's init.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{ForkResult, Pid};
+
+use crate::channel::{self, Sender};
+use crate::child::{self, CStringArray};
+use crate::identity::{self, Identity, IdentityError};
+use crate::landlock::{self, LandlockError};
+use crate::namespaces::{self, NamespaceError};
+use crate::policy::Policy;
+use crate::preflight::Kernel;
+use crate::seccomp::{self, Deny, SeccompError};
+use crate::{caps, init};
+
+/// Used when the environment has no `PATH`, as execvp does.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Variables with this prefix configure the supervisor and never reach the agent.
+const SUPERVISOR_ENV_PREFIX: &str = "OPENSHELL_";
+
+/// Why the sandbox could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Landlock.
+    #[error(transparent)]
+    Landlock(#[from] LandlockError),
+    /// Seccomp.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// Namespaces.
+    #[error(transparent)]
+    Namespaces(#[from] NamespaceError),
+    /// The working directory is unusable.
+    #[error("--workdir {}: {reason}", path.display())]
+    Workdir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An argument or variable contains a NUL byte.
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
+    /// More threads than one at fork time would make the child's allocations unsafe.
+    #[error("internal error: {0} threads running at fork time; refusing to fork")]
+    Threads(usize),
+    /// The control channel could not be created.
+    #[error("control channel: {0}")]
+    Channel(nix::errno::Errno),
+}
+
+/// Everything needed to start the sandbox.
+#[derive(Debug)]
+pub struct Prepared {
+    init: init::Plan,
+    /// The agent's command.
+    pub command: Command,
+    /// Who the agent runs as.
+    pub identity: Identity,
+    /// Landlock ABI in force (0 = none).
+    pub landlock_abi: i32,
+    /// Whether refused calls reach the supervisor.
+    pub seccomp_notify: bool,
+}
+
+/// Prepares every layer for `command` (empty: the user's shell) under `policy`.
+pub fn prepare(
+    policy: &Policy,
+    kernel: &Kernel,
+    workdir: &Path,
+    command: &[OsString],
+) -> Result<Prepared, SandboxError> {
+    let workdir = check_workdir(workdir)?;
+    let identity = identity::resolve(&policy.run_as, Path::new("/"))?;
+    let landlock = landlock::prepare(policy, &kernel.landlock)?;
+    for (path, why) in &landlock.skipped {
+        tracing::info!(
+            layer = "landlock",
+            "policy path {} skipped: {why}",
+            path.display()
+        );
+    }
+    let deny = if kernel.seccomp_notify {
+        Deny::Notify
+    } else {
+        tracing::warn!(
+            layer = "seccomp",
+            "this kernel cannot hand refused system calls to the supervisor; they are still \
+             refused, but not logged"
+        );
+        Deny::RuleErrno
+    };
+    let seccomp = seccomp::prepare(deny)?;
+    let env = environment(&identity, &workdir);
+    let argv: Vec<OsString> = if command.is_empty() {
+        vec![login_shell(&identity)]
+    } else {
+        command.to_vec()
+    };
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| DEFAULT_PATH.into());
+    let candidates = candidates(&argv[0], &path_var);
+    let (netns, ()) = namespaces::create_network(|| ())?;
+    let agent = child::Plan {
+        argv: CStringArray::new(
+            argv.iter()
+                .map(|a| cstring(a, "an argument"))
+                .collect::<Result<_, _>>()?,
+        ),
+        envp: CStringArray::new(
+            env.iter()
+                .map(|(k, v)| {
+                    let mut kv = k.clone();
+                    kv.push("=");
+                    kv.push(v);
+                    cstring(&kv, "an environment variable")
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        candidates: candidates
+            .iter()
+            .map(|c| cstring(c.as_os_str(), "the command path"))
+            .collect::<Result<_, _>>()?,
+        workdir: cstring(workdir.as_os_str(), "--workdir")?,
+        identity: identity.clone(),
+        caps: caps::prepare(),
+        landlock,
+        seccomp,
+        take_terminal: owns_terminal(),
+    };
+    Ok(Prepared {
+        command: Command {
+            argv: argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            candidates: candidates.iter().map(|c| c.display().to_string()).collect(),
+        },
+        identity,
+        landlock_abi: agent.landlock.abi,
+        seccomp_notify: agent.seccomp.notifies(),
+        init: init::Plan {
+            namespaces: namespaces::Prepared::new(netns),
+            agent,
+        },
+    })
+}
+
+fn check_workdir(workdir: &Path) -> Result<PathBuf, SandboxError> {
+    let fail = |reason: String| SandboxError::Workdir {
+        path: workdir.to_owned(),
+        reason,
+    };
+    let absolute = std::path::absolute(workdir).map_err(|e| fail(e.to_string()))?;
+    match std::fs::metadata(&absolute) {
+        Ok(m) if m.is_dir() => Ok(absolute),
+        Ok(_) => Err(fail("not a directory".into())),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+fn cstring(s: &OsStr, what: &str) -> Result<CString, SandboxError> {
+    CString::new(s.as_bytes()).map_err(|_| SandboxError::Nul(what.to_owned()))
+}
+
+/// The agent's environment: the supervisor's, without its own `OPENSHELL_*` settings, with
+/// the identity's HOME, USER and LOGNAME.
+fn environment(identity: &Identity, workdir: &Path) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !k.as_bytes().starts_with(SUPERVISOR_ENV_PREFIX.as_bytes()))
+        .collect();
+    let mut set = |key: &str, value: OsString| {
+        env.retain(|(k, _)| k != key);
+        env.push((key.into(), value));
+    };
+    match (&identity.home, std::env::var_os("HOME")) {
+        (Some(home), _) => set("HOME", home.clone().into_os_string()),
+        // The supervisor's own home (root's) is useless to the agent's user.
+        (None, None) => set("HOME", workdir.as_os_str().to_owned()),
+        (None, Some(h)) if h == "/root" => set("HOME", workdir.as_os_str().to_owned()),
+        (None, Some(_)) => {}
+    }
+    if let Some(name) = &identity.name {
+        set("USER", name.into());
+        set("LOGNAME", name.into());
+    }
+    if std::env::var_os("PATH").is_none() {
+        set("PATH", DEFAULT_PATH.into());
+    }
+    env
+}
+
+/// The user's login shell from the image, or `/bin/sh`.
+fn login_shell(identity: &Identity) -> OsString {
+    identity
+        .shell
+        .as_ref()
+        .filter(|s| s.is_absolute() && s.is_file())
+        .map_or_else(|| "/bin/sh".into(), |s| s.clone().into_os_string())
+}
+
+/// Where `execve` will look for `argv0`: itself if it names a path, else each `PATH` entry
+/// that exists (as root sees it, before any privilege is dropped). A command that exists
+/// nowhere is then "not found" (127), while one the sandbox cannot reach or run is refused by
+/// `execve` itself (126, naming the path): a search through a directory the agent cannot
+/// enter must not turn "not found" into "permission denied".
+fn candidates(argv0: &OsStr, path_var: &OsStr) -> Vec<PathBuf> {
+    if argv0.as_bytes().contains(&b'/') {
+        return vec![PathBuf::from(argv0)];
+    }
+    path_search(argv0, path_var)
+        .filter(|p| p.metadata().is_ok_and(|m| !m.is_dir()))
+        .collect()
+}
+
+fn path_search<'a>(argv0: &'a OsStr, path_var: &'a OsStr) -> impl Iterator<Item = PathBuf> + 'a {
+    path_var.as_bytes().split(|&b| b == b':').map(move |dir| {
+        // An empty entry means the current directory, as in execvp.
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        PathBuf::from(OsString::from_vec(dir.to_vec())).join(argv0)
+    })
+}
+
+/// True when stdin is a terminal whose foreground group is ours.
+fn owns_terminal() -> bool {
+    // SAFETY: isatty/tcgetpgrp/getpgrp take scalar arguments.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The agent's command, for messages.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Its command line.
+    pub argv: Vec<String>,
+    /// The paths `execve` tries, in order.
+    pub candidates: Vec<String>,
+}
+
+/// The started sandbox, as the supervisor holds it.
+#[derive(Debug)]
+pub struct Running {
+    /// Init's pid, in the supervisor's namespace.
+    pub init: Pid,
+    /// The supervisor's end of the control channel.
+    pub channel: OwnedFd,
+    /// The agent's command.
+    pub command: Command,
+}
+
+/// Forks init. The process must be single-threaded: the child allocates and takes locks, which
+/// is only safe when no other thread could have held them at fork time.
+pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
+    let threads = thread_count();
+    if threads != 1 {
+        return Err(SandboxError::Threads(threads));
+    }
+    let (supervisor_end, sandbox_end) = channel::pair().map_err(SandboxError::Channel)?;
+    match namespaces::fork_pid1()? {
+        ForkResult::Child => {
+            drop(supervisor_end);
+            init::run(&prepared.init, Sender(sandbox_end.as_raw_fd()))
+        }
+        ForkResult::Parent { child } => Ok(Running {
+            init: child,
+            channel: supervisor_end,
+            command: prepared.command,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_path_like_execvp() {
+        let all: Vec<PathBuf> =
+            path_search(OsStr::new("git"), OsStr::new("/usr/local/bin::/usr/bin")).collect();
+        assert_eq!(
+            all,
+            [
+                PathBuf::from("/usr/local/bin/git"),
+                PathBuf::from("./git"),
+                PathBuf::from("/usr/bin/git")
+            ]
+        );
+        let path = OsStr::new("/nonexistent:/usr/bin:/bin");
+        assert_eq!(
+            candidates(OsStr::new("env"), path),
+            [PathBuf::from("/usr/bin/env"), PathBuf::from("/bin/env")]
+        );
+        assert!(candidates(OsStr::new("no-such-command-xyz"), path).is_empty());
+        assert_eq!(
+            candidates(OsStr::new("./run.sh"), OsStr::new("/bin")),
+            [PathBuf::from("./run.sh")]
+        );
+    }
+}

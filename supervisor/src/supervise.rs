@@ -1,0 +1,290 @@
+//! Supervision: messages from the sandbox, signals in, timeout, exit status out.
+//!
+//! The supervisor stays the sandbox's parent for its whole life. It forwards TERM, INT, HUP,
+//! QUIT, USR1, USR2 and WINCH to init, which passes them to the agent's process group. On its
+//! own TERM, and when `--timeout` expires, it gives the agent a grace period and then kills
+//! init, which makes the kernel kill every process of the sandbox: nothing is left behind.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::channel::{self, Message};
+use crate::child::{CANNOT_EXECUTE, NOT_FOUND, SETUP_FAILED};
+use crate::init::FORWARDED;
+use crate::sandbox::{Command, Running};
+use crate::seccomp;
+
+/// Exit status when `--timeout` expired.
+pub const TIMED_OUT: u8 = 124;
+
+/// How the sandbox ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent exited with this code.
+    Exited(i32),
+    /// The agent was killed by this signal.
+    Signaled(i32),
+    /// `--timeout` expired.
+    TimedOut,
+    /// Set-up failed before the agent ran.
+    SetupFailed(String),
+    /// The command could not be executed.
+    ExecFailed {
+        /// 126 or 127.
+        code: i32,
+        /// What went wrong, naming the path.
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// The supervisor's exit status.
+    pub fn code(&self) -> u8 {
+        match self {
+            Outcome::Exited(code) => *code as u8,
+            Outcome::Signaled(signal) => (128 + signal) as u8,
+            Outcome::TimedOut => TIMED_OUT,
+            Outcome::SetupFailed(_) => SETUP_FAILED as u8,
+            Outcome::ExecFailed { code, .. } => *code as u8,
+        }
+    }
+}
+
+/// Timeout and grace period.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Stop the agent after this long.
+    pub timeout: Option<Duration>,
+    /// Time between TERM and KILL.
+    pub grace: Duration,
+}
+
+/// What the supervisor has learnt so far.
+#[derive(Debug, Default)]
+struct State {
+    status: Option<i32>,
+    failure: Option<Outcome>,
+    timed_out: bool,
+    kill_at: Option<Instant>,
+}
+
+/// Supervises `running` to the end and returns how it ended.
+pub fn run(running: Running, options: Options) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(supervise(running, options)),
+        Err(e) => {
+            let _ = kill(running.init, Signal::SIGKILL);
+            let _ = waitpid(running.init, None);
+            Outcome::SetupFailed(format!("cannot start the supervisor's runtime: {e}"))
+        }
+    }
+}
+
+async fn supervise(running: Running, options: Options) -> Outcome {
+    let Running {
+        init,
+        channel,
+        command,
+    } = running;
+    let mut state = State::default();
+    let (forward_tx, mut forwarded) = mpsc::unbounded_channel();
+    for sig in FORWARDED {
+        match signal(SignalKind::from_raw(sig as i32)) {
+            Ok(mut stream) => {
+                let tx = forward_tx.clone();
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(sig).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot forward {sig}: {e}"),
+        }
+    }
+    let mut sigchld = signal(SignalKind::child()).ok();
+    // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until it drops.
+    let registered = unsafe { AsyncFd::register_with_interest(channel, Interest::READABLE) };
+    let channel = match registered {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::error!("cannot watch the control channel: {e}");
+            None
+        }
+    };
+    let timeout_at = options.timeout.map(|t| Instant::now() + t);
+    // Checked once after the SIGCHLD handler exists, in case init exited before that.
+    let mut exited = reap(init);
+    while exited.is_none() {
+        tokio::select! {
+            ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
+                if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
+                    let closed = drain(fd.get_ref(), &command, &mut state);
+                    guard.clear_ready();
+                    if closed {
+                        // Every sandbox end is closed: init is gone or going.
+                        exited = wait_blocking(init);
+                    }
+                }
+            }
+            Some(sig) = forwarded.recv() => {
+                tracing::info!(signal = %sig, "forwarding {sig} to the agent");
+                let _ = kill(init, sig);
+                if sig == Signal::SIGTERM && state.kill_at.is_none() {
+                    state.kill_at = Some(Instant::now() + options.grace);
+                }
+            }
+            _ = async { sigchld.as_mut()?.recv().await }, if sigchld.is_some() => {
+                exited = reap(init);
+            }
+            _ = sleep_until(timeout_at.unwrap_or_else(Instant::now)), if timeout_at.is_some() && !state.timed_out => {
+                tracing::warn!(timeout = ?options.timeout, "timeout reached: sending SIGTERM to the agent");
+                state.timed_out = true;
+                let _ = kill(init, Signal::SIGTERM);
+                state.kill_at.get_or_insert(Instant::now() + options.grace);
+            }
+            _ = sleep_until(state.kill_at.unwrap_or_else(Instant::now)), if state.kill_at.is_some() => {
+                tracing::warn!(grace = ?options.grace, "the agent did not exit within the grace period: killing the sandbox");
+                let _ = kill(init, Signal::SIGKILL);
+                state.kill_at = None;
+            }
+        }
+    }
+    if let Some(fd) = &channel {
+        drain(fd.get_ref(), &command, &mut state);
+    }
+    outcome(state, exited)
+}
+
+/// Handles every message waiting on the channel. Returns true at end of stream.
+fn drain(fd: &OwnedFd, command: &Command, state: &mut State) -> bool {
+    loop {
+        match channel::receive(fd) {
+            Ok(Some(message)) => handle(message, command, state),
+            Ok(None) => return true,
+            Err(Errno::EAGAIN) => return false,
+            Err(e) => {
+                tracing::error!("control channel: {e}");
+                return true;
+            }
+        }
+    }
+}
+
+fn handle(message: Message, command: &Command, state: &mut State) {
+    match message {
+        Message::AgentSpawned(pid) => {
+            tracing::debug!(sandbox_pid = pid, "agent process created");
+        }
+        Message::Confined => {
+            tracing::info!(command = ?command.argv, "agent confined, starting it");
+        }
+        Message::SeccompListener(listener) => {
+            let spawned = std::thread::Builder::new()
+                .name("seccomp".into())
+                .spawn(move || seccomp::serve(listener));
+            if let Err(e) = spawned {
+                tracing::error!("cannot serve seccomp notifications: {e}");
+            }
+        }
+        Message::Failed { step, errno } => {
+            state.failure.get_or_insert(Outcome::SetupFailed(format!(
+                "sandbox set-up failed: {step}: {}",
+                errno.desc()
+            )));
+        }
+        Message::Unverified { check, value } => {
+            let value = if check.starts_with("capability") {
+                caps::all()
+                    .into_iter()
+                    .find(|c| i64::from(c.index()) == value)
+                    .map_or_else(|| value.to_string(), |c| c.to_string())
+            } else {
+                value.to_string()
+            };
+            state.failure.get_or_insert(Outcome::SetupFailed(format!(
+                "sandbox set-up failed verification: {check} ({value})"
+            )));
+        }
+        Message::ExecFailed { errno, candidate } => {
+            let name = command.argv.first().map_or("", String::as_str);
+            let path = command
+                .candidates
+                .get(candidate)
+                .map_or(name, String::as_str);
+            let (code, message) = match errno {
+                Errno::ENOENT | Errno::ENOTDIR => (NOT_FOUND, format!("{name}: command not found")),
+                Errno::EACCES => (
+                    CANNOT_EXECUTE,
+                    format!(
+                        "{path}: permission denied (is it executable, and under a read_only or \
+                         read_write path of the policy?)"
+                    ),
+                ),
+                other => (
+                    CANNOT_EXECUTE,
+                    format!("{path}: cannot execute: {}", other.desc()),
+                ),
+            };
+            state
+                .failure
+                .get_or_insert(Outcome::ExecFailed { code, message });
+        }
+        Message::Exited(status) => state.status = Some(status),
+    }
+}
+
+fn reap(init: Pid) -> Option<WaitStatus> {
+    match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => None,
+        Ok(status) => Some(status),
+        Err(_) => Some(WaitStatus::Exited(init, SETUP_FAILED)),
+    }
+}
+
+fn wait_blocking(init: Pid) -> Option<WaitStatus> {
+    loop {
+        match waitpid(init, None) {
+            Err(Errno::EINTR) => continue,
+            Ok(status) => return Some(status),
+            Err(_) => return Some(WaitStatus::Exited(init, SETUP_FAILED)),
+        }
+    }
+}
+
+fn outcome(state: State, init: Option<WaitStatus>) -> Outcome {
+    if state.timed_out {
+        return Outcome::TimedOut;
+    }
+    if let Some(failure) = state.failure {
+        return failure;
+    }
+    if let Some(status) = state.status {
+        return if libc::WIFSIGNALED(status) {
+            Outcome::Signaled(libc::WTERMSIG(status))
+        } else {
+            Outcome::Exited(libc::WEXITSTATUS(status))
+        };
+    }
+    match init {
+        Some(WaitStatus::Signaled(_, signal, _)) => Outcome::Signaled(signal as i32),
+        other => Outcome::SetupFailed(format!(
+            "the sandbox's init ended without a report ({other:?})"
+        )),
+    }
+}

@@ -1,0 +1,35 @@
+//! Shared helpers for the end-to-end tests: where the workspace's binaries are, and whether a
+//! missing kernel feature may skip a test.
+
+use std::path::PathBuf;
+
+/// Path of a binary built by this workspace (`openshell-sandbox`, `openshell-copier`, or one
+/// of this crate's own), next to the running test executable's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// Skips a test whose kernel feature is missing, printing why; with
+/// `OPENSHELL_REQUIRE_KERNEL=1` (set in CI) a missing feature fails the test instead.
+pub fn require_kernel(available: bool, feature: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var_os("OPENSHELL_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
+        panic!("kernel feature missing and OPENSHELL_REQUIRE_KERNEL=1: {feature}");
+    }
+    eprintln!("skipping: kernel feature missing: {feature}");
+    false
+}

@@ -1,5 +1,7 @@
 //! Shared helpers for the end-to-end tests: where the workspace's binaries are, and whether a
 //! missing kernel feature may skip a test.
+// Test support: failing loudly, with a message, is the point of every check here.
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 

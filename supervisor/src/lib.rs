@@ -17,6 +17,7 @@ pub mod log;
 pub mod namespaces;
 pub mod policy;
 pub mod preflight;
+pub mod proxy;
 pub mod sandbox;
 pub mod seccomp;
 pub mod supervise;

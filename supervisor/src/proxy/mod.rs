@@ -1,0 +1,5 @@
+//! The egress proxy: the agent's only way out of its network namespace.
+
+pub mod decision;
+pub mod http;
+pub mod ssrf;

@@ -145,10 +145,13 @@ network_policies:
         }
     }
 
+    /// Host, port, owners' chains, expected rule key or denial reason.
+    type Case<'a> = (&'a str, u16, &'a [&'a [&'a str]], Result<&'a str, &'a str>);
+
     #[test]
     fn table() {
         let node_under_claude: &[&str] = &["/usr/bin/node", "/usr/local/bin/claude", "/bin/bash"];
-        let cases: &[(&str, u16, &[&[&str]], Result<&str, &str>)] = &[
+        let cases: &[Case<'_>] = &[
             (
                 "api.anthropic.com",
                 443,

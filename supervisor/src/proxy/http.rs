@@ -477,7 +477,7 @@ impl Chunked {
                 (Chunked::TrailerStart, b'\r') => Chunked::TrailerCr,
                 (Chunked::TrailerStart | Chunked::TrailerCr, b'\n') => Chunked::Done,
                 (Chunked::TrailerCr, _) => return Err(bad()),
-                (Chunked::TrailerStart | Chunked::Trailer, b'\n') => Chunked::TrailerStart,
+                (Chunked::Trailer, b'\n') => Chunked::TrailerStart,
                 (Chunked::TrailerStart | Chunked::Trailer, _) => Chunked::Trailer,
                 (Chunked::Data(_) | Chunked::Done, _) => *self,
             };

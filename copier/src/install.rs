@@ -123,7 +123,8 @@ fn write_verified(
 /// Copies `src` into `dst` on a second thread while this one hashes `dst` read back through its
 /// own descriptor, trailing the copy chunk by chunk.
 ///
-/// Hashing what the temp file holds, not what we read from the source, catches a source modified
+/// Hashing what the temp file holds (`pread` on the temp file's own descriptor), not what we read
+/// from the source, catches a source modified
 /// or replaced while we copied, a short copy, and a filesystem that mangled the write. Doing it
 /// alongside the copy, with writeback of each chunk started as soon as it is copied, overlaps the
 /// three costs (kernel copy, SHA-256, disk writes) instead of adding them up.

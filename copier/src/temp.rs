@@ -170,7 +170,9 @@ fn remove_if_abandoned(dir: &DestDir, name: &OsStr) -> Result<bool, Error> {
     }
     match dir.unlink(name) {
         Ok(()) => Ok(true),
-        Err(Errno::ENOENT) => Ok(false),
+        // ENOENT: swept by someone else. EROFS: a read-only directory can gain no new files
+        // either, so its leftovers are inert; an install that needs to write reports EROFS itself.
+        Err(Errno::ENOENT | Errno::EROFS) => Ok(false),
         Err(errno) => Err(Error::io(path(), "unlink", errno)),
     }
 }

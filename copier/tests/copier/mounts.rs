@@ -64,14 +64,18 @@ fn a_read_only_bind_mount_keeps_the_old_binary_and_still_accepts_a_current_one()
     assert_eq!(fs::read(&fx.dest).unwrap(), old);
     drop(ro);
 
-    // Installed while writable, then frozen: restarts still succeed, writing nothing.
+    // Installed while writable, then frozen with a killed run's leftover inside: restarts still
+    // succeed, writing (and removing) nothing.
     fx.run(&[]).ok_line();
+    let leftover = fx.out.join(".openshell-sandbox.tmp-00000000000000ff");
+    fs::write(&leftover, b"partial").unwrap();
     let before = identity(&fx.dest);
     let Some(_ro) = Mount::read_only_bind(&fx.out) else {
         return;
     };
     assert!(fx.run(&[]).ok_line().contains("already-current"));
     assert_eq!(identity(&fx.dest).1, before.1);
+    assert!(leftover.exists());
 }
 
 #[test]

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine, as root, for `make image`, `make demo` and `make test`:
+#   - Debian packages: podman and runc (see below), python3-venv for the validation tools;
+#   - /etc/containers/containers.conf with the two settings podman needs on these machines;
+#   - the Rust musl target, for the static binaries the FROM-scratch image ships;
+#   - a Python venv (build/venv) with the pinned manifest-validation tools.
+# Idempotent: every step first checks whether it is already done, so running it again costs
+# a few seconds and changes nothing. CI (.ci/run) calls it before `make test`.
+set -euo pipefail
+
+readonly REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly VENV="${OPENSHELL_VENV:-$REPO/build/venv}"
+readonly REQUIREMENTS="$REPO/scripts/requirements-manifests.txt"
+readonly MUSL_TARGET="x86_64-unknown-linux-musl"
+readonly CONTAINERS_CONF="/etc/containers/containers.conf"
+
+# podman: builds the images and plays the pod. runc: crun 1.8.1 (podman's default here)
+# refuses the machines' mixed cgroup v1/v2 layout. catatonit is pulled in by podman's
+# Recommends and is what podman builds its local pause image from (no registry to pull one).
+# python3-venv: Debian's python refuses `pip install` outside a venv (PEP 668).
+readonly APT_PACKAGES=(podman runc catatonit python3-venv)
+
+# nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
+# make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.
+readonly CONTAINERS_CONF_TEXT='[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]
+[engine]
+runtime = "runc"'
+
+say() { printf 'setup-host: %s\n' "$*"; }
+die() { printf 'setup-host: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (podman runs rootful here; apt-get installs packages)"
+[[ -r /etc/debian_version ]] || die "this script knows Debian's packages only (Debian 12 expected)"
+
+install_packages() {
+  local missing=() pkg
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$pkg")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    say "Debian packages present: ${APT_PACKAGES[*]}"
+    return
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+configure_podman() {
+  if [[ -e $CONTAINERS_CONF ]]; then
+    if grep -q '^runtime = "runc"' "$CONTAINERS_CONF" \
+      && grep -q '^default_ulimits = \["nofile=20000:20000", "nproc=20000:20000"\]' \
+        "$CONTAINERS_CONF"; then
+      say "$CONTAINERS_CONF already has the runtime and ulimits podman needs here"
+      return
+    fi
+    # Someone else's configuration: merging TOML by hand could break it, so say what to add.
+    die "$CONTAINERS_CONF exists without the settings podman needs here; add them by hand:
+$CONTAINERS_CONF_TEXT"
+  fi
+  say "writing $CONTAINERS_CONF (runc, nofile/nproc limits of 20000)"
+  mkdir -p "$(dirname "$CONTAINERS_CONF")"
+  printf '%s\n' "$CONTAINERS_CONF_TEXT" >"$CONTAINERS_CONF"
+}
+
+add_musl_target() {
+  command -v rustup >/dev/null || die "rustup not found on PATH (the Rust toolchain comes from rustup)"
+  if rustup target list --installed | grep -qx "$MUSL_TARGET"; then
+    say "Rust target $MUSL_TARGET present"
+  else
+    say "adding Rust target $MUSL_TARGET"
+    rustup target add "$MUSL_TARGET"
+  fi
+}
+
+python_venv() {
+  if [[ ! -x $VENV/bin/python ]]; then
+    say "creating the Python venv $VENV"
+    python3 -m venv "$VENV"
+  fi
+  # pip compares the pins with what is installed and downloads only on a difference.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+  say "Python venv $VENV has $(grep -c '==' "$REQUIREMENTS") pinned validation packages"
+}
+
+check_podman() {
+  # The cheapest proof that the runtime works: `podman info` reads the configuration and
+  # storage; a bad containers.conf fails here rather than in the middle of a test.
+  podman info --format '{{.Host.OCIRuntime.Name}}' | grep -qx runc \
+    || die "podman does not use runc; check $CONTAINERS_CONF"
+  say "podman $(podman version --format '{{.Client.Version}}') uses runc"
+}
+
+install_packages
+configure_podman
+check_podman
+add_musl_target
+python_venv
+say "done"

@@ -1,7 +1,7 @@
 //! Scratch directories for unit tests.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fresh directory under `base`, removed with everything in it on drop.
@@ -11,13 +11,8 @@ pub struct Scratch(PathBuf);
 impl Scratch {
     /// A scratch directory in the system temp dir.
     pub fn new() -> Self {
-        Self::under(&std::env::temp_dir())
-    }
-
-    /// A scratch directory under `base` (to pick a filesystem).
-    pub fn under(base: &Path) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = base.join(format!(
+        let dir = std::env::temp_dir().join(format!(
             "openshell-copier-unit-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)

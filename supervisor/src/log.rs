@@ -73,6 +73,8 @@ pub struct Denial<'a> {
     pub what: &'a str,
     /// Which rule refused it, in words.
     pub why: &'a str,
+    /// Destination host and port, for network denials.
+    pub target: Option<(&'a str, u16)>,
 }
 
 /// Logs a denial at `warn` with the common fields.
@@ -84,6 +86,8 @@ pub fn denied(d: &Denial<'_>) {
         exe = d.exe,
         what = d.what,
         why = d.why,
+        host = d.target.map(|(host, _)| host),
+        port = d.target.map(|(_, port)| port),
         "denied {} by {}: {} (pid {}, {})",
         d.what,
         d.layer.as_str(),

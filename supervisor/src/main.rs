@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use openshell_sandbox::cli::{Cli, Command, PolicyArgs, RunArgs};
 use openshell_sandbox::supervise::{self, Outcome};
-use openshell_sandbox::{check, log, policy, preflight, sandbox};
+use openshell_sandbox::{check, log, policy, preflight, proxy, sandbox};
 
 const SETUP_FAILED: u8 = 125;
 
@@ -50,13 +50,14 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     log_policy(&policy);
     let kernel = preflight::probe();
     kernel.require()?;
-    let prepared = sandbox::prepare(&policy, &kernel, &workdir, &args.command)?;
-    let running = sandbox::spawn(prepared)?;
     let options = supervise::Options {
         timeout: args.timeout,
         grace: grace_period()?,
+        proxy: proxy::Settings::from_env().map_err(anyhow::Error::msg)?,
     };
-    let outcome = supervise::run(running, options);
+    let prepared = sandbox::prepare(&policy, &kernel, &workdir, &args.command)?;
+    let running = sandbox::spawn(prepared)?;
+    let outcome = supervise::run(running, policy.network, options);
     report(&outcome);
     Ok(outcome.code())
 }

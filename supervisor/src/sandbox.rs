@@ -15,7 +15,7 @@ use crate::namespaces::{self, NamespaceError};
 use crate::policy::Policy;
 use crate::preflight::Kernel;
 use crate::seccomp::{self, Deny, SeccompError};
-use crate::{caps, init};
+use crate::{caps, init, proxy};
 
 /// Used when the environment has no `PATH`, as execvp does.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -54,12 +54,16 @@ pub enum SandboxError {
     /// The control channel could not be created.
     #[error("control channel: {0}")]
     Channel(nix::errno::Errno),
+    /// The proxy's sockets could not be created in the sandbox's network namespace.
+    #[error("cannot start the egress proxy in the sandbox's network namespace: {0}")]
+    Proxy(std::io::Error),
 }
 
 /// Everything needed to start the sandbox.
 #[derive(Debug)]
 pub struct Prepared {
     init: init::Plan,
+    proxy: proxy::Bound,
     /// The agent's command.
     pub command: Command,
     /// Who the agent runs as.
@@ -110,7 +114,8 @@ pub fn prepare(
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| DEFAULT_PATH.into());
     let candidates = candidates(&argv[0], &path_var);
-    let (netns, ()) = namespaces::create_network(|| ())?;
+    let (netns, bound) = namespaces::create_network(proxy::bind)?;
+    let proxy = bound.map_err(SandboxError::Proxy)?;
     let agent = child::Plan {
         argv: CStringArray::new(
             argv.iter()
@@ -139,6 +144,7 @@ pub fn prepare(
         take_terminal: owns_terminal(),
     };
     Ok(Prepared {
+        proxy,
         command: Command {
             argv: argv
                 .iter()
@@ -174,7 +180,8 @@ fn cstring(s: &OsStr, what: &str) -> Result<CString, SandboxError> {
 }
 
 /// The agent's environment: the supervisor's, without its own `OPENSHELL_*` settings, with
-/// the identity's HOME, USER and LOGNAME.
+/// the identity's HOME, USER and LOGNAME, and the proxy variables (which replace any the pod
+/// set: the proxy is the only way out).
 fn environment(identity: &Identity, workdir: &Path) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !k.as_bytes().starts_with(SUPERVISOR_ENV_PREFIX.as_bytes()))
@@ -196,6 +203,9 @@ fn environment(identity: &Identity, workdir: &Path) -> Vec<(OsString, OsString)>
     }
     if std::env::var_os("PATH").is_none() {
         set("PATH", DEFAULT_PATH.into());
+    }
+    for (key, value) in proxy::agent_environment() {
+        set(key, value.into());
     }
     env
 }
@@ -266,6 +276,8 @@ pub struct Running {
     pub channel: OwnedFd,
     /// The agent's command.
     pub command: Command,
+    /// The proxy's sockets, to serve from the supervisor.
+    pub proxy: proxy::Bound,
 }
 
 /// Forks init. The process must be single-threaded: the child allocates and takes locks, which
@@ -285,6 +297,7 @@ pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
             init: child,
             channel: supervisor_end,
             command: prepared.command,
+            proxy: prepared.proxy,
         }),
     }
 }

@@ -21,8 +21,9 @@ use tokio::time::{Instant, sleep_until};
 use crate::channel::{self, Message};
 use crate::child::{CANNOT_EXECUTE, NOT_FOUND, SETUP_FAILED};
 use crate::init::FORWARDED;
+use crate::policy::NetworkRule;
 use crate::sandbox::{Command, Running};
-use crate::seccomp;
+use crate::{proxy, seccomp};
 
 /// Exit status when `--timeout` expired.
 pub const TIMED_OUT: u8 = 124;
@@ -60,13 +61,15 @@ impl Outcome {
     }
 }
 
-/// Timeout and grace period.
+/// Timeout, grace period and proxy settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Stop the agent after this long.
     pub timeout: Option<Duration>,
     /// Time between TERM and KILL.
     pub grace: Duration,
+    /// The egress proxy's limits.
+    pub proxy: proxy::Settings,
 }
 
 /// What the supervisor has learnt so far.
@@ -78,14 +81,20 @@ struct State {
     kill_at: Option<Instant>,
 }
 
-/// Supervises `running` to the end and returns how it ended.
-pub fn run(running: Running, options: Options) -> Outcome {
+/// Serves the egress proxy for `network` and supervises `running` to the end; returns how it
+/// ended.
+pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build();
     match runtime {
-        Ok(rt) => rt.block_on(supervise(running, options)),
+        Ok(rt) => {
+            let outcome = rt.block_on(supervise(running, network, options));
+            // Open tunnels and pending lookups end with the agent.
+            rt.shutdown_background();
+            outcome
+        }
         Err(e) => {
             let _ = kill(running.init, Signal::SIGKILL);
             let _ = waitpid(running.init, None);
@@ -94,13 +103,21 @@ pub fn run(running: Running, options: Options) -> Outcome {
     }
 }
 
-async fn supervise(running: Running, options: Options) -> Outcome {
+async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
     let Running {
         init,
         channel,
         command,
+        proxy,
     } = running;
     let mut state = State::default();
+    if let Err(e) = proxy::start(proxy, network, init.as_raw() as u32, options.proxy) {
+        // Without the proxy the agent has no network at all: still confined, so keep going.
+        tracing::error!(
+            layer = "proxy",
+            "egress proxy not started: {e}; the agent has no network"
+        );
+    }
     let (forward_tx, mut forwarded) = mpsc::unbounded_channel();
     for sig in FORWARDED {
         match signal(SignalKind::from_raw(sig as i32)) {

@@ -1,5 +1,134 @@
 //! The egress proxy: the agent's only way out of its network namespace.
+//!
+//! The listening sockets are created inside the agent's network namespace (127.0.0.1:3128 and
+//! [::1]:3128), which holds nothing else but loopback, while the proxy dials upstream from the
+//! pod's own namespace. So there is no route, firewall or address plan to get wrong: the agent
+//! can reach the proxy and nothing else of the pod, and a direct connection fails at once.
+//! Each connection is allowed only when one `network_policies` rule matches both the
+//! destination and the calling executable (see [`decision`]), the resolved address passes the
+//! guard (see [`ssrf`]), and the executable still has the content it had on first use.
 
 pub mod decision;
 pub mod http;
+pub mod identity;
+pub mod relay;
+mod server;
 pub mod ssrf;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::log::RateLimit;
+use crate::policy::NetworkRule;
+
+/// The port the proxy listens on inside the sandbox.
+pub const PORT: u16 = 3128;
+/// The proxy URL given to the agent.
+pub const URL: &str = "http://127.0.0.1:3128";
+
+/// Limits and timeouts, each overridable by an `OPENSHELL_PROXY_*` variable (seconds or a
+/// count).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (slowloris).
+    pub header_timeout: Duration,
+    /// A connection with no traffic in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time to establish the upstream connection.
+    pub connect_timeout: Duration,
+}
+
+impl Settings {
+    /// Defaults, overridden by `OPENSHELL_PROXY_MAX_CONNECTIONS`,
+    /// `OPENSHELL_PROXY_HEADER_TIMEOUT`, `OPENSHELL_PROXY_IDLE_TIMEOUT` and
+    /// `OPENSHELL_PROXY_CONNECT_TIMEOUT`.
+    pub fn from_env() -> Result<Settings, String> {
+        let number = |var: &str, default: u64| match std::env::var(var) {
+            Err(_) => Ok(default),
+            Ok(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{var}={raw:?}: expected a positive whole number")),
+        };
+        Ok(Settings {
+            max_connections: number("OPENSHELL_PROXY_MAX_CONNECTIONS", 4096)? as usize,
+            header_timeout: Duration::from_secs(number("OPENSHELL_PROXY_HEADER_TIMEOUT", 10)?),
+            idle_timeout: Duration::from_secs(number("OPENSHELL_PROXY_IDLE_TIMEOUT", 300)?),
+            connect_timeout: Duration::from_secs(number("OPENSHELL_PROXY_CONNECT_TIMEOUT", 10)?),
+        })
+    }
+}
+
+/// The proxy's sockets, created inside the agent's network namespace before fork.
+#[derive(Debug)]
+pub struct Bound {
+    listeners: Vec<std::net::TcpListener>,
+    diag: OwnedFd,
+}
+
+/// Binds the listeners and opens the `sock_diag` socket. Runs on the thread that created the
+/// agent's network namespace, so all of them belong to it.
+pub fn bind() -> io::Result<Bound> {
+    let v4 = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, PORT)))?;
+    let mut listeners = vec![v4];
+    match std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, PORT))) {
+        Ok(v6) => listeners.push(v6),
+        Err(e) => tracing::info!(
+            layer = "proxy",
+            "no IPv6 listener ({e}); the agent uses 127.0.0.1"
+        ),
+    }
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
+    Ok(Bound {
+        listeners,
+        diag: identity::diag_socket()?,
+    })
+}
+
+/// Variables that point the agent's HTTP clients at the proxy.
+pub fn agent_environment() -> Vec<(&'static str, &'static str)> {
+    let mut env = Vec::new();
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        env.push((name, URL));
+    }
+    for name in ["http_proxy", "https_proxy", "all_proxy", "grpc_proxy"] {
+        env.push((name, URL));
+    }
+    env.push(("NO_PROXY", "127.0.0.1,localhost,::1"));
+    env.push(("no_proxy", "127.0.0.1,localhost,::1"));
+    // Node 24+ honours HTTP(S)_PROXY in fetch and http only when asked to.
+    env.push(("NODE_USE_ENV_PROXY", "1"));
+    env
+}
+
+/// Starts serving on the current tokio runtime, for the sandbox whose init is `init`.
+pub fn start(
+    bound: Bound,
+    rules: Vec<NetworkRule>,
+    init: u32,
+    settings: Settings,
+) -> io::Result<()> {
+    let shared = Arc::new(server::Shared {
+        rules,
+        identifier: identity::Identifier::new(bound.diag, init)?,
+        settings,
+        limiter: RateLimit::new(50, Duration::from_secs(1)),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+    });
+    for listener in bound.listeners {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tokio::spawn(server::accept_loop(listener, shared.clone()));
+    }
+    Ok(())
+}

@@ -148,6 +148,7 @@ fn handle_one(listener: &OwnedFd, limiter: &RateLimit) {
             exe: &exe,
             what: &what,
             why: &why,
+            target: None,
         });
     }
 }

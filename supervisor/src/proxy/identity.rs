@@ -1,0 +1,442 @@
+//! Who is calling: the executables behind a proxied connection.
+//!
+//! The kernel knows which socket is the client end of an accepted connection only by its
+//! 4-tuple. An exact `sock_diag` query (NETLINK_INET_DIAG, made on a netlink socket that lives
+//! in the agent's network namespace) turns the 4-tuple into the socket's inode in one round
+//! trip, however many sockets are open. The processes holding that inode are then found among
+//! the sandbox's processes only (`/proc/PID/fd`), and each one's executable and ancestors are
+//! read up to the agent. Executables are what the kernel resolved (`/proc/PID/exe`), never
+//! `argv`, so arguments never grant access.
+//!
+//! Each executable that earns a connection is pinned by SHA-256 the first time (trust on first
+//! use); later connections from a binary with the same path but different content are refused.
+//! Hashes are cached by device, inode, size, mtime and ctime, so a binary is read once.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::decision::Process;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const INET_DIAG_NOCOOKIE: u32 = !0;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NlMsgHdr {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+/// Opens the `sock_diag` socket; call it inside the agent's network namespace.
+pub fn diag_socket() -> io::Result<OwnedFd> {
+    // SAFETY: a plain netlink socket; ownership passes to the OwnedFd.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, owned here.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+fn words(ip: IpAddr) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        }
+    }
+}
+
+/// Looks up the inode of the TCP socket `local` → `remote` in the diag socket's namespace.
+fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io::Result<u64> {
+    #[repr(C)]
+    struct Request {
+        header: NlMsgHdr,
+        body: InetDiagReqV2,
+    }
+    let request = Request {
+        header: NlMsgHdr {
+            len: size_of::<Request>() as u32,
+            kind: SOCK_DIAG_BY_FAMILY,
+            flags: NLM_F_REQUEST,
+            seq: 1,
+            pid: 0,
+        },
+        body: InetDiagReqV2 {
+            family: if local.is_ipv4() {
+                libc::AF_INET as u8
+            } else {
+                libc::AF_INET6 as u8
+            },
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: !0,
+            id: InetDiagSockId {
+                sport: local.port().to_be(),
+                dport: remote.port().to_be(),
+                src: words(local.ip()),
+                dst: words(remote.ip()),
+                interface: 0,
+                cookie: [INET_DIAG_NOCOOKIE; 2],
+            },
+        },
+    };
+    // SAFETY: sends the request struct's bytes to the kernel (destination: the kernel, pid 0).
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            diag.as_raw_fd(),
+            (&request as *const Request).cast(),
+            size_of::<Request>(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u64; 128];
+    // SAFETY: receives into a buffer of the given size.
+    let got = unsafe {
+        libc::recv(
+            diag.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            size_of_val(&reply),
+            0,
+        )
+    };
+    if got < size_of::<NlMsgHdr>() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the buffer holds at least a header; it is 8-byte aligned and plain old data.
+    let header = unsafe { *reply.as_ptr().cast::<NlMsgHdr>() };
+    if header.kind == NLMSG_ERROR {
+        // SAFETY: an error message carries an i32 errno right after the header.
+        let errno = unsafe {
+            *reply
+                .as_ptr()
+                .cast::<u8>()
+                .add(size_of::<NlMsgHdr>())
+                .cast::<i32>()
+        };
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    if (got as usize) < size_of::<NlMsgHdr>() + size_of::<InetDiagMsg>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short sock_diag reply",
+        ));
+    }
+    // SAFETY: checked above that a full inet_diag_msg follows the header.
+    let msg = unsafe {
+        *reply
+            .as_ptr()
+            .cast::<u8>()
+            .add(size_of::<NlMsgHdr>())
+            .cast::<InetDiagMsg>()
+    };
+    Ok(u64::from(msg.inode))
+}
+
+/// Why the caller could not be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The socket lookup failed.
+    #[error("cannot find the client socket: {0}")]
+    Socket(io::Error),
+    /// No sandbox process holds the socket (it exited or passed the socket on).
+    #[error("no process in the sandbox holds the client socket")]
+    NoOwner,
+    /// Owners with different executables share the socket.
+    #[error("the socket is shared by processes with different executables: {0}")]
+    Shared(String),
+}
+
+/// Identifies callers of the sandbox; shared by all connections.
+#[derive(Debug)]
+pub struct Identifier {
+    diag: Mutex<OwnedFd>,
+    /// Inode of the sandbox's PID namespace.
+    pidns: u64,
+    /// Init's pid in the supervisor's namespace: the chains stop below it.
+    init: u32,
+    hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
+    pins: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+/// What identifies file content without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identifier {
+    /// An identifier for the sandbox whose init is `init`.
+    pub fn new(diag: OwnedFd, init: u32) -> io::Result<Identifier> {
+        let pidns = fs::metadata(format!("/proc/{init}/ns/pid"))?.ino();
+        Ok(Identifier {
+            diag: Mutex::new(diag),
+            pidns,
+            init,
+            hashes: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The owners of the client socket `client` → `proxy`, each with its chain of ancestors.
+    /// Blocking: call from a blocking thread.
+    pub fn callers(
+        &self,
+        client: SocketAddr,
+        proxy: SocketAddr,
+    ) -> Result<Vec<Vec<Process>>, IdentityError> {
+        let inode = {
+            let diag = self.diag.lock().unwrap_or_else(|p| p.into_inner());
+            socket_inode(&diag, client, proxy).map_err(IdentityError::Socket)?
+        };
+        let owners = self.owners(inode);
+        if owners.is_empty() {
+            return Err(IdentityError::NoOwner);
+        }
+        let chains: Vec<Vec<Process>> = owners.into_iter().map(|pid| self.chain(pid)).collect();
+        let mut exes: Vec<&str> = chains
+            .iter()
+            .filter_map(|c| c.first())
+            .map(|p| p.exe.as_str())
+            .collect();
+        exes.sort_unstable();
+        exes.dedup();
+        if exes.len() > 1 {
+            return Err(IdentityError::Shared(exes.join(", ")));
+        }
+        Ok(chains)
+    }
+
+    /// Pids of the sandbox's processes holding `socket:[inode]`.
+    fn owners(&self, inode: u64) -> Vec<u32> {
+        let wanted = format!("socket:[{inode}]");
+        let Ok(proc) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut owners = Vec::new();
+        for entry in proc.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == self.init || !self.in_sandbox(pid) {
+                continue;
+            }
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            let holds = fds.flatten().any(|fd| {
+                fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())
+            });
+            if holds {
+                owners.push(pid);
+            }
+        }
+        owners
+    }
+
+    fn in_sandbox(&self, pid: u32) -> bool {
+        fs::metadata(format!("/proc/{pid}/ns/pid")).is_ok_and(|m| m.ino() == self.pidns)
+    }
+
+    /// `pid` and its ancestors inside the sandbox, nearest first.
+    fn chain(&self, pid: u32) -> Vec<Process> {
+        let mut chain = Vec::new();
+        let mut current = pid;
+        while current > 1 && current != self.init && chain.len() < 64 && self.in_sandbox(current) {
+            let Some(exe) = exe_of(current) else { break };
+            chain.push(Process { pid: current, exe });
+            let Some(parent) = parent_of(current) else {
+                break;
+            };
+            current = parent;
+        }
+        chain
+    }
+
+    /// Pins the content of `process`'s executable on first use; refuses a later change.
+    /// Blocking (may hash the file).
+    pub fn check_pin(&self, process: &Process) -> Result<(), String> {
+        let digest = self
+            .digest(process.pid)
+            .map_err(|e| format!("cannot hash {} of pid {}: {e}", process.exe, process.pid))?;
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        match pins.get(&process.exe) {
+            None => {
+                tracing::info!(exe = %process.exe, sha256 = %hex(&digest), "binary pinned on first use");
+                pins.insert(process.exe.clone(), digest);
+                Ok(())
+            }
+            Some(pinned) if *pinned == digest => Ok(()),
+            Some(pinned) => Err(format!(
+                "{} changed since first use (sha256 {} now, {} pinned)",
+                process.exe,
+                hex(&digest),
+                hex(pinned)
+            )),
+        }
+    }
+
+    /// SHA-256 of the file `pid` is running (even if it was replaced on disk since).
+    fn digest(&self, pid: u32) -> io::Result<[u8; 32]> {
+        let mut file = fs::File::open(format!("/proc/{pid}/exe"))?;
+        let m = file.metadata()?;
+        let key = FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        };
+        if let Some(digest) = self
+            .hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(*digest);
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
+        self.hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, digest);
+        Ok(digest)
+    }
+}
+
+/// The executable of `pid`, without the " (deleted)" mark of a replaced file (its content is
+/// still checked against the pin).
+fn exe_of(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let exe = exe.to_string_lossy();
+    Some(exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_owned())
+}
+
+/// The parent pid from `/proc/PID/stat` (after the parenthesised command, which may itself
+/// contain spaces and parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_survives_odd_command_names() {
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+    }
+
+    #[test]
+    fn finds_the_inode_of_a_local_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let diag = diag_socket().unwrap();
+        let inode = socket_inode(
+            &diag,
+            client.local_addr().unwrap(),
+            client.peer_addr().unwrap(),
+        )
+        .unwrap();
+        let fd_target = fs::read_link(format!("/proc/self/fd/{}", client.as_raw_fd())).unwrap();
+        assert_eq!(fd_target.to_string_lossy(), format!("socket:[{inode}]"));
+        let missing = socket_inode(
+            &diag,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        assert_eq!(missing.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+}

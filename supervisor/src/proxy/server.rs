@@ -1,0 +1,485 @@
+//! The accept loop and one connection's life: head → caller → decision → address check →
+//! dial → tunnel or forwarded exchange (with keep-alive).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+use super::decision::{self, Decision, Process};
+use super::http::{self, Body, Chunked, HttpError, Request, Target};
+use super::identity::Identifier;
+use super::relay::{self, Activity, Pipe};
+use super::{Settings, ssrf};
+use crate::log::{self, Denial, Layer, RateLimit};
+use crate::policy::{Endpoint, NetworkRule};
+
+/// Largest request or response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The policy's rules.
+    pub rules: Vec<NetworkRule>,
+    /// Caller identification.
+    pub identifier: Identifier,
+    /// Limits and timeouts.
+    pub settings: Settings,
+    /// Bounds denial log lines.
+    pub limiter: RateLimit,
+    /// One permit per open connection.
+    pub permits: Arc<Semaphore>,
+}
+
+/// Accepts connections forever. Running out of file descriptors or hitting the connection
+/// cap pauses accepting (clients wait in the kernel's backlog); it never stops the proxy.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let full = RateLimit::new(1, Duration::from_secs(10));
+    loop {
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if full.allow() {
+                    tracing::warn!(
+                        layer = "proxy",
+                        limit = shared.settings.max_connections,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                }
+                match shared.permits.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                }
+            }
+        };
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let local = match client.local_addr() {
+                        Ok(local) => local,
+                        Err(_) => return,
+                    };
+                    serve(&shared, client, peer, local).await;
+                });
+            }
+            Err(e) => {
+                if shared.limiter.allow() {
+                    tracing::error!(layer = "proxy", "accept failed: {e}; retrying shortly");
+                }
+                // EMFILE/ENFILE: wait for connections to close instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client connection until it closes, is denied, or goes idle.
+async fn serve(shared: &Shared, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let mut buf = Vec::new();
+    loop {
+        let request = match read_request(&client, &mut buf, shared.settings.header_timeout).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(refusal) => {
+                let _ = write_all(&client, &refusal).await;
+                return;
+            }
+        };
+        buf.drain(..request.head_len);
+        let keep_alive = match exchange(shared, &client, peer, local, &request, &mut buf).await {
+            Ok(keep_alive) => keep_alive,
+            Err(Refusal(response)) => {
+                let _ = write_all(&client, &response).await;
+                false
+            }
+        };
+        if !keep_alive {
+            return;
+        }
+    }
+}
+
+/// A response the proxy sends instead of relaying, after which it closes the connection.
+struct Refusal(Vec<u8>);
+
+/// Reads one request head. `Ok(None)`: the client closed between requests.
+async fn read_request(
+    client: &TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<Option<Request>, Vec<u8>> {
+    let read = async {
+        loop {
+            match http::parse_request(buf) {
+                Ok(Some(request)) => return Ok(Some(request)),
+                Ok(None) if buf.len() >= MAX_HEAD => {
+                    return Err(http::error_response(
+                        431,
+                        "bad_request",
+                        "",
+                        "request head larger than 64 KiB",
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(bad_request(&e)),
+            }
+            match read_more(client, buf).await {
+                Ok(0) if buf.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(bad_request(&HttpError::Malformed(
+                        "incomplete request head".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    };
+    match timeout(limit, read).await {
+        Ok(result) => result,
+        Err(_) if buf.is_empty() => Ok(None),
+        Err(_) => Err(http::error_response(
+            408,
+            "bad_request",
+            "",
+            &format!("request head not complete within {limit:?}"),
+        )),
+    }
+}
+
+fn bad_request(e: &HttpError) -> Vec<u8> {
+    http::error_response(400, "bad_request", "", &e.to_string())
+}
+
+/// Decides, dials and relays one request. Returns whether the client connection stays open.
+async fn exchange(
+    shared: &Shared,
+    client: &TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    request: &Request,
+    buf: &mut Vec<u8>,
+) -> Result<bool, Refusal> {
+    let (host, port) = request.target.host_port();
+    let what = match &request.target {
+        Target::Connect { .. } => format!("CONNECT {host}:{port}"),
+        Target::Forward { path, .. } => format!("{} http://{host}:{port}{path}", request.method),
+    };
+    let identify = {
+        let shared_identifier = &shared.identifier;
+        tokio::task::block_in_place(|| shared_identifier.callers(peer, local))
+    };
+    let callers = identify.map_err(|e| {
+        deny(
+            shared,
+            &[],
+            &what,
+            host,
+            port,
+            "policy_denied",
+            &e.to_string(),
+        )
+    })?;
+    let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers) {
+        Decision::Allow {
+            rule,
+            endpoints,
+            matched,
+        } => (rule, endpoints, matched),
+        Decision::Deny(reason) => {
+            return Err(deny(
+                shared,
+                &callers,
+                &what,
+                host,
+                port,
+                "policy_denied",
+                &reason,
+            ));
+        }
+    };
+    for process in &matched {
+        let pinned = tokio::task::block_in_place(|| shared.identifier.check_pin(process));
+        pinned.map_err(|reason| {
+            deny(
+                shared,
+                &callers,
+                &what,
+                host,
+                port,
+                "binary_changed",
+                &reason,
+            )
+        })?;
+    }
+    let upstream = dial(shared, host, port, &endpoints)
+        .await
+        .map_err(|failure| match failure {
+            DialFailure::Refused(reason) => {
+                deny(shared, &callers, &what, host, port, "ssrf_denied", &reason)
+            }
+            DialFailure::Unreachable(reason) => {
+                tracing::warn!(layer = "proxy", what = %what, "upstream unreachable: {reason}");
+                Refusal(http::error_response(
+                    502,
+                    "upstream_unreachable",
+                    &what,
+                    &reason,
+                ))
+            }
+        })?;
+    let caller = callers.first().and_then(|c| c.first());
+    tracing::info!(
+        event = "allowed",
+        layer = "proxy",
+        pid = caller.map(|p| p.pid),
+        exe = caller.map(|p| p.exe.as_str()),
+        host,
+        port,
+        rule = %rule.name,
+        "allowed {what} by rule {}",
+        rule.name
+    );
+    let idle = shared.settings.idle_timeout;
+    match &request.target {
+        Target::Connect { .. } => {
+            let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+            if write_all(client, established).await.is_err()
+                || write_all(&upstream, buf).await.is_err()
+            {
+                return Ok(false);
+            }
+            buf.clear();
+            let _ = relay::tunnel(client, &upstream, idle).await;
+            Ok(false)
+        }
+        Target::Forward { .. } => Ok(forward(client, &upstream, request, buf, idle)
+            .await
+            .unwrap_or(false)),
+    }
+}
+
+/// Logs a denial and builds the 403 response.
+fn deny(
+    shared: &Shared,
+    callers: &[Vec<Process>],
+    what: &str,
+    host: &str,
+    port: u16,
+    error: &str,
+    reason: &str,
+) -> Refusal {
+    let caller = callers.first().and_then(|c| c.first());
+    if shared.limiter.allow() {
+        log::denied(&Denial {
+            layer: Layer::Proxy,
+            pid: caller.map_or(0, |p| p.pid),
+            exe: caller.map_or("?", |p| p.exe.as_str()),
+            what,
+            why: reason,
+            target: Some((host, port)),
+        });
+    }
+    Refusal(http::error_response(403, error, what, reason))
+}
+
+enum DialFailure {
+    /// The address guard refused every address.
+    Refused(String),
+    /// No address could be reached.
+    Unreachable(String),
+}
+
+/// Resolves `host` once, keeps the addresses the guard permits, and connects to the first
+/// that answers: the connection goes to an address that was checked, never to a second lookup.
+async fn dial(
+    shared: &Shared,
+    host: &str,
+    port: u16,
+    endpoints: &[&Endpoint],
+) -> Result<TcpStream, DialFailure> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| DialFailure::Unreachable(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let mut refusals = Vec::new();
+    let permitted: Vec<SocketAddr> = addresses
+        .into_iter()
+        .filter(|a| match ssrf::permit(a.ip(), endpoints) {
+            Ok(()) => true,
+            Err(reason) => {
+                refusals.push(reason);
+                false
+            }
+        })
+        .collect();
+    if permitted.is_empty() {
+        return Err(match refusals.is_empty() {
+            true => DialFailure::Unreachable(format!("{host} has no address")),
+            false => DialFailure::Refused(refusals.join("; ")),
+        });
+    }
+    let mut last = String::new();
+    for address in permitted {
+        match timeout(shared.settings.connect_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = format!("{address}: {e}"),
+            Err(_) => {
+                last = format!(
+                    "{address}: no answer within {:?}",
+                    shared.settings.connect_timeout
+                )
+            }
+        }
+    }
+    Err(DialFailure::Unreachable(last))
+}
+
+/// One forwarded request: head and body up, response down, concurrently (so `Expect:
+/// 100-continue` works). Returns whether the client connection stays open.
+async fn forward(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    request: &Request,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+) -> io::Result<bool> {
+    let body = request.body().map_err(io::Error::other)?;
+    let activity = Activity::new();
+    let up = async {
+        write_all(upstream, &request.upstream_head()).await?;
+        send_body(client, upstream, body, buf, &activity).await
+    };
+    let down = relay_response(upstream, client, request, &activity);
+    tokio::select! {
+        result = async { tokio::try_join!(up, down) } => result.map(|((), keep)| keep),
+        () = activity.idle_for(idle) => Ok(false),
+    }
+}
+
+/// Sends a body of `framing` from `buffered` bytes and then `src`. Bytes past the body stay in
+/// `buffered` (the start of the next message).
+async fn send_body(
+    src: &TcpStream,
+    dst: &TcpStream,
+    framing: Body,
+    buffered: &mut Vec<u8>,
+    activity: &Activity,
+) -> io::Result<()> {
+    match framing {
+        Body::Empty => Ok(()),
+        Body::Length(length) => {
+            let ready = (buffered.len() as u64).min(length) as usize;
+            write_all(dst, &buffered[..ready]).await?;
+            buffered.drain(..ready);
+            let rest = length - ready as u64;
+            if rest > 0 {
+                let moved = relay::copy(src, dst, &Pipe::new()?, Some(rest), activity).await?;
+                if moved < rest {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "body ended early",
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Body::Chunked => {
+            let mut scanner = Chunked::default();
+            loop {
+                let consumed = scanner.advance(buffered).map_err(io::Error::other)?;
+                write_all(dst, &buffered[..consumed]).await?;
+                buffered.drain(..consumed);
+                activity.touch();
+                if scanner == Chunked::Done {
+                    return Ok(());
+                }
+                if read_more(src, buffered).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "chunked body ended early",
+                    ));
+                }
+            }
+        }
+        Body::UntilClose => relay::copy(src, dst, &Pipe::new()?, None, activity)
+            .await
+            .map(drop),
+    }
+}
+
+/// Relays interim responses and the final response. Returns whether the client connection
+/// may stay open.
+async fn relay_response(
+    upstream: &TcpStream,
+    client: &TcpStream,
+    request: &Request,
+    activity: &Activity,
+) -> io::Result<bool> {
+    let mut buf = Vec::new();
+    loop {
+        let response = loop {
+            match http::parse_response(&buf) {
+                Ok(Some(response)) => break response,
+                Ok(None) if buf.len() >= MAX_HEAD => {
+                    return Err(io::Error::other("upstream response head too large"));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::other(e)),
+            }
+            if read_more(upstream, &mut buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed",
+                ));
+            }
+        };
+        buf.drain(..response.head_len);
+        if response.is_interim() {
+            write_all(client, &response.client_head(false)).await?;
+            continue;
+        }
+        let body = response.body(&request.method).map_err(io::Error::other)?;
+        let keep_alive = request.keep_alive() && body != Body::UntilClose;
+        write_all(client, &response.client_head(keep_alive)).await?;
+        send_body(upstream, client, body, &mut buf, activity).await?;
+        return Ok(keep_alive);
+    }
+}
+
+/// Reads what is available into `buf`; 0 at end of stream.
+async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.reserve(16 * 1024);
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `bytes`.
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Every shipped policy (policies/*.yaml) loads and can be enforced on this machine:
+# `openshell-sandbox check` exits 0 for it, and no network rule of it is inert (a rule
+# without endpoints or binaries allows nothing, which in a shipped policy is a mistake).
+# Then two broken copies prove that the check can fail: an L7 field, which this build
+# refuses, and a rule without binaries.
+#
+#   tests/e2e/check-policies.sh SANDBOX_BINARY       (make test-policies)
+set -euo pipefail
+
+[[ $# -eq 1 ]] || { echo "usage: $0 SANDBOX_BINARY" >&2; exit 2; }
+readonly SANDBOX="$1"
+readonly REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+[[ -x $SANDBOX ]] || { echo "check-policies: $SANDBOX is not an executable" >&2; exit 2; }
+WORK="$(mktemp -d)"
+readonly WORK
+trap 'rm -rf "$WORK"' EXIT
+passed=0
+failed=0
+
+result() {
+  if [[ $1 -eq 0 ]]; then
+    printf '  ok    %s\n' "$2"
+    passed=$((passed + 1))
+  else
+    printf '  FAIL  %s\n' "$2"
+    sed 's/^/          | /' "$WORK/out"
+    failed=$((failed + 1))
+  fi
+}
+
+# enforceable FILE: check exits 0 and reports no inert rule.
+enforceable() {
+  local rc=0
+  "$SANDBOX" check --policy "$1" --workdir /tmp >"$WORK/out" 2>&1 || rc=$?
+  [[ $rc -eq 0 ]] || return 1
+  ! grep -qE 'allows nothing' "$WORK/out"
+}
+
+echo "== shipped policies"
+for policy in "$REPO"/policies/*.yaml; do
+  rc=0
+  enforceable "$policy" || rc=1
+  result "$rc" "${policy#"$REPO"/} can be enforced as written"
+done
+
+echo "== the check can fail"
+# An L7 inspection field in the first endpoint of the Claude Code policy.
+sed '0,/- { host: api.anthropic.com, port: 443 }/s//- { host: api.anthropic.com, port: 443, protocol: rest }/' \
+  "$REPO/policies/claude-code.yaml" >"$WORK/l7.yaml"
+rc=0
+if enforceable "$WORK/l7.yaml"; then rc=1; fi
+grep -q 'is not supported' "$WORK/out" || rc=1
+result "$rc" "a policy with protocol: rest is refused as not supported"
+
+# A rule with its binaries removed.
+printf 'version: 1\nnetwork_policies:\n  orphan:\n    endpoints:\n      - { host: example.com, port: 443 }\n' \
+  >"$WORK/orphan.yaml"
+rc=0
+if enforceable "$WORK/orphan.yaml"; then rc=1; fi
+result "$rc" "a rule without binaries is reported as allowing nothing"
+
+printf '%d passed, %d failed\n' "$passed" "$failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# `make demo`: the shipped pod (deploy/kubernetes, in its podman variant) runs a tiny agent
+# under openshell-sandbox next to two web servers of its own, and shows an allowed request
+# succeeding, a denied one refused, and the supervisor's log line for the denial.
+#
+#   scripts/demo.sh SUPERVISOR_IMAGE AGENT_IMAGE       (make demo builds both first)
+#
+# Exits non-zero, saying what was missing, when the run did not show all three. Removes
+# everything it created (pod, containers, volumes, network) on exit.
+set -euo pipefail
+
+# shellcheck source=pod-lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pod-lib.sh"
+
+[[ $# -eq 2 ]] || osb_die "usage: $0 SUPERVISOR_IMAGE AGENT_IMAGE"
+readonly SUPERVISOR_IMAGE="$1" AGENT_IMAGE="$2"
+readonly PREFIX="osb-demo"
+readonly ALLOWED="$OSB_ALLOWED_IP:$OSB_PORT" DENIED="$OSB_DENIED_IP:$OSB_PORT"
+
+osb_preflight "$SUPERVISOR_IMAGE" "$AGENT_IMAGE"
+WORK="$(mktemp -d)"
+readonly WORK
+trap 'osb_cleanup "$PREFIX"; rm -rf "$WORK"' EXIT
+# A previous demo killed before its cleanup would block the network's address range.
+osb_cleanup "$PREFIX"
+
+# Bold headings on a terminal, plain ones in a log.
+if [[ -t 1 ]]; then
+  step() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+else
+  step() { printf '\n%s\n' "$*"; }
+fi
+
+step "1. Two web servers on a podman network ($OSB_SUBNET): $ALLOWED and $DENIED"
+osb_start_upstreams "$PREFIX" "$AGENT_IMAGE"
+
+cat >"$WORK/policy.yaml" <<EOF
+version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/bin, /usr, /etc, /proc, /dev/urandom]
+  read_write: [/tmp, /dev/null]
+landlock:
+  compatibility: hard_requirement
+network_policies:
+  demo_upstream:
+    endpoints:
+      - { host: "$OSB_ALLOWED_IP", port: $OSB_PORT }
+    binaries:
+      - { path: /bin/busybox }
+EOF
+step "2. The policy (ConfigMap openshell-policy): only $ALLOWED, only for /bin/busybox"
+sed 's/^/   /' "$WORK/policy.yaml"
+
+step "3. podman kube play: init container verifies and installs the supervisor, agent runs under it"
+sha="$(osb_supervisor_sha256 "$SUPERVISOR_IMAGE")"
+osb_render "$WORK/pod.yaml" "$PREFIX-pod" "$SUPERVISOR_IMAGE" "$AGENT_IMAGE" "$sha" \
+  "$WORK/policy.yaml" text "$OSB_REPO/scripts/demo-agent.sh" "$ALLOWED" "$DENIED"
+osb_play "$WORK/pod.yaml" "$PREFIX" || { cat "$WORK/pod.yaml.log"; osb_die "kube play failed"; }
+code="$(osb_wait_exit "$PREFIX-pod-agent" 60)" || osb_die "the agent did not finish in 60 s"
+podman logs "$PREFIX-pod-install-supervisor" 2>&1 | sed 's/^/   init: /'
+
+step "4. What the agent container printed (agent lines, and the supervisor's log)"
+podman logs "$PREFIX-pod-agent" >"$WORK/agent.log" 2>&1
+sed 's/^/   /' "$WORK/agent.log"
+echo "   (agent container exit code: $code)"
+
+step "5. The supervisor's deny log line"
+missing=()
+grep -q 'hello from the allowed upstream' "$WORK/agent.log" || missing+=("the allowed response")
+grep -q '403' "$WORK/agent.log" || missing+=("the 403 refusal")
+deny_lines="$(grep -E 'denied .* by proxy' "$WORK/agent.log" || true)"
+if [[ -n $deny_lines ]]; then
+  sed 's/^/   /' <<<"$deny_lines"
+else
+  missing+=("the supervisor's deny log line")
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  osb_die "the demo did not show: ${missing[*]}"
+fi
+step "Done: allowed request served, denied request refused with 403 and logged. Cleaning up."

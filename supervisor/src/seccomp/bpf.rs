@@ -6,7 +6,9 @@
 //!   arch != x86_64            -> deny   (int 0x80 / IA32 emulation, any foreign ABI)
 //!   nr >= 0x40000000          -> deny   (x32 ABI: same table, different numbers)
 //!   nr == clone3              -> ENOSYS (flags are in memory the filter cannot read)
-//!   nr == row.nr && row.when  -> deny   (one block per row)
+//!   nr == row.nr && row.when  -> deny   (one block per refused row)
+//!   nr == row.nr && row.when  -> notify (one block per observed row; the supervisor lets
+//!                                        the call continue)
 //!   otherwise                 -> allow
 //! ```
 //!
@@ -16,7 +18,8 @@
 use libc::{ENOSYS, EPERM, sock_filter};
 
 use super::rules::{
-    ALLOWED_FAMILIES, ALLOWED_NETLINK_PROTOCOL, REFUSED_TYPES, RULES, Rule, SOCK_TYPE_MASK, When,
+    ALLOWED_FAMILIES, ALLOWED_NETLINK_PROTOCOL, OBSERVED, REFUSED_TYPES, RULES, SOCK_TYPE_MASK,
+    When,
 };
 
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
@@ -27,6 +30,11 @@ const OFFSET_ARCH: u32 = 4;
 /// Low 32 bits of argument `i` (x86_64 is little-endian).
 const fn offset_arg(i: u8) -> u32 {
     16 + 8 * i as u32
+}
+
+/// High 32 bits of argument `i`.
+const fn offset_arg_high(i: u8) -> u32 {
+    offset_arg(i) + 4
 }
 
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
@@ -43,9 +51,14 @@ pub enum Deny {
     Notify,
     /// Return the row's errno directly (kernels without user notification).
     RuleErrno,
-    /// Return one fixed errno for every refusal, so a test can tell the filter refused a call
-    /// and not the kernel.
-    Sentinel(u16),
+    /// Return one fixed errno for every refusal and another for every observed call, so a
+    /// test can tell exactly what the filter did, as opposed to the kernel.
+    Sentinel {
+        /// Errno of refused calls.
+        refused: u16,
+        /// Errno of calls that would go to the supervisor to be observed.
+        observed: u16,
+    },
 }
 
 impl Deny {
@@ -53,7 +66,16 @@ impl Deny {
         match self {
             Deny::Notify => libc::SECCOMP_RET_USER_NOTIF,
             Deny::RuleErrno => errno_ret(errno),
-            Deny::Sentinel(e) => errno_ret(i32::from(e)),
+            Deny::Sentinel { refused, .. } => errno_ret(i32::from(refused)),
+        }
+    }
+
+    /// What an observed call turns into: a notification when someone listens, else nothing.
+    fn observe(self) -> u32 {
+        match self {
+            Deny::Notify => libc::SECCOMP_RET_USER_NOTIF,
+            Deny::RuleErrno => libc::SECCOMP_RET_ALLOW,
+            Deny::Sentinel { observed, .. } => errno_ret(i32::from(observed)),
         }
     }
 }
@@ -92,21 +114,28 @@ pub fn compile(deny: Deny) -> Result<Vec<sock_filter>, TooLong> {
         jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1),
         stmt(RET_K, errno_ret(ENOSYS)),
     ];
-    for rule in RULES {
-        let body = block(rule, deny);
-        let skip = u8::try_from(body.len()).map_err(|_| TooLong(rule.name))?;
-        prog.push(jump(JEQ_K, rule.nr as u32, 0, skip));
+    let refused = RULES
+        .iter()
+        .map(|r| (r.name, r.nr, r.when, deny.ret(r.errno)));
+    let observed = OBSERVED
+        .iter()
+        .map(|o| (o.name, o.nr, o.when, deny.observe()));
+    for (name, nr, when, action) in refused.chain(observed) {
+        let body = block(when, action, deny);
+        let skip = u8::try_from(body.len()).map_err(|_| TooLong(name))?;
+        prog.push(jump(JEQ_K, nr as u32, 0, skip));
         prog.extend(body);
     }
     prog.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
     Ok(prog)
 }
 
-/// The instructions run when the syscall number matched `rule`; every path ends in `ret`.
-fn block(rule: &Rule, deny: Deny) -> Vec<sock_filter> {
-    let refuse = stmt(RET_K, deny.ret(rule.errno));
+/// The instructions run when the syscall number matched a row: `action` when `when` holds,
+/// allow otherwise; every path ends in `ret`.
+fn block(when: When, action: u32, deny: Deny) -> Vec<sock_filter> {
+    let refuse = stmt(RET_K, action);
     let allow = stmt(RET_K, libc::SECCOMP_RET_ALLOW);
-    match rule.when {
+    match when {
         When::Always => vec![refuse],
         When::AnyFlag { arg, mask } => vec![
             stmt(LD_W_ABS, offset_arg(arg)),
@@ -135,6 +164,15 @@ fn block(rule: &Rule, deny: Deny) -> Vec<sock_filter> {
             out
         }
         When::SocketPolicy => socket_block(deny),
+        // A jump lands at (its own index + 1 + offset).
+        When::NonZero { arg } => vec![
+            /* 0 */ stmt(LD_W_ABS, offset_arg(arg)),
+            /* 1 */ jump(JEQ_K, 0, 0, 2),
+            /* 2 */ stmt(LD_W_ABS, offset_arg_high(arg)),
+            /* 3 */ jump(JEQ_K, 0, 1, 0),
+            /* 4 */ refuse,
+            /* 5 */ allow,
+        ],
     }
 }
 

@@ -15,7 +15,7 @@ use libc::sock_filter;
 use nix::errno::Errno;
 
 pub use bpf::Deny;
-pub use notify::{Notification, Verdict, classify, serve};
+pub use notify::{Egress, Notification, Verdict, classify, serve};
 
 /// Why the filter could not be built.
 #[derive(Debug, thiserror::Error)]

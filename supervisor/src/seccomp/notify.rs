@@ -1,6 +1,8 @@
 //! The supervisor's side of the seccomp filter: receives each refused call, answers it with its
-//! errno and logs it.
+//! errno and logs it; lets each observed call continue, logging those that try to leave the
+//! sandbox around the proxy.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -39,10 +41,27 @@ pub enum Verdict {
         /// The rule, in words.
         why: String,
     },
+    /// Let the kernel run the call; log `(what, destination, why)` when present.
+    Continue(Option<Egress>),
 }
 
-/// Decides the answer for one notification from the same table the filter was built from.
-pub fn classify(n: &Notification) -> Verdict {
+/// An attempt to reach the network around the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    /// The call and its destination, e.g. `connect to 1.1.1.1:443`.
+    pub what: String,
+    /// Where it tried to go.
+    pub destination: SocketAddr,
+    /// Why it cannot get there.
+    pub why: &'static str,
+}
+
+/// Reads `len` bytes at `addr` in the caller's memory.
+pub type ReadMemory<'a> = &'a dyn Fn(u64, usize) -> Option<Vec<u8>>;
+
+/// Decides the answer for one notification from the same tables the filter was built from.
+/// `memory` reads the caller's memory, for the destinations of observed calls.
+pub fn classify(n: &Notification, memory: ReadMemory<'_>) -> Verdict {
     let deny = |errno: i32, what: String, why: &str| Verdict::Deny {
         errno,
         what,
@@ -67,6 +86,9 @@ pub fn classify(n: &Notification) -> Verdict {
             "the x32 system call ABI is refused",
         );
     }
+    if let Some(observed) = rules::observed_for(libc::c_long::from(n.nr)) {
+        return Verdict::Continue(egress(observed.name, n, memory));
+    }
     let Some(rule) = rules::rule_for(libc::c_long::from(n.nr)) else {
         return deny(
             libc::EPERM,
@@ -83,6 +105,68 @@ pub fn classify(n: &Notification) -> Verdict {
         return deny(errno, "socket".to_owned(), &why);
     }
     deny(rule.errno, rule.name.to_owned(), rule.why)
+}
+
+/// The destination of an observed call, when it leaves the sandbox's loopback.
+fn egress(call: &str, n: &Notification, memory: ReadMemory<'_>) -> Option<Egress> {
+    let (address, len) = match call {
+        "connect" => (n.args[1], n.args[2]),
+        _ => (n.args[4], n.args[5]),
+    };
+    if address == 0 {
+        return None;
+    }
+    let destination = sockaddr(&memory(address, len.min(128) as usize)?)?;
+    if canonical_loopback(destination.ip()) {
+        return None;
+    }
+    let why = if destination.port() == 53 {
+        "direct DNS: the sandbox has no resolver; the proxy resolves names (use HTTP_PROXY/HTTPS_PROXY)"
+    } else {
+        "no route out of the sandbox: its only way out is the proxy at 127.0.0.1:3128 (HTTP_PROXY/HTTPS_PROXY)"
+    };
+    Some(Egress {
+        what: format!("{call} to {destination}"),
+        destination,
+        why,
+    })
+}
+
+fn canonical_loopback(ip: IpAddr) -> bool {
+    crate::policy::canonical_ip(ip).is_loopback()
+}
+
+/// An IPv4 or IPv6 `struct sockaddr`; other families (unix, netlink, unspec) give `None`.
+fn sockaddr(raw: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(raw.get(0..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+    match i32::from(family) {
+        libc::AF_INET => {
+            let octets: [u8; 4] = raw.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(octets)), port))
+        }
+        libc::AF_INET6 => {
+            let octets: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port))
+        }
+        _ => None,
+    }
+}
+
+/// Reads another process's memory (the supervisor holds CAP_SYS_PTRACE for this).
+fn read_memory(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: writes at most `len` bytes into `buf`; the remote side is only read.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    (n == len as isize).then_some(buf)
 }
 
 /// Answers notifications on `listener` until every process under the filter has exited.
@@ -127,28 +211,51 @@ fn handle_one(listener: &OwnedFd, limiter: &RateLimit) {
         nr: req.data.nr,
         args: req.data.args,
     };
-    let Verdict::Deny { errno, what, why } = classify(&n);
-    // Read the executable while the caller is still blocked in the call, then make sure the
-    // notification is still live: otherwise the pid may already belong to someone else.
+    // Everything about the caller (its memory, its executable) is read while it is still
+    // blocked in the call; then the notification must still be live, otherwise the pid may
+    // already belong to someone else.
+    let verdict = classify(&n, &|address, len| read_memory(n.pid, address, len));
     let exe = log::exe_of(n.pid);
     // SAFETY: ID_VALID reads the u64 id.
     let live = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &req.id) } == 0;
+    let (error, flags) = match &verdict {
+        Verdict::Deny { errno, .. } => (-errno, 0),
+        Verdict::Continue(_) => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+    };
     let resp = libc::seccomp_notif_resp {
         id: req.id,
         val: 0,
-        error: -errno,
-        flags: 0,
+        error,
+        flags,
     };
     // SAFETY: SEND reads a correctly sized seccomp_notif_resp. Failure means the caller is gone.
     unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND as _, &resp) };
-    if live && limiter.allow() {
+    if !live {
+        return;
+    }
+    let denial = match &verdict {
+        Verdict::Deny { what, why, .. } => {
+            Some((Layer::Seccomp, what.as_str(), why.as_str(), None))
+        }
+        Verdict::Continue(Some(egress)) => Some((
+            Layer::Network,
+            egress.what.as_str(),
+            egress.why,
+            Some(egress.destination),
+        )),
+        Verdict::Continue(None) => None,
+    };
+    if let Some((layer, what, why, destination)) = denial
+        && limiter.allow()
+    {
+        let host = destination.map(|d| d.ip().to_string());
         log::denied(&Denial {
-            layer: Layer::Seccomp,
+            layer,
             pid: n.pid,
             exe: &exe,
-            what: &what,
-            why: &why,
-            target: None,
+            what,
+            why,
+            target: host.as_deref().zip(destination.map(|d| d.port())),
         });
     }
 }

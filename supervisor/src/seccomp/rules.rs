@@ -38,6 +38,11 @@ pub enum When {
     /// `socket(2)`: families other than unix, IPv4, IPv6 and route netlink, and raw or packet
     /// sockets of any family.
     SocketPolicy,
+    /// Calls whose argument `arg` (all 64 bits) is not zero, e.g. a non-null pointer.
+    NonZero {
+        /// Argument index.
+        arg: u8,
+    },
 }
 
 /// One refused system call.
@@ -296,6 +301,46 @@ pub fn rule_for(nr: c_long) -> Option<&'static Rule> {
     RULES.iter().find(|r| r.nr == nr)
 }
 
+/// A system call the supervisor watches without refusing it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed {
+    /// The call's name, for logs.
+    pub name: &'static str,
+    /// Its x86_64 number.
+    pub nr: c_long,
+    /// When it is reported.
+    pub when: When,
+}
+
+/// Calls that name a network destination. The network namespace already refuses every
+/// destination but the sandbox's own loopback (no route); watching these lets the supervisor
+/// log each attempt to go around the proxy with pid, executable and destination. The
+/// supervisor only reads the destination and lets the call continue, so a process racing to
+/// change it after the read can falsify a log line but never reach anything.
+///
+/// `sendmsg`/`sendmmsg` are not watched: they carry unix-socket IPC and fd passing (including
+/// the hand-over of this very filter's listener), which must not wait on the supervisor. A
+/// datagram sent with them to an outside address is still refused (no route), just not logged.
+pub const OBSERVED: &[Observed] = &[
+    Observed {
+        name: "connect",
+        nr: libc::SYS_connect,
+        when: When::Always,
+    },
+    // Only with a destination address: send(2) on a connected socket passes none and stays
+    // off the supervisor's path.
+    Observed {
+        name: "sendto",
+        nr: libc::SYS_sendto,
+        when: When::NonZero { arg: 4 },
+    },
+];
+
+/// The watched call for an x86_64 system call number.
+pub fn observed_for(nr: c_long) -> Option<&'static Observed> {
+    OBSERVED.iter().find(|o| o.nr == nr)
+}
+
 /// Why the filter refuses `socket(family, type, protocol)`, with the errno it answers, in
 /// the same order the filter checks: family first (`EAFNOSUPPORT`, as a kernel without that
 /// family would say), then raw and packet types (`EPERM`). `None` when the call is allowed.
@@ -326,11 +371,15 @@ mod tests {
 
     #[test]
     fn one_row_per_system_call() {
-        for (i, rule) in RULES.iter().enumerate() {
+        let all: Vec<(c_long, &str)> = RULES
+            .iter()
+            .map(|r| (r.nr, r.name))
+            .chain(OBSERVED.iter().map(|o| (o.nr, o.name)))
+            .collect();
+        for (i, (nr, name)) in all.iter().enumerate() {
             assert!(
-                RULES[i + 1..].iter().all(|r| r.nr != rule.nr),
-                "{} listed twice",
-                rule.name
+                all[i + 1..].iter().all(|(n, _)| n != nr),
+                "{name} listed twice"
             );
         }
     }

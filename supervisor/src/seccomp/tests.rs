@@ -9,11 +9,16 @@ use std::arch::asm;
 use super::{Deny, prepare, rules, verify};
 
 const SENTINEL: i32 = 4095;
+const OBSERVED: i32 = 4094;
+const SENTINELS: Deny = Deny::Sentinel {
+    refused: SENTINEL as u16,
+    observed: OBSERVED as u16,
+};
 
 /// Runs `call` in a new thread under the filter and returns its raw result and errno.
 fn filtered(call: fn() -> i64) -> (i64, i32) {
     std::thread::spawn(move || {
-        let filter = prepare(Deny::Sentinel(SENTINEL as u16)).unwrap();
+        let filter = prepare(SENTINELS).unwrap();
         // SAFETY: per-thread prctl without pointers.
         assert_eq!(
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
@@ -237,8 +242,10 @@ fn classification_matches_the_filter() {
         nr: nr as i32,
         args,
     };
+    let classify = |n: &Notification| classify(n, &|_, _| None);
     let errno = |v: Verdict| match v {
         Verdict::Deny { errno, .. } => errno,
+        Verdict::Continue(_) => 0,
     };
     assert_eq!(
         errno(classify(&n(0xC000_003E, libc::SYS_ptrace, [0; 6]))),
@@ -254,17 +261,25 @@ fn classification_matches_the_filter() {
         errno(classify(&n(0xC000_003E, libc::SYS_socket, raw))),
         libc::EPERM
     );
-    let Verdict::Deny { what, .. } = classify(&n(0x4000_0003, 20, [0; 6]));
-    assert_eq!(what, "i386 (int 0x80) syscall 20");
-    let Verdict::Deny { what, .. } = classify(&n(0xC000_003E, 0x4000_0027, [0; 6]));
-    assert_eq!(what, "x32 syscall 39");
+    let what = |v: Verdict| match v {
+        Verdict::Deny { what, .. } => what,
+        Verdict::Continue(_) => String::new(),
+    };
+    assert_eq!(
+        what(classify(&n(0x4000_0003, 20, [0; 6]))),
+        "i386 (int 0x80) syscall 20"
+    );
+    assert_eq!(
+        what(classify(&n(0xC000_003E, 0x4000_0027, [0; 6]))),
+        "x32 syscall 39"
+    );
     assert!(rules::rule_for(libc::SYS_memfd_create).is_none());
 }
 
 #[test]
 fn socket_classification_agrees_with_the_filter_everywhere() {
     let disagreements = std::thread::spawn(|| {
-        let filter = prepare(Deny::Sentinel(SENTINEL as u16)).unwrap();
+        let filter = prepare(SENTINELS).unwrap();
         // SAFETY: per-thread prctl.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         filter.apply().unwrap();
@@ -294,4 +309,128 @@ fn socket_classification_agrees_with_the_filter_everywhere() {
     .join()
     .unwrap();
     assert!(disagreements.is_empty(), "{disagreements:?}");
+}
+
+fn sockaddr_in(ip: [u8; 4], port: u16) -> Vec<u8> {
+    let mut raw = vec![0u8; 16];
+    raw[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    raw[2..4].copy_from_slice(&port.to_be_bytes());
+    raw[4..8].copy_from_slice(&ip);
+    raw
+}
+
+fn sockaddr_in6(ip: std::net::Ipv6Addr, port: u16) -> Vec<u8> {
+    let mut raw = vec![0u8; 28];
+    raw[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+    raw[2..4].copy_from_slice(&port.to_be_bytes());
+    raw[8..24].copy_from_slice(&ip.octets());
+    raw
+}
+
+/// Classifies an observed call against a fake address space.
+fn observe(nr: i64, args: [u64; 6], memory: &[(u64, Vec<u8>)]) -> Option<super::Egress> {
+    use super::{Notification, Verdict, classify};
+    let n = Notification {
+        pid: 1,
+        arch: 0xC000_003E,
+        nr: nr as i32,
+        args,
+    };
+    let read = |address: u64, len: usize| {
+        memory
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map(|(_, bytes)| bytes[..len.min(bytes.len())].to_vec())
+    };
+    match classify(&n, &read) {
+        Verdict::Continue(report) => report,
+        Verdict::Deny { what, .. } => panic!("{what} must not be refused"),
+    }
+}
+
+#[test]
+fn direct_egress_is_reported_and_loopback_is_not() {
+    let outside = observe(
+        libc::SYS_connect,
+        [3, 0x1000, 16, 0, 0, 0],
+        &[(0x1000, sockaddr_in([1, 1, 1, 1], 443))],
+    );
+    let outside = outside.expect("a connect to 1.1.1.1 is reported");
+    assert_eq!(outside.what, "connect to 1.1.1.1:443");
+    assert!(outside.why.contains("no route"));
+    let proxy = observe(
+        libc::SYS_connect,
+        [3, 0x1000, 16, 0, 0, 0],
+        &[(0x1000, sockaddr_in([127, 0, 0, 1], 3128))],
+    );
+    assert!(proxy.is_none(), "the proxy is on loopback");
+    let mapped = "::ffff:127.0.0.1".parse().unwrap();
+    assert!(
+        observe(
+            libc::SYS_connect,
+            [3, 0x1000, 28, 0, 0, 0],
+            &[(0x1000, sockaddr_in6(mapped, 80))]
+        )
+        .is_none()
+    );
+    let v6 = observe(
+        libc::SYS_connect,
+        [3, 0x1000, 28, 0, 0, 0],
+        &[(
+            0x1000,
+            sockaddr_in6("2606:4700::1111".parse().unwrap(), 443),
+        )],
+    );
+    assert_eq!(v6.unwrap().what, "connect to [2606:4700::1111]:443");
+    let mut unix = vec![0u8; 16];
+    unix[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    assert!(
+        observe(
+            libc::SYS_connect,
+            [3, 0x1000, 16, 0, 0, 0],
+            &[(0x1000, unix)]
+        )
+        .is_none()
+    );
+    assert!(
+        observe(libc::SYS_connect, [3, 0x1000, 16, 0, 0, 0], &[]).is_none(),
+        "unreadable memory"
+    );
+}
+
+#[test]
+fn udp_destinations_through_sendto() {
+    let dns = observe(
+        libc::SYS_sendto,
+        [3, 0x2000, 40, 0, 0x1000, 16],
+        &[(0x1000, sockaddr_in([8, 8, 8, 8], 53))],
+    );
+    let dns = dns.expect("UDP to port 53 is reported");
+    assert_eq!(dns.what, "sendto to 8.8.8.8:53");
+    assert!(dns.why.contains("direct DNS"));
+}
+
+#[test]
+fn destinations_go_to_the_supervisor_and_plain_sends_do_not() {
+    let observed = |call: fn() -> i64| filtered(call) == (-1, OBSERVED);
+    assert!(observed(
+        || unsafe { libc::connect(-1, std::ptr::null(), 0) } as i64
+    ));
+    // sendmsg carries fd passing and IPC: never waits on the supervisor.
+    assert_eq!(
+        filtered(|| unsafe { libc::sendmsg(-1, std::ptr::null(), 0) } as i64).1,
+        libc::EBADF
+    );
+    assert!(observed(|| unsafe {
+        libc::syscall(libc::SYS_sendto, -1, 0, 0, 0, 0x7fff_0000_0000u64, 16)
+    }));
+    assert!(observed(|| unsafe {
+        libc::syscall(libc::SYS_sendto, -1, 0, 0, 0, 0x1000, 16)
+    }));
+    // send(2) is sendto with a null destination: allowed outright (EBADF from the kernel).
+    let (_, errno) =
+        filtered(
+            || unsafe { libc::sendto(-1, std::ptr::null(), 0, 0, std::ptr::null(), 0) } as i64,
+        );
+    assert_eq!(errno, libc::EBADF);
 }

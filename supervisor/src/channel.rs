@@ -139,7 +139,7 @@ impl Sender {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is a pure computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as _;
         // SAFETY: the control buffer holds at least one cmsghdr (checked by CMSG_FIRSTHDR).
         let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
         if cmsg.is_null() {
@@ -149,7 +149,7 @@ impl Sender {
         unsafe {
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
             libc::CMSG_DATA(cmsg)
                 .cast::<RawFd>()
                 .write_unaligned(listener);

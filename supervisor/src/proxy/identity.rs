@@ -11,6 +11,12 @@
 //! Each executable that earns a connection is pinned by SHA-256 the first time (trust on first
 //! use); later connections from a binary with the same path but different content are refused.
 //! Hashes are cached by device, inode, size, mtime and ctime, so a binary is read once.
+//!
+//! `/proc/PID/fd` is a directory owned by the process's user with mode 0500, and the agent's
+//! own files may be unreadable for others: root can list or read them only with
+//! CAP_DAC_READ_SEARCH, a capability that reads every file on the node. Instead, the scanning
+//! thread briefly takes the owner's uid as its filesystem uid (CAP_SETUID, which the
+//! supervisor needs anyway) and reads as the owner would.
 
 use std::collections::HashMap;
 use std::fs;
@@ -295,11 +301,17 @@ impl Identifier {
             if pid == self.init || !self.in_sandbox(pid) {
                 continue;
             }
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            let dir = format!("/proc/{pid}/fd");
+            let Ok(owner) = fs::metadata(&dir).map(|m| m.uid()) else {
                 continue;
             };
-            let holds = fds.flatten().any(|fd| {
-                fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())
+            let holds = as_filesystem_uid(owner, || {
+                fs::read_dir(&dir).is_ok_and(|fds| {
+                    fds.flatten().any(|fd| {
+                        fs::read_link(fd.path())
+                            .is_ok_and(|target| target.as_os_str() == wanted.as_str())
+                    })
+                })
             });
             if holds {
                 owners.push(pid);
@@ -352,7 +364,9 @@ impl Identifier {
 
     /// SHA-256 of the file `pid` is running (even if it was replaced on disk since).
     fn digest(&self, pid: u32) -> io::Result<[u8; 32]> {
-        let mut file = fs::File::open(format!("/proc/{pid}/exe"))?;
+        let exe = format!("/proc/{pid}/exe");
+        let owner = fs::metadata(&exe)?.uid();
+        let mut file = as_filesystem_uid(owner, || fs::File::open(&exe))?;
         let m = file.metadata()?;
         let key = FileKey {
             dev: m.dev(),
@@ -385,6 +399,22 @@ impl Identifier {
             .insert(key, digest);
         Ok(digest)
     }
+}
+
+/// Runs `f` with the calling thread's filesystem uid set to `uid` (permission checks then
+/// treat it as that user; nothing else about the process changes), and restores it after.
+/// Only this thread is affected: `setfsuid` is per thread.
+fn as_filesystem_uid<T>(uid: u32, f: impl FnOnce() -> T) -> T {
+    if uid == 0 {
+        return f();
+    }
+    // SAFETY: setfsuid takes a uid and returns the previous one; it cannot fail in a way
+    // that matters here (an unchanged fsuid only makes the read fail).
+    let previous = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+    let result = f();
+    // SAFETY: as above, back to the previous filesystem uid.
+    unsafe { libc::syscall(libc::SYS_setfsuid, previous) };
+    result
 }
 
 /// The executable of `pid`, without the " (deleted)" mark of a replaced file (its content is

@@ -15,7 +15,8 @@
 # reused (a cache, removed by `make clean-images`), and a Debian update rebuilds it.
 set -euo pipefail
 
-readonly REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO
 readonly CACHE="$REPO/build/cache"
 readonly NAME="localhost/openshell-e2e-agent"
 # The agent's user. Not the supervisor's choice to make here: the supervisor takes the

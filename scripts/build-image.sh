@@ -13,7 +13,8 @@ die() { printf 'build-image: error: %s\n' "$*" >&2; exit 1; }
 
 [[ $# -eq 5 ]] || die "usage: $0 BIN_DIR IMAGE VERSION REVISION SOURCE"
 readonly BIN_DIR="$1" IMAGE="$2" VERSION="$3" REVISION="$4" SOURCE="$5"
-readonly REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO
 readonly CONTEXT="$REPO/build/image"
 # What the image may weigh (issue 6): the init container is pulled on every node.
 readonly MAX_BYTES=$((8 * 1000 * 1000))

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # The demo's agent: run by busybox sh INSIDE the sandbox, as
 #   /bin/sh -c "$(cat demo-agent.sh)" agent ALLOWED DENIED
 # Shows who it is, then makes one request the policy allows and one it does not, both with

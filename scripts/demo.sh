@@ -9,7 +9,7 @@
 # everything it created (pod, containers, volumes, network) on exit.
 set -euo pipefail
 
-# shellcheck source=pod-lib.sh
+# shellcheck source-path=SCRIPTDIR
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pod-lib.sh"
 
 [[ $# -eq 2 ]] || osb_die "usage: $0 SUPERVISOR_IMAGE AGENT_IMAGE"

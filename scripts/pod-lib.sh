@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo.sh and tests/e2e/pod.sh: plays the podman variant of
 # deploy/kubernetes in a podman network of its own, next to two upstream HTTP servers of its
 # own (busybox httpd in the agent image), one that the policy allows and one it does not.
@@ -55,8 +56,8 @@ osb_start_upstreams() {
 }
 
 osb_wait_tcp() {
-  local ip="$1" port="$2" try
-  for try in $(seq 50); do
+  local ip="$1" port="$2"
+  for _ in $(seq 50); do
     if (exec 3<>"/dev/tcp/$ip/$port") 2>/dev/null; then
       return 0
     fi

@@ -8,7 +8,8 @@
 # a few seconds and changes nothing. CI (.ci/run) calls it before `make test`.
 set -euo pipefail
 
-readonly REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO
 readonly VENV="${OPENSHELL_VENV:-$REPO/build/venv}"
 readonly REQUIREMENTS="$REPO/scripts/requirements-manifests.txt"
 readonly MUSL_TARGET="x86_64-unknown-linux-musl"

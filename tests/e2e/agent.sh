@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # The test agent: run by busybox sh INSIDE the sandbox, as
 #   /bin/sh -c "$(cat agent.sh)" agent ALLOWED DENIED EXIT_CODE
 # where ALLOWED and DENIED are host:port of the test's two upstream servers. It prints what the

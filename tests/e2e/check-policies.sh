@@ -10,7 +10,8 @@ set -euo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 SANDBOX_BINARY" >&2; exit 2; }
 readonly SANDBOX="$1"
-readonly REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+readonly REPO
 [[ -x $SANDBOX ]] || { echo "check-policies: $SANDBOX is not an executable" >&2; exit 2; }
 WORK="$(mktemp -d)"
 readonly WORK

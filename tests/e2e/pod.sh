@@ -20,7 +20,7 @@
 # generated pods and the logs it read are kept in build/e2e-last/.
 set -euo pipefail
 
-# shellcheck source=../../scripts/pod-lib.sh
+# shellcheck source-path=SCRIPTDIR/../../scripts
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/scripts/pod-lib.sh"
 
 [[ $# -eq 2 ]] || osb_die "usage: $0 SUPERVISOR_IMAGE AGENT_IMAGE"

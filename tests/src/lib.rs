@@ -1,7 +1,10 @@
-//! Shared helpers for the end-to-end tests: where the workspace's binaries are, and whether a
-//! missing kernel feature may skip a test.
+//! Shared helpers for the end-to-end tests: where the workspace's binaries are, whether a
+//! missing kernel feature may skip a test, and how to run the supervisor and read its logs.
 // Test support: failing loudly, with a message, is the point of every check here.
 #![allow(clippy::expect_used, clippy::panic)]
+
+pub mod run;
+pub mod scratch;
 
 use std::path::PathBuf;
 
@@ -34,4 +37,19 @@ pub fn require_kernel(available: bool, feature: &str) -> bool {
     }
     eprintln!("skipping: kernel feature missing: {feature}");
     false
+}
+
+/// The kernel's Landlock ABI version, 0 when Landlock cannot be used.
+pub fn landlock_abi() -> i64 {
+    // SAFETY: with LANDLOCK_CREATE_RULESET_VERSION (1) the attribute must be null and the size
+    // 0; the call only returns a number.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    abi.max(0)
 }

@@ -101,6 +101,10 @@ fn log_policy(policy: &policy::Policy) {
 }
 
 fn report(outcome: &Outcome) {
+    tracing::debug!(
+        peak_rss_kib = peak_rss_kib(),
+        "supervisor peak resident memory (its own, not the agent's)"
+    );
     match outcome {
         Outcome::Exited(code) => tracing::info!(status = code, "agent exited with status {code}"),
         Outcome::Signaled(signal) => tracing::info!(signal, "agent killed by signal {signal}"),
@@ -109,6 +113,15 @@ fn report(outcome: &Outcome) {
             tracing::error!("{message}");
         }
     }
+}
+
+/// The supervisor's own peak resident set, all threads, children excluded.
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills a struct on the stack.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF cannot fail with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss
 }
 
 /// Reopens fds 0-2 on /dev/null when the supervisor was started without them, so that none

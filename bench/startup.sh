@@ -32,7 +32,7 @@ time_us() {
   start=$EPOCHREALTIME
   "$1" >/dev/null
   end=$EPOCHREALTIME
-  echo $(((${end/./} - ${start/./})))
+  echo $((${end/./} - ${start/./}))
 }
 
 declare -A samples

@@ -26,8 +26,15 @@ body="$(timeout 10 wget -q -O- "http://$allowed/" 2>&1)"
 echo "allowed-rc: $?"
 echo "allowed-body: $body"
 
+# A CONNECT tunnel to it, by hand, with the request right behind the CONNECT head (bytes
+# after the head belong to the tunnel).
+printf 'CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nGET / HTTP/1.0\r\n\r\n' "$allowed" "$allowed" |
+  timeout 10 nc 127.0.0.1 3128 2>&1 | tr -d '\r' | sed 's/^/allowed-connect: /'
+
 # A CONNECT to the upstream the policy does not name, by hand, to see the proxy's answer.
 printf 'CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n' "$denied" "$denied" |
   timeout 10 nc 127.0.0.1 3128 2>&1 | tr -d '\r' | sed 's/^/denied-response: /'
+# The JSON body ends without a newline.
+echo
 
 exit "$code"

@@ -91,8 +91,11 @@ deny_logged() {
 import json, sys
 path, dest = sys.argv[1], sys.argv[2]
 for line in open(path, encoding="utf-8", errors="replace"):
+    # The agent's stdout and the supervisor's stderr share the log; a line the agent leaves
+    # unterminated gets the next log event glued to its end.
+    start = line.find('{"timestamp"')
     try:
-        e = json.loads(line)
+        e = json.loads(line[start:]) if start >= 0 else None
     except ValueError:
         continue
     if (isinstance(e, dict) and e.get("event") == "denied" and e.get("layer") == "proxy"
@@ -217,6 +220,10 @@ check "agent's environment points at the proxy on 127.0.0.1:3128" has "$WORK/age
   '^proxy-env: HTTP_PROXY=http://127.0.0.1:3128 HTTPS_PROXY=http://127.0.0.1:3128 ALL_PROXY=http://127.0.0.1:3128 http_proxy=http://127.0.0.1:3128 NO_PROXY=127.0.0.1,localhost,::1$'
 check "allowed upstream $ALLOWED answers through the proxy" \
   has "$WORK/agent.log" '^allowed-body: hello from the allowed upstream$'
+check "CONNECT to $ALLOWED is established" \
+  has "$WORK/agent.log" '^allowed-connect: HTTP/1\.1 200 '
+check "the tunnel carries the agent's request to the allowed upstream" \
+  has "$WORK/agent.log" '^allowed-connect: hello from the allowed upstream$'
 check "CONNECT to $DENIED is refused with 403 Forbidden" \
   has "$WORK/agent.log" '^denied-response: HTTP/1\.1 403 Forbidden$'
 check "the refusal's body is the policy_denied JSON" \
@@ -225,7 +232,8 @@ check "the supervisor logged the denial (event, layer, pid, exe, what)" \
   deny_logged "$WORK/agent.log" "$DENIED"
 podman logs "$PREFIX-allowed" >"$WORK/allowed.log" 2>&1
 podman logs "$PREFIX-denied" >"$WORK/denied.log" 2>&1
-check "the allowed upstream served the agent's request" has "$WORK/allowed.log" 'response:200'
+check "the allowed upstream served both requests (absolute-form and tunnel)" \
+  equals "$(grep -c 'response:200' "$WORK/allowed.log")" 2
 check "the denied upstream saw no connection at all" lacks "$WORK/denied.log" '.'
 kube_down "$WORK/ok.yaml"
 

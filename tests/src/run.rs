@@ -138,11 +138,12 @@ pub fn start(command: &mut Command, stdin: Stdin<'_>) -> Running {
     }
 }
 
+/// Reads a pipe to its end; bytes that are not UTF-8 show as U+FFFD.
 fn collect(mut pipe: Box<dyn Read + Send>) -> JoinHandle<String> {
     std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
     })
 }
 

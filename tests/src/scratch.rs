@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The confined agent's uid and gid in the tests (nobody / nogroup).
 pub const AGENT_ID: u32 = 65534;
+/// The policy section that makes [`AGENT_ID`] the agent's identity.
+pub const RUN_AS_AGENT: &str = "process:\n  run_as_user: 65534\n  run_as_group: 65534\n";
 
 /// What every test policy lets the agent read: the programs and libraries it runs, its
 /// configuration and its own /proc (see policies/default.yaml).

@@ -18,7 +18,7 @@ use std::process::{Child, Command};
 use std::time::SystemTime;
 
 use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
-use openshell_tests::scratch::{AGENT_ID, Scratch, give_to_agent};
+use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
 use openshell_tests::{bin, landlock_abi, require_kernel};
 
 /// Who runs the unconfined baseline.
@@ -38,6 +38,8 @@ enum By {
 enum Layer {
     /// The seccomp filter, logged by the supervisor with this `what`.
     Seccomp(&'static str),
+    /// The sandbox's network namespace (no route), logged by the supervisor with this `what`.
+    Network(&'static str),
     /// The seccomp filter itself, without a log line (clone3's ENOSYS).
     SeccompUnlogged,
     /// Landlock.
@@ -218,14 +220,7 @@ impl Attempt {
             require_kernel(false, needs.feature);
             return None;
         }
-        if let Some(effect) = self.effect {
-            assert_eq!(
-                fixture.shows(effect, killed),
-                line == "ok",
-                "{name}: unconfined result {line:?}, but the trace of the attack ({effect:?}) \
-                 says otherwise"
-            );
-        }
+        self.check_effect(name, &fixture, &line, killed);
         Some(line)
     }
 
@@ -235,7 +230,7 @@ impl Attempt {
         let policy = fixture.scratch.policy(
             &[&fixture.scratch.join("ro")],
             &[&fixture.scratch.join("rw")],
-            &format!("process:\n  run_as_user: {AGENT_ID}\n  run_as_group: {AGENT_ID}\n"),
+            RUN_AS_AGENT,
         );
         let launcher = [
             probe.as_os_str(),
@@ -251,42 +246,52 @@ impl Attempt {
         let out = run::run(&mut command, fixture.stdin());
         let line = result_line(name, "confined", &out);
         assert_eq!(line, self.confined, "{name}: confined\n{out:#?}");
+        self.check_denials(name, &out);
+        self.check_effect(name, &fixture, &line, false);
+    }
+
+    /// A refusal by seccomp, or by the network namespace, comes with exactly one denial line
+    /// naming the call and the probe; any other refusal with none.
+    fn check_denials(&self, name: &str, out: &Output) {
         let denials = out.denials();
-        match self.layer {
-            Layer::Seccomp(what) => {
-                assert_eq!(denials.len(), 1, "{name}: one seccomp denial\n{out:#?}");
-                let denial = &denials[0];
-                assert_eq!(denial["layer"], "seccomp", "{name}: {denial}");
-                assert_eq!(denial["what"], what, "{name}: {denial}");
-                assert_eq!(denial["exe"], probe.to_str().expect("UTF-8 path"), "{name}");
-                assert!(
-                    denial["pid"].as_u64().is_some_and(|p| p > 1),
-                    "{name}: {denial}"
-                );
-                assert!(
-                    denial["why"].as_str().is_some_and(|w| !w.is_empty()),
-                    "{name}"
-                );
-            }
-            Layer::SeccompUnlogged | Layer::Landlock | Layer::Kernel(_) | Layer::Allowed => {
-                let expected = match self.layer {
-                    Layer::Kernel(why) => why,
-                    Layer::Landlock => "Landlock",
-                    Layer::SeccompUnlogged => "the seccomp filter's own answer",
-                    _ => "no refusal at all",
-                };
-                assert!(
-                    denials.is_empty(),
-                    "{name}: expected {expected}, but seccomp logged {denials:?}"
-                );
-            }
-        }
+        let (logged_by, expected) = match self.layer {
+            Layer::Seccomp(what) => (Some("seccomp"), what),
+            Layer::Network(what) => (Some("network"), what),
+            Layer::SeccompUnlogged => (None, "the seccomp filter's own answer"),
+            Layer::Landlock => (None, "Landlock"),
+            Layer::Kernel(why) => (None, why),
+            Layer::Allowed => (None, "no refusal at all"),
+        };
+        let Some(layer) = logged_by else {
+            assert!(
+                denials.is_empty(),
+                "{name}: expected {expected}, but the supervisor logged {denials:?}"
+            );
+            return;
+        };
+        assert_eq!(denials.len(), 1, "{name}: one denial line\n{out:#?}");
+        let denial = &denials[0];
+        let probe = bin("escape-probe");
+        assert_eq!(denial["layer"], layer, "{name}: {denial}");
+        assert_eq!(denial["what"], expected, "{name}: {denial}");
+        assert_eq!(denial["exe"], probe.to_str().expect("UTF-8 path"), "{name}");
+        assert!(
+            denial["pid"].as_u64().is_some_and(|p| p > 1),
+            "{name}: {denial}"
+        );
+        assert!(
+            denial["why"].as_str().is_some_and(|w| !w.is_empty()),
+            "{name}"
+        );
+    }
+
+    /// The trace of the attack must be there exactly when the probe reported success.
+    fn check_effect(&self, name: &str, fixture: &Fixture, line: &str, target_killed: bool) {
         if let Some(effect) = self.effect {
             assert_eq!(
-                fixture.shows(effect, false),
+                fixture.shows(effect, target_killed),
                 line == "ok",
-                "{name}: confined result {line:?}, but the trace of the attack ({effect:?}) \
-                 says otherwise"
+                "{name}: result {line:?}, but the trace of the attack ({effect:?}) says otherwise"
             );
         }
     }
@@ -309,14 +314,14 @@ fn result_line(name: &str, phase: &str, out: &Output) -> String {
     line.to_owned()
 }
 
-/// Stops the baseline's target process; true when the probe had already killed it.
+/// Stops the baseline's target process; true when the probe had killed it. (Our own signal is
+/// TERM, so a KILL status can only be the probe's, even if it has not been reaped yet.)
 fn finish(target: &mut Child) -> bool {
-    let killed = target.try_wait().expect("try_wait").is_some_and(|status| {
-        std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL)
-    });
-    let _ = target.kill();
-    let _ = target.wait();
-    killed
+    let pid = libc::pid_t::try_from(target.id()).expect("pid");
+    // SAFETY: a signal to our own child, which is not reaped before the wait below.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = target.wait().expect("waiting for the target");
+    std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL)
 }
 
 const CAP_SETUID: u32 = 7;
@@ -476,7 +481,7 @@ macro_rules! attempts {
 
 use By::{Agent, AgentIfLegacyTiocsti};
 use Effect::{Changed, Exists, Missing, TargetKilled, TtyInput};
-use Layer::{Kernel, Landlock, Seccomp, SeccompUnlogged};
+use Layer::{Kernel, Landlock, Network, Seccomp, SeccompUnlogged};
 
 const HIDDEN: Layer = Kernel("the sandbox's PID namespace does not contain the supervisor");
 const NOT_ROOT: Layer = Kernel("the agent has no uid 0 and no capabilities");
@@ -625,8 +630,8 @@ attempts! {
     route_netlink_socket_still_works:
         probe(&["socket", "netlink", "raw", "0"]);
     connect_around_the_sandbox_network:
-        probe(&["udp-connect", "203.0.113.1", "53"])
-            .refused("err ENETUNREACH", Kernel("the sandbox's network namespace has only lo"));
+        probe(&["udp-connect", "203.0.113.1", "443"])
+            .refused("err ENETUNREACH", Network("connect to 203.0.113.1:443"));
 
     // Kernel attack surface.
     io_uring_setup:

@@ -1,0 +1,685 @@
+//! The supervisor's contract, through its command line: policy errors, `check`, exit statuses,
+//! signals, timeouts, reaping, cleanup, stdio, identity, an unsupported kernel, logs and
+//! interactive use.
+// Test code: failing loudly, with a message, is the point of every check, helpers included.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openshell_tests::bin;
+use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
+use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
+use serde_json::Value;
+
+/// A scratch directory with `rw/` (the agent's workdir, read-write and its own) and a policy.
+struct Sandbox {
+    scratch: Scratch,
+    policy: PathBuf,
+}
+
+impl Sandbox {
+    /// The test policy plus `extra` YAML sections.
+    fn new(extra: &str) -> Sandbox {
+        let scratch = Scratch::new("behaviour");
+        let rw = scratch.join("rw");
+        std::fs::create_dir(&rw).expect("mkdir rw");
+        give_to_agent(&rw);
+        let policy = scratch.policy(&[], &[&rw], extra);
+        Sandbox { scratch, policy }
+    }
+
+    fn rw(&self, name: &str) -> PathBuf {
+        self.scratch.join("rw").join(name)
+    }
+
+    /// `openshell-sandbox --policy … --workdir rw --log-format json`, then `args`.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = run::sandbox(&self.policy, &self.scratch.join("rw"));
+        command.args(args);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run::run(&mut self.command(args), Stdin::Null)
+    }
+}
+
+fn probe() -> String {
+    bin("escape-probe").display().to_string()
+}
+
+/// The one ERROR line of a JSON log.
+fn error_line(out: &Output) -> String {
+    let errors: Vec<String> = out
+        .log()
+        .into_iter()
+        .filter(|line| line["level"] == "ERROR")
+        .map(|line| line["message"].as_str().expect("a message").to_owned())
+        .collect();
+    assert_eq!(errors.len(), 1, "exactly one error line\n{out:#?}");
+    errors[0].clone()
+}
+
+/// Polls `ready` every 10 ms until it holds; fails the test after 10 seconds.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn contents(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid");
+    // SAFETY: a signal to a child of this test that has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+#[test]
+fn policy_errors_name_file_line_column_and_field() {
+    let cases = [
+        (
+            "version: 1\nfilesystem_policy:\n  read_write:\n    - /tmp\n    - /\n",
+            "5:7: filesystem_policy.read_write[1]: \"/\" cannot be read-write; list the \
+             directories the agent needs",
+        ),
+        (
+            "version: 1\nfilesystem_policy:\n  read_wrte: [/tmp]\n",
+            "3:3: filesystem_policy.read_wrte: unknown field `read_wrte`, expected one of \
+             include_workdir, read_only, read_write",
+        ),
+        (
+            "version: 1\nprocess:\n  run_as_user: 0\n",
+            "3:16: process.run_as_user: 0 (root) is refused; the agent never runs as root",
+        ),
+        (
+            "version: 1\nnetwork_policies:\n  gh:\n    endpoints:\n      - host: api.github.com\n        \
+             port: 443\n        protocol: rest\n",
+            "7:19: network_policies.gh.endpoints[0].protocol: protocol \"rest\" (L7 inspection) \
+             is not supported by this version of openshell-sandbox, which enforces host, port \
+             and binary only; refusing rather than allowing more than the policy says",
+        ),
+    ];
+    for (text, expected) in cases {
+        let scratch = Scratch::new("policy");
+        let policy = scratch.join("bad.yaml");
+        std::fs::write(&policy, text).expect("writing the policy");
+        let marker = scratch.join("agent-ran");
+        let mut command = Command::new(bin("openshell-sandbox"));
+        command
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--", "/bin/touch"])
+            .arg(&marker);
+        let out = run::run(&mut command, Stdin::Null);
+        assert_eq!(out.code(), 125, "{out:#?}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one stderr line\n{out:#?}");
+        let (_, message) = lines[0].split_once(" ERROR ").expect("an ERROR line");
+        assert_eq!(message, format!("{}:{expected}", policy.display()));
+        assert!(!marker.exists(), "the agent ran despite a bad policy");
+    }
+}
+
+fn default_policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.yaml")
+}
+
+fn check(launcher: &[&str]) -> Output {
+    let mut command = Command::new(bin("escape-probe"));
+    command
+        .args(launcher)
+        .arg(bin("openshell-sandbox"))
+        .arg("check")
+        .arg("--policy")
+        .arg(default_policy());
+    run::run(&mut command, Stdin::Null)
+}
+
+#[test]
+fn check_passes_for_the_default_policy() {
+    let mut command = Command::new(bin("openshell-sandbox"));
+    command.arg("check").arg("--policy").arg(default_policy());
+    let out = run::run(&mut command, Stdin::Null);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    for expected in [
+        "  landlock: ABI ",
+        "  seccomp: ",
+        "  namespaces: pid, mount, ipc, uts, cgroup and network can be created",
+        "  capabilities: every one the supervisor needs is present",
+        "result: the policy can be enforced as written here",
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?}\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains("would fail"), "{}", out.stdout);
+}
+
+#[test]
+fn check_says_what_would_fail_without_landlock() {
+    for (errno, reason) in [
+        ("ENOSYS", "the kernel was built without Landlock (ENOSYS)"),
+        ("EPERM", "landlock_create_ruleset is blocked (EPERM"),
+    ] {
+        let out = check(&["run-with-landlock-blocked", errno, "--"]);
+        assert_eq!(out.code(), 125, "{out:#?}");
+        let failures: Vec<&str> = out
+            .stdout
+            .lines()
+            .skip_while(|l| *l != "result: would fail:")
+            .skip(1)
+            .collect();
+        assert_eq!(failures.len(), 1, "{}", out.stdout);
+        assert!(
+            failures[0].starts_with("  - Landlock is required by the policy but not available: ")
+                && failures[0].contains(reason),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn check_says_what_would_fail_without_cap_sys_admin() {
+    let out = check(&["drop-bounding", "21", "--"]);
+    assert_eq!(out.code(), 125, "{out:#?}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("  - missing capability: CAP_SYS_ADMIN")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn exit_status_is_the_agents() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    for (agent, expected) in [
+        ("exit 0", 0),
+        ("exit 7", 7),
+        ("exit 255", 255),
+        ("kill -USR1 $$", 128 + libc::SIGUSR1),
+        ("kill -KILL $$", 128 + libc::SIGKILL),
+    ] {
+        let out = sandbox.run(&["--", "/bin/sh", "-c", agent]);
+        assert_eq!(out.code(), expected, "{agent}\n{out:#?}");
+    }
+}
+
+#[test]
+fn command_not_executable_exits_126_naming_the_path() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let plain = sandbox.rw("plain-file");
+    std::fs::write(&plain, "#!/bin/sh\nexit 0\n").expect("write");
+    // Executable for its owner, but outside every rule of the policy: Landlock refuses exec.
+    let unlisted = sandbox.scratch.join("unlisted");
+    std::fs::copy("/bin/true", &unlisted).expect("copy");
+    for path in [&plain, &unlisted] {
+        let out = sandbox.run(&["--", path.to_str().expect("UTF-8")]);
+        assert_eq!(out.code(), 126, "{out:#?}");
+        let error = error_line(&out);
+        assert!(
+            error.starts_with(&format!("{}: ", path.display())),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn command_not_found_exits_127_naming_it() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    for command in ["/nonexistent/agent", "no-such-command-xyz"] {
+        let out = sandbox.run(&["--", command]);
+        assert_eq!(out.code(), 127, "{out:#?}");
+        assert_eq!(error_line(&out), format!("{command}: command not found"));
+    }
+}
+
+#[test]
+fn missing_capability_exits_125_before_the_agent_runs() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let marker = sandbox.rw("agent-ran");
+    let probe = probe();
+    let launcher = [
+        probe.as_ref(),
+        "drop-bounding".as_ref(),
+        "21".as_ref(),
+        "--".as_ref(),
+    ];
+    let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
+    command.args(["--", "/bin/touch"]).arg(&marker);
+    let out = run::run(&mut command, Stdin::Null);
+    assert_eq!(out.code(), 125, "{out:#?}");
+    assert!(
+        error_line(&out).starts_with("missing capability: CAP_SYS_ADMIN"),
+        "{out:#?}"
+    );
+    assert!(!marker.exists(), "the agent ran");
+}
+
+#[test]
+fn landlock_unavailable_fails_closed_with_125() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let marker = sandbox.rw("agent-ran");
+    let probe = probe();
+    for (errno, reason) in [
+        ("ENOSYS", "the kernel was built without Landlock (ENOSYS)"),
+        ("EPERM", "landlock_create_ruleset is blocked (EPERM"),
+    ] {
+        let launcher = [
+            probe.as_ref(),
+            "run-with-landlock-blocked".as_ref(),
+            errno.as_ref(),
+            "--".as_ref(),
+        ];
+        let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
+        command.args(["--", "/bin/touch"]).arg(&marker);
+        let out = run::run(&mut command, Stdin::Null);
+        assert_eq!(out.code(), 125, "{out:#?}");
+        let error = error_line(&out);
+        assert!(
+            error.starts_with("Landlock is required by the policy but not available: ")
+                && error.contains(reason),
+            "{error}"
+        );
+        assert!(!marker.exists(), "the agent ran without Landlock");
+    }
+}
+
+#[test]
+fn best_effort_runs_without_landlock_and_says_so_loudly() {
+    let sandbox = Sandbox::new(&format!(
+        "{RUN_AS_AGENT}landlock:\n  compatibility: best_effort\n"
+    ));
+    // Outside every rule: readable only because Landlock is missing.
+    let unlisted = sandbox.scratch.join("unlisted");
+    std::fs::write(&unlisted, "degraded\n").expect("write");
+    let probe = probe();
+    let launcher = [
+        probe.as_ref(),
+        "run-with-landlock-blocked".as_ref(),
+        "ENOSYS".as_ref(),
+        "--".as_ref(),
+    ];
+    let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
+    command.args(["--", "/bin/cat"]).arg(&unlisted);
+    let out = run::run(&mut command, Stdin::Null);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "degraded\n"),
+        "{out:#?}"
+    );
+    let error = error_line(&out);
+    assert!(
+        error.starts_with("RUNNING WITHOUT FILESYSTEM CONFINEMENT: Landlock is not available"),
+        "{error}"
+    );
+    assert!(
+        out.log()
+            .iter()
+            .any(|l| l["layer"] == "landlock" && l["level"] == "ERROR")
+    );
+}
+
+#[test]
+fn timeout_stops_the_agent_with_124() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let started = Instant::now();
+    let out = sandbox.run(&["--timeout", "1", "--", "/bin/sleep", "30"]);
+    assert_eq!(out.code(), 124, "{out:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn timeout_kills_an_agent_that_ignores_term_after_the_grace_period() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let record = sandbox.rw("signals");
+    let mut command = sandbox.command(&["--timeout", "1", "--", &probe(), "record-signals"]);
+    command
+        .arg(&record)
+        .arg("none")
+        .env("OPENSHELL_GRACE_PERIOD", "1");
+    let started = Instant::now();
+    let out = run::run(&mut command, Stdin::Null);
+    let elapsed = started.elapsed();
+    assert_eq!(out.code(), 124, "{out:#?}");
+    assert_eq!(contents(&record), "ready\nTERM\n");
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        "timeout 1 s + grace 1 s, took {elapsed:?}"
+    );
+}
+
+#[test]
+fn signals_are_forwarded_to_the_agent() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let record = sandbox.rw("signals");
+    let mut command = sandbox.command(&["--", &probe(), "record-signals"]);
+    command.arg(&record).arg("TERM");
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let running = run::start(&mut command, Stdin::Null);
+    wait_until("the agent to be ready", || contents(&record) == "ready\n");
+    let mut expected = String::from("ready\n");
+    for (sig, name) in [
+        (libc::SIGINT, "INT"),
+        (libc::SIGHUP, "HUP"),
+        (libc::SIGQUIT, "QUIT"),
+        (libc::SIGUSR1, "USR1"),
+        (libc::SIGUSR2, "USR2"),
+        (libc::SIGWINCH, "WINCH"),
+        (libc::SIGTERM, "TERM"),
+    ] {
+        signal(running.pid(), sig);
+        expected.push_str(name);
+        expected.push('\n');
+        wait_until(name, || contents(&record) == expected);
+    }
+    let out = running.wait();
+    assert_eq!(out.code(), 0, "the agent exits 0 after TERM\n{out:#?}");
+}
+
+#[test]
+fn sigterm_to_the_supervisor_gives_a_grace_period_then_kill() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let record = sandbox.rw("signals");
+    let mut command = sandbox.command(&["--", &probe(), "record-signals"]);
+    command
+        .arg(&record)
+        .arg("none")
+        .env("OPENSHELL_GRACE_PERIOD", "1");
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let running = run::start(&mut command, Stdin::Null);
+    wait_until("the agent to be ready", || contents(&record) == "ready\n");
+    let started = Instant::now();
+    signal(running.pid(), libc::SIGTERM);
+    let out = running.wait();
+    let elapsed = started.elapsed();
+    assert_eq!(
+        contents(&record),
+        "ready\nTERM\n",
+        "the agent got TERM first"
+    );
+    assert_eq!(out.code(), 128 + libc::SIGKILL, "{out:#?}");
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
+        "grace period 1 s, took {elapsed:?}"
+    );
+}
+
+#[test]
+fn orphaned_grandchildren_are_reaped() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    // The inner shell leaves a background sleep behind, which init inherits. Once it has
+    // exited, it must be gone from the sandbox's /proc, and no zombie may be left anywhere.
+    let script = r#"
+        sh -c 'sleep 0.2 & echo $! > orphan'
+        p=$(cat orphan)
+        [ -n "$p" ] || exit 3
+        [ -e /proc/$p ] || exit 4
+        sleep 1
+        if [ -e /proc/$p ]; then grep State /proc/$p/status; exit 5; fi
+        grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null
+        echo reaped
+    "#;
+    let out = sandbox.run(&["--", "/bin/sh", "-c", script]);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "reaped\n"),
+        "{out:#?}"
+    );
+}
+
+/// Pids of host processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let entries = std::fs::read_dir("/proc").expect("/proc");
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn unique_marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("openshell-left-behind-{}-{nanos}", std::process::id())
+}
+
+/// The agent starts `escape-probe pause MARKER` in the background and writes its command line
+/// to `started`.
+const LEAVE_BEHIND: &str =
+    r#""$0" pause "$1" & sleep 0.2; tr '\0' ' ' < /proc/$!/cmdline > started"#;
+
+#[test]
+fn no_process_is_left_behind_when_the_agent_exits() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let marker = unique_marker();
+    let out = sandbox.run(&["--", "/bin/sh", "-c", LEAVE_BEHIND, &probe(), &marker]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(
+        contents(&sandbox.rw("started")).contains(&marker),
+        "the background process ran"
+    );
+    assert_eq!(processes_with(&marker), Vec::<String>::new());
+}
+
+#[test]
+fn no_process_is_left_behind_when_the_supervisor_is_killed() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let marker = unique_marker();
+    let script = format!("{LEAVE_BEHIND}; sleep 60");
+    let mut command = sandbox.command(&["--", "/bin/sh", "-c", &script, &probe(), &marker]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let running = run::start(&mut command, Stdin::Null);
+    wait_until("the background process", || {
+        contents(&sandbox.rw("started")).contains(&marker)
+    });
+    signal(running.pid(), libc::SIGKILL);
+    let out = running.wait();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:#?}");
+    // The supervisor, init, the agent's shell and the background process all carried it.
+    wait_until("every sandbox process to be gone", || {
+        processes_with(&marker).is_empty()
+    });
+}
+
+#[test]
+fn stdio_is_passed_through_and_logs_stay_on_stderr() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let input = "line one\nline two\n\0 a NUL, ünïcödé, and no final newline";
+    let mut command = sandbox.command(&["--", "/bin/sh", "-c", "cat; echo to-stderr >&2"]);
+    let out = run::run(&mut command, Stdin::Bytes(input.as_bytes()));
+    assert_eq!((out.code(), out.stdout.as_str()), (0, input), "{out:#?}");
+    let (agent, logs): (Vec<&str>, Vec<&str>) = out.stderr.lines().partition(|l| *l == "to-stderr");
+    assert_eq!(agent, ["to-stderr"], "{out:#?}");
+    for line in logs {
+        let value: Value = serde_json::from_str(line).expect("a supervisor log line");
+        assert!(value.is_object(), "{line}");
+    }
+}
+
+#[test]
+fn json_log_is_one_object_per_stderr_line() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let out = sandbox.run(&["--", "/bin/true"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    let log = out.log();
+    for line in &log {
+        for field in ["timestamp", "level", "message"] {
+            assert!(line[field].is_string(), "{field} in {line}");
+        }
+    }
+    let messages: Vec<&str> = log.iter().filter_map(|l| l["message"].as_str()).collect();
+    assert!(messages.contains(&"policy loaded"), "{messages:?}");
+    assert!(
+        messages.contains(&"agent exited with status 0"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn the_agent_runs_as_the_policy_or_environment_user_never_root() {
+    // Policy section, environment, then the ids the agent reports or the one-line refusal.
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        Result<&'static str, &'static str>,
+    );
+    let cases: [Case; 5] = [
+        (
+            "process:\n  run_as_user: nobody\n",
+            &[],
+            Ok("65534 65534\n"),
+        ),
+        (
+            "process:\n  run_as_user: 4242\n  run_as_group: 4343\n",
+            &[],
+            Ok("4242 4343\n"),
+        ),
+        (
+            "process:\n  run_as_user: 4242\n",
+            &[
+                ("OPENSHELL_SANDBOX_UID", "5000"),
+                ("OPENSHELL_SANDBOX_GID", "5001"),
+            ],
+            Ok("5000 5001\n"),
+        ),
+        (
+            "process:\n  run_as_user: 0\n",
+            &[],
+            Err("process.run_as_user: 0 (root) is refused; the agent never runs as root"),
+        ),
+        (
+            "",
+            &[("OPENSHELL_SANDBOX_UID", "0")],
+            Err(
+                "OPENSHELL_SANDBOX_UID=\"0\": expected a number in 1-4294967294 (never 0: the \
+                 agent never runs as root)",
+            ),
+        ),
+    ];
+    for (policy, env, expected) in cases {
+        let sandbox = Sandbox::new(policy);
+        let mut command = sandbox.command(&["--", "/bin/sh", "-c", "echo $(id -u) $(id -g)"]);
+        command.envs(env.iter().copied());
+        let out = run::run(&mut command, Stdin::Null);
+        match expected {
+            Ok(ids) => assert_eq!((out.code(), out.stdout.as_str()), (0, ids), "{out:#?}"),
+            Err(message) => {
+                assert_eq!(out.code(), 125, "{out:#?}");
+                assert!(error_line(&out).ends_with(message), "{out:#?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_interactive_shell_works_on_a_terminal() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let pty = Pty::open();
+    let mut command = sandbox.command(&["--", "/bin/sh", "-i"]);
+    command.stdout(pty.slave_stdio()).stderr(pty.slave_stdio());
+    Setup {
+        controlling_tty: true,
+        ..Setup::default()
+    }
+    .apply(&mut command);
+    let running = run::start(&mut command, Stdin::Terminal(&pty));
+    drop(command);
+    let Pty { master, slave } = pty;
+    drop(slave);
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let screen = Arc::clone(&screen);
+        let mut master = File::from(master.try_clone().expect("dup of the pty master"));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once every process has closed the terminal.
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                screen.lock().expect("screen").extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let shown = || String::from_utf8_lossy(&screen.lock().expect("screen")).into_owned();
+    wait_until("the shell's prompt", || shown().contains("$ "));
+    File::from(master)
+        .write_all(b"echo hi; exit 3\n")
+        .expect("typing into the terminal");
+    let out = running.wait();
+    reader.join().expect("terminal reader");
+    assert_eq!(out.code(), 3, "{}", shown());
+    assert!(shown().contains("\r\nhi\r\n"), "{}", shown());
+}
+
+/// Known bug (see .lead-notes/from-escape.md): the supervisor answers a refused call before
+/// it logs it, and can exit before the line is written. A log reader that is slower than the
+/// agent (here: stderr is a full 4 KiB pipe for two seconds) loses the line every time.
+#[test]
+fn denial_line_is_written_before_the_supervisor_exits() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds were just created and are owned here.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_SETPIPE_SZ takes an int.
+    let size = unsafe { libc::fcntl(writer.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
+    let fill = r#"head -c 4096 /dev/zero >&2; exec "$0" ptrace-attach 1"#;
+    let mut command = sandbox.command(&["--log-level", "warn", "--", "/bin/sh", "-c", fill]);
+    command.arg(probe()).stdout(Stdio::null()).stderr(writer);
+    let mut running = run::start(&mut command, Stdin::Null);
+    drop(command);
+    let started = Instant::now();
+    while running.is_running() && started.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut stderr = Vec::new();
+    File::from(reader)
+        .read_to_end(&mut stderr)
+        .expect("reading stderr");
+    let out = running.wait();
+    assert_eq!(out.code(), 1, "the probe's refusal");
+    let text = String::from_utf8_lossy(&stderr);
+    let denied = text
+        .lines()
+        .any(|l| l.contains(r#""event":"denied""#) && l.contains(r#""what":"ptrace""#));
+    assert!(
+        denied,
+        "the denial line was lost: {:?}",
+        text.trim_start_matches('\0')
+    );
+}

@@ -21,6 +21,7 @@ osb_preflight "$SUPERVISOR_IMAGE" "$AGENT_IMAGE"
 WORK="$(mktemp -d)"
 readonly WORK
 trap 'osb_cleanup "$PREFIX"; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
 # A previous demo killed before its cleanup would block the network's address range.
 osb_cleanup "$PREFIX"
 

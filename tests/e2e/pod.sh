@@ -55,6 +55,18 @@ teardown() {
   exit "$rc"
 }
 trap teardown EXIT
+trap 'exit 130' INT TERM
+
+# A run killed before its teardown (a stopped CI job) leaves its network on our address
+# range; every later run would then fail. Its name carries its PID: reap it once that is gone.
+for net in $(podman network ls --format '{{.Name}}' | grep -E '^osb-e2e-[0-9]+-net$' || true); do
+  pid="${net#osb-e2e-}"
+  pid="${pid%-net}"
+  if ! kill -0 "$pid" 2>/dev/null; then
+    printf 'removing what the dead run %s left behind\n' "$pid"
+    osb_cleanup "osb-e2e-$pid"
+  fi
+done
 
 section() { printf '\n== %s\n' "$*"; }
 

@@ -44,6 +44,9 @@ teardown() {
   podman rmi --force "$TAMPERED_IMAGE" >/dev/null 2>&1 || true
   local left
   left="$(osb_leftovers "$PREFIX")"
+  if podman image exists "$TAMPERED_IMAGE"; then
+    left+=$'\n'"image $TAMPERED_IMAGE"
+  fi
   if [[ -n $left ]]; then
     printf 'teardown: left behind:\n%s\n' "$left" >&2
     rc=1

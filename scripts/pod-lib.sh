@@ -68,6 +68,7 @@ osb_wait_tcp() {
 
 # Writes the podman variant of the shipped pod to OUT (see tests/e2e/podman_variant.py).
 #   osb_render OUT POD_NAME SUPERVISOR_IMAGE AGENT_IMAGE SHA256 POLICY LOG_FORMAT SCRIPT ARGS...
+# OSB_WITHOUT_CAP=CAP in the environment leaves that capability out of the agent container.
 osb_render() {
   local out="$1" pod="$2" sup="$3" agent="$4" sha="$5" policy="$6" format="$7" script="$8"
   shift 8
@@ -75,6 +76,9 @@ osb_render() {
   for arg in "$@"; do
     args+=(--agent-arg "$arg")
   done
+  if [[ -n ${OSB_WITHOUT_CAP:-} ]]; then
+    args+=(--without-cap "$OSB_WITHOUT_CAP")
+  fi
   "$OSB_PYTHON" "$OSB_REPO/tests/e2e/podman_variant.py" \
     --deploy-dir "$OSB_REPO/deploy/kubernetes" \
     --supervisor-image "$sup" --agent-image "$agent" --sha256 "$sha" --policy "$policy" \

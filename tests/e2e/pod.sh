@@ -252,6 +252,29 @@ check "the allowed upstream served both requests (absolute-form and tunnel)" \
 check "the denied upstream saw no connection at all" lacks "$WORK/denied.log" '.'
 kube_down "$WORK/ok.yaml"
 
+section "every capability the pod adds is needed"
+# The pod again with one capability left out at a time: either the supervisor refuses to
+# start (its start-up check names the capability) or the agent can no longer reach the
+# allowed upstream. A capability whose removal changes nothing would be one too many.
+for cap in $(shipped_agent_caps); do
+  cap="${cap#CAP_}"
+  name="no-$(tr 'A-Z_' 'a-z-' <<<"$cap")"
+  pod="$PREFIX-$name"
+  OSB_WITHOUT_CAP="$cap" osb_render "$WORK/$name.yaml" "$pod" "$SUPERVISOR_IMAGE" \
+    "$AGENT_IMAGE" "$SHA" "$WORK/policy.yaml" json "$SCRIPT" "$ALLOWED" "$DENIED" "$AGENT_EXIT"
+  osb_play "$WORK/$name.yaml" "$PREFIX" || true
+  code="$(osb_wait_exit "$pod-agent" 60 || echo timeout)"
+  podman logs "$pod-agent" >"$WORK/$name.log" 2>&1
+  if [[ $code == 125 ]]; then
+    check "without $cap the supervisor refuses to start (125) and names it" \
+      has "$WORK/$name.log" "missing capabilit.*$cap"
+  else
+    check "without $cap the agent cannot reach the allowed upstream (exit $code)" \
+      lacks "$WORK/$name.log" '^allowed-body: hello from the allowed upstream$'
+  fi
+  kube_down "$WORK/$name.yaml"
+done
+
 section "fault: supervisor bytes in the image do not match its SHA256SUMS"
 # The shipped image with one byte appended to the supervisor and SHA256SUMS left as it was:
 # what a corrupted layer or a tampered registry copy looks like.

@@ -15,7 +15,9 @@ change listed in VARIANT_NOTE, which heads the output:
   5. the agent's command after `--`: the caller's script; the pod name: the caller's, and the
      ConfigMap's name derived from it (podman turns a ConfigMap into a named volume that
      `kube down` leaves behind and a later play would reuse: a unique name keeps runs apart);
-  6. the agent's --log-format: the caller's choice.
+  6. the agent's --log-format: the caller's choice;
+  7. only when asked (--without-cap, for the test that each capability is needed): one
+     capability left out of the agent container's list.
 Everything else passes through unchanged. podman ignores seccompProfile (it applies its
 own default profile, the equivalent of RuntimeDefault), serviceAccountName and the
 openshift.io annotation; it needs no change for them.
@@ -63,6 +65,7 @@ def main():
     p.add_argument("--log-format", choices=["text", "json"], default="json")
     p.add_argument("--agent-script", required=True, help="file: shell script run by /bin/sh -c")
     p.add_argument("--agent-arg", action="append", default=[], help="the script's $1, $2, ...")
+    p.add_argument("--without-cap", help="leave this capability out of the agent's list")
     a = p.parse_args()
 
     configmap = load(f"{a.deploy_dir}/configmap.yaml", "ConfigMap")
@@ -88,6 +91,11 @@ def main():
     only(pins, "OPENSHELL_SUPERVISOR_SHA256 entry")["value"] = a.sha256
 
     agent["image"] = a.agent_image
+    if a.without_cap:
+        added = agent["securityContext"]["capabilities"]["add"]
+        if a.without_cap not in added:
+            sys.exit(f"podman_variant: the agent container does not add {a.without_cap}")
+        added.remove(a.without_cap)
     args = agent["args"]
     if "--" not in args:
         sys.exit("podman_variant: the agent's args have no `--` before the agent command")

@@ -56,7 +56,19 @@ agent-image:
 demo: setup image
 	scripts/demo.sh $(IMAGE) "$$(scripts/build-agent-image.sh)"
 
-test: check-host test-unit test-manifests test-policies test-e2e
+# Every stage runs even when an earlier one fails, so one run shows every failure; the
+# target fails at the end, naming the stages that did.
+TEST_STAGES := test-unit test-manifests test-policies test-e2e
+test: check-host
+	@failed=(); \
+	for stage in $(TEST_STAGES); do \
+		echo "== make $$stage"; \
+		$(MAKE) --no-print-directory $$stage || failed+=("$$stage"); \
+	done; \
+	if [[ $${#failed[@]} -gt 0 ]]; then \
+		echo "make test: FAILED stages: $${failed[*]}" >&2; exit 1; \
+	fi; \
+	echo "make test: every stage passed ($(TEST_STAGES))"
 
 test-unit:
 	cargo test --workspace

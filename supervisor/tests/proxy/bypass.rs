@@ -1,0 +1,116 @@
+//! Going around the proxy: direct TCP, UDP, IPv6 and DNS from inside the sandbox fail at once
+//! (no route: the agent's namespace holds only loopback), the supervisor logs each attempt
+//! with pid, executable and destination, and the test host receives nothing, although the
+//! same attempts from the pod, outside the sandbox, do reach it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::support::{HOST, HOST_V6, Lab, Side, Upstream, python, require_kernel};
+
+const PORT: u16 = 9000;
+/// A direct attempt must fail faster than this, measured by the client in the sandbox.
+const FAIL_WITHIN_MS: f64 = 10.0;
+
+/// One attempt: kind (as agent.py names it), destination, and the reason the log must give.
+const ATTEMPTS: &[(&str, IpAddr, u16, &str)] = &[
+    ("tcp", IpAddr::V4(HOST), PORT, NO_ROUTE),
+    ("udp", IpAddr::V4(HOST), PORT, NO_ROUTE),
+    ("tcp", IpAddr::V6(HOST_V6), PORT, NO_ROUTE),
+    ("udp", IpAddr::V6(HOST_V6), PORT, NO_ROUTE),
+    ("dns", IpAddr::V4(HOST), 53, DIRECT_DNS),
+    ("dns", IpAddr::V6(HOST_V6), 53, DIRECT_DNS),
+];
+const NO_ROUTE: &str = "no route out of the sandbox";
+const DIRECT_DNS: &str = "direct DNS: the sandbox has no resolver";
+
+/// Makes each attempt from the pod itself, where the routes exist.
+fn attempt_from_pod(lab: &Lab) {
+    lab.net.enter(Side::Pod, || {
+        for (kind, ip, port, _) in ATTEMPTS {
+            let to = SocketAddr::new(*ip, *port);
+            match *kind {
+                "tcp" => drop(
+                    TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        .unwrap_or_else(|e| panic!("control: tcp to {to}: {e}")),
+                ),
+                _ => {
+                    let any: IpAddr = match ip {
+                        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+                    };
+                    let socket = UdpSocket::bind((any, 0)).expect("udp socket");
+                    socket
+                        .send_to(b"control", to)
+                        .unwrap_or_else(|e| panic!("control: udp to {to}: {e}"));
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn direct_egress_is_refused_fast_and_logged() {
+    let Some(lab) = Lab::start() else { return };
+    let any = |port| SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+    let upstream = Upstream::start(&lab.net, Side::Host, &[any(PORT)], &[any(PORT), any(53)]);
+    // The control: without the sandbox every attempt arrives, so "saw nothing" below means
+    // something.
+    attempt_from_pod(&lab);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.seen().len() < ATTEMPTS.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let control = upstream.seen();
+    assert_eq!(
+        control.len(),
+        ATTEMPTS.len(),
+        "control attempts: {control:?}"
+    );
+
+    let specs: Vec<String> = ATTEMPTS
+        .iter()
+        .map(|(kind, ip, port, _)| format!("{kind}:{}", SocketAddr::new(*ip, *port)))
+        .collect();
+    let mut args = vec!["directs"];
+    args.extend(specs.iter().map(String::as_str));
+    let policy = lab.policy("policy.yaml", "");
+    let run = lab.sandbox(&policy).agent(&args);
+    assert_eq!(run.code, 0, "{run}");
+    if !require_kernel(
+        run.messages("cannot hand refused system calls").is_empty(),
+        "seccomp user notification (direct egress is refused but not logged)",
+    ) {
+        return;
+    }
+    let results = run.json();
+    let python = python();
+    let denied = run.events("denied", "network");
+    for (i, (kind, ip, port, why)) in ATTEMPTS.iter().enumerate() {
+        let result = &results[i];
+        assert_eq!(result["errno"], "ENETUNREACH", "{kind} to {ip}: {run}");
+        let ms = result["ms"].as_f64().expect("ms");
+        assert!(ms < FAIL_WITHIN_MS, "{kind} to {ip} took {ms} ms: {run}");
+        let call = if *kind == "tcp" { "connect" } else { "sendto" };
+        let what = format!("{call} to {}", SocketAddr::new(*ip, *port));
+        let lines: Vec<_> = denied
+            .iter()
+            .filter(|l| l["what"] == what.as_str())
+            .collect();
+        assert_eq!(lines.len(), 1, "one log line for {what}: {run}");
+        let line = lines[0];
+        assert!(line["pid"].as_u64().is_some_and(|p| p > 1), "{line}");
+        assert_eq!(line["exe"], python.as_str(), "{line}");
+        assert_eq!(line["host"], ip.to_string().as_str(), "{line}");
+        assert_eq!(line["port"], *port, "{line}");
+        assert!(
+            line["why"].as_str().is_some_and(|w| w.starts_with(why)),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        upstream.seen(),
+        control,
+        "the test host saw a direct attempt"
+    );
+}

@@ -1,0 +1,141 @@
+//! Upstream OpenShell's own policy files (tests/fixtures/upstream-policies, unchanged) behave
+//! as upstream documents them: the plain L4 ones load and allow nothing beyond what they say;
+//! the ones using L7 inspection are refused at load, before the agent runs.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::{Lab, python};
+
+/// The test host serves the fixtures' api.anthropic.com on its HTTPS port (plain HTTP inside
+/// the tunnel: the proxy never looks inside).
+const PORT: u16 = 443;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/upstream-policies")
+        .join(name)
+}
+
+fn read(name: &str) -> String {
+    let path = fixture(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const FETCH: [&str; 2] = [
+    "batch",
+    r#"[{"mode": "connect", "host": "api.anthropic.com", "port": 443, "path": "/v1/messages"}]"#,
+];
+
+/// Loadable fixtures: the refusal's reason, and the note the loader logs about the file.
+const LOADABLE: &[(&str, &str, &str)] = &[
+    (
+        "policy-advisor_sandbox-policy.yaml",
+        "(or its parents) is not among the binaries of rule anthropic for api.anthropic.com:443",
+        "network rule \"anthropic\" lists no binaries, so it allows nothing",
+    ),
+    (
+        "openshell-prover_testdata_empty-policy.yaml",
+        "no network_policies rule allows api.anthropic.com:443",
+        "no filesystem_policy: using the built-in default's paths",
+    ),
+];
+
+#[test]
+fn plain_upstream_policies_load_and_allow_nothing_else() {
+    let Some(lab) = Lab::start() else { return };
+    let upstream = lab.upstream(&[PORT]);
+    // The control: policy-advisor's rule with a binary added does reach the test host, so
+    // the refusals below are the policy's doing, not a broken set-up.
+    let with_binary = format!(
+        "{}    binaries: [{{ path: \"{}\" }}]\n",
+        read(LOADABLE[0].0),
+        python()
+    );
+    let control = lab.write("advisor-with-binary.yaml", &with_binary);
+    let run = lab.sandbox(&control).agent(&FETCH);
+    assert_eq!(run.json()[0]["status"], 200, "control: {run}");
+    assert_eq!(upstream.requests_on(PORT), ["GET /v1/messages HTTP/1.1"]);
+
+    for (name, reason, note) in LOADABLE {
+        let run = lab.sandbox(&fixture(name)).agent(&FETCH);
+        assert_eq!(run.code, 0, "{name}: {run}");
+        let response = &run.json()[0];
+        let body: Value =
+            serde_json::from_str(response["body"].as_str().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(response["status"], 403, "{name}: {run}");
+        assert_eq!(body["error"], "policy_denied", "{name}: {run}");
+        let why = body["reason"].as_str().unwrap_or_default();
+        assert!(why.ends_with(reason), "{name}: {why:?}");
+        let denied = run.events("denied", "proxy");
+        assert!(
+            denied.len() == 1 && denied[0]["why"] == why && denied[0]["port"] == PORT,
+            "{name}: {run}"
+        );
+        assert!(
+            !run.messages(note).is_empty(),
+            "{name}: the loader's note: {run}"
+        );
+    }
+    assert_eq!(
+        upstream.requests_on(PORT).len(),
+        1,
+        "only the control got through"
+    );
+    assert_eq!(
+        upstream.seen().len(),
+        2,
+        "the control's connection and request only"
+    );
+}
+
+/// L7 fixtures: where the first unsupported field is (file:line:column: field).
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "governance-interceptor_policy.yaml",
+        "20:19: network_policies.my_api.endpoints[0].protocol",
+    ),
+    (
+        "local-inference_sandbox-policy.yaml",
+        "42:19: network_policies.nvidia_direct.endpoints[0].protocol",
+    ),
+    (
+        "openshell-prover_testdata_policy.yaml",
+        "38:19: network_policies.github_api.endpoints[0].protocol",
+    ),
+    (
+        "openshell-supervisor-network_testdata_sandbox-policy.yaml",
+        "47:19: network_policies.github_ssh_over_https.endpoints[0].protocol",
+    ),
+    (
+        "sandbox-policy-quickstart_policy.yaml",
+        "25:19: network_policies.github_api.endpoints[0].protocol",
+    ),
+    (
+        "transparent-tcp-redis_policy.yaml",
+        "19:19: network_policies.redis.endpoints[0].protocol",
+    ),
+];
+
+#[test]
+fn l7_upstream_policies_are_refused_at_load() {
+    let Some(lab) = Lab::start() else { return };
+    let upstream = lab.upstream(&[PORT]);
+    for (name, location) in REFUSED {
+        let path = fixture(name);
+        let run = lab.sandbox(&path).agent(&FETCH);
+        assert_eq!(run.code, 125, "{name}: {run}");
+        assert!(run.stdout.is_empty(), "the agent ran: {run}");
+        let errors: Vec<&Value> = run.log.iter().filter(|l| l["level"] == "ERROR").collect();
+        let expected = format!("{}:{location}: ", path.display());
+        assert!(
+            errors.len() == 1
+                && errors[0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(&expected) && m.contains("not supported")),
+            "{name}: one error line starting {expected:?} and saying \"not supported\": {run}"
+        );
+    }
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}

@@ -1,0 +1,369 @@
+"""The agent's side of the proxy tests: runs inside the sandbox, talks to the proxy the way an
+agent's HTTP client would, and prints what happened as one JSON document on stdout.
+
+It reports and never judges (the Rust test does). Anything unexpected ends it with a traceback
+and no JSON on stdout, which fails the test: a crashed client never passes for a refusal.
+
+Usage: agent.py COMMAND ARGS... (see the functions named in COMMANDS at the bottom).
+"""
+
+import asyncio
+import errno
+import json
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PROXY = ("127.0.0.1", 3128)
+
+
+def authority(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_head(head):
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def read_response(sock, buf=b""):
+    """One response (head and Content-Length body) and the bytes after it; None when the peer
+    closed before sending anything."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            if buf:
+                raise EOFError(f"closed inside a response head: {buf!r}")
+            return None, b""
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    status, headers = parse_head(head)
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("closed inside a response body")
+        rest += chunk
+    body = rest[:length].decode("utf-8", "replace")
+    return {"status": status, "headers": headers, "body": body}, rest[length:]
+
+
+def fetch(mode, host, port, path):
+    """One request on a fresh connection to the proxy. mode: connect (CONNECT, then GET through
+    the tunnel), forward (absolute-form http://) or https-forward (absolute-form https://).
+    For an established tunnel the result is the upstream's response, with "tunnel": true."""
+    target = authority(host, port)
+    try:
+        with socket.create_connection(PROXY, timeout=15) as sock:
+            if mode == "connect":
+                sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                response, rest = read_response(sock)
+                if response is None or response["status"] != 200:
+                    return response or {"status": None, "error": "closed without a response"}
+                if rest:
+                    raise ValueError(f"bytes after the CONNECT response: {rest!r}")
+                request = f"GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+                sock.sendall(request.encode())
+                response, _ = read_response(sock)
+                return dict(response, tunnel=True)
+            scheme = {"forward": "http", "https-forward": "https"}[mode]
+            request = (
+                f"GET {scheme}://{target}{path} HTTP/1.1\r\nHost: {target}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            sock.sendall(request.encode())
+            response, _ = read_response(sock)
+            return response or {"status": None, "error": "closed without a response"}
+    except OSError as e:
+        return {"status": None, "error": repr(e)}
+
+
+def batch(requests):
+    """Each of a JSON list of {mode, host, port, path}, one after the other."""
+    return [fetch(r["mode"], r["host"], r["port"], r["path"]) for r in json.loads(requests)]
+
+
+def session(*urls):
+    """Absolute-form GETs of each host:port/path on ONE keep-alive connection, in order, until
+    the proxy closes it. Reports each response and whether the connection was still open."""
+    responses = []
+    with socket.create_connection(PROXY, timeout=15) as sock:
+        rest = b""
+        for url in urls:
+            request = f"GET http://{url} HTTP/1.1\r\nHost: {url.split('/')[0]}\r\n\r\n"
+            try:
+                sock.sendall(request.encode())
+                response, rest = read_response(sock, rest)
+            except (BrokenPipeError, ConnectionResetError) as e:
+                response = {"status": None, "error": repr(e)}
+            if response is None:
+                response = {"status": None, "error": "closed without a response"}
+            responses.append(response)
+            if response["status"] is None:
+                break
+        sock.settimeout(0.5)
+        try:
+            open_at_end = sock.recv(1) != b""
+        except socket.timeout:
+            open_at_end = True
+        except ConnectionResetError:
+            open_at_end = False
+    return {"responses": responses, "open_at_end": open_at_end}
+
+
+# A DNS query for example.com, type A: what a resolver would send.
+DNS_QUERY = bytes.fromhex("abcd01000001000000000000076578616d706c6503636f6d0000010001")
+
+
+def direct(kind, host, port):
+    """One attempt to reach host:port around the proxy; how it failed and how long it took.
+    kind: tcp, udp (a datagram), dns (a DNS query over UDP); IPv6 when host has a colon."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    stream = kind == "tcp"
+    sock = socket.socket(family, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    started = time.perf_counter_ns()
+    try:
+        if stream:
+            sock.connect((host, int(port)))
+        else:
+            sock.sendto(DNS_QUERY if kind == "dns" else b"direct", (host, int(port)))
+        outcome = None
+    except OSError as e:
+        outcome = errno.errorcode.get(e.errno, str(e.errno))
+    elapsed_ms = (time.perf_counter_ns() - started) / 1e6
+    sock.close()
+    return {"kind": kind, "host": host, "port": int(port), "errno": outcome, "ms": elapsed_ms}
+
+
+def directs(*specs):
+    """direct() for each KIND:HOST:PORT (the host in brackets for IPv6)."""
+    results = []
+    for spec in specs:
+        kind, rest = spec.split(":", 1)
+        host, _, port = rest.rpartition(":")
+        results.append(direct(kind, host.strip("[]"), port))
+    return results
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def open_tunnel(target):
+    reader, writer = await asyncio.open_connection(*PROXY)
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    status, _ = parse_head(await reader.readuntil(b"\r\n\r\n"))
+    if status != 200:
+        raise ConnectionError(f"CONNECT answered {status}")
+    return reader, writer
+
+
+async def get_through(tunnel, target, path):
+    reader, writer = tunnel
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, _ = parse_head(head)
+    if status != 200 or path.encode() not in body:
+        raise ValueError(f"unexpected answer for {path}: {data[:200]!r}")
+
+
+async def flood_async(count, host, port):
+    target = authority(host, port)
+    started = time.monotonic()
+    opened = await asyncio.gather(
+        *(asyncio.wait_for(open_tunnel(target), 60) for _ in range(count)), return_exceptions=True
+    )
+    tunnels = [(i, t) for i, t in enumerate(opened) if not isinstance(t, BaseException)]
+    open_seconds = time.monotonic() - started
+    # Every tunnel that opened is open at this point, all at once; only now does any of them
+    # carry a request.
+    served = await asyncio.gather(
+        *(asyncio.wait_for(get_through(t, target, f"/flood/{i}"), 60) for i, t in tunnels),
+        return_exceptions=True,
+    )
+    failures = [repr(e) for e in opened if isinstance(e, BaseException)]
+    failures += [repr(e) for e in served if isinstance(e, BaseException)]
+    return {
+        "opened_at_once": len(tunnels),
+        "served": sum(1 for s in served if not isinstance(s, BaseException)),
+        "failures": failures[:20],
+        "open_seconds": open_seconds,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def flood(count, host, port):
+    """COUNT CONNECT tunnels opened concurrently and held open together, then one GET each."""
+    raise_fd_limit()
+    return asyncio.run(flood_async(int(count), host, int(port)))
+
+
+def slow_client(target, interval, deadline, result):
+    """Dribbles a request head that never ends, one byte per interval, until the proxy answers
+    or closes."""
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode()
+    padding = b"X-Padding: slow\r\n"
+    started = time.monotonic()
+    received = b""
+    with socket.create_connection(PROXY) as sock:
+        sock.setblocking(False)
+        sent = 0
+        while time.monotonic() - started < deadline:
+            data = head + padding * (1 + sent // len(padding))
+            try:
+                sock.send(data[sent : sent + 1])
+                sent += 1
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                pass
+            sel = selectors.DefaultSelector()
+            sel.register(sock, selectors.EVENT_READ)
+            ready = sel.select(interval)
+            sel.close()
+            if ready:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                received += chunk
+    result.update(
+        closed_after=time.monotonic() - started,
+        sent=sent,
+        answer=received.decode("latin-1"),
+    )
+
+
+def silent_client(deadline, result):
+    """Connects and sends nothing."""
+    started = time.monotonic()
+    with socket.create_connection(PROXY, timeout=deadline) as sock:
+        try:
+            received = sock.recv(65536)
+        except socket.timeout:
+            received = None
+    result.update(
+        closed_after=time.monotonic() - started,
+        answer=None if received is None else received.decode("latin-1"),
+    )
+
+
+def slowloris(slow, silent, normal, host, port):
+    """SLOW clients dribbling heads and SILENT ones sending nothing, while NORMAL requests are
+    made one after the other on fresh connections."""
+    target = authority(host, port)
+    deadline = 20.0
+    slow_results = [{} for _ in range(int(slow))]
+    silent_results = [{} for _ in range(int(silent))]
+    threads = [
+        threading.Thread(target=slow_client, args=(target, 0.05, deadline, r)) for r in slow_results
+    ] + [threading.Thread(target=silent_client, args=(deadline, r)) for r in silent_results]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    normal_results = []
+    for i in range(int(normal)):
+        started = time.monotonic()
+        response = fetch("connect", host, port, f"/normal/{i}")
+        response["seconds"] = time.monotonic() - started
+        response["while_slow_pending"] = any(not r for r in slow_results)
+        normal_results.append(response)
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    return {"slow": slow_results, "silent": silent_results, "normal": normal_results}
+
+
+def exhaust(count, host, port, settle):
+    """Opens COUNT tunnels at once and holds them: records what each CONNECT got within SETTLE
+    seconds and whether each established tunnel really carries a request; closes them all;
+    then retries one fetch until it succeeds (at most 10 s)."""
+    raise_fd_limit()
+    target = authority(host, port)
+    socks = []
+    for _ in range(int(count)):
+        sock = socket.create_connection(PROXY, timeout=5)
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        sock.setblocking(False)
+        socks.append(sock)
+    answers = {}
+    established = []
+    pending = {s: b"" for s in socks}
+    sel = selectors.DefaultSelector()
+    for sock in socks:
+        sel.register(sock, selectors.EVENT_READ)
+    stop = time.monotonic() + float(settle)
+    while pending and time.monotonic() < stop:
+        for key, _ in sel.select(max(0.0, stop - time.monotonic())):
+            sock = key.fileobj
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, ConnectionResetError):
+                chunk = b""
+            pending[sock] += chunk
+            if b"\r\n\r\n" in pending[sock] or not chunk:
+                data = pending.pop(sock)
+                status = parse_head(data.partition(b"\r\n\r\n")[0])[0] if data else "closed"
+                answers[str(status)] = answers.get(str(status), 0) + 1
+                if status == 200:
+                    established.append(sock)
+                sel.unregister(sock)
+    sel.close()
+    # A 200 is only a tunnel if a request gets through it; the tunnels stay open after it.
+    tunnels = {"served": 0, "dead": 0}
+    for i, sock in enumerate(established):
+        sock.settimeout(2)
+        try:
+            sock.sendall(f"GET /held/{i} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            response, _ = read_response(sock)
+            served = response is not None and response["status"] == 200
+        except (OSError, EOFError):
+            served = False
+        tunnels["served" if served else "dead"] += 1
+    unanswered = len(pending)
+    for sock in socks:
+        sock.close()
+    started = time.monotonic()
+    after = fetch("connect", host, port, "/after")
+    while after.get("status") != 200 and time.monotonic() - started < 10:
+        time.sleep(0.2)
+        after = fetch("connect", host, port, "/after")
+    return {
+        "answers": answers,
+        "tunnels": tunnels,
+        "unanswered": unanswered,
+        "after": after,
+        "after_seconds": time.monotonic() - started,
+    }
+
+
+def spawn(*argv):
+    """Runs argv as a child of this interpreter and exits with its status."""
+    sys.exit(subprocess.run(argv).returncode)
+
+
+COMMANDS = {
+    "batch": batch,
+    "session": session,
+    "directs": directs,
+    "flood": flood,
+    "slowloris": slowloris,
+    "exhaust": exhaust,
+    "spawn": spawn,
+}
+
+if __name__ == "__main__":
+    print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))

@@ -214,9 +214,35 @@ pub enum IdentityError {
     /// No sandbox process holds the socket (it exited or passed the socket on).
     #[error("no process in the sandbox holds the client socket")]
     NoOwner,
+    /// The scan itself failed (out of file descriptors, /proc unreadable): not a policy
+    /// matter, and never reported as one.
+    #[error("cannot scan the sandbox's processes: {0}")]
+    Scan(io::Error),
     /// Owners with different executables share the socket.
     #[error("the socket is shared by processes with different executables: {0}")]
     Shared(String),
+}
+
+/// Why a binary's pin could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// Its content differs from the first use: a denial.
+    #[error("{0}")]
+    Changed(String),
+    /// It cannot be read to be hashed (a denial: what cannot be pinned is not trusted).
+    #[error("{0}")]
+    Unreadable(String),
+    /// The proxy ran out of descriptors or memory: not the caller's doing.
+    #[error("cannot hash the caller's binary: {0}")]
+    Resources(io::Error),
+}
+
+/// Out of file descriptors or memory: the proxy's trouble, not a policy matter.
+fn exhausted(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
 }
 
 /// Identifies callers of the sandbox; shared by all connections.
@@ -265,7 +291,7 @@ impl Identifier {
             let diag = self.diag.lock().unwrap_or_else(|p| p.into_inner());
             socket_inode(&diag, client, proxy).map_err(IdentityError::Socket)?
         };
-        let owners = self.owners(inode);
+        let owners = self.owners(inode).map_err(IdentityError::Scan)?;
         if owners.is_empty() {
             return Err(IdentityError::NoOwner);
         }
@@ -283,14 +309,14 @@ impl Identifier {
         Ok(chains)
     }
 
-    /// Pids of the sandbox's processes holding `socket:[inode]`.
-    fn owners(&self, inode: u64) -> Vec<u32> {
+    /// Pids of the sandbox's processes holding `socket:[inode]`. A process that exits during
+    /// the scan is skipped; any other failure fails the whole scan, since an unread process
+    /// could be one of the owners.
+    fn owners(&self, inode: u64) -> io::Result<Vec<u32>> {
         let wanted = format!("socket:[{inode}]");
-        let Ok(proc) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
         let mut owners = Vec::new();
-        for entry in proc.flatten() {
+        for entry in fs::read_dir("/proc")? {
+            let entry = entry?;
             let Some(pid) = entry
                 .file_name()
                 .to_str()
@@ -302,22 +328,19 @@ impl Identifier {
                 continue;
             }
             let dir = format!("/proc/{pid}/fd");
-            let Ok(owner) = fs::metadata(&dir).map(|m| m.uid()) else {
-                continue;
+            let owner = match fs::metadata(&dir) {
+                Ok(m) => m.uid(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
             };
-            let holds = as_filesystem_uid(owner, || {
-                fs::read_dir(&dir).is_ok_and(|fds| {
-                    fds.flatten().any(|fd| {
-                        fs::read_link(fd.path())
-                            .is_ok_and(|target| target.as_os_str() == wanted.as_str())
-                    })
-                })
-            });
-            if holds {
-                owners.push(pid);
+            match as_filesystem_uid(owner, || holds(&dir, &wanted)) {
+                Ok(true) => owners.push(pid),
+                Ok(false) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
             }
         }
-        owners
+        Ok(owners)
     }
 
     fn in_sandbox(&self, pid: u32) -> bool {
@@ -341,10 +364,14 @@ impl Identifier {
 
     /// Pins the content of `process`'s executable on first use; refuses a later change.
     /// Blocking (may hash the file).
-    pub fn check_pin(&self, process: &Process) -> Result<(), String> {
-        let digest = self
-            .digest(process.pid)
-            .map_err(|e| format!("cannot hash {} of pid {}: {e}", process.exe, process.pid))?;
+    pub fn check_pin(&self, process: &Process) -> Result<(), PinError> {
+        let digest = self.digest(process.pid).map_err(|e| match exhausted(&e) {
+            true => PinError::Resources(e),
+            false => PinError::Unreadable(format!(
+                "cannot hash {} of pid {} to pin it: {e}",
+                process.exe, process.pid
+            )),
+        })?;
         let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         match pins.get(&process.exe) {
             None => {
@@ -353,12 +380,12 @@ impl Identifier {
                 Ok(())
             }
             Some(pinned) if *pinned == digest => Ok(()),
-            Some(pinned) => Err(format!(
+            Some(pinned) => Err(PinError::Changed(format!(
                 "{} changed since first use (sha256 {} now, {} pinned)",
                 process.exe,
                 hex(&digest),
                 hex(pinned)
-            )),
+            ))),
         }
     }
 
@@ -399,6 +426,25 @@ impl Identifier {
             .insert(key, digest);
         Ok(digest)
     }
+}
+
+/// Whether the fd directory `dir` lists `wanted` (`socket:[N]`). An fd closed while being read
+/// is simply not a match.
+fn holds(dir: &str, wanted: &str) -> io::Result<bool> {
+    for fd in fs::read_dir(dir)? {
+        match fs::read_link(fd?.path()) {
+            Ok(target) if target.as_os_str() == wanted => return Ok(true),
+            Ok(_) => {}
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// The process or fd vanished while we looked: ENOENT, or ESRCH from a dying process.
+fn gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
 }
 
 /// Runs `f` with the calling thread's filesystem uid set to `uid` (permission checks then

@@ -30,6 +30,8 @@ use crate::policy::NetworkRule;
 pub const PORT: u16 = 3128;
 /// The proxy URL given to the agent.
 pub const URL: &str = "http://127.0.0.1:3128";
+/// Pending connections the kernel queues for the proxy (capped by net.core.somaxconn).
+const BACKLOG: i32 = 4096;
 
 /// Limits and timeouts, each overridable by an `OPENSHELL_PROXY_*` variable (seconds or a
 /// count).
@@ -89,6 +91,10 @@ pub fn bind() -> io::Result<Bound> {
     }
     for listener in &listeners {
         listener.set_nonblocking(true)?;
+        // std listens with a backlog of 128: a burst of connections (an agent opening a
+        // thousand at once) would overflow it and wait for SYN retransmits (1 s, 3 s).
+        // SAFETY: listen on a bound socket we own; it only raises the backlog.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(listener), BACKLOG) };
     }
     Ok(Bound {
         listeners,

@@ -104,14 +104,16 @@ pub async fn copy(
     }
 }
 
-/// Relays a tunnel in both directions until both ends have finished sending, an error occurs
-/// or nothing moves for `idle`. Each end's EOF is passed on as a half-close.
+/// Relays a tunnel in both directions through its two pipes until both ends have finished
+/// sending, an error occurs or nothing moves for `idle`. Each end's EOF is passed on as a
+/// half-close. The caller makes the pipes first, so that running out of file descriptors is
+/// found before the client is told the tunnel exists.
 pub async fn tunnel(
     client: &TcpStream,
     upstream: &TcpStream,
+    [up_pipe, down_pipe]: [Pipe; 2],
     idle: Duration,
 ) -> io::Result<(u64, u64)> {
-    let (up_pipe, down_pipe) = (Pipe::new()?, Pipe::new()?);
     let activity = Activity::new();
     let both = async {
         tokio::try_join!(

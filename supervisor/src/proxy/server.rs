@@ -12,11 +12,11 @@ use tokio::time::timeout;
 
 use super::decision::{self, Decision, Process};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
-use super::identity::Identifier;
+use super::identity::{Identifier, IdentityError, PinError};
 use super::relay::{self, Activity, Pipe};
 use super::{Settings, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
-use crate::policy::{Endpoint, NetworkRule};
+use crate::policy::{Endpoint, NetworkRule, normalize_host};
 
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -169,63 +169,47 @@ async fn exchange(
     buf: &mut Vec<u8>,
 ) -> Result<bool, Refusal> {
     let (host, port) = request.target.host_port();
+    let authority = match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    };
     let what = match &request.target {
-        Target::Connect { .. } => format!("CONNECT {host}:{port}"),
-        Target::Forward { path, .. } => format!("{} http://{host}:{port}{path}", request.method),
+        Target::Connect { .. } => format!("CONNECT {authority}"),
+        Target::Forward { path, .. } => format!("{} http://{authority}{path}", request.method),
     };
-    let identify = {
-        let shared_identifier = &shared.identifier;
-        tokio::task::block_in_place(|| shared_identifier.callers(peer, local))
+    let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
+        deny(shared, callers, &what, host, port, error, reason)
     };
-    let callers = identify.map_err(|e| {
-        deny(
-            shared,
-            &[],
-            &what,
-            host,
-            port,
-            "policy_denied",
-            &e.to_string(),
-        )
-    })?;
+    let callers = match tokio::task::block_in_place(|| shared.identifier.callers(peer, local)) {
+        Ok(callers) => callers,
+        Err(IdentityError::Scan(e)) => return Err(overloaded(&what, &e)),
+        Err(e) => return Err(denied(&[], "policy_denied", &e.to_string())),
+    };
     let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers) {
         Decision::Allow {
             rule,
             endpoints,
             matched,
         } => (rule, endpoints, matched),
-        Decision::Deny(reason) => {
-            return Err(deny(
-                shared,
-                &callers,
-                &what,
-                host,
-                port,
-                "policy_denied",
-                &reason,
-            ));
-        }
+        Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
     };
     for process in &matched {
-        let pinned = tokio::task::block_in_place(|| shared.identifier.check_pin(process));
-        pinned.map_err(|reason| {
-            deny(
-                shared,
-                &callers,
-                &what,
-                host,
-                port,
-                "binary_changed",
-                &reason,
-            )
-        })?;
+        match tokio::task::block_in_place(|| shared.identifier.check_pin(process)) {
+            Ok(()) => {}
+            Err(PinError::Resources(e)) => return Err(overloaded(&what, &e)),
+            Err(e) => return Err(denied(&callers, "binary_changed", &e.to_string())),
+        }
     }
+    // Both splice pipes exist before the client hears anything: out of file descriptors is a
+    // 503 now, not a "200 Connection Established" for a tunnel that then dies.
+    let pipes = match (Pipe::new(), Pipe::new()) {
+        (Ok(up), Ok(down)) => [up, down],
+        (Err(e), _) | (_, Err(e)) => return Err(overloaded(&what, &e)),
+    };
     let upstream = dial(shared, host, port, &endpoints)
         .await
         .map_err(|failure| match failure {
-            DialFailure::Refused(reason) => {
-                deny(shared, &callers, &what, host, port, "ssrf_denied", &reason)
-            }
+            DialFailure::Refused(reason) => denied(&callers, "ssrf_denied", &reason),
             DialFailure::Unreachable(reason) => {
                 tracing::warn!(layer = "proxy", what = %what, "upstream unreachable: {reason}");
                 Refusal(http::error_response(
@@ -258,13 +242,25 @@ async fn exchange(
                 return Ok(false);
             }
             buf.clear();
-            let _ = relay::tunnel(client, &upstream, idle).await;
+            let _ = relay::tunnel(client, &upstream, pipes, idle).await;
             Ok(false)
         }
-        Target::Forward { .. } => Ok(forward(client, &upstream, request, buf, idle)
+        Target::Forward { .. } => Ok(forward(client, &upstream, request, buf, &pipes, idle)
             .await
             .unwrap_or(false)),
     }
+}
+
+/// The proxy itself ran out of something (file descriptors, /proc access): an operational
+/// error, logged as one and answered 503, never reported as a policy denial.
+fn overloaded(what: &str, e: &std::io::Error) -> Refusal {
+    tracing::error!(layer = "proxy", what, "cannot serve {what}: {e}");
+    Refusal(http::error_response(
+        503,
+        "proxy_overloaded",
+        what,
+        &e.to_string(),
+    ))
 }
 
 /// Logs a denial and builds the 403 response.
@@ -306,7 +302,10 @@ async fn dial(
     port: u16,
     endpoints: &[&Endpoint],
 ) -> Result<TcpStream, DialFailure> {
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+    // The normalised name: "api.example.com." must resolve like "api.example.com", which
+    // /etc/hosts (Kubernetes hostAliases) would not match with the dot.
+    let name = normalize_host(host);
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
         .await
         .map_err(|e| DialFailure::Unreachable(format!("cannot resolve {host}: {e}")))?
         .collect();
@@ -353,15 +352,16 @@ async fn forward(
     upstream: &TcpStream,
     request: &Request,
     buf: &mut Vec<u8>,
+    [up_pipe, down_pipe]: &[Pipe; 2],
     idle: Duration,
 ) -> io::Result<bool> {
     let body = request.body().map_err(io::Error::other)?;
     let activity = Activity::new();
     let up = async {
         write_all(upstream, &request.upstream_head()).await?;
-        send_body(client, upstream, body, buf, &activity).await
+        send_body(client, upstream, body, buf, up_pipe, &activity).await
     };
-    let down = relay_response(upstream, client, request, &activity);
+    let down = relay_response(upstream, client, request, down_pipe, &activity);
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|((), keep)| keep),
         () = activity.idle_for(idle) => Ok(false),
@@ -375,6 +375,7 @@ async fn send_body(
     dst: &TcpStream,
     framing: Body,
     buffered: &mut Vec<u8>,
+    pipe: &Pipe,
     activity: &Activity,
 ) -> io::Result<()> {
     match framing {
@@ -385,7 +386,7 @@ async fn send_body(
             buffered.drain(..ready);
             let rest = length - ready as u64;
             if rest > 0 {
-                let moved = relay::copy(src, dst, &Pipe::new()?, Some(rest), activity).await?;
+                let moved = relay::copy(src, dst, pipe, Some(rest), activity).await?;
                 if moved < rest {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -425,6 +426,7 @@ async fn relay_response(
     upstream: &TcpStream,
     client: &TcpStream,
     request: &Request,
+    pipe: &Pipe,
     activity: &Activity,
 ) -> io::Result<bool> {
     let mut buf = Vec::new();
@@ -453,7 +455,7 @@ async fn relay_response(
         let body = response.body(&request.method).map_err(io::Error::other)?;
         let keep_alive = request.keep_alive() && body != Body::UntilClose;
         write_all(client, &response.client_head(keep_alive)).await?;
-        send_body(upstream, client, body, &mut buf, activity).await?;
+        send_body(upstream, client, body, &mut buf, pipe, activity).await?;
         return Ok(keep_alive);
     }
 }

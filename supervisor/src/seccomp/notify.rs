@@ -218,6 +218,12 @@ fn handle_one(listener: &OwnedFd, limiter: &RateLimit) {
     let exe = log::exe_of(n.pid);
     // SAFETY: ID_VALID reads the u64 id.
     let live = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &req.id) } == 0;
+    // The log line is written while the caller still waits for its answer: once answered it
+    // may exit at once, and the supervisor with it, taking an unwritten line along; logging
+    // first also orders the line before anything the caller prints afterwards.
+    if live {
+        log_verdict(&verdict, n.pid, &exe, limiter);
+    }
     let (error, flags) = match &verdict {
         Verdict::Deny { errno, .. } => (-errno, 0),
         Verdict::Continue(_) => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
@@ -230,32 +236,29 @@ fn handle_one(listener: &OwnedFd, limiter: &RateLimit) {
     };
     // SAFETY: SEND reads a correctly sized seccomp_notif_resp. Failure means the caller is gone.
     unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND as _, &resp) };
-    if !live {
-        return;
-    }
-    let denial = match &verdict {
-        Verdict::Deny { what, why, .. } => {
-            Some((Layer::Seccomp, what.as_str(), why.as_str(), None))
-        }
-        Verdict::Continue(Some(egress)) => Some((
+}
+
+fn log_verdict(verdict: &Verdict, pid: u32, exe: &str, limiter: &RateLimit) {
+    let (layer, what, why, destination) = match verdict {
+        Verdict::Deny { what, why, .. } => (Layer::Seccomp, what.as_str(), why.as_str(), None),
+        Verdict::Continue(Some(egress)) => (
             Layer::Network,
             egress.what.as_str(),
             egress.why,
             Some(egress.destination),
-        )),
-        Verdict::Continue(None) => None,
+        ),
+        Verdict::Continue(None) => return,
     };
-    if let Some((layer, what, why, destination)) = denial
-        && limiter.allow()
-    {
-        let host = destination.map(|d| d.ip().to_string());
-        log::denied(&Denial {
-            layer,
-            pid: n.pid,
-            exe: &exe,
-            what,
-            why,
-            target: host.as_deref().zip(destination.map(|d| d.port())),
-        });
+    if !limiter.allow() {
+        return;
     }
+    let host = destination.map(|d| d.ip().to_string());
+    log::denied(&Denial {
+        layer,
+        pid,
+        exe,
+        what,
+        why,
+        target: host.as_deref().zip(destination.map(|d| d.port())),
+    });
 }

@@ -70,7 +70,10 @@ test: check-host
 	fi; \
 	echo "make test: every stage passed ($(TEST_STAGES))"
 
+# cargo build first: the tests crate runs the built binaries (target/debug/openshell-*),
+# which `cargo test` alone does not build for another package in a fresh tree.
 test-unit:
+	cargo build --workspace
 	cargo test --workspace
 
 $(SANDBOX_DEBUG): FORCE

@@ -72,9 +72,10 @@ test: check-host
 
 # cargo build first: the tests crate runs the built binaries (target/debug/openshell-*),
 # which `cargo test` alone does not build for another package in a fresh tree.
+# --no-fail-fast: every test binary runs, so one run reports every failing test.
 test-unit:
 	cargo build --workspace
-	cargo test --workspace
+	cargo test --workspace --no-fail-fast
 
 $(SANDBOX_DEBUG): FORCE
 	cargo build -p openshell-sandbox

@@ -19,7 +19,10 @@ readonly CONTAINERS_CONF="/etc/containers/containers.conf"
 # refuses the machines' mixed cgroup v1/v2 layout. catatonit is pulled in by podman's
 # Recommends and is what podman builds its local pause image from (no registry to pull one).
 # python3-venv: Debian's python refuses `pip install` outside a venv (PEP 668).
-readonly APT_PACKAGES=(podman runc catatonit python3-venv)
+# The test suites also run, around the sandbox: setcap (libcap2-bin: capability re-acquire
+# attempts), ip (iproute2: the proxy tests' upstream hosts in their own network namespaces),
+# curl and wget (HTTP clients run inside the sandbox).
+readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget)
 
 # nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
 # make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.

@@ -138,6 +138,20 @@ pub fn start(command: &mut Command, stdin: Stdin<'_>) -> Running {
     }
 }
 
+/// What a reader collected. The pipe must reach its end soon after the process exits: a
+/// process still holding it was left behind, which fails the test instead of hanging it.
+fn finish(reader: JoinHandle<String>) -> String {
+    let started = Instant::now();
+    while !reader.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stdout or stderr still open 5 s after the process ended: something was left behind"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    reader.join().expect("output reader")
+}
+
 /// Reads a pipe to its end; bytes that are not UTF-8 show as U+FFFD.
 fn collect(mut pipe: Box<dyn Read + Send>) -> JoinHandle<String> {
     std::thread::spawn(move || {
@@ -171,9 +185,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let join = |handle: Option<JoinHandle<String>>| {
-            handle.map_or_else(String::new, |h| h.join().expect("output reader"))
-        };
+        let join = |handle: Option<JoinHandle<String>>| handle.map_or_else(String::new, finish);
         let status = status.unwrap_or_else(|| {
             let status = self.child.wait().expect("wait after kill");
             panic!(
@@ -184,8 +196,19 @@ impl Running {
         });
         Output {
             status,
-            stdout: join(self.stdout),
-            stderr: join(self.stderr),
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails half-way must not leave its process (a supervisor: its whole sandbox)
+    /// running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

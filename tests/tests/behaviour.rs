@@ -372,25 +372,56 @@ fn timeout_kills_an_agent_that_ignores_term_after_the_grace_period() {
     );
 }
 
+/// The signals the supervisor forwards, as the agent records them.
+const FORWARDED: [(libc::c_int, &str); 7] = [
+    (libc::SIGINT, "INT"),
+    (libc::SIGHUP, "HUP"),
+    (libc::SIGQUIT, "QUIT"),
+    (libc::SIGUSR1, "USR1"),
+    (libc::SIGUSR2, "USR2"),
+    (libc::SIGWINCH, "WINCH"),
+    (libc::SIGTERM, "TERM"),
+];
+
+/// Whether `pid` has a handler for every forwarded signal.
+fn catches_forwarded_signals(pid: u32) -> bool {
+    let status = contents(Path::new(&format!("/proc/{pid}/status")));
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or(0);
+    FORWARDED
+        .iter()
+        .all(|(signal, _)| caught & (1 << (signal - 1)) != 0)
+}
+
+/// Starts an agent that records the signals it receives in `rw/signals` (and exits after
+/// `exit_on`, or never for `none`); returns once the agent and the supervisor's signal
+/// handlers are in place.
+fn start_recorder(sandbox: &Sandbox, exit_on: &str, grace: &str) -> (run::Running, PathBuf) {
+    let record = sandbox.rw("signals");
+    let mut command = sandbox.command(&["--", &probe(), "record-signals"]);
+    command
+        .arg(&record)
+        .arg(exit_on)
+        .env("OPENSHELL_GRACE_PERIOD", grace)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let running = run::start(&mut command, Stdin::Null);
+    wait_until("the agent to be ready", || contents(&record) == "ready\n");
+    wait_until("the supervisor's signal handlers", || {
+        catches_forwarded_signals(running.pid())
+    });
+    (running, record)
+}
+
 #[test]
 fn signals_are_forwarded_to_the_agent() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);
-    let record = sandbox.rw("signals");
-    let mut command = sandbox.command(&["--", &probe(), "record-signals"]);
-    command.arg(&record).arg("TERM");
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let running = run::start(&mut command, Stdin::Null);
-    wait_until("the agent to be ready", || contents(&record) == "ready\n");
+    let (running, record) = start_recorder(&sandbox, "TERM", "10");
     let mut expected = String::from("ready\n");
-    for (sig, name) in [
-        (libc::SIGINT, "INT"),
-        (libc::SIGHUP, "HUP"),
-        (libc::SIGQUIT, "QUIT"),
-        (libc::SIGUSR1, "USR1"),
-        (libc::SIGUSR2, "USR2"),
-        (libc::SIGWINCH, "WINCH"),
-        (libc::SIGTERM, "TERM"),
-    ] {
+    for (sig, name) in FORWARDED {
         signal(running.pid(), sig);
         expected.push_str(name);
         expected.push('\n');
@@ -403,15 +434,7 @@ fn signals_are_forwarded_to_the_agent() {
 #[test]
 fn sigterm_to_the_supervisor_gives_a_grace_period_then_kill() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);
-    let record = sandbox.rw("signals");
-    let mut command = sandbox.command(&["--", &probe(), "record-signals"]);
-    command
-        .arg(&record)
-        .arg("none")
-        .env("OPENSHELL_GRACE_PERIOD", "1");
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let running = run::start(&mut command, Stdin::Null);
-    wait_until("the agent to be ready", || contents(&record) == "ready\n");
+    let (running, record) = start_recorder(&sandbox, "none", "1");
     let started = Instant::now();
     signal(running.pid(), libc::SIGTERM);
     let out = running.wait();

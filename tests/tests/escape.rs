@@ -97,7 +97,7 @@ struct Needs {
 #[derive(Debug, Clone, Copy)]
 struct Attempt {
     /// The probe's subcommand and arguments; `{ro}`, `{rw}` and `{out}` are the fixture's
-    /// read-only, read-write and unlisted directories, `{target}` is init (pid 1 of the
+    /// read-only, read-write and unlisted directories, `{init}` is init (pid 1 of the
     /// sandbox) and `{supervisor}` the supervisor's pid, both a root `sleep` in the baseline.
     args: &'static [&'static str],
     by: By,
@@ -189,17 +189,12 @@ impl Attempt {
     /// The baseline's result line, or None when the kernel lacks the feature (skipped).
     fn unconfined(&self, name: &str) -> Option<String> {
         let fixture = Fixture::new(self);
-        let mut target = self
+        let target = self
             .args
             .iter()
-            .any(|a| a.contains("{target}") || a.contains("{supervisor}"))
-            .then(|| {
-                Command::new("/bin/sleep")
-                    .arg("60")
-                    .spawn()
-                    .expect("starting the target process")
-            });
-        let pid = target.as_ref().map_or(0, Child::id).to_string();
+            .any(|a| a.contains("{init}") || a.contains("{supervisor}"))
+            .then(Target::start);
+        let pid = target.as_ref().map_or(0, |t| t.0.id()).to_string();
         let mut command = Command::new(bin("escape-probe"));
         command.args(fixture.args(self.args, &pid, &pid));
         let mut setup = fixture.setup(self);
@@ -213,7 +208,7 @@ impl Attempt {
         setup.apply(&mut command);
         let out = run::run(&mut command, fixture.stdin());
         let line = result_line(name, "unconfined", &out);
-        let killed = target.as_mut().is_some_and(finish);
+        let killed = target.is_some_and(Target::killed_by_probe);
         if let Some(needs) = self.needs
             && needs.missing.contains(&line.as_str())
         {
@@ -314,14 +309,40 @@ fn result_line(name: &str, phase: &str, out: &Output) -> String {
     line.to_owned()
 }
 
-/// Stops the baseline's target process; true when the probe had killed it. (Our own signal is
-/// TERM, so a KILL status can only be the probe's, even if it has not been reaped yet.)
-fn finish(target: &mut Child) -> bool {
-    let pid = libc::pid_t::try_from(target.id()).expect("pid");
-    // SAFETY: a signal to our own child, which is not reaped before the wait below.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = target.wait().expect("waiting for the target");
-    std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL)
+/// The baseline's stand-in for init and the supervisor: a root process outside any sandbox.
+struct Target(Child);
+
+impl Target {
+    fn start() -> Target {
+        let child = Command::new("/bin/sleep")
+            .arg("60")
+            .spawn()
+            .expect("starting the target process");
+        Target(child)
+    }
+
+    /// Stops the target; true when the probe had killed it. (Our own signal is TERM, so a KILL
+    /// status can only be the probe's, even if it had not been reaped yet.)
+    fn killed_by_probe(mut self) -> bool {
+        self.terminate() == Some(libc::SIGKILL)
+    }
+
+    /// Sends TERM and returns the signal the target died of.
+    fn terminate(&mut self) -> Option<i32> {
+        let pid = libc::pid_t::try_from(self.0.id()).expect("pid");
+        // SAFETY: a signal to our own child, which is not reaped before the wait below.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.0.wait().expect("waiting for the target");
+        std::os::unix::process::ExitStatusExt::signal(&status)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.terminate();
+        }
+    }
 }
 
 const CAP_SETUID: u32 = 7;
@@ -404,7 +425,7 @@ impl Fixture {
                 a.replace("{ro}", &dir("ro"))
                     .replace("{rw}", &dir("rw"))
                     .replace("{out}", &dir("out"))
-                    .replace("{target}", target)
+                    .replace("{init}", target)
                     .replace("{supervisor}", supervisor)
             })
             .collect()
@@ -545,27 +566,27 @@ attempts! {
 
     // Other processes: init is PID 1 of the sandbox; the supervisor is outside it.
     ptrace_init:
-        probe(&["ptrace-attach", "{target}"]).refused("err EPERM", Seccomp("ptrace"));
+        probe(&["ptrace-attach", "{init}"]).refused("err EPERM", Seccomp("ptrace"));
     ptrace_supervisor:
         probe(&["ptrace-attach", "{supervisor}"]).refused("err EPERM", Seccomp("ptrace"));
     process_vm_readv_init:
-        probe(&["process-vm-readv", "{target}"])
+        probe(&["process-vm-readv", "{init}"])
             .refused("err EPERM", Seccomp("process_vm_readv"));
     process_vm_readv_supervisor:
         probe(&["process-vm-readv", "{supervisor}"])
             .refused("err EPERM", Seccomp("process_vm_readv"));
     proc_mem_init:
-        probe(&["proc-mem", "{target}"])
+        probe(&["proc-mem", "{init}"])
             .refused("err EACCES", Kernel("init is root's and not dumpable"));
     proc_mem_supervisor:
         probe(&["proc-mem", "{supervisor}"]).refused("err ENOENT", HIDDEN);
     kill_init:
-        probe(&["kill", "{target}", "9"]).effect(TargetKilled)
+        probe(&["kill", "{init}", "9"]).effect(TargetKilled)
             .refused("err EPERM", Kernel("init is root's, and outside the Landlock signal scope"));
     kill_supervisor:
         probe(&["kill", "{supervisor}", "9"]).effect(TargetKilled).refused("err ESRCH", HIDDEN);
     pidfd_getfd_init:
-        probe(&["pidfd-getfd", "{target}", "0"]).refused("err EPERM", Seccomp("pidfd_getfd"));
+        probe(&["pidfd-getfd", "{init}", "0"]).refused("err EPERM", Seccomp("pidfd_getfd"));
 
     // Mounts and namespaces.
     mount_tmpfs:

@@ -667,9 +667,10 @@ fn an_interactive_shell_works_on_a_terminal() {
     assert!(shown().contains("\r\nhi\r\n"), "{}", shown());
 }
 
-/// Known bug (see .lead-notes/from-escape.md): the supervisor answers a refused call before
-/// it logs it, and can exit before the line is written. A log reader that is slower than the
-/// agent (here: stderr is a full 4 KiB pipe for two seconds) loses the line every time.
+/// Regression test (.lead-notes/from-escape.md, fixed in 249de2c): a supervisor that answered
+/// a refused call before logging it could exit before the line was written. A log reader that
+/// is slower than the agent (here: stderr is a full 4 KiB pipe for two seconds) lost the line
+/// every time.
 #[test]
 fn denial_line_is_written_before_the_supervisor_exits() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);

@@ -385,9 +385,17 @@ impl Fixture {
         }
         std::os::unix::fs::symlink("../out/secret", scratch.join("rw/secret-link"))
             .expect("symlink");
+        // cp, not std::fs::copy: a file this multi-threaded test process had open for writing
+        // could be inherited by a child another test forks at that moment, and executing the
+        // copy would then fail with ETXTBSY.
         let copy = |to: &str, mode: u32| {
             let path = scratch.join(to);
-            std::fs::copy(bin("escape-probe"), &path).expect("copying the probe");
+            let status = Command::new("/bin/cp")
+                .arg(bin("escape-probe"))
+                .arg(&path)
+                .status()
+                .expect("running cp");
+            assert!(status.success(), "copying the probe: {status}");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .expect("chmod of the probe's copy");
             path

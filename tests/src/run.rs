@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::scratch::AGENT_ID;
 
 /// How long any single run may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The fd number a leaked file lands on in [`Setup::leak`].
 pub const LEAKED_FD: RawFd = 42;

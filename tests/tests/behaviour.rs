@@ -499,10 +499,16 @@ fn unique_marker() -> String {
     format!("openshell-left-behind-{}-{nanos}", std::process::id())
 }
 
-/// The agent starts `escape-probe pause MARKER` in the background and writes its command line
-/// to `started`.
-const LEAVE_BEHIND: &str =
-    r#""$0" pause "$1" & sleep 0.2; tr '\0' ' ' < /proc/$!/cmdline > started"#;
+/// The agent starts `escape-probe pause MARKER` in the background and, once it runs, writes
+/// its command line to `started`.
+const LEAVE_BEHIND: &str = r#""$0" pause "$1" & p=$!
+    until tr '\0' ' ' < /proc/$p/cmdline | grep -q "pause $1"; do sleep 0.01; done
+    tr '\0' ' ' < /proc/$p/cmdline > started"#;
+
+/// Whether the agent's background process has started.
+fn left_behind(sandbox: &Sandbox, marker: &str) -> bool {
+    contents(&sandbox.rw("started")).contains(&format!("pause {marker}"))
+}
 
 #[test]
 fn no_process_is_left_behind_when_the_agent_exits() {
@@ -510,10 +516,7 @@ fn no_process_is_left_behind_when_the_agent_exits() {
     let marker = unique_marker();
     let out = sandbox.run(&["--", "/bin/sh", "-c", LEAVE_BEHIND, &probe(), &marker]);
     assert_eq!(out.code(), 0, "{out:#?}");
-    assert!(
-        contents(&sandbox.rw("started")).contains(&marker),
-        "the background process ran"
-    );
+    assert!(left_behind(&sandbox, &marker), "the background process ran");
     assert_eq!(processes_with(&marker), Vec::<String>::new());
 }
 
@@ -521,13 +524,11 @@ fn no_process_is_left_behind_when_the_agent_exits() {
 fn no_process_is_left_behind_when_the_supervisor_is_killed() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);
     let marker = unique_marker();
-    let script = format!("{LEAVE_BEHIND}; sleep 60");
+    let script = format!("{LEAVE_BEHIND}\n    sleep 60");
     let mut command = sandbox.command(&["--", "/bin/sh", "-c", &script, &probe(), &marker]);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let running = run::start(&mut command, Stdin::Null);
-    wait_until("the background process", || {
-        contents(&sandbox.rw("started")).contains(&marker)
-    });
+    wait_until("the background process", || left_behind(&sandbox, &marker));
     signal(running.pid(), libc::SIGKILL);
     let out = running.wait();
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:#?}");

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Benchmark: the egress proxy against a direct connection, every figure from one run against
+# the same test host.
+#
+# The test host is a network namespace joined by a veth pair to a "pod" namespace (both made
+# here, removed on exit). nginx serves it (sendfile, no logging, two workers), so the server is
+# not what is measured. The same client binaries run on both sides of each comparison:
+#   direct    from the pod namespace, no proxy, as root
+#   proxied   inside the sandbox (release build of openshell-sandbox, started in the pod
+#             namespace), through the proxy at 127.0.0.1:3128: a CONNECT tunnel, or
+#             absolute-form http:// (curl without -p)
+# Measures, run interleaved round by round (so drift hits all alike), medians of RUNS rounds:
+#   bulk      curl downloading SIZE_MB MiB (from page cache) to /dev/null, MB/s
+#   latency   proxy-load, 1 worker: connect [+ CONNECT] + GET of a 64-byte file + close,
+#             p50/p99 over RATE_COUNT exchanges
+#   rate      the same with WORKERS concurrent workers: new connections per second
+#   memory    the supervisor's VmRSS idle, and VmRSS/VmHWM with TUNNELS idle tunnels open
+# The supervisor logs at its default level (info: one line per allowed connection), to a file.
+#
+# Usage: bench/proxy.sh            (as root)
+# Environment: RUNS (default 7), SIZE_MB (512, at least 256), RATE_COUNT (3000), WORKERS (4),
+#              TUNNELS (1000), KEEP=1 keeps the scratch directory (logs) for inspection,
+#              SUPERVISOR=PATH measures that (release) binary instead of building the tree's.
+# Needs: nginx (apt: nginx-light), curl, iproute2, util-linux (nsenter), python3, cargo.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+runs=${RUNS:-7}
+size_mb=${SIZE_MB:-512}
+rate_count=${RATE_COUNT:-3000}
+workers=${WORKERS:-4}
+tunnels=${TUNNELS:-1000}
+case ${1:-} in
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+esac
+((EUID == 0)) || { echo "bench/proxy.sh: run as root (namespaces, nginx)" >&2; exit 2; }
+((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
+for tool in nginx curl ip nsenter python3 cargo; do
+    command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool not found" >&2; exit 2; }
+done
+
+if [[ -n ${SUPERVISOR:-} ]]; then
+    supervisor=$(realpath "$SUPERVISOR")
+    echo "supervisor: $supervisor (SUPERVISOR, not rebuilt)"
+else
+    echo "building: cargo build --release -p openshell-sandbox"
+    (cd "$repo" && cargo build --quiet --release -p openshell-sandbox)
+    supervisor=$repo/target/release/openshell-sandbox
+fi
+cargo build --quiet --release --manifest-path "$repo/bench/proxy-load/Cargo.toml" \
+    --target-dir "$repo/target"
+
+id=pbench-$$
+pod=$id-pod
+host=$id-host
+dir=$(mktemp -d /tmp/proxy-bench.XXXXXX)
+chmod 755 "$dir"
+cleanup() {
+    if [[ -f $dir/nginx.pid ]]; then kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; fi
+    ip netns delete "$pod" 2>/dev/null || true
+    ip netns delete "$host" 2>/dev/null || true
+    if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+
+in_pod() { nsenter --net="/run/netns/$pod" "$@"; }
+in_host() { nsenter --net="/run/netns/$host" "$@"; }
+
+ip netns add "$pod"
+ip netns add "$host"
+ip link add veth0 netns "$pod" type veth peer name veth0 netns "$host"
+ip -n "$pod" -batch - <<EOF
+link set lo up
+link set veth0 up
+addr add 203.0.113.1/24 dev veth0
+EOF
+ip -n "$host" -batch - <<EOF
+link set lo up
+link set veth0 up
+addr add 203.0.113.2/24 dev veth0
+EOF
+# Tens of thousands of short connections per run: reuse TIME_WAIT ports rather than run out.
+in_pod sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
+in_host sysctl -q -w net.core.somaxconn=4096
+
+mkdir -p "$dir/www" "$dir/nginx"
+head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
+head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
+chmod -R a+rX "$dir/www"
+cat >"$dir/nginx.conf" <<EOF
+user root;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    client_body_temp_path $dir/nginx/body;
+    proxy_temp_path $dir/nginx/proxy;
+    fastcgi_temp_path $dir/nginx/fastcgi;
+    uwsgi_temp_path $dir/nginx/uwsgi;
+    scgi_temp_path $dir/nginx/scgi;
+    server {
+        listen 203.0.113.2:80 backlog=4096;
+        root $dir/www;
+    }
+}
+EOF
+in_host nginx -c "$dir/nginx.conf"
+
+cp "$repo/target/release/proxy-load" "$dir/proxy-load"
+chmod 755 "$dir/proxy-load"
+cat >"$dir/policy.yaml" <<EOF
+version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr, /bin, /lib, /lib64, /etc, /proc, /dev/urandom]
+  read_write: [/dev/null]
+network_policies:
+  bench:
+    endpoints: [{ host: 203.0.113.2, port: 80 }]
+    binaries: [{ path: /usr/bin/curl }, { path: $dir/proxy-load }]
+EOF
+
+# nsenter and env exec, so a background start's $! is the supervisor's pid.
+sandbox_command=(nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin "$supervisor"
+    --policy "$dir/policy.yaml" --workdir "$dir" --log-format json --)
+sandbox() { "${sandbox_command[@]}" "$@" 2>>"$dir/supervisor.log"; }
+
+results=$dir/results
+record() { echo "$1 $2" >>"$results"; }
+
+url=http://203.0.113.2
+curl_bulk=(curl -sS -o /dev/null -w '%{size_download} %{speed_download}\n')
+bulk() { # NAME, then the command
+    local name=$1 out size speed
+    shift
+    out=$("$@")
+    read -r size speed <<<"$out"
+    ((size == size_mb * 1024 * 1024)) || { echo "$name: downloaded $size bytes" >&2; exit 1; }
+    record "bulk_$name" "$(python3 -c "print($speed / 1e6)")"
+}
+
+load() { # NAME, then the command printing proxy-load's JSON
+    local name=$1 out
+    shift
+    out=$("$@")
+    python3 - "$name" "$out" >>"$results" <<'EOF'
+import json, sys
+name, r = sys.argv[1], json.loads(sys.argv[2])
+if r["errors"]:
+    sys.exit(f"{name}: {r['errors']} failed exchanges")
+print(f"{name}_per_second {r['per_second']}")
+print(f"{name}_p50 {r['p50_ms']}")
+print(f"{name}_p99 {r['p99_ms']}")
+EOF
+}
+
+status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+memory() {
+    local fifo=$dir/hold.in out=$dir/hold.out pid waited=0
+    rm -f "$fifo" "$out"
+    mkfifo "$fifo"
+    # Opened read-write so that neither side blocks; closing it ends the hold.
+    exec {hold_fd}<>"$fifo"
+    "${sandbox_command[@]}" ./proxy-load hold 203.0.113.2:80 "$tunnels" 127.0.0.1:3128 \
+        <"$fifo" >"$out" 2>>"$dir/supervisor.log" {hold_fd}>&- &
+    pid=$!
+    until grep -q '^idle' "$out" 2>/dev/null; do sleep 0.05; done
+    [[ $(readlink "/proc/$pid/exe") == "$supervisor" ]] || { echo "pid $pid is not the supervisor" >&2; exit 1; }
+    sleep 0.5
+    record rss_idle "$(status_kib "$pid" VmRSS)"
+    local started=$EPOCHREALTIME
+    until grep -q '^ready' "$out" 2>/dev/null; do
+        sleep 0.05
+        waited=$((waited + 1))
+        ((waited < 1200)) || { echo "tunnels never ready: $(cat "$out")" >&2; exit 1; }
+    done
+    record tunnels_open_seconds "$(python3 -c "print(${EPOCHREALTIME} - $started)")"
+    record rss_tunnels "$(status_kib "$pid" VmRSS)"
+    record hwm_tunnels "$(status_kib "$pid" VmHWM)"
+    exec {hold_fd}>&-
+    wait "$pid" || { echo "the hold run failed: $(cat "$out")" >&2; exit 1; }
+}
+
+echo "rounds: $runs (bulk $size_mb MiB; $rate_count exchanges per latency/rate run; $workers workers; $tunnels tunnels)"
+for ((round = 1; round <= runs; round++)); do
+    printf 'round %d/%d\r' "$round" "$runs"
+    bulk direct in_pod "${curl_bulk[@]}" "$url/bulk"
+    bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk"
+    bulk forward sandbox "${curl_bulk[@]}" "$url/bulk"
+    load lat_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small 1 "$rate_count"
+    load lat_proxy sandbox ./proxy-load rate 203.0.113.2:80 /small 1 "$rate_count" 127.0.0.1:3128
+    load rate_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small "$workers" "$rate_count"
+    load rate_proxy sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
+    memory
+done
+echo
+
+denials=$(grep -c '"event":"denied"' "$dir/supervisor.log" || true)
+((denials == 0)) || { echo "the supervisor denied something during the benchmark:" >&2; grep '"denied"' "$dir/supervisor.log" | head >&2; exit 1; }
+
+python3 - "$results" "$runs" "$size_mb" "$workers" "$tunnels" "$(nginx -v 2>&1)" "$(curl --version | head -1)" "$(nproc)" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+path, runs, size_mb, workers, tunnels, nginx, curl, cpus = sys.argv[1:]
+values = defaultdict(list)
+for line in open(path):
+    name, value = line.split()
+    values[name].append(float(value))
+m = {name: statistics.median(v) for name, v in values.items()}
+
+def goal(ok):
+    return "met" if ok else "MISSED"
+
+print(f"egress proxy vs direct: medians of {runs} interleaved rounds, {cpus} CPUs")
+print(f"server: {nginx.split(': ')[-1]} (sendfile) in the test host's namespace; bulk client: {curl.split(' (')[0]}")
+print()
+print(f"{'measure':<40}{'direct':>10}{'CONNECT':>10}{'absolute':>10}   goal")
+d, c, f = m["bulk_direct"], m["bulk_connect"], m["bulk_forward"]
+print(f"{'bulk ' + size_mb + ' MiB, MB/s':<40}{d:>10.0f}{c:>10.0f}{f:>10.0f}   >= 90% of direct")
+print(f"{'  ratio to direct':<40}{'':>10}{c / d:>10.0%}{f / d:>10.0%}   {goal(min(c, f) >= 0.9 * d)}")
+print(f"{'latency p50, ms (1 worker)':<40}{m['lat_direct_p50']:>10.3f}{m['lat_proxy_p50']:>10.3f}{'':>10}   <= 0.5 ms: {goal(m['lat_proxy_p50'] <= 0.5)}")
+print(f"{'latency p99, ms (1 worker)':<40}{m['lat_direct_p99']:>10.3f}{m['lat_proxy_p99']:>10.3f}")
+print(f"{'exchanges/s (1 worker)':<40}{m['lat_direct_per_second']:>10.0f}{m['lat_proxy_per_second']:>10.0f}")
+print(f"{'new connections/s (' + workers + ' workers)':<40}{m['rate_direct_per_second']:>10.0f}{m['rate_proxy_per_second']:>10.0f}{'':>10}   >= 2000/s: {goal(m['rate_proxy_per_second'] >= 2000)}")
+print(f"{'latency p50 / p99, ms (' + workers + ' workers)':<40}{m['rate_direct_p50']:>5.2f}/{m['rate_direct_p99']:<4.2f}{m['rate_proxy_p50']:>5.2f}/{m['rate_proxy_p99']:<4.2f}")
+print()
+mib = lambda kib: kib / 1024
+print(f"{'supervisor VmRSS idle, MiB':<40}{mib(m['rss_idle']):>10.1f}{'':>20}   <= 8 MiB: {goal(mib(m['rss_idle']) <= 8)}")
+print(f"{'supervisor VmRSS, ' + tunnels + ' open tunnels, MiB':<40}{mib(m['rss_tunnels']):>10.1f}{'':>20}   <= 48 MiB: {goal(mib(m['rss_tunnels']) <= 48)}")
+print(f"{'supervisor VmHWM, ' + tunnels + ' open tunnels, MiB':<40}{mib(m['hwm_tunnels']):>10.1f}")
+print(f"{'time to open ' + tunnels + ' tunnels one by one, s':<40}{m['tunnels_open_seconds']:>10.2f}")
+EOF

@@ -15,6 +15,9 @@ use openshell_sandbox::{check, log, policy, preflight, proxy, sandbox};
 const SETUP_FAILED: u8 = 125;
 
 fn main() -> ExitCode {
+    // Until the supervisor's handlers exist, a TERM from the runtime would kill it with the
+    // agent half started; held back, it is forwarded to the agent once supervision begins.
+    supervise::hold_forwarded_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

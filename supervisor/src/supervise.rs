@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::io::Interest;
@@ -81,6 +81,20 @@ struct State {
     kill_at: Option<Instant>,
 }
 
+/// Blocks the forwarded signals on the calling thread (and on every thread and process it
+/// creates later) until [`run`] has its handlers and unblocks them.
+pub fn hold_forwarded_signals() {
+    let _ = forwarded_set().thread_block();
+}
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        set.add(signal);
+    }
+    set
+}
+
 /// Serves the egress proxy for `network` and supervises `running` to the end; returns how it
 /// ended.
 pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
@@ -135,6 +149,9 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         }
     }
     let mut sigchld = signal(SignalKind::child()).ok();
+    // The handlers exist: signals held back since start-up are delivered (to this thread, the
+    // only one not blocking them) and forwarded.
+    let _ = forwarded_set().thread_unblock();
     // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until it drops.
     let registered = unsafe { AsyncFd::register_with_interest(channel, Interest::READABLE) };
     let channel = match registered {

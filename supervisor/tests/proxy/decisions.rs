@@ -319,14 +319,17 @@ impl Case {
         format!("/case{index}")
     }
 
-    /// What the proxy calls the request in `detail` and the log's `what`. An IPv6 literal
-    /// appears without its brackets (`CONNECT ::1:20034`, which reads ambiguously; the log's
-    /// separate host and port fields are exact).
+    /// What the proxy calls the request in `detail` and the log's `what`: an IPv6 literal in
+    /// brackets, as in the request (`CONNECT [::1]:20034`).
     fn what(&self, index: usize) -> String {
-        let (host, port) = (self.host, self.port(index));
+        let port = self.port(index);
+        let authority = match self.host.contains(':') {
+            true => format!("[{}]:{port}", self.host),
+            false => format!("{}:{port}", self.host),
+        };
         match self.mode {
-            "connect" => format!("CONNECT {host}:{port}"),
-            _ => format!("GET http://{host}:{port}{}", Case::path(index)),
+            "connect" => format!("CONNECT {authority}"),
+            _ => format!("GET http://{authority}{}", Case::path(index)),
         }
     }
 }

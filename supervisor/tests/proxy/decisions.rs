@@ -97,6 +97,13 @@ const CASES: &[Case] = &[
         ALLOWED,
     ),
     row(
+        "a trailing dot is ignored",
+        "host: api.test.example",
+        "connect",
+        "api.test.example.",
+        ALLOWED,
+    ),
+    row(
         "host is case-insensitive",
         "host: api.test.example",
         "connect",

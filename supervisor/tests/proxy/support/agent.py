@@ -316,9 +316,12 @@ def exhaust(count, host, port, settle):
             pending[sock] += chunk
             if b"\r\n\r\n" in pending[sock] or not chunk:
                 data = pending.pop(sock)
-                status = parse_head(data.partition(b"\r\n\r\n")[0])[0] if data else "closed"
-                answers[str(status)] = answers.get(str(status), 0) + 1
-                if status == 200:
+                answer = "closed"
+                if data:
+                    status, headers = parse_head(data.partition(b"\r\n\r\n")[0])
+                    answer = f"{status} {headers.get('x-openshell-error', '')}".strip()
+                answers[answer] = answers.get(answer, 0) + 1
+                if answer == "200":
                     established.append(sock)
                 sel.unregister(sock)
     sel.close()

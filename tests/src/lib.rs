@@ -3,10 +3,23 @@
 // Test support: failing loudly, with a message, is the point of every check here.
 #![allow(clippy::expect_used, clippy::panic)]
 
+pub mod caps;
 pub mod run;
 pub mod scratch;
 
 use std::path::PathBuf;
+
+/// The signals the supervisor forwards to the agent, with the names the probe records them
+/// by; TERM last, since an agent usually ends on it.
+pub const FORWARDED_SIGNALS: [(libc::c_int, &str); 7] = [
+    (libc::SIGINT, "INT"),
+    (libc::SIGHUP, "HUP"),
+    (libc::SIGQUIT, "QUIT"),
+    (libc::SIGUSR1, "USR1"),
+    (libc::SIGUSR2, "USR2"),
+    (libc::SIGWINCH, "WINCH"),
+    (libc::SIGTERM, "TERM"),
+];
 
 /// Path of a binary built by this workspace (`openshell-sandbox`, `openshell-copier`, or one
 /// of this crate's own), next to the running test executable's target directory.

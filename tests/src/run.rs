@@ -268,18 +268,7 @@ impl Setup {
                 check(libc::dup2(fd, LEAKED_FD).into())?;
             }
             if let Some(cap) = self.inheritable {
-                let mut header = CapHeader {
-                    version: 0x2008_0522,
-                    pid: 0,
-                };
-                let mut data = [CapData::default(); 2];
-                check(libc::syscall(
-                    libc::SYS_capget,
-                    &mut header,
-                    data.as_mut_ptr(),
-                ))?;
-                data[(cap / 32) as usize].inheritable |= 1 << (cap % 32);
-                check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()))?;
+                check(crate::caps::raise(cap, &[crate::caps::Set::Inheritable]))?;
             }
             if self.as_agent {
                 let id = libc::c_long::from(AGENT_ID);
@@ -294,20 +283,6 @@ impl Setup {
         }
         Ok(())
     }
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 /// A pseudo-terminal, both ends close-on-exec (a parallel test's child must not inherit them).

@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openshell_tests::bin;
 use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
+use openshell_tests::{FORWARDED_SIGNALS, bin};
 use serde_json::Value;
 
 /// A scratch directory with `rw/` (the agent's workdir, read-write and its own) and a policy.
@@ -370,17 +370,6 @@ fn timeout_kills_an_agent_that_ignores_term_after_the_grace_period() {
     );
 }
 
-/// The signals the supervisor forwards, as the agent records them.
-const FORWARDED: [(libc::c_int, &str); 7] = [
-    (libc::SIGINT, "INT"),
-    (libc::SIGHUP, "HUP"),
-    (libc::SIGQUIT, "QUIT"),
-    (libc::SIGUSR1, "USR1"),
-    (libc::SIGUSR2, "USR2"),
-    (libc::SIGWINCH, "WINCH"),
-    (libc::SIGTERM, "TERM"),
-];
-
 /// Whether `pid` has a handler for every forwarded signal.
 fn catches_forwarded_signals(pid: u32) -> bool {
     let status = contents(Path::new(&format!("/proc/{pid}/status")));
@@ -389,7 +378,7 @@ fn catches_forwarded_signals(pid: u32) -> bool {
         .find_map(|l| l.strip_prefix("SigCgt:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .unwrap_or(0);
-    FORWARDED
+    FORWARDED_SIGNALS
         .iter()
         .all(|(signal, _)| caught & (1 << (signal - 1)) != 0)
 }
@@ -419,7 +408,7 @@ fn signals_are_forwarded_to_the_agent() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);
     let (running, record) = start_recorder(&sandbox, "TERM", "10");
     let mut expected = String::from("ready\n");
-    for (sig, name) in FORWARDED {
+    for (sig, name) in FORWARDED_SIGNALS {
         signal(running.pid(), sig);
         expected.push_str(name);
         expected.push('\n');

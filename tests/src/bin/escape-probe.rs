@@ -18,6 +18,8 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 use nix::errno::Errno;
+use openshell_tests::FORWARDED_SIGNALS;
+use openshell_tests::caps::{Set, raise};
 
 type Attempt = Result<(), Errno>;
 
@@ -305,32 +307,9 @@ fn pidfd_getfd(pid: libc::pid_t, fd: libc::c_int) -> Attempt {
     sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) })
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Adds `cap` to the permitted and effective sets.
 fn capset_raise(cap: u32) -> Attempt {
-    let mut header = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    sys(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
-    let word = &mut data[(cap / 32) as usize];
-    word.permitted |= 1 << (cap % 32);
-    word.effective |= 1 << (cap % 32);
-    sys(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })
+    sys(raise(cap, &[Set::Permitted, Set::Effective]))
 }
 
 fn namespace(kind: &str) -> libc::c_int {
@@ -601,22 +580,12 @@ fn block_landlock(errno: &str) {
     sys(rc.into()).expect("installing the seccomp filter (needs root)");
 }
 
-const RECORDED: [(libc::c_int, &str); 7] = [
-    (libc::SIGTERM, "TERM"),
-    (libc::SIGINT, "INT"),
-    (libc::SIGHUP, "HUP"),
-    (libc::SIGQUIT, "QUIT"),
-    (libc::SIGUSR1, "USR1"),
-    (libc::SIGUSR2, "USR2"),
-    (libc::SIGWINCH, "WINCH"),
-];
-
 /// Blocks the forwarded signals, writes `ready` to `file`, then appends the name of each one
 /// received; returns after `exit_on` (`none`: never).
 fn record_signals(file: &str, exit_on: &str) -> Attempt {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe { libc::sigemptyset(&mut set) };
-    for (signal, _) in RECORDED {
+    for (signal, _) in FORWARDED_SIGNALS {
         unsafe { libc::sigaddset(&mut set, signal) };
     }
     sys(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) }.into())?;
@@ -628,7 +597,7 @@ fn record_signals(file: &str, exit_on: &str) -> Attempt {
     log.write_all(b"ready\n").expect("writing the signal log");
     loop {
         let signal = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
-        let Some((_, name)) = RECORDED.iter().find(|(s, _)| *s == signal) else {
+        let Some((_, name)) = FORWARDED_SIGNALS.iter().find(|(s, _)| *s == signal) else {
             continue;
         };
         log.write_all(format!("{name}\n").as_bytes())

@@ -4,6 +4,16 @@ use std::fs;
 
 use crate::common::{Fixture, Mount, Scratch, identity, listing};
 
+/// Runs the copier, which must fail with exit 4 and one line naming its temp file and `cause`.
+fn assert_temp_file_failure(fx: &Fixture, cause: &str) {
+    let line = fx.run(&[]).failure_line(4).to_owned();
+    let prefix = format!(
+        "openshell-copier: {}/.openshell-sandbox.tmp-",
+        fx.out.display()
+    );
+    assert!(line.starts_with(&prefix) && line.ends_with(cause), "{line}");
+}
+
 #[test]
 fn a_full_filesystem_fails_cleanly_and_leaves_nothing() {
     let scratch = Scratch::new();
@@ -11,16 +21,7 @@ fn a_full_filesystem_fails_cleanly_and_leaves_nothing() {
     let Some(_tmpfs) = Mount::tmpfs(&fx.out, "size=1m") else {
         return;
     };
-    let line = fx.run(&[]).failure_line(4).to_owned();
-    let prefix = format!(
-        "openshell-copier: {}/.openshell-sandbox.tmp-",
-        fx.out.display()
-    );
-    assert!(line.starts_with(&prefix), "{line}");
-    assert!(
-        line.ends_with(": No space left on device (os error 28)"),
-        "{line}"
-    );
+    assert_temp_file_failure(&fx, ": No space left on device (os error 28)");
     assert!(listing(&fx.out).is_empty(), "{:?}", listing(&fx.out));
 
     // With an old binary in place, it stays exactly as it was.
@@ -39,16 +40,7 @@ fn a_read_only_destination_fails_cleanly() {
     let Some(_tmpfs) = Mount::tmpfs(&fx.out, "ro,size=1m") else {
         return;
     };
-    let line = fx.run(&[]).failure_line(4).to_owned();
-    let prefix = format!(
-        "openshell-copier: {}/.openshell-sandbox.tmp-",
-        fx.out.display()
-    );
-    assert!(line.starts_with(&prefix), "{line}");
-    assert!(
-        line.ends_with(": create: Read-only file system (os error 30)"),
-        "{line}"
-    );
+    assert_temp_file_failure(&fx, ": create: Read-only file system (os error 30)");
     assert!(listing(&fx.out).is_empty());
 }
 

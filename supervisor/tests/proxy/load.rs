@@ -154,6 +154,10 @@ fn fd_exhaustion_is_survived() {
         result["tunnels"]["dead"], 0,
         "a 200 for a tunnel that died: {result}"
     );
+    assert_eq!(
+        result["unanswered"], 0,
+        "queued CONNECTs answered once fds were free: {result}"
+    );
     let answers = result["answers"].as_object().cloned().unwrap_or_default();
     assert!(
         answers.contains_key("503 proxy_overloaded"),
@@ -177,4 +181,66 @@ fn fd_exhaustion_is_survived() {
     assert_eq!(result["after"]["tunnel"], true, "{run}");
     let seen = upstream.requests_on(PORT);
     assert_eq!(seen.last().map(String::as_str), Some("GET /after HTTP/1.1"));
+}
+
+/// KNOWN BUG (fails until fixed): a client that sends a request and closes its connection
+/// before the proxy has identified it is logged as a policy denial by "pid 0, ?": "no process
+/// in the sandbox holds the client socket". Nobody waits for that answer, and a false denial
+/// is noise in the security log (the socket is orphaned: sock_diag reports inode 0 for it).
+/// Clients give up like this under load, or when the proxy is slow to accept.
+#[test]
+fn an_abandoned_request_is_not_logged_as_a_denial() {
+    let Some((lab, policy)) = lab_with_rule() else {
+        return;
+    };
+    let upstream = lab.upstream(&[PORT]);
+    let run = lab
+        .sandbox(&policy)
+        .agent(&["abandon", "20", "api.test.example", &PORT.to_string()]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.json()["after"]["status"], 200, "{run}");
+    assert_eq!(
+        upstream.requests_on(PORT),
+        ["GET /after HTTP/1.1"],
+        "no abandoned request sent anything upstream"
+    );
+    let denials = run.events("denied", "proxy");
+    assert!(
+        denials.is_empty(),
+        "{} abandoned requests logged as denials, e.g. {:#}",
+        denials.len(),
+        denials[0]
+    );
+}
+
+/// KNOWN BUG (fails until fixed): with a cap of one connection, one client after another is
+/// not served. Each listener's accept loop (127.0.0.1 and [::1]) takes a permit before it
+/// waits in accept, so the IPv6 loop, with no IPv6 client, holds the only permit and IPv4
+/// clients wait forever (with the default cap, one permit is always held idle this way).
+#[test]
+fn a_connection_cap_of_one_serves_clients_in_turn() {
+    let Some((lab, policy)) = lab_with_rule() else {
+        return;
+    };
+    let upstream = lab.upstream(&[PORT]);
+    let requests: Vec<Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({"mode": "connect", "host": "api.test.example", "port": PORT,
+                "path": format!("/turn/{i}"), "timeout": 3})
+        })
+        .collect();
+    let run = lab
+        .sandbox(&policy)
+        .env("OPENSHELL_PROXY_MAX_CONNECTIONS", "1")
+        .agent(&["batch", &Value::from(requests).to_string()]);
+    assert_eq!(run.code, 0, "{run}");
+    let statuses: Vec<Value> = run
+        .json()
+        .as_array()
+        .expect("responses")
+        .iter()
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200], "{run}");
+    assert_eq!(upstream.requests_on(PORT).len(), 3);
 }

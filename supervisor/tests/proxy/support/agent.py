@@ -57,13 +57,13 @@ def read_response(sock, buf=b""):
     return {"status": status, "headers": headers, "body": body}, rest[length:]
 
 
-def fetch(mode, host, port, path):
+def fetch(mode, host, port, path, timeout=15):
     """One request on a fresh connection to the proxy. mode: connect (CONNECT, then GET through
     the tunnel), forward (absolute-form http://) or https-forward (absolute-form https://).
     For an established tunnel the result is the upstream's response, with "tunnel": true."""
     target = authority(host, port)
     try:
-        with socket.create_connection(PROXY, timeout=15) as sock:
+        with socket.create_connection(PROXY, timeout=timeout) as sock:
             if mode == "connect":
                 sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
                 response, rest = read_response(sock)
@@ -88,8 +88,11 @@ def fetch(mode, host, port, path):
 
 
 def batch(requests):
-    """Each of a JSON list of {mode, host, port, path}, one after the other."""
-    return [fetch(r["mode"], r["host"], r["port"], r["path"]) for r in json.loads(requests)]
+    """Each of a JSON list of {mode, host, port, path[, timeout]}, one after the other."""
+    return [
+        fetch(r["mode"], r["host"], r["port"], r["path"], r.get("timeout", 15))
+        for r in json.loads(requests)
+    ]
 
 
 def session(*urls):
@@ -289,8 +292,9 @@ def slowloris(slow, silent, normal, host, port):
 
 def exhaust(count, host, port, settle):
     """Opens COUNT tunnels at once and holds them: records what each CONNECT got within SETTLE
-    seconds and whether each established tunnel really carries a request; closes them all;
-    then retries one fetch until it succeeds (at most 10 s)."""
+    seconds and whether each established tunnel really carries a request; closes the tunnels
+    and waits for the queued CONNECTs' answers; then retries one fetch until it succeeds (at
+    most 10 s)."""
     raise_fd_limit()
     target = authority(host, port)
     socks = []
@@ -300,6 +304,15 @@ def exhaust(count, host, port, settle):
         sock.setblocking(False)
         socks.append(sock)
     answers = {}
+
+    def record(data):
+        answer = "closed"
+        if data:
+            status, headers = parse_head(data.partition(b"\r\n\r\n")[0])
+            answer = f"{status} {headers.get('x-openshell-error', '')}".strip()
+        answers[answer] = answers.get(answer, 0) + 1
+        return answer
+
     established = []
     pending = {s: b"" for s in socks}
     sel = selectors.DefaultSelector()
@@ -315,13 +328,7 @@ def exhaust(count, host, port, settle):
                 chunk = b""
             pending[sock] += chunk
             if b"\r\n\r\n" in pending[sock] or not chunk:
-                data = pending.pop(sock)
-                answer = "closed"
-                if data:
-                    status, headers = parse_head(data.partition(b"\r\n\r\n")[0])
-                    answer = f"{status} {headers.get('x-openshell-error', '')}".strip()
-                answers[answer] = answers.get(answer, 0) + 1
-                if answer == "200":
+                if record(pending.pop(sock)) == "200":
                     established.append(sock)
                 sel.unregister(sock)
     sel.close()
@@ -336,6 +343,25 @@ def exhaust(count, host, port, settle):
         except (OSError, EOFError):
             served = False
         tunnels["served" if served else "dead"] += 1
+    # Closing the tunnels frees the proxy's descriptors; the connections still queued (not
+    # accepted while it had none) must then be answered too. They stay open until they are:
+    # a client that gives up is the subject of a test of its own (abandon).
+    queued = len(pending)
+    for sock in established:
+        sock.close()
+    stop = time.monotonic() + 5
+    while pending and time.monotonic() < stop:
+        for sock in list(pending):
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            pending[sock] += chunk
+            if b"\r\n\r\n" in pending[sock] or not chunk:
+                record(pending.pop(sock))
+        time.sleep(0.01)
     unanswered = len(pending)
     for sock in socks:
         sock.close()
@@ -347,10 +373,23 @@ def exhaust(count, host, port, settle):
     return {
         "answers": answers,
         "tunnels": tunnels,
+        "queued": queued,
         "unanswered": unanswered,
         "after": after,
         "after_seconds": time.monotonic() - started,
     }
+
+
+def abandon(count, host, port):
+    """COUNT clients, one after the other, each sending a complete CONNECT and closing its
+    connection at once, without waiting for the answer; then a normal request."""
+    target = authority(host, port)
+    for _ in range(int(count)):
+        with socket.create_connection(PROXY) as sock:
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    # Whatever the proxy does with them, it has done it by now.
+    time.sleep(0.5)
+    return {"after": fetch("connect", host, port, "/after")}
 
 
 def spawn(*argv):
@@ -365,6 +404,7 @@ COMMANDS = {
     "flood": flood,
     "slowloris": slowloris,
     "exhaust": exhaust,
+    "abandon": abandon,
     "spawn": spawn,
 }
 

@@ -3,20 +3,17 @@
 
 use serde_json::Value;
 
-use crate::support::{Lab, Run, curl, python};
+use crate::support::{self, Lab, Run, curl, python};
 
 const PORT: u16 = 8080;
 /// A port no rule allows, also served by the test host.
 const OTHER_PORT: u16 = 8081;
 
-/// `{ path: BINARY }` rule `key` for api.test.example on `ports`.
+/// Rule `key` allowing `binary` to reach api.test.example on `ports`.
 fn rule(key: &str, ports: &[u16], binary: &str) -> String {
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    format!(
-        "  {key}:\n    endpoints: [{{ host: api.test.example, ports: [{}] }}]\n    \
-         binaries: [{{ path: \"{binary}\" }}]\n",
-        ports.join(", ")
-    )
+    let endpoint = format!("host: api.test.example, ports: [{}]", ports.join(", "));
+    support::rule(key, &endpoint, &[binary])
 }
 
 fn get(path: &str) -> String {

@@ -8,11 +8,9 @@
 //! reached the test host exactly once, a refused one reached no server at all, neither the
 //! test host nor the pod's own loopback.
 
-use std::fmt::Write as _;
-
 use serde_json::{Value, json};
 
-use crate::support::{Lab, Side, Upstream, curl, python};
+use crate::support::{Lab, Side, Upstream, curl, python, rule};
 
 /// Who the row's rule allows (the client is always python).
 #[derive(Debug, Clone, Copy)]
@@ -345,21 +343,18 @@ impl Case {
 fn policy_decisions_table() {
     let Some(lab) = Lab::start() else { return };
     let (python, curl) = (python(), curl());
-    let mut network = String::new();
-    for (i, case) in CASES.iter().enumerate() {
-        let binary = match case.allows {
-            Allows::Python => &python,
-            Allows::Curl => &curl,
-        };
-        write!(
-            network,
-            "  {}:\n    endpoints: [{{ {}, port: {} }}]\n    binaries: [{{ path: \"{binary}\" }}]\n",
-            Case::key(i),
-            case.endpoint,
-            Case::rule_port(i)
-        )
-        .expect("format");
-    }
+    let network: String = CASES
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let binary = match case.allows {
+                Allows::Python => &python,
+                Allows::Curl => &curl,
+            };
+            let endpoint = format!("{}, port: {}", case.endpoint, Case::rule_port(i));
+            rule(&Case::key(i), &endpoint, &[binary])
+        })
+        .collect();
     let policy = lab.policy("policy.yaml", &network);
     // Both ports of every row, on the test host and on the pod's own loopback (where a
     // loopback dial by the proxy would land).
@@ -367,15 +362,7 @@ fn policy_decisions_table() {
         .flat_map(|i| [Case::rule_port(i), Case::rule_port(i) + 1])
         .collect();
     let host = lab.upstream(&ports);
-    let pod = Upstream::start(
-        &lab.net,
-        Side::Pod,
-        &ports
-            .iter()
-            .map(|p| std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, *p)))
-            .collect::<Vec<_>>(),
-        &[],
-    );
+    let pod = lab.upstream_in(Side::Pod, &ports);
     let requests: Vec<Value> = CASES
         .iter()
         .enumerate()

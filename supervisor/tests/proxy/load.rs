@@ -1,22 +1,17 @@
-//! Load and abuse: a thousand concurrent tunnels, slowloris clients, and a supervisor out of
-//! file descriptors. In each the proxy must keep serving well-behaved clients.
+//! Load and abuse: a thousand concurrent tunnels, slowloris clients, a supervisor out of file
+//! descriptors, clients that give up, a connection cap. In each the proxy must keep serving
+//! well-behaved clients, and say what happened truthfully.
 
 use serde_json::Value;
 
-use crate::support::{Lab, python};
+use crate::support::{Lab, python, rule};
 
 const PORT: u16 = 8080;
 
 fn lab_with_rule() -> Option<(Lab, std::path::PathBuf)> {
     let lab = Lab::start()?;
-    let policy = lab.policy(
-        "policy.yaml",
-        &format!(
-            "  web:\n    endpoints: [{{ host: api.test.example, port: {PORT} }}]\n    \
-             binaries: [{{ path: \"{}\" }}]\n",
-            python()
-        ),
-    );
+    let endpoint = format!("host: api.test.example, port: {PORT}");
+    let policy = lab.policy("policy.yaml", &rule("web", &endpoint, &[&python()]));
     Some((lab, policy))
 }
 

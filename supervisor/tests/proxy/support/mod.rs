@@ -49,6 +49,19 @@ landlock:
   compatibility: hard_requirement
 ";
 
+/// One `network_policies` entry (for [`Lab::policy`]): rule `key` with one endpoint (the
+/// entries of its YAML flow mapping, e.g. `host: a.example, port: 80`) for `binaries`.
+pub fn rule(key: &str, endpoint: &str, binaries: &[&str]) -> String {
+    let binaries: Vec<String> = binaries
+        .iter()
+        .map(|b| format!("{{ path: \"{b}\" }}"))
+        .collect();
+    format!(
+        "  {key}:\n    endpoints: [{{ {endpoint} }}]\n    binaries: [{}]\n",
+        binaries.join(", ")
+    )
+}
+
 /// `/usr/bin/python3` as the kernel names it in /proc/PID/exe (policies must name that).
 pub fn python() -> String {
     executable("/usr/bin/python3")
@@ -153,10 +166,16 @@ impl Lab {
 
     /// Starts HTTP servers on the test host, on every address (IPv4 and IPv6), one per port.
     pub fn upstream(&self, ports: &[u16]) -> Upstream {
+        self.upstream_in(Side::Host, ports)
+    }
+
+    /// [`Lab::upstream`] in either namespace (in the pod, they catch what the proxy would
+    /// dial on the pod's own loopback).
+    pub fn upstream_in(&self, side: Side, ports: &[u16]) -> Upstream {
         let any = |port| SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         Upstream::start(
             &self.net,
-            Side::Host,
+            side,
             &ports.iter().map(|p| any(*p)).collect::<Vec<_>>(),
             &[],
         )

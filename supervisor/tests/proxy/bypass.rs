@@ -91,6 +91,7 @@ fn direct_egress_is_refused_fast_and_logged() {
         assert_eq!(result["errno"], "ENETUNREACH", "{kind} to {ip}: {run}");
         let ms = result["ms"].as_f64().expect("ms");
         assert!(ms < FAIL_WITHIN_MS, "{kind} to {ip} took {ms} ms: {run}");
+        eprintln!("direct {kind} to {ip}:{port} refused in {ms:.3} ms");
         let call = if *kind == "tcp" { "connect" } else { "sendto" };
         let what = format!("{call} to {}", SocketAddr::new(*ip, *port));
         let lines: Vec<_> = denied

@@ -214,6 +214,10 @@ pub enum IdentityError {
     /// No sandbox process holds the socket (it exited or passed the socket on).
     #[error("no process in the sandbox holds the client socket")]
     NoOwner,
+    /// The client closed its socket before it could be identified (the kernel reports it
+    /// orphaned): nobody is left to answer, and nothing to log as a denial.
+    #[error("the client closed the connection before it was identified")]
+    Abandoned,
     /// The scan itself failed (out of file descriptors, /proc unreadable): not a policy
     /// matter, and never reported as one.
     #[error("cannot scan the sandbox's processes: {0}")]
@@ -238,17 +242,29 @@ pub enum PinError {
 }
 
 /// Out of file descriptors or memory: the proxy's trouble, not a policy matter.
-fn exhausted(e: &io::Error) -> bool {
+pub fn exhausted(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
     )
 }
 
+/// How the sandbox's processes are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enumeration {
+    /// Down from init through `/proc/PID/task/TID/children`: only the sandbox's processes
+    /// are read, however many others the machine runs.
+    Tree,
+    /// Every process in `/proc`, kept when its PID namespace is the sandbox's: for kernels
+    /// without CONFIG_PROC_CHILDREN.
+    Scan,
+}
+
 /// Identifies callers of the sandbox; shared by all connections.
 #[derive(Debug)]
 pub struct Identifier {
     diag: Mutex<OwnedFd>,
+    enumeration: Enumeration,
     /// Inode of the sandbox's PID namespace.
     pidns: u64,
     /// Init's pid in the supervisor's namespace: the chains stop below it.
@@ -271,8 +287,13 @@ impl Identifier {
     /// An identifier for the sandbox whose init is `init`.
     pub fn new(diag: OwnedFd, init: u32) -> io::Result<Identifier> {
         let pidns = fs::metadata(format!("/proc/{init}/ns/pid"))?.ino();
+        let enumeration = match fs::metadata(format!("/proc/{init}/task/{init}/children")) {
+            Ok(_) => Enumeration::Tree,
+            Err(_) => Enumeration::Scan,
+        };
         Ok(Identifier {
             diag: Mutex::new(diag),
+            enumeration,
             pidns,
             init,
             hashes: Mutex::new(HashMap::new()),
@@ -291,6 +312,9 @@ impl Identifier {
             let diag = self.diag.lock().unwrap_or_else(|p| p.into_inner());
             socket_inode(&diag, client, proxy).map_err(IdentityError::Socket)?
         };
+        if inode == 0 {
+            return Err(IdentityError::Abandoned);
+        }
         let owners = self.owners(inode).map_err(IdentityError::Scan)?;
         if owners.is_empty() {
             return Err(IdentityError::NoOwner);
@@ -315,18 +339,7 @@ impl Identifier {
     fn owners(&self, inode: u64) -> io::Result<Vec<u32>> {
         let wanted = format!("socket:[{inode}]");
         let mut owners = Vec::new();
-        for entry in fs::read_dir("/proc")? {
-            let entry = entry?;
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == self.init || !self.in_sandbox(pid) {
-                continue;
-            }
+        for pid in self.sandbox_pids()? {
             let dir = format!("/proc/{pid}/fd");
             let owner = match fs::metadata(&dir) {
                 Ok(m) => m.uid(),
@@ -341,6 +354,26 @@ impl Identifier {
             }
         }
         Ok(owners)
+    }
+
+    /// The sandbox's processes (init excluded), in the supervisor's PID numbering.
+    fn sandbox_pids(&self) -> io::Result<Vec<u32>> {
+        match self.enumeration {
+            Enumeration::Tree => descendants(self.init),
+            Enumeration::Scan => {
+                let mut pids = Vec::new();
+                for entry in fs::read_dir("/proc")? {
+                    let name = entry?.file_name();
+                    if let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok())
+                        && pid != self.init
+                        && self.in_sandbox(pid)
+                    {
+                        pids.push(pid);
+                    }
+                }
+                Ok(pids)
+            }
+        }
     }
 
     fn in_sandbox(&self, pid: u32) -> bool {
@@ -428,11 +461,46 @@ impl Identifier {
     }
 }
 
-/// Whether the fd directory `dir` lists `wanted` (`socket:[N]`). An fd closed while being read
-/// is simply not a match.
+/// Every descendant of `root`. Each process of the sandbox's PID namespace descends from its
+/// init (orphans are re-parented to it), and each thread lists its own children.
+fn descendants(root: u32) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    let mut pending = vec![root];
+    while let Some(pid) = pending.pop() {
+        let tasks = match fs::read_dir(format!("/proc/{pid}/task")) {
+            Ok(tasks) => tasks,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for task in tasks {
+            let children = match fs::read_to_string(task?.path().join("children")) {
+                Ok(children) => children,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                pending.push(child);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the fd directory `dir` lists `wanted` (`socket:[N]`). Highest fds first: the
+/// socket a client just opened is usually its newest, so a process with a thousand open
+/// connections is not read to the end for it. An fd closed while being read is not a match.
 fn holds(dir: &str, wanted: &str) -> io::Result<bool> {
-    for fd in fs::read_dir(dir)? {
-        match fs::read_link(fd?.path()) {
+    let mut fds: Vec<(u32, std::path::PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+            fds.push((fd, entry.path()));
+        }
+    }
+    fds.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in fds {
+        match fs::read_link(path) {
             Ok(target) if target.as_os_str() == wanted => return Ok(true),
             Ok(_) => {}
             Err(e) if gone(&e) => {}
@@ -486,6 +554,48 @@ fn hex(digest: &[u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child of this test process with a grandchild, both alive until killed.
+    fn family() -> (std::process::Child, u32) {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 60 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        (child, line.trim().parse().unwrap())
+    }
+
+    #[test]
+    fn the_tree_walk_and_the_scan_find_the_same_family() {
+        let (mut child, grandchild) = family();
+        let me = std::process::id();
+        let walked = descendants(me).unwrap();
+        assert!(
+            walked.contains(&child.id()) && walked.contains(&grandchild),
+            "{walked:?}"
+        );
+        let diag = diag_socket().unwrap();
+        let scanning = Identifier {
+            enumeration: Enumeration::Scan,
+            ..Identifier::new(diag, me).unwrap()
+        };
+        let scanned = scanning.sandbox_pids().unwrap();
+        // The scan keeps the processes of the same PID namespace: ours, so it finds at least
+        // the same family.
+        assert!(
+            scanned.contains(&child.id()) && scanned.contains(&grandchild),
+            "{scanned:?}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 
     #[test]
     fn parent_survives_odd_command_names() {

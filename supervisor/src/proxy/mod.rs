@@ -132,9 +132,11 @@ pub fn start(
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
     });
-    for listener in bound.listeners {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        tokio::spawn(server::accept_loop(listener, shared.clone()));
-    }
+    let listeners = bound
+        .listeners
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<io::Result<Vec<_>>>()?;
+    tokio::spawn(server::accept_loop(listeners, shared));
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,7 +13,7 @@ use tokio::time::timeout;
 
 use super::decision::{self, Decision, Process};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
-use super::identity::{Identifier, IdentityError, PinError};
+use super::identity::{self, Identifier, IdentityError, PinError};
 use super::relay::{self, Activity, Pipe};
 use super::{Settings, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
@@ -36,9 +37,11 @@ pub struct Shared {
     pub permits: Arc<Semaphore>,
 }
 
-/// Accepts connections forever. Running out of file descriptors or hitting the connection
-/// cap pauses accepting (clients wait in the kernel's backlog); it never stops the proxy.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts connections on every listener forever. At the connection cap, accepting pauses
+/// (clients wait in the kernel's backlog); running out of file descriptors pauses it briefly.
+/// Neither ever stops the proxy. One loop serves all listeners, so that a permit is taken
+/// only by a connection that is actually there, whichever address it came to.
+pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
     let full = RateLimit::new(1, Duration::from_secs(10));
     loop {
         let permit = match shared.permits.clone().try_acquire_owned() {
@@ -57,7 +60,17 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             }
         };
-        match listener.accept().await {
+        let accepted = std::future::poll_fn(|cx| {
+            listeners
+                .iter()
+                .find_map(|l| match l.poll_accept(cx) {
+                    Poll::Ready(result) => Some(Poll::Ready(result)),
+                    Poll::Pending => None,
+                })
+                .unwrap_or(Poll::Pending)
+        })
+        .await;
+        match accepted {
             Ok((client, peer)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -183,6 +196,10 @@ async fn exchange(
     let callers = match tokio::task::block_in_place(|| shared.identifier.callers(peer, local)) {
         Ok(callers) => callers,
         Err(IdentityError::Scan(e)) => return Err(overloaded(&what, &e)),
+        Err(IdentityError::Abandoned) => {
+            tracing::debug!(layer = "proxy", what = %what, "client left before it was identified");
+            return Ok(false);
+        }
         Err(e) => return Err(denied(&[], "policy_denied", &e.to_string())),
     };
     let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers) {
@@ -219,6 +236,7 @@ async fn exchange(
                     &reason,
                 ))
             }
+            DialFailure::Overloaded(e) => overloaded(&what, &e),
         })?;
     let caller = callers.first().and_then(|c| c.first());
     tracing::info!(
@@ -292,6 +310,8 @@ enum DialFailure {
     Refused(String),
     /// No address could be reached.
     Unreachable(String),
+    /// The proxy could not even make a socket.
+    Overloaded(io::Error),
 }
 
 /// Resolves `host` once, keeps the addresses the guard permits, and connects to the first
@@ -333,6 +353,7 @@ async fn dial(
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
             }
+            Ok(Err(e)) if identity::exhausted(&e) => return Err(DialFailure::Overloaded(e)),
             Ok(Err(e)) => last = format!("{address}: {e}"),
             Err(_) => {
                 last = format!(

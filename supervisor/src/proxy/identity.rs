@@ -498,7 +498,7 @@ fn holds(dir: &str, wanted: &str) -> io::Result<bool> {
             fds.push((fd, entry.path()));
         }
     }
-    fds.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    fds.sort_unstable_by_key(|(fd, _)| std::cmp::Reverse(*fd));
     for (_, path) in fds {
         match fs::read_link(path) {
             Ok(target) if target.as_os_str() == wanted => return Ok(true),

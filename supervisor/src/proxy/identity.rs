@@ -308,15 +308,12 @@ impl Identifier {
         client: SocketAddr,
         proxy: SocketAddr,
     ) -> Result<Vec<Vec<Process>>, IdentityError> {
-        let inode = {
-            let diag = self.diag.lock().unwrap_or_else(|p| p.into_inner());
-            socket_inode(&diag, client, proxy).map_err(IdentityError::Socket)?
-        };
-        if inode == 0 {
-            return Err(IdentityError::Abandoned);
-        }
+        let inode = self.client_socket(client, proxy)?;
         let owners = self.owners(inode).map_err(IdentityError::Scan)?;
         if owners.is_empty() {
+            // Closing a socket removes its fd a moment before the kernel marks the socket
+            // orphaned: ask again before calling it a socket nobody holds.
+            self.client_socket(client, proxy)?;
             return Err(IdentityError::NoOwner);
         }
         let chains: Vec<Vec<Process>> = owners.into_iter().map(|pid| self.chain(pid)).collect();
@@ -331,6 +328,18 @@ impl Identifier {
             return Err(IdentityError::Shared(exes.join(", ")));
         }
         Ok(chains)
+    }
+
+    /// The inode of the client's socket; `Abandoned` once the client has closed it (the
+    /// kernel then reports it orphaned, inode 0, or no longer has it at all).
+    fn client_socket(&self, client: SocketAddr, proxy: SocketAddr) -> Result<u64, IdentityError> {
+        let diag = self.diag.lock().unwrap_or_else(|p| p.into_inner());
+        match socket_inode(&diag, client, proxy) {
+            Ok(0) => Err(IdentityError::Abandoned),
+            Ok(inode) => Ok(inode),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(IdentityError::Abandoned),
+            Err(e) => Err(IdentityError::Socket(e)),
+        }
     }
 
     /// Pids of the sandbox's processes holding `socket:[inode]`. A process that exits during
@@ -422,27 +431,29 @@ impl Identifier {
         }
     }
 
+    /// Whether `pid`'s executable was hashed already, so pinning it costs a stat, not a read:
+    /// the caller then need not move off the async runtime.
+    pub fn is_hashed(&self, pid: u32) -> bool {
+        fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| self.cached(&file_key(&m)).is_some())
+    }
+
+    fn cached(&self, key: &FileKey) -> Option<[u8; 32]> {
+        self.hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
     /// SHA-256 of the file `pid` is running (even if it was replaced on disk since).
     fn digest(&self, pid: u32) -> io::Result<[u8; 32]> {
         let exe = format!("/proc/{pid}/exe");
-        let owner = fs::metadata(&exe)?.uid();
-        let mut file = as_filesystem_uid(owner, || fs::File::open(&exe))?;
-        let m = file.metadata()?;
-        let key = FileKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        };
-        if let Some(digest) = self
-            .hashes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(*digest);
+        let meta = fs::metadata(&exe)?;
+        if let Some(digest) = self.cached(&file_key(&meta)) {
+            return Ok(digest);
         }
+        let mut file = as_filesystem_uid(meta.uid(), || fs::File::open(&exe))?;
+        let key = file_key(&file.metadata()?);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -513,6 +524,17 @@ fn holds(dir: &str, wanted: &str) -> io::Result<bool> {
 /// The process or fd vanished while we looked: ENOENT, or ESRCH from a dying process.
 fn gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH))
+}
+
+/// What identifies a file's content without reading it.
+fn file_key(m: &fs::Metadata) -> FileKey {
+    FileKey {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    }
 }
 
 /// Runs `f` with the calling thread's filesystem uid set to `uid` (permission checks then

@@ -131,6 +131,7 @@ pub fn start(
         settings,
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
+        pipes: relay::PipePool::default(),
     });
     let listeners = bound
         .listeners

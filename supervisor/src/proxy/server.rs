@@ -35,6 +35,8 @@ pub struct Shared {
     pub limiter: RateLimit,
     /// One permit per open connection.
     pub permits: Arc<Semaphore>,
+    /// Splice pipes for reuse.
+    pub pipes: relay::PipePool,
 }
 
 /// Accepts connections on every listener forever. At the connection cap, accepting pauses
@@ -193,7 +195,8 @@ async fn exchange(
     let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
         deny(shared, callers, &what, host, port, error, reason)
     };
-    let callers = match tokio::task::block_in_place(|| shared.identifier.callers(peer, local)) {
+    // Reading the sandbox's /proc entries takes microseconds: done in place.
+    let callers = match shared.identifier.callers(peer, local) {
         Ok(callers) => callers,
         Err(IdentityError::Scan(e)) => return Err(overloaded(&what, &e)),
         Err(IdentityError::Abandoned) => {
@@ -211,7 +214,14 @@ async fn exchange(
         Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
     };
     for process in &matched {
-        match tokio::task::block_in_place(|| shared.identifier.check_pin(process)) {
+        let check = || shared.identifier.check_pin(process);
+        // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only
+        // then is the worker thread handed off.
+        let pinned = match shared.identifier.is_hashed(process.pid) {
+            true => check(),
+            false => tokio::task::block_in_place(check),
+        };
+        match pinned {
             Ok(()) => {}
             Err(PinError::Resources(e)) => return Err(overloaded(&what, &e)),
             Err(e) => return Err(denied(&callers, "binary_changed", &e.to_string())),
@@ -219,7 +229,7 @@ async fn exchange(
     }
     // Both splice pipes exist before the client hears anything: out of file descriptors is a
     // 503 now, not a "200 Connection Established" for a tunnel that then dies.
-    let pipes = match (Pipe::new(), Pipe::new()) {
+    let pipes = match (shared.pipes.take(), shared.pipes.take()) {
         (Ok(up), Ok(down)) => [up, down],
         (Err(e), _) | (_, Err(e)) => return Err(overloaded(&what, &e)),
     };
@@ -251,22 +261,25 @@ async fn exchange(
         rule.name
     );
     let idle = shared.settings.idle_timeout;
-    match &request.target {
+    let keep_alive = match &request.target {
         Target::Connect { .. } => {
             let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
-            if write_all(client, established).await.is_err()
-                || write_all(&upstream, buf).await.is_err()
+            if write_all(client, established).await.is_ok()
+                && write_all(&upstream, buf).await.is_ok()
             {
-                return Ok(false);
+                buf.clear();
+                let _ = relay::tunnel(client, &upstream, &pipes, idle).await;
             }
-            buf.clear();
-            let _ = relay::tunnel(client, &upstream, pipes, idle).await;
-            Ok(false)
+            false
         }
-        Target::Forward { .. } => Ok(forward(client, &upstream, request, buf, &pipes, idle)
+        Target::Forward { .. } => forward(client, &upstream, request, buf, &pipes, idle)
             .await
-            .unwrap_or(false)),
+            .unwrap_or(false),
+    };
+    for pipe in pipes {
+        shared.pipes.give(pipe);
     }
+    Ok(keep_alive)
 }
 
 /// The proxy itself ran out of something (file descriptors, /proc access): an operational

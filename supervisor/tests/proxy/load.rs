@@ -178,11 +178,10 @@ fn fd_exhaustion_is_survived() {
     assert_eq!(seen.last().map(String::as_str), Some("GET /after HTTP/1.1"));
 }
 
-/// KNOWN BUG (fails until fixed): a client that sends a request and closes its connection
-/// before the proxy has identified it is logged as a policy denial by "pid 0, ?": "no process
-/// in the sandbox holds the client socket". Nobody waits for that answer, and a false denial
-/// is noise in the security log (the socket is orphaned: sock_diag reports inode 0 for it).
-/// Clients give up like this under load, or when the proxy is slow to accept.
+/// A client that sends a request and closes its connection before the proxy has identified
+/// it is not a policy denial: nobody waits for the answer, and a "pid 0, ?" denial would be
+/// noise in the security log (the kernel reports such a socket orphaned, or gone). Clients
+/// give up like this under load, or when the proxy is slow to accept.
 #[test]
 fn an_abandoned_request_is_not_logged_as_a_denial() {
     let Some((lab, policy)) = lab_with_rule() else {
@@ -208,10 +207,9 @@ fn an_abandoned_request_is_not_logged_as_a_denial() {
     );
 }
 
-/// KNOWN BUG (fails until fixed): with a cap of one connection, one client after another is
-/// not served. Each listener's accept loop (127.0.0.1 and [::1]) takes a permit before it
-/// waits in accept, so the IPv6 loop, with no IPv6 client, holds the only permit and IPv4
-/// clients wait forever (with the default cap, one permit is always held idle this way).
+/// With a cap of one connection, clients are served one after another. (A permit taken
+/// before accepting on each listener once let the idle [::1] listener hold the only permit,
+/// and IPv4 clients waited forever.)
 #[test]
 fn a_connection_cap_of_one_serves_clients_in_turn() {
     let Some((lab, policy)) = lab_with_rule() else {

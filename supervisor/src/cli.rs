@@ -147,10 +147,16 @@ pub struct CheckArgs {
     pub log: LogArgs,
 }
 
-/// Parses a positive number of seconds.
+/// Longest timeout or grace period accepted: ten years, far beyond any agent run, and far
+/// from overflowing the clock arithmetic that schedules it.
+pub const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// Parses a positive number of seconds, at most [`MAX_SECONDS`].
 pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
-    match raw.parse::<u64>() {
-        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-        _ => Err(format!("{raw:?} is not a positive whole number of seconds")),
+    match raw.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 && secs <= MAX_SECONDS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "{raw:?} is not a whole number of seconds from 1 to {MAX_SECONDS}"
+        )),
     }
 }

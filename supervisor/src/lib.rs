@@ -13,6 +13,7 @@ pub mod cli;
 pub mod identity;
 pub mod init;
 pub mod landlock;
+pub mod lineage;
 pub mod log;
 pub mod namespaces;
 pub mod policy;

@@ -22,10 +22,13 @@ pub enum Format {
 /// `openshell_sandbox::proxy=trace`...); an invalid one is reported by the caller.
 pub fn init(format: Format, level: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    // A failed write (stderr closed, or EIO once the agent owns the terminal) must not make
+    // the logger report it with eprintln!, which panics on the same failure.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let result = match format {
         Format::Text => builder.with_ansi(false).try_init(),
         Format::Json => builder

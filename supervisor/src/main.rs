@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use openshell_sandbox::cli::{Cli, Command, PolicyArgs, RunArgs};
+use openshell_sandbox::cli::{Cli, Command, PolicyArgs, RunArgs, parse_seconds};
 use openshell_sandbox::supervise::{self, Outcome};
 use openshell_sandbox::{check, log, policy, preflight, proxy, sandbox};
 
@@ -18,6 +18,10 @@ fn main() -> ExitCode {
     // Until the supervisor's handlers exist, a TERM from the runtime would kill it with the
     // agent half started; held back, it is forwarded to the agent once supervision begins.
     supervise::hold_forwarded_signals();
+    // The agent may take over the terminal; job control must never stop the supervisor
+    // (a `stty tostop` agent could otherwise freeze it, timeout and all, by provoking a log
+    // line). The agent starts with default dispositions again (child.rs).
+    ignore_job_control();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -82,11 +86,9 @@ fn workdir(args: &PolicyArgs) -> anyhow::Result<std::path::PathBuf> {
 fn grace_period() -> anyhow::Result<std::time::Duration> {
     match std::env::var("OPENSHELL_GRACE_PERIOD") {
         Err(_) => Ok(std::time::Duration::from_secs(10)),
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .map(std::time::Duration::from_secs)
-            .map_err(|_| anyhow::anyhow!("OPENSHELL_GRACE_PERIOD={raw:?}: expected whole seconds")),
+        // 0 is allowed here: no grace, KILL right after TERM.
+        Ok(raw) if raw.trim() == "0" => Ok(std::time::Duration::ZERO),
+        Ok(raw) => parse_seconds(&raw).map_err(|e| anyhow::anyhow!("OPENSHELL_GRACE_PERIOD: {e}")),
     }
 }
 
@@ -115,6 +117,13 @@ fn report(outcome: &Outcome) {
         Outcome::SetupFailed(message) | Outcome::ExecFailed { message, .. } => {
             tracing::error!("{message}");
         }
+    }
+}
+
+fn ignore_job_control() {
+    for signal in [libc::SIGTTOU, libc::SIGTTIN, libc::SIGTSTP] {
+        // SAFETY: setting a disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
 }
 

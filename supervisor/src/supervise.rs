@@ -6,6 +6,7 @@
 //! init, which makes the kernel kill every process of the sandbox: nothing is left behind.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -21,6 +22,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::channel::{self, Message};
 use crate::child::{CANNOT_EXECUTE, NOT_FOUND, SETUP_FAILED};
 use crate::init::FORWARDED;
+use crate::lineage::Lineage;
 use crate::policy::NetworkRule;
 use crate::sandbox::{Command, Running};
 use crate::{proxy, seccomp};
@@ -125,7 +127,14 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         proxy,
     } = running;
     let mut state = State::default();
-    if let Err(e) = proxy::start(proxy, network, init.as_raw() as u32, options.proxy) {
+    let lineage = Arc::new(Lineage::default());
+    if let Err(e) = proxy::start(
+        proxy,
+        network,
+        init.as_raw() as u32,
+        options.proxy,
+        lineage.clone(),
+    ) {
         // Without the proxy the agent has no network at all: still confined, so keep going.
         tracing::error!(
             layer = "proxy",
@@ -168,7 +177,7 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &lineage, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -200,16 +209,16 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &mut state);
+        drain(fd.get_ref(), &command, &lineage, &mut state);
     }
     outcome(state, exited)
 }
 
 /// Handles every message waiting on the channel. Returns true at end of stream.
-fn drain(fd: &OwnedFd, command: &Command, state: &mut State) -> bool {
+fn drain(fd: &OwnedFd, command: &Command, lineage: &Arc<Lineage>, state: &mut State) -> bool {
     loop {
         match channel::receive(fd) {
-            Ok(Some(message)) => handle(message, command, state),
+            Ok(Some(message)) => handle(message, command, lineage, state),
             Ok(None) => return true,
             Err(Errno::EAGAIN) => return false,
             Err(e) => {
@@ -220,7 +229,7 @@ fn drain(fd: &OwnedFd, command: &Command, state: &mut State) -> bool {
     }
 }
 
-fn handle(message: Message, command: &Command, state: &mut State) {
+fn handle(message: Message, command: &Command, lineage: &Arc<Lineage>, state: &mut State) {
     match message {
         Message::AgentSpawned(pid) => {
             tracing::debug!(sandbox_pid = pid, "agent process created");
@@ -229,9 +238,10 @@ fn handle(message: Message, command: &Command, state: &mut State) {
             tracing::info!(command = ?command.argv, "agent confined, starting it");
         }
         Message::SeccompListener(listener) => {
+            let lineage = lineage.clone();
             let spawned = std::thread::Builder::new()
                 .name("seccomp".into())
-                .spawn(move || seccomp::serve(listener));
+                .spawn(move || seccomp::serve(listener, &lineage));
             if let Err(e) = spawned {
                 tracing::error!("cannot serve seccomp notifications: {e}");
             }

@@ -24,11 +24,12 @@ use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
 use super::decision::Process;
+use crate::lineage::Lineage;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
@@ -269,6 +270,8 @@ pub struct Identifier {
     pidns: u64,
     /// Init's pid in the supervisor's namespace: the chains stop below it.
     init: u32,
+    /// Which children each process started under its current program.
+    lineage: Arc<Lineage>,
     hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
     pins: Mutex<HashMap<String, [u8; 32]>>,
 }
@@ -285,7 +288,7 @@ struct FileKey {
 
 impl Identifier {
     /// An identifier for the sandbox whose init is `init`.
-    pub fn new(diag: OwnedFd, init: u32) -> io::Result<Identifier> {
+    pub fn new(diag: OwnedFd, init: u32, lineage: Arc<Lineage>) -> io::Result<Identifier> {
         let pidns = fs::metadata(format!("/proc/{init}/ns/pid"))?.ino();
         let enumeration = match fs::metadata(format!("/proc/{init}/task/{init}/children")) {
             Ok(_) => Enumeration::Tree,
@@ -296,6 +299,7 @@ impl Identifier {
             enumeration,
             pidns,
             init,
+            lineage,
             hashes: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         })
@@ -389,17 +393,21 @@ impl Identifier {
         fs::metadata(format!("/proc/{pid}/ns/pid")).is_ok_and(|m| m.ino() == self.pidns)
     }
 
-    /// `pid` and its ancestors inside the sandbox, nearest first.
+    /// `pid` and its ancestors inside the sandbox, nearest first; an ancestor only when the
+    /// program it runs now started the line below it (lineage.rs), so that forking first and
+    /// then making the parent exec an allowed binary borrows nothing.
     fn chain(&self, pid: u32) -> Vec<Process> {
         let mut chain = Vec::new();
-        let mut current = pid;
+        let (mut current, mut below) = (pid, None);
         while current > 1 && current != self.init && chain.len() < 64 && self.in_sandbox(current) {
             let Some(exe) = exe_of(current) else { break };
-            chain.push(Process { pid: current, exe });
+            if below.is_none_or(|child| self.lineage.credits(current, child)) {
+                chain.push(Process { pid: current, exe });
+            }
             let Some(parent) = parent_of(current) else {
                 break;
             };
-            current = parent;
+            (current, below) = (parent, Some(current));
         }
         chain
     }
@@ -602,7 +610,7 @@ mod tests {
         let diag = diag_socket().unwrap();
         let scanning = Identifier {
             enumeration: Enumeration::Scan,
-            ..Identifier::new(diag, me).unwrap()
+            ..Identifier::new(diag, me, Arc::default()).unwrap()
         };
         let scanned = scanning.sandbox_pids().unwrap();
         // The scan keeps the processes of the same PID namespace: ours, so it finds at least

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::lineage::Lineage;
 use crate::log::RateLimit;
 use crate::policy::NetworkRule;
 
@@ -118,16 +119,18 @@ pub fn agent_environment() -> Vec<(&'static str, &'static str)> {
     env
 }
 
-/// Starts serving on the current tokio runtime, for the sandbox whose init is `init`.
+/// Starts serving on the current tokio runtime, for the sandbox whose init is `init`;
+/// `lineage` says which ancestors may be credited for a caller.
 pub fn start(
     bound: Bound,
     rules: Vec<NetworkRule>,
     init: u32,
     settings: Settings,
+    lineage: Arc<Lineage>,
 ) -> io::Result<()> {
     let shared = Arc::new(server::Shared {
         rules,
-        identifier: identity::Identifier::new(bound.diag, init)?,
+        identifier: identity::Identifier::new(bound.diag, init, lineage)?,
         settings,
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),

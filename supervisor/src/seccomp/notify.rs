@@ -10,6 +10,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::rules::{self, When};
+use crate::lineage::Lineage;
 use crate::log::{self, Denial, Layer, RateLimit};
 
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
@@ -43,6 +44,8 @@ pub enum Verdict {
     },
     /// Let the kernel run the call; log `(what, destination, why)` when present.
     Continue(Option<Egress>),
+    /// A program change: record the caller's children (lineage.rs), then let it run.
+    Exec,
 }
 
 /// An attempt to reach the network around the proxy.
@@ -87,6 +90,9 @@ pub fn classify(n: &Notification, memory: ReadMemory<'_>) -> Verdict {
         );
     }
     if let Some(observed) = rules::observed_for(libc::c_long::from(n.nr)) {
+        if observed.name.starts_with("execve") {
+            return Verdict::Exec;
+        }
         return Verdict::Continue(egress(observed.name, n, memory));
     }
     let Some(rule) = rules::rule_for(libc::c_long::from(n.nr)) else {
@@ -169,8 +175,9 @@ fn read_memory(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
     (n == len as isize).then_some(buf)
 }
 
-/// Answers notifications on `listener` until every process under the filter has exited.
-pub fn serve(listener: OwnedFd) {
+/// Answers notifications on `listener` until every process under the filter has exited,
+/// recording program changes in `lineage`.
+pub fn serve(listener: OwnedFd, lineage: &Lineage) {
     let limiter = RateLimit::new(50, Duration::from_secs(1));
     loop {
         let mut fds = [PollFd::new(
@@ -189,14 +196,14 @@ pub fn serve(listener: OwnedFd) {
         }
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if revents.contains(PollFlags::POLLIN) {
-            handle_one(&listener, &limiter);
+            handle_one(&listener, &limiter, lineage);
         } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }
     }
 }
 
-fn handle_one(listener: &OwnedFd, limiter: &RateLimit) {
+fn handle_one(listener: &OwnedFd, limiter: &RateLimit, lineage: &Lineage) {
     let fd = listener.as_raw_fd();
     // SAFETY: seccomp_notif is plain old data; the kernel requires it zeroed.
     let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
@@ -223,10 +230,13 @@ fn handle_one(listener: &OwnedFd, limiter: &RateLimit) {
     // first also orders the line before anything the caller prints afterwards.
     if live {
         log_verdict(&verdict, n.pid, &exe, limiter);
+        if verdict == Verdict::Exec {
+            lineage.record_exec(n.pid);
+        }
     }
     let (error, flags) = match &verdict {
         Verdict::Deny { errno, .. } => (-errno, 0),
-        Verdict::Continue(_) => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
+        Verdict::Continue(_) | Verdict::Exec => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
     };
     let resp = libc::seccomp_notif_resp {
         id: req.id,
@@ -247,7 +257,7 @@ fn log_verdict(verdict: &Verdict, pid: u32, exe: &str, limiter: &RateLimit) {
             egress.why,
             Some(egress.destination),
         ),
-        Verdict::Continue(None) => return,
+        Verdict::Continue(None) | Verdict::Exec => return,
     };
     if !limiter.allow() {
         return;

@@ -312,7 +312,8 @@ pub struct Observed {
     pub when: When,
 }
 
-/// Calls that name a network destination. The network namespace already refuses every
+/// Calls the supervisor watches without refusing them: program changes, and calls that name a
+/// network destination. The network namespace already refuses every
 /// destination but the sandbox's own loopback (no route); watching these lets the supervisor
 /// log each attempt to go around the proxy with pid, executable and destination. The
 /// supervisor only reads the destination and lets the call continue, so a process racing to
@@ -333,6 +334,19 @@ pub const OBSERVED: &[Observed] = &[
         name: "sendto",
         nr: libc::SYS_sendto,
         when: When::NonZero { arg: 4 },
+    },
+    // Every program change, so the proxy knows which children a process started under its
+    // current program (see lineage.rs): an ancestor's allowed binary is credited only for
+    // those.
+    Observed {
+        name: "execve",
+        nr: libc::SYS_execve,
+        when: When::Always,
+    },
+    Observed {
+        name: "execveat",
+        nr: libc::SYS_execveat,
+        when: When::Always,
     },
 ];
 

@@ -245,7 +245,7 @@ fn classification_matches_the_filter() {
     let classify = |n: &Notification| classify(n, &|_, _| None);
     let errno = |v: Verdict| match v {
         Verdict::Deny { errno, .. } => errno,
-        Verdict::Continue(_) => 0,
+        Verdict::Continue(_) | Verdict::Exec => 0,
     };
     assert_eq!(
         errno(classify(&n(0xC000_003E, libc::SYS_ptrace, [0; 6]))),
@@ -263,7 +263,7 @@ fn classification_matches_the_filter() {
     );
     let what = |v: Verdict| match v {
         Verdict::Deny { what, .. } => what,
-        Verdict::Continue(_) => String::new(),
+        Verdict::Continue(_) | Verdict::Exec => String::new(),
     };
     assert_eq!(
         what(classify(&n(0x4000_0003, 20, [0; 6]))),
@@ -344,6 +344,7 @@ fn observe(nr: i64, args: [u64; 6], memory: &[(u64, Vec<u8>)]) -> Option<super::
     };
     match classify(&n, &read) {
         Verdict::Continue(report) => report,
+        Verdict::Exec => None,
         Verdict::Deny { what, .. } => panic!("{what} must not be refused"),
     }
 }

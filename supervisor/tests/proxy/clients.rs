@@ -240,6 +240,33 @@ fn an_allowed_interpreter_covers_what_it_runs() {
     );
 }
 
+/// An allowed ancestor is credited only for what its current program started: a process that
+/// forks first and then makes its parent exec the allowed interpreter borrows nothing (the
+/// reviewer's bypass), while the interpreter's own child, in the same run, is allowed.
+#[test]
+fn an_ancestor_that_became_allowed_after_the_fork_is_not_credited() {
+    let Some(lab) = Lab::start() else { return };
+    let upstream = lab.upstream(&[PORT]);
+    let python = python();
+    let policy = lab.policy("policy.yaml", &rule("interp", &[PORT], &python));
+    let curl = |path: &str| format!("curl -sS {WRITE_OUT} http://api.test.example:{PORT}{path}");
+    let script = format!(
+        "/usr/bin/python3 agent.py spawn {}; \
+         ( (sleep 0.5; {}) & exec /usr/bin/python3 -c 'import time; time.sleep(2)' )",
+        curl("/child"),
+        curl("/borrowed")
+    );
+    let run = lab.sandbox(&policy).run(&["sh", "-c", &script]);
+    assert_eq!(run.code, 0, "{run}");
+    let t = transfers(&run);
+    assert!(
+        t.len() == 2 && served(&t[0], "/child") && t[1].status == 403,
+        "{run}"
+    );
+    assert_eq!(refusal(&t[1].body)["error"], "policy_denied", "{run}");
+    assert_eq!(upstream.requests_on(PORT), [get("/child")], "{run}");
+}
+
 /// Trust on first use: an allowed copy of curl is pinned by its first request; replaced by a
 /// different file under the same path (within the same sandbox run) it is refused; with the
 /// original content written back into the replacement, it is allowed again.

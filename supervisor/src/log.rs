@@ -92,12 +92,28 @@ pub fn denied(d: &Denial<'_>) {
         host = d.target.map(|(host, _)| host),
         port = d.target.map(|(_, port)| port),
         "denied {} by {}: {} (pid {}, {})",
-        d.what,
+        printable(d.what),
         d.layer.as_str(),
-        d.why,
+        printable(d.why),
         d.pid,
-        d.exe
+        printable(d.exe)
     );
+}
+
+/// `text` with control characters escaped. Executable names are the agent's to choose, and a
+/// name holding a newline would otherwise forge whole log lines in the text format (the
+/// structured fields are escaped by the formatter; the message is not).
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Bounds how many lines a noisy source can log: `burst` lines per `period`, then one summary
@@ -167,4 +183,16 @@ pub fn exe_of(pid: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "?".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_cannot_forge_lines() {
+        assert_eq!(super::printable("/usr/bin/curl"), "/usr/bin/curl");
+        assert_eq!(
+            super::printable("/tmp/x\n2026 INFO allowed"),
+            "/tmp/x\\u{a}2026 INFO allowed"
+        );
+    }
 }

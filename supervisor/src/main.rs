@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", one_line(&e));
             ExitCode::from(SETUP_FAILED)
         }
     }
@@ -81,6 +81,19 @@ fn workdir(args: &PolicyArgs) -> anyhow::Result<std::path::PathBuf> {
         Some(dir) => Ok(dir.clone()),
         None => std::env::current_dir().context("cannot read the current directory"),
     }
+}
+
+/// The error and its causes on one line, skipping a cause the message already quotes (our
+/// error types include their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
 }
 
 fn grace_period() -> anyhow::Result<std::time::Duration> {

@@ -136,11 +136,6 @@ impl Prepared {
         Prepared { netns }
     }
 
-    /// The network namespace, for the proxy's identity lookups.
-    pub fn netns(&self) -> &OwnedFd {
-        &self.netns
-    }
-
     /// In init, PID 1 of the new PID namespace: joins the network namespace, unshares mount,
     /// IPC, UTS and cgroup namespaces, and mounts the sandbox's own `/proc`.
     pub fn apply(&self) -> Result<(), NsFailure> {

@@ -282,3 +282,20 @@ fn upstream_fixtures_load_or_are_refused_by_name() {
         }
     }
 }
+
+#[test]
+fn binaries_the_agent_can_write_are_pointed_out() {
+    let policy = load_text(
+        "version: 1\nfilesystem_policy:\n  read_only: [/usr]\n  read_write: [/tmp]\n\
+         network_policies:\n  r:\n    endpoints: [{ host: a.example.com, port: 443 }]\n    \
+         binaries: [{ path: /usr/bin/curl }, { path: \"/tmp/tools/*\" }]\n",
+    )
+    .unwrap();
+    let notes: Vec<&String> = policy
+        .notes
+        .iter()
+        .filter(|n| n.contains("read-write"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{:?}", policy.notes);
+    assert!(notes[0].contains("/tmp/tools/*") && notes[0].contains("first one to connect"));
+}

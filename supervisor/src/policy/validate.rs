@@ -77,6 +77,7 @@ pub fn validate(
     let (mut endpoints, mut binaries) = (0, 0);
     for (key, rule) in rules {
         let rule = v.rule(&key, rule, &mut notes)?;
+        writable_binaries(&rule, &filesystem, &mut notes);
         endpoints += rule.endpoints.len();
         binaries += rule.binaries.len();
         network.push(rule);
@@ -98,6 +99,28 @@ pub fn validate(
         network,
         notes,
     })
+}
+
+/// A binary the agent can write is whatever the agent puts there first: the pin taken on first
+/// use then vouches for the agent's own file. Worth saying, not refusing (a tool installed in
+/// the workdir is a real need).
+fn writable_binaries(rule: &NetworkRule, filesystem: &Filesystem, notes: &mut Vec<String>) {
+    for binary in &rule.binaries {
+        let pattern = binary.to_string();
+        let prefix: &str = pattern.split('*').next().unwrap_or("");
+        let writable = filesystem
+            .read_write
+            .iter()
+            .find(|dir| Path::new(prefix).starts_with(dir) || dir.starts_with(prefix));
+        if let Some(dir) = writable {
+            notes.push(format!(
+                "network rule {:?}: binary {pattern} lies under the read-write path {}, so the \
+                 agent can put its own program there, and the first one to connect is pinned",
+                rule.key,
+                dir.display()
+            ));
+        }
+    }
 }
 
 /// The built-in default's filesystem section, for policies that only configure the network.

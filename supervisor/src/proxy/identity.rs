@@ -35,6 +35,9 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const INET_DIAG_NOCOOKIE: u32 = !0;
+/// Most fds read to find a socket's owners: past it the request is answered 503 rather than
+/// let one lookup run for seconds.
+const MAX_SCANNED_FDS: usize = 262_144;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -352,17 +355,18 @@ impl Identifier {
     fn owners(&self, inode: u64) -> io::Result<Vec<u32>> {
         let wanted = format!("socket:[{inode}]");
         let mut owners = Vec::new();
+        let mut budget = MAX_SCANNED_FDS;
         for pid in self.sandbox_pids()? {
             let dir = format!("/proc/{pid}/fd");
             let owner = match fs::metadata(&dir) {
                 Ok(m) => m.uid(),
-                Err(e) if gone(&e) => continue,
+                Err(e) if gone(&e) || exiting(pid) => continue,
                 Err(e) => return Err(e),
             };
-            match as_filesystem_uid(owner, || holds(&dir, &wanted)) {
+            match as_filesystem_uid(owner, || holds(&dir, &wanted, &mut budget)) {
                 Ok(true) => owners.push(pid),
                 Ok(false) => {}
-                Err(e) if gone(&e) => {}
+                Err(e) if gone(&e) || exiting(pid) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -509,10 +513,15 @@ fn descendants(root: u32) -> io::Result<Vec<u32>> {
 /// Whether the fd directory `dir` lists `wanted` (`socket:[N]`). Highest fds first: the
 /// socket a client just opened is usually its newest, so a process with a thousand open
 /// connections is not read to the end for it. An fd closed while being read is not a match.
-fn holds(dir: &str, wanted: &str) -> io::Result<bool> {
+fn holds(dir: &str, wanted: &str, budget: &mut usize) -> io::Result<bool> {
     let mut fds: Vec<(u32, std::path::PathBuf)> = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            io::Error::other(format!(
+                "the sandbox holds more than {MAX_SCANNED_FDS} open files to search"
+            ))
+        })?;
         if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
             fds.push((fd, entry.path()));
         }
@@ -527,6 +536,19 @@ fn holds(dir: &str, wanted: &str) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Whether `pid` is exiting or gone: while a process dies its /proc entries lose their
+/// owner and fd table, so reading them fails with EACCES rather than ENOENT. A process that
+/// holds no fds any more cannot be an owner.
+fn exiting(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
 }
 
 /// The process or fd vanished while we looked: ENOENT, or ESRCH from a dying process.

@@ -96,7 +96,7 @@ pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
 }
 
 /// Serves one client connection until it closes, is denied, or goes idle.
-async fn serve(shared: &Shared, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+async fn serve(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -176,13 +176,15 @@ fn bad_request(e: &HttpError) -> Vec<u8> {
 
 /// Decides, dials and relays one request. Returns whether the client connection stays open.
 async fn exchange(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     request: &Request,
     buf: &mut Vec<u8>,
 ) -> Result<bool, Refusal> {
+    // A body the proxy cannot delimit is refused before anything is decided or dialled.
+    request.body().map_err(|e| Refusal(bad_request(&e)))?;
     let (host, port) = request.target.host_port();
     let authority = match host.contains(':') {
         true => format!("[{host}]:{port}"),
@@ -195,8 +197,14 @@ async fn exchange(
     let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
         deny(shared, callers, &what, host, port, error, reason)
     };
-    // Reading the sandbox's /proc entries takes microseconds: done in place.
-    let callers = match shared.identifier.callers(peer, local) {
+    // Usually a few dozen /proc reads, but proportional to the fds the sandbox holds: on the
+    // blocking pool, so a sandbox holding a million sockets slows only its own requests, not
+    // the runtime that also forwards signals.
+    let identifying = Arc::clone(shared);
+    let identified =
+        tokio::task::spawn_blocking(move || identifying.identifier.callers(peer, local)).await;
+    let callers = match identified.unwrap_or_else(|e| Err(IdentityError::Scan(io::Error::other(e))))
+    {
         Ok(callers) => callers,
         Err(IdentityError::Scan(e)) => return Err(overloaded(&what, &e)),
         Err(IdentityError::Abandoned) => {
@@ -338,8 +346,18 @@ async fn dial(
     // The normalised name: "api.example.com." must resolve like "api.example.com", which
     // /etc/hosts (Kubernetes hostAliases) would not match with the dot.
     let name = normalize_host(host);
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+    let lookup = timeout(
+        shared.settings.connect_timeout,
+        tokio::net::lookup_host((name.as_str(), port)),
+    );
+    let addresses: Vec<SocketAddr> = lookup
         .await
+        .map_err(|_| {
+            DialFailure::Unreachable(format!(
+                "cannot resolve {host}: no answer within {:?}",
+                shared.settings.connect_timeout
+            ))
+        })?
         .map_err(|e| DialFailure::Unreachable(format!("cannot resolve {host}: {e}")))?
         .collect();
     let mut refusals = Vec::new();
@@ -448,9 +466,7 @@ async fn send_body(
                 }
             }
         }
-        Body::UntilClose => relay::copy(src, dst, &Pipe::new()?, None, activity)
-            .await
-            .map(drop),
+        Body::UntilClose => relay::copy(src, dst, pipe, None, activity).await.map(drop),
     }
 }
 

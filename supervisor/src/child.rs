@@ -3,7 +3,7 @@
 //! ```text
 //! signals reset, own process group (and the terminal, if we had it)
 //! → every inherited fd above 2 close-on-exec
-//! → /proc Landlock rules (needs root and the sandbox's procfs)  → chdir(workdir)
+//! → /proc Landlock rules (needs root and the sandbox's procfs)  → cwd is the workdir (read back)
 //! → bounding + ambient sets emptied, securebits locked           (needs CAP_SETPCAP)
 //! → setgroups / setresgid / setresuid                            (clears the other sets)
 //! → effective, permitted, inheritable emptied; all five sets read back; setuid(0) must fail
@@ -16,6 +16,7 @@
 //! reported on the control channel and the child exits 125 without running the agent.
 
 use std::ffi::{CString, c_char};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
@@ -34,7 +35,8 @@ pub const NOT_FOUND: i32 = 127;
 /// A NULL-terminated array of C strings for `execve`.
 #[derive(Debug)]
 pub struct CStringArray {
-    strings: Vec<CString>,
+    /// Owns the buffers `ptrs` points into; never read, only kept alive.
+    _strings: Vec<CString>,
     ptrs: Vec<*const c_char>,
 }
 
@@ -46,12 +48,10 @@ impl CStringArray {
             .map(|s| s.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        CStringArray { strings, ptrs }
-    }
-
-    /// The strings.
-    pub fn strings(&self) -> &[CString] {
-        &self.strings
+        CStringArray {
+            _strings: strings,
+            ptrs,
+        }
     }
 
     fn as_ptr(&self) -> *const *const c_char {
@@ -68,8 +68,10 @@ pub struct Plan {
     pub envp: CStringArray,
     /// Paths to try for `argv[0]`, in `PATH` order.
     pub candidates: Vec<CString>,
-    /// Its working directory.
-    pub workdir: CString,
+    /// Its working directory, opened by the supervisor before fork without following a link
+    /// the agent could have planted; entered by descriptor ([`enter_workdir`]) so that the
+    /// path is never resolved again.
+    pub workdir: OwnedFd,
     /// Who it runs as.
     pub identity: Identity,
     /// Capability dropping.
@@ -121,9 +123,7 @@ fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
     plan.landlock
         .apply()
         .map_err(step("adding the /proc Landlock rules"))?;
-    // SAFETY: a valid C string.
-    let rc = unsafe { libc::chdir(plan.workdir.as_ptr()) };
-    check(rc, "chdir to the workdir")?;
+    verify_workdir(plan)?;
     plan.caps.drop_bounding_and_lock().map_err(caps_failure)?;
     plan.identity.apply().map_err(identity_failure)?;
     plan.caps.clear_and_verify().map_err(caps_failure)?;
@@ -171,6 +171,43 @@ fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
         .map_err(|_| Failure::Unverified("seccomp mode did not read back as filter", 0))
 }
 
+/// Enters the workdir by its descriptor. Called in init, before init unshares the mount
+/// namespace: unshare moves the working directory over to the new namespace's copy of its
+/// mount, and the agent inherits it from there. Entered from inside the new namespace, the
+/// descriptor (opened in the supervisor's) would leave the agent in a mount outside its own
+/// tree, where getcwd fails, and `pwd`, git and most runtimes with it.
+pub fn enter_workdir(plan: &Plan) -> Result<(), Errno> {
+    nix::unistd::fchdir(&plan.workdir)
+}
+
+/// Reads back what [`enter_workdir`] set: the agent's working directory is the directory the
+/// supervisor vetted, and getcwd can name it from the sandbox's root.
+fn verify_workdir(plan: &Plan) -> Result<(), Failure> {
+    let here = nix::sys::stat::stat(".").map_err(step("stat of the working directory"))?;
+    let vetted = nix::sys::stat::fstat(&plan.workdir).map_err(step("fstat of the workdir"))?;
+    if (here.st_dev, here.st_ino) != (vetted.st_dev, vetted.st_ino) {
+        return Err(Failure::Unverified(
+            "the working directory is not the workdir the supervisor opened",
+            0,
+        ));
+    }
+    let mut buf = [0u8; libc::PATH_MAX as usize];
+    // SAFETY: getcwd writes at most `buf.len()` bytes into the buffer on the stack. The raw
+    // call, because libc wrappers differ in how they report an unreachable directory.
+    let rc = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    match Errno::result(rc) {
+        // Longer than PATH_MAX: reachable or not, the agent's own getcwd has the same limit.
+        Err(Errno::ERANGE) => Ok(()),
+        Err(errno) => Err(Failure::Step("getcwd in the workdir", errno)),
+        // The kernel prefixes "(unreachable)" to a directory outside the root's mount tree.
+        Ok(_) if buf[0] != b'/' => Err(Failure::Unverified(
+            "the workdir is outside the sandbox's mount namespace",
+            0,
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
 fn caps_failure(f: CapsFailure) -> Failure {
     match f {
         CapsFailure::Syscall(what, errno) => Failure::Step(what, errno),
@@ -190,7 +227,7 @@ fn identity_failure(f: IdentityFailure) -> Failure {
 
 /// Init blocks the signals it forwards; the agent starts with the defaults, as after a login.
 fn reset_signals() -> Result<(), Failure> {
-    for signal in 1..libc::SIGRTMAX() {
+    for signal in 1..=libc::SIGRTMAX() {
         if signal != libc::SIGKILL && signal != libc::SIGSTOP {
             // SAFETY: restoring the default disposition; failures (invalid numbers) are harmless.
             unsafe { libc::signal(signal, libc::SIG_DFL) };

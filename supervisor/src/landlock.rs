@@ -2,7 +2,10 @@
 //!
 //! `prepare` runs in the supervisor, as root, before any privilege is dropped: it opens every
 //! path (so a directory the agent's user cannot search is still ruled correctly, upstream's bug
-//! #803) and builds the ruleset. Paths under `/proc` are the exception: the sandbox mounts a
+//! #803) and builds the ruleset. Each path is opened through [`paths::open`], which refuses a
+//! symlink the agent could have planted in a directory it could write in an earlier session
+//! (its workdir replaced by a link to a secret would otherwise be granted read-write by root),
+//! and each rule is built from, and sized by, that one descriptor. Paths under `/proc` are the exception: the sandbox mounts a
 //! fresh procfs for its PID namespace, whose inodes do not exist yet, so those rules are added
 //! by `apply` in the child after the mount. `restrict` then enforces the ruleset and `verify`
 //! proves it by opening a path outside every rule.
@@ -19,11 +22,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
     RulesetCreatedAttr, Scope,
 };
 use nix::errno::Errno;
+use nix::sys::stat::{SFlag, fstat};
 
+use crate::paths::{self, Cause, PathError};
 use crate::policy::{Compatibility, Policy};
 
 /// The ABI this build knows in full (Linux 6.15: audit logging of denials).
@@ -119,6 +124,9 @@ pub enum LandlockError {
     /// A path's name cannot be passed to the kernel.
     #[error("{0}: path contains a NUL byte")]
     Nul(PathBuf),
+    /// A policy path goes through a symlink someone other than root could have made.
+    #[error("filesystem policy: {0}")]
+    Untrusted(PathError),
 }
 
 /// A `/proc` rule added after the fresh procfs is mounted.
@@ -217,14 +225,32 @@ pub fn prepare(policy: &Policy, support: &Support) -> Result<Prepared, LandlockE
             });
             continue;
         }
-        let fd = match PathFd::new(path) {
+        let fd = match paths::open(path) {
             Ok(fd) => fd,
+            // Fail closed, for read_only as much as read_write: skipping would run the agent
+            // without a path it was promised, and following would grant it whatever the link
+            // names (reading a token is as bad as writing one). Only an operator can tell
+            // whether the link is meant, so the sandbox does not start until one decides.
+            Err(
+                e @ PathError {
+                    cause: Cause::Untrusted { .. },
+                    ..
+                },
+            ) => return Err(LandlockError::Untrusted(e)),
+            // Missing (the default policy lists paths many images lack): it grants nothing.
             Err(e) => {
-                prepared.skipped.push((path.clone(), e.to_string()));
+                prepared.skipped.push((path.clone(), e.cause.to_string()));
                 continue;
             }
         };
-        let is_dir = std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+        // The type of what was opened, not of whatever the path names by now.
+        let is_dir = match fstat(&fd) {
+            Ok(stat) => paths::has_type(&stat, SFlag::S_IFDIR),
+            Err(errno) => {
+                prepared.skipped.push((path.clone(), errno.to_string()));
+                continue;
+            }
+        };
         let access = if is_dir {
             access
         } else {

@@ -16,6 +16,7 @@ pub mod landlock;
 pub mod lineage;
 pub mod log;
 pub mod namespaces;
+pub mod paths;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;

@@ -1,10 +1,12 @@
 //! Prepares every layer before fork and forks the sandbox's init.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{SFlag, fstat, fstatat};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::channel::{self, Sender};
@@ -15,7 +17,7 @@ use crate::namespaces::{self, NamespaceError};
 use crate::policy::Policy;
 use crate::preflight::Kernel;
 use crate::seccomp::{self, Deny, SeccompError};
-use crate::{caps, init, proxy};
+use crate::{caps, init, paths, proxy};
 
 /// Used when the environment has no `PATH`, as execvp does.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -81,7 +83,7 @@ pub fn prepare(
     workdir: &Path,
     command: &[OsString],
 ) -> Result<Prepared, SandboxError> {
-    let workdir = check_workdir(workdir)?;
+    let (workdir, workdir_fd) = open_workdir(workdir)?;
     let identity = identity::resolve(&policy.run_as, Path::new("/"))?;
     let landlock = landlock::prepare(policy, &kernel.landlock)?;
     for (path, why) in &landlock.skipped {
@@ -113,7 +115,7 @@ pub fn prepare(
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| DEFAULT_PATH.into());
-    let candidates = candidates(&argv[0], &path_var);
+    let candidates = candidates(&argv[0], &path_var, workdir_fd.as_fd());
     let (netns, bound) = namespaces::create_network(proxy::bind)?;
     let proxy = bound.map_err(SandboxError::Proxy)?;
     let agent = child::Plan {
@@ -136,7 +138,7 @@ pub fn prepare(
             .iter()
             .map(|c| cstring(c.as_os_str(), "the command path"))
             .collect::<Result<_, _>>()?,
-        workdir: cstring(workdir.as_os_str(), "--workdir")?,
+        workdir: workdir_fd,
         identity: identity.clone(),
         caps: caps::prepare(),
         landlock,
@@ -162,16 +164,20 @@ pub fn prepare(
     })
 }
 
-fn check_workdir(workdir: &Path) -> Result<PathBuf, SandboxError> {
+/// Opens the workdir as root, refusing a symlink the agent could have planted (it may own the
+/// parent, e.g. its home in a volume kept between sessions, and would otherwise be chdir'ed
+/// into the link's target). The child enters this very descriptor, not the path again.
+fn open_workdir(workdir: &Path) -> Result<(PathBuf, OwnedFd), SandboxError> {
     let fail = |reason: String| SandboxError::Workdir {
         path: workdir.to_owned(),
         reason,
     };
     let absolute = std::path::absolute(workdir).map_err(|e| fail(e.to_string()))?;
-    match std::fs::metadata(&absolute) {
-        Ok(m) if m.is_dir() => Ok(absolute),
+    let fd = paths::open(&absolute).map_err(|e| fail(e.cause.to_string()))?;
+    match fstat(&fd) {
+        Ok(stat) if paths::has_type(&stat, SFlag::S_IFDIR) => Ok((absolute, fd)),
         Ok(_) => Err(fail("not a directory".into())),
-        Err(e) => Err(fail(e.to_string())),
+        Err(errno) => Err(fail(errno.to_string())),
     }
 }
 
@@ -223,13 +229,18 @@ fn login_shell(identity: &Identity) -> OsString {
 /// that exists (as root sees it, before any privilege is dropped). A command that exists
 /// nowhere is then "not found" (127), while one the sandbox cannot reach or run is refused by
 /// `execve` itself (126, naming the path): a search through a directory the agent cannot
-/// enter must not turn "not found" into "permission denied".
-fn candidates(argv0: &OsStr, path_var: &OsStr) -> Vec<PathBuf> {
+/// enter must not turn "not found" into "permission denied". Relative entries (an empty one
+/// is ".") are looked up in `workdir`, where `execve` will resolve them.
+fn candidates(argv0: &OsStr, path_var: &OsStr, workdir: BorrowedFd<'_>) -> Vec<PathBuf> {
     if argv0.as_bytes().contains(&b'/') {
         return vec![PathBuf::from(argv0)];
     }
     path_search(argv0, path_var)
-        .filter(|p| p.metadata().is_ok_and(|m| !m.is_dir()))
+        .filter(|p| {
+            // An absolute path ignores the directory descriptor.
+            fstatat(workdir, p.as_path(), AtFlags::empty())
+                .is_ok_and(|stat| !paths::has_type(&stat, SFlag::S_IFDIR))
+        })
         .collect()
 }
 
@@ -291,7 +302,15 @@ pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
     match namespaces::fork_pid1()? {
         ForkResult::Child => {
             drop(supervisor_end);
-            init::run(&prepared.init, Sender(sandbox_end.as_raw_fd()))
+            let channel = Sender(sandbox_end.as_raw_fd());
+            // Init's first step, before it unshares the mount namespace (see
+            // `child::enter_workdir`); the agent inherits this working directory.
+            if let Err(errno) = child::enter_workdir(&prepared.init.agent) {
+                channel.failed("fchdir to the workdir", errno);
+                // SAFETY: _exit skips the supervisor's atexit handlers and stdio buffers.
+                unsafe { libc::_exit(child::SETUP_FAILED) };
+            }
+            init::run(&prepared.init, channel)
         }
         ForkResult::Parent { child } => Ok(Running {
             init: child,
@@ -306,6 +325,10 @@ pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
 mod tests {
     use super::*;
 
+    fn root_dir() -> OwnedFd {
+        crate::paths::open(Path::new("/")).expect("open /")
+    }
+
     #[test]
     fn candidates_follow_path_like_execvp() {
         let all: Vec<PathBuf> =
@@ -318,15 +341,35 @@ mod tests {
                 PathBuf::from("/usr/bin/git")
             ]
         );
+        let root = root_dir();
         let path = OsStr::new("/nonexistent:/usr/bin:/bin");
         assert_eq!(
-            candidates(OsStr::new("env"), path),
+            candidates(OsStr::new("env"), path, root.as_fd()),
             [PathBuf::from("/usr/bin/env"), PathBuf::from("/bin/env")]
         );
-        assert!(candidates(OsStr::new("no-such-command-xyz"), path).is_empty());
+        assert!(candidates(OsStr::new("no-such-command-xyz"), path, root.as_fd()).is_empty());
         assert_eq!(
-            candidates(OsStr::new("./run.sh"), OsStr::new("/bin")),
+            candidates(OsStr::new("./run.sh"), OsStr::new("/bin"), root.as_fd()),
             [PathBuf::from("./run.sh")]
         );
+    }
+
+    #[test]
+    fn relative_path_entries_are_looked_up_in_the_workdir() {
+        let workdir = std::env::temp_dir().join(format!("openshell-cand-{}", std::process::id()));
+        std::fs::create_dir_all(workdir.join("bin/tool-xyz")).expect("mkdir");
+        std::fs::write(workdir.join("tool-xyz"), "").expect("write");
+        std::fs::write(workdir.join("bin/other-xyz"), "").expect("write");
+        let fd = crate::paths::open(&workdir).expect("open the workdir");
+        // "." (the empty entry) and "bin" are the workdir's, not the test's current directory;
+        // bin/tool-xyz is a directory, which execve would not run.
+        let path = OsStr::new(":bin:/nonexistent");
+        let found = candidates(OsStr::new("tool-xyz"), path, fd.as_fd());
+        let other = candidates(OsStr::new("other-xyz"), path, fd.as_fd());
+        let elsewhere = candidates(OsStr::new("tool-xyz"), path, root_dir().as_fd());
+        let _ = std::fs::remove_dir_all(&workdir);
+        assert_eq!(found, [PathBuf::from("./tool-xyz")]);
+        assert_eq!(other, [PathBuf::from("bin/other-xyz")]);
+        assert!(elsewhere.is_empty(), "{elsewhere:?}");
     }
 }

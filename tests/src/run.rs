@@ -172,7 +172,7 @@ impl Running {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
-    /// Waits for the end, at most [`DEADLINE`]; past it, kills the process and fails the test.
+    /// Waits for the end, at most `DEADLINE`; past it, kills the process and fails the test.
     pub fn wait(mut self) -> Output {
         let started = Instant::now();
         let status = loop {

@@ -1,7 +1,7 @@
 //! The egress proxy: the agent's only way out of its network namespace.
 //!
-//! The listening sockets are created inside the agent's network namespace (127.0.0.1:3128 and
-//! [::1]:3128), which holds nothing else but loopback, while the proxy dials upstream from the
+//! The listening sockets are created inside the agent's network namespace (`127.0.0.1:3128` and
+//! `[::1]:3128`), which holds nothing else but loopback, while the proxy dials upstream from the
 //! pod's own namespace. So there is no route, firewall or address plan to get wrong: the agent
 //! can reach the proxy and nothing else of the pod, and a direct connection fails at once.
 //! Each connection is allowed only when one `network_policies` rule matches both the

@@ -19,6 +19,7 @@ pub mod namespaces;
 pub mod paths;
 pub mod policy;
 pub mod preflight;
+pub mod procfs;
 pub mod proxy;
 pub mod sandbox;
 pub mod seccomp;

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use super::decision::Process;
 use crate::lineage::Lineage;
+use crate::procfs;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
@@ -408,7 +409,7 @@ impl Identifier {
             if below.is_none_or(|child| self.lineage.credits(current, child)) {
                 chain.push(Process { pid: current, exe });
             }
-            let Some(parent) = parent_of(current) else {
+            let Some(parent) = procfs::stat(current).map(|s| s.ppid) else {
                 break;
             };
             (current, below) = (parent, Some(current));
@@ -542,13 +543,7 @@ fn holds(dir: &str, wanted: &str, budget: &mut usize) -> io::Result<bool> {
 /// owner and fd table, so reading them fails with EACCES rather than ENOENT. A process that
 /// holds no fds any more cannot be an owner.
 fn exiting(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    matches!(state, Some("Z" | "X" | "x"))
+    procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X' | 'x'))
 }
 
 /// The process or fd vanished while we looked: ENOENT, or ESRCH from a dying process.
@@ -589,14 +584,6 @@ fn exe_of(pid: u32) -> Option<String> {
     let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let exe = exe.to_string_lossy();
     Some(exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_owned())
-}
-
-/// The parent pid from `/proc/PID/stat` (after the parenthesised command, which may itself
-/// contain spaces and parentheses).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -646,14 +633,6 @@ mod tests {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(grandchild as i32),
             nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-
-    #[test]
-    fn parent_survives_odd_command_names() {
-        assert_eq!(
-            parent_of(std::process::id()),
-            Some(std::os::unix::process::parent_id())
         );
     }
 

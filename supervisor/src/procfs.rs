@@ -1,0 +1,36 @@
+//! `/proc/PID/stat`, read in one place: its second field, the command name, is the process's
+//! to choose and may hold spaces and parentheses, so fields are counted from the last `)`.
+
+use std::fs;
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 3: R, S, D, Z (zombie), X (dead)...
+    pub state: char,
+    /// Field 4: the parent's pid.
+    pub ppid: u32,
+    /// Field 22: when the process started, in clock ticks since boot (tells a reused pid apart).
+    pub start: u64,
+}
+
+/// The stat of `pid`, or `None` when it is gone or unreadable.
+pub fn stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_this_process() {
+        let me = super::stat(std::process::id()).unwrap();
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(me.start > 0 && "RSD".contains(me.state), "{me:?}");
+    }
+}

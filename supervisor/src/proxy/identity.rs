@@ -361,13 +361,13 @@ impl Identifier {
             let dir = format!("/proc/{pid}/fd");
             let owner = match fs::metadata(&dir) {
                 Ok(m) => m.uid(),
-                Err(e) if gone(&e) || exiting(pid) => continue,
+                Err(e) if gone(&e) || exited_meanwhile(&e, pid) => continue,
                 Err(e) => return Err(e),
             };
             match as_filesystem_uid(owner, || holds(&dir, &wanted, &mut budget)) {
                 Ok(true) => owners.push(pid),
                 Ok(false) => {}
-                Err(e) if gone(&e) || exiting(pid) => {}
+                Err(e) if gone(&e) || exited_meanwhile(&e, pid) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -543,7 +543,17 @@ fn holds(dir: &str, wanted: &str, budget: &mut usize) -> io::Result<bool> {
 /// owner and fd table, so reading them fails with EACCES rather than ENOENT. A process that
 /// holds no fds any more cannot be an owner.
 fn exiting(pid: u32) -> bool {
-    procfs::stat(pid).is_none_or(|s| matches!(s.state, 'Z' | 'X' | 'x'))
+    match procfs::stat(pid) {
+        Some(stat) => matches!(stat.state, 'Z' | 'X' | 'x'),
+        // Unreadable: gone only if the process itself is (stat(2) needs no file descriptor,
+        // so running out of them cannot pass for an exit and hide a live owner).
+        None => fs::metadata(format!("/proc/{pid}")).is_err_and(|e| gone(&e)),
+    }
+}
+
+/// EACCES from a process that is exiting (see [`exiting`]): as good as gone.
+fn exited_meanwhile(e: &io::Error, pid: u32) -> bool {
+    e.raw_os_error() == Some(libc::EACCES) && exiting(pid)
 }
 
 /// The process or fd vanished while we looked: ENOENT, or ESRCH from a dying process.

@@ -70,6 +70,18 @@ fn transfers(run: &Run) -> Vec<Transfer> {
 }
 
 /// Whether `transfer` is the test host's 200 for `path`.
+/// The run's two transfers, after checking the agent exited 0, the first (`/child`) was
+/// served and the second refused with 403.
+fn child_served_then_refused(run: &Run) -> Vec<Transfer> {
+    assert_eq!(run.code, 0, "{run}");
+    let t = transfers(run);
+    assert!(
+        t.len() == 2 && served(&t[0], "/child") && t[1].status == 403,
+        "{run}"
+    );
+    t
+}
+
 fn served(transfer: &Transfer, path: &str) -> bool {
     transfer.status == 200 && transfer.body.starts_with(&format!("hello {path} from "))
 }
@@ -202,12 +214,7 @@ fn an_allowed_interpreter_covers_what_it_runs() {
         curl_args(OTHER_PORT, "/alone")
     );
     let run = lab.sandbox(&policy).run(&["sh", "-c", &script]);
-    assert_eq!(run.code, 0, "{run}");
-    let t = transfers(&run);
-    assert!(
-        t.len() == 2 && served(&t[0], "/child") && t[1].status == 403,
-        "{run}"
-    );
+    let t = child_served_then_refused(&run);
     let body = refusal(&t[1].body);
     assert_eq!(body["error"], "policy_denied", "{run}");
     assert_eq!(
@@ -257,12 +264,7 @@ fn an_ancestor_that_became_allowed_after_the_fork_is_not_credited() {
         curl("/borrowed")
     );
     let run = lab.sandbox(&policy).run(&["sh", "-c", &script]);
-    assert_eq!(run.code, 0, "{run}");
-    let t = transfers(&run);
-    assert!(
-        t.len() == 2 && served(&t[0], "/child") && t[1].status == 403,
-        "{run}"
-    );
+    let t = child_served_then_refused(&run);
     assert_eq!(refusal(&t[1].body)["error"], "policy_denied", "{run}");
     assert_eq!(upstream.requests_on(PORT), [get("/child")], "{run}");
 }

@@ -5,6 +5,7 @@
 pub mod net;
 pub mod upstream;
 
+pub use openshell_tests::require_kernel;
 use std::ffi::CString;
 use std::fs::File;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -77,19 +78,6 @@ fn executable(path: &str) -> String {
         .unwrap_or_else(|e| panic!("{path} is needed inside the sandbox: {e}"))
         .to_string_lossy()
         .into_owned()
-}
-
-/// Skips a test whose kernel feature is missing, printing why; with
-/// `OPENSHELL_REQUIRE_KERNEL=1` a missing feature fails the test instead.
-pub fn require_kernel(available: bool, feature: &str) -> bool {
-    if available {
-        return true;
-    }
-    if std::env::var_os("OPENSHELL_REQUIRE_KERNEL").is_some_and(|v| v == "1") {
-        panic!("kernel feature missing and OPENSHELL_REQUIRE_KERNEL=1: {feature}");
-    }
-    eprintln!("skipping: kernel feature missing: {feature}");
-    false
 }
 
 /// One test's world. Everything it created is removed on drop.

@@ -5,6 +5,10 @@
 //! permitted and effective sets and nothing (a setuid-root binary, a later setuid(0)) can
 //! ever give them back. After the uid change every set is read back bit by bit, as codex's
 //! linux-sandbox does: the agent never starts if a single capability survived.
+//!
+//! Our own module rather than the `caps` crate: that crate has no securebits, and two ways of
+//! reading the same sets would be one too many. [`effective`] and [`name`] serve the
+//! supervisor's own preflight.
 
 use nix::errno::Errno;
 
@@ -41,6 +45,91 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+// The capability numbers the supervisor itself needs (`include/uapi/linux/capability.h`).
+/// `CAP_KILL`.
+pub const KILL: u32 = 5;
+/// `CAP_SETGID`.
+pub const SETGID: u32 = 6;
+/// `CAP_SETUID`.
+pub const SETUID: u32 = 7;
+/// `CAP_SETPCAP`.
+pub const SETPCAP: u32 = 8;
+/// `CAP_NET_ADMIN`.
+pub const NET_ADMIN: u32 = 12;
+/// `CAP_SYS_PTRACE`.
+pub const SYS_PTRACE: u32 = 19;
+/// `CAP_SYS_ADMIN`.
+pub const SYS_ADMIN: u32 = 21;
+
+/// Capability names by number (`include/uapi/linux/capability.h`), for messages.
+const NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The name of capability `cap` (`CAP_SYS_ADMIN`), or its number for one newer than this build.
+pub fn name(cap: u32) -> String {
+    NAMES
+        .get(cap as usize)
+        .map_or_else(|| format!("capability {cap}"), |n| (*n).to_owned())
+}
+
+/// The calling thread's effective set, one bit per capability number.
+pub fn effective() -> Result<u64, Errno> {
+    let data = capget()?;
+    Ok(u64::from(data[0].effective) | u64::from(data[1].effective) << 32)
+}
+
+fn capget() -> Result<[CapData; 2], Errno> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two data words into `data`, which is large enough.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    Errno::result(rc).map(|_| data)
 }
 
 /// A capability step that failed after fork.
@@ -144,14 +233,7 @@ impl Prepared {
 
     /// Reads back every capability set and the securebits.
     pub fn verify(&self) -> Result<(), CapsFailure> {
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let mut data = [CapData::default(); 2];
-        // SAFETY: capget writes two data words into `data`, which is large enough.
-        let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-        Errno::result(rc).map_err(|e| CapsFailure::Syscall("capget", e))?;
+        let data = capget().map_err(|e| CapsFailure::Syscall("capget", e))?;
         for (word, d) in data.iter().enumerate() {
             for (set, bits) in [
                 ("capability survived in the effective set", d.effective),
@@ -194,5 +276,16 @@ impl Prepared {
             return Err(CapsFailure::Securebits(bits));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_follow_the_kernel_numbering() {
+        assert_eq!(super::name(0), "CAP_CHOWN");
+        assert_eq!(super::name(21), "CAP_SYS_ADMIN");
+        assert_eq!(super::name(40), "CAP_CHECKPOINT_RESTORE");
+        assert_eq!(super::name(63), "capability 63");
     }
 }

@@ -24,6 +24,7 @@ const CONFINED: u32 = 4;
 const EXEC_FAILED: u32 = 5;
 const EXITED: u32 = 6;
 const SECCOMP_LISTENER: u32 = 7;
+const CAPABILITY_SURVIVED: u32 = 8;
 
 /// A message as the supervisor receives it.
 #[derive(Debug)]
@@ -43,6 +44,13 @@ pub enum Message {
         check: String,
         /// The value found (a capability number, securebits...).
         value: i64,
+    },
+    /// A capability read back as still held after the sets were emptied.
+    CapabilitySurvived {
+        /// Which set, in words.
+        set: String,
+        /// The capability's number.
+        cap: u32,
     },
     /// Every layer is applied and verified; `execve` follows.
     Confined,
@@ -106,6 +114,11 @@ impl Sender {
     /// The read-back `check` found `value`.
     pub fn unverified(self, check: &str, value: i64) {
         self.send(UNVERIFIED, 0, value, check);
+    }
+
+    /// Capability `cap` survived in `set`.
+    pub fn capability_survived(self, set: &str, cap: u32) {
+        self.send(CAPABILITY_SURVIVED, 0, i64::from(cap), set);
     }
 
     /// All layers in place.
@@ -204,6 +217,10 @@ pub fn receive(fd: &OwnedFd) -> Result<Option<Message>, Errno> {
         UNVERIFIED => Message::Unverified {
             check: detail,
             value,
+        },
+        CAPABILITY_SURVIVED => Message::CapabilitySurvived {
+            set: detail,
+            cap: u32::try_from(value).map_err(|_| Errno::EBADMSG)?,
         },
         CONFINED => Message::Confined,
         EXEC_FAILED => Message::ExecFailed {

@@ -10,7 +10,7 @@ use nix::unistd::{ForkResult, fork};
 use crate::landlock::{self, Support};
 use crate::policy::{self, Compatibility, Policy};
 use crate::preflight::{self, Kernel};
-use crate::{identity, seccomp};
+use crate::{account, seccomp};
 
 /// Builds the report for the policy at `origin`; returns it and whether everything can be
 /// enforced as written.
@@ -47,7 +47,7 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
             "  capabilities: every one the supervisor needs is present"
         );
     }
-    match identity::resolve(&policy.run_as, Path::new("/")) {
+    match account::resolve(&policy.run_as, Path::new("/")) {
         Ok(id) => {
             let name = id
                 .name

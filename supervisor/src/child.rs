@@ -20,9 +20,9 @@ use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
+use crate::account::{Account, AccountFailure};
 use crate::caps::{self, CapsFailure};
 use crate::channel::Sender;
-use crate::identity::{Identity, IdentityFailure};
 use crate::{landlock, seccomp};
 
 /// Exit status when set-up failed (the supervisor reports the reason it was sent).
@@ -73,7 +73,7 @@ pub struct Plan {
     /// path is never resolved again.
     pub workdir: OwnedFd,
     /// Who it runs as.
-    pub identity: Identity,
+    pub account: Account,
     /// Capability dropping.
     pub caps: caps::Prepared,
     /// The Landlock ruleset.
@@ -88,6 +88,7 @@ pub struct Plan {
 enum Failure {
     Step(&'static str, Errno),
     Unverified(&'static str, i64),
+    CapabilitySurvived(&'static str, u32),
 }
 
 fn step(what: &'static str) -> impl FnOnce(Errno) -> Failure {
@@ -104,6 +105,7 @@ pub fn run(plan: &Plan, channel: Sender) -> ! {
         match failure {
             Failure::Step(what, errno) => channel.failed(what, errno),
             Failure::Unverified(what, value) => channel.unverified(what, value),
+            Failure::CapabilitySurvived(set, cap) => channel.capability_survived(set, cap),
         }
         exit(SETUP_FAILED);
     }
@@ -125,9 +127,9 @@ fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
         .map_err(step("adding the /proc Landlock rules"))?;
     verify_workdir(plan)?;
     plan.caps.drop_bounding_and_lock().map_err(caps_failure)?;
-    plan.identity.apply().map_err(identity_failure)?;
+    plan.account.apply().map_err(account_failure)?;
     plan.caps.clear_and_verify().map_err(caps_failure)?;
-    plan.identity.verify().map_err(identity_failure)?;
+    plan.account.verify().map_err(account_failure)?;
     let no_core = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -211,17 +213,17 @@ fn verify_workdir(plan: &Plan) -> Result<(), Failure> {
 fn caps_failure(f: CapsFailure) -> Failure {
     match f {
         CapsFailure::Syscall(what, errno) => Failure::Step(what, errno),
-        CapsFailure::Survived(what, cap) => Failure::Unverified(what, i64::from(cap)),
+        CapsFailure::Survived(set, cap) => Failure::CapabilitySurvived(set, cap),
         CapsFailure::Securebits(bits) => {
             Failure::Unverified("securebits did not read back as locked", i64::from(bits))
         }
     }
 }
 
-fn identity_failure(f: IdentityFailure) -> Failure {
+fn account_failure(f: AccountFailure) -> Failure {
     match f {
-        IdentityFailure::Syscall(what, errno) => Failure::Step(what, errno),
-        IdentityFailure::Mismatch(what) => Failure::Unverified(what, 0),
+        AccountFailure::Syscall(what, errno) => Failure::Step(what, errno),
+        AccountFailure::Mismatch(what) => Failure::Unverified(what, 0),
     }
 }
 

@@ -5,12 +5,12 @@
 //! fork: may allocate, open files, compile filters) and an `apply` half (after fork: plain
 //! system calls only), and each `apply` reads back what it set.
 
+pub mod account;
 pub mod caps;
 pub mod channel;
 pub mod check;
 pub mod child;
 pub mod cli;
-pub mod identity;
 pub mod init;
 pub mod landlock;
 pub mod lineage;

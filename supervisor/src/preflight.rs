@@ -1,38 +1,30 @@
 //! What this kernel and this process allow, probed without side effects, before anything is
 //! prepared. `openshell-sandbox check` prints the same facts.
 
-use caps::{CapSet, Capability};
-
-use crate::{landlock, seccomp};
+use crate::{caps, landlock, seccomp};
 
 /// Capabilities the supervisor needs, with the reason shown when one is missing.
-pub const REQUIRED: [(Capability, &str); 7] = [
+pub const REQUIRED: [(u32, &str); 7] = [
     (
-        Capability::CAP_SYS_ADMIN,
+        caps::SYS_ADMIN,
         "creating the sandbox's namespaces and mounting its /proc",
     ),
     (
-        Capability::CAP_NET_ADMIN,
+        caps::NET_ADMIN,
         "bringing up loopback in the sandbox's network namespace",
     ),
+    (caps::SETUID, "switching the agent to its own user"),
+    (caps::SETGID, "switching the agent to its own group"),
     (
-        Capability::CAP_SETUID,
-        "switching the agent to its own user",
-    ),
-    (
-        Capability::CAP_SETGID,
-        "switching the agent to its own group",
-    ),
-    (
-        Capability::CAP_SETPCAP,
+        caps::SETPCAP,
         "emptying the agent's bounding set and locking its securebits",
     ),
     (
-        Capability::CAP_SYS_PTRACE,
+        caps::SYS_PTRACE,
         "reading which executable made a connection or a refused system call",
     ),
     (
-        Capability::CAP_KILL,
+        caps::KILL,
         "forwarding signals to the agent, which runs as another user",
     ),
 ];
@@ -47,17 +39,17 @@ pub struct Kernel {
     /// Whether refused system calls can be handed to the supervisor.
     pub seccomp_notify: bool,
     /// Required capabilities missing from our effective set.
-    pub missing_caps: Vec<(Capability, &'static str)>,
+    pub missing_caps: Vec<(u32, &'static str)>,
     /// Whether the runtime already runs the supervisor under a seccomp filter.
     pub runtime_seccomp: bool,
 }
 
 /// Probes the kernel and our capabilities.
 pub fn probe() -> Kernel {
-    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let effective = caps::effective().unwrap_or(0);
     let missing_caps = REQUIRED
         .into_iter()
-        .filter(|(cap, _)| !effective.contains(cap))
+        .filter(|(cap, _)| effective & (1 << cap) == 0)
         .collect();
     // SAFETY: PR_GET_SECCOMP takes no arguments (mode 2 = filter).
     let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
@@ -78,11 +70,11 @@ pub fn probe() -> Kernel {
     "missing capabilit{plural}: {list}; add {names} to the container's \
      securityContext.capabilities.add",
     plural = if missing.len() == 1 { "y" } else { "ies" },
-    list = missing.iter().map(|(c, why)| format!("{c} (needed for {why})")).collect::<Vec<_>>().join(", "),
-    names = missing.iter().map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned()).collect::<Vec<_>>().join(", "),
+    list = missing.iter().map(|(c, why)| format!("{} (needed for {why})", caps::name(*c))).collect::<Vec<_>>().join(", "),
+    names = missing.iter().map(|(c, _)| caps::name(*c).trim_start_matches("CAP_").to_owned()).collect::<Vec<_>>().join(", "),
 )]
 pub struct MissingCapabilities {
-    missing: Vec<(Capability, &'static str)>,
+    missing: Vec<(u32, &'static str)>,
 }
 
 impl Kernel {

@@ -9,9 +9,9 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{SFlag, fstat, fstatat};
 use nix::unistd::{ForkResult, Pid};
 
+use crate::account::{self, Account, AccountError};
 use crate::channel::{self, Sender};
 use crate::child::{self, CStringArray};
-use crate::identity::{self, Identity, IdentityError};
 use crate::landlock::{self, LandlockError};
 use crate::namespaces::{self, NamespaceError};
 use crate::policy::Policy;
@@ -27,9 +27,9 @@ const SUPERVISOR_ENV_PREFIX: &str = "OPENSHELL_";
 /// Why the sandbox could not be prepared or started.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// Identity.
+    /// The agent's account (uid, gid).
     #[error(transparent)]
-    Identity(#[from] IdentityError),
+    Account(#[from] AccountError),
     /// Landlock.
     #[error(transparent)]
     Landlock(#[from] LandlockError),
@@ -69,7 +69,7 @@ pub struct Prepared {
     /// The agent's command.
     pub command: Command,
     /// Who the agent runs as.
-    pub identity: Identity,
+    pub account: Account,
     /// Landlock ABI in force (0 = none).
     pub landlock_abi: i32,
     /// Whether refused calls reach the supervisor.
@@ -84,7 +84,7 @@ pub fn prepare(
     command: &[OsString],
 ) -> Result<Prepared, SandboxError> {
     let (workdir, workdir_fd) = open_workdir(workdir)?;
-    let identity = identity::resolve(&policy.run_as, Path::new("/"))?;
+    let account = account::resolve(&policy.run_as, Path::new("/"))?;
     let landlock = landlock::prepare(policy, &kernel.landlock)?;
     for (path, why) in &landlock.skipped {
         tracing::info!(
@@ -104,9 +104,9 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
-    let env = environment(&identity, &workdir);
+    let env = environment(&account, &workdir);
     let argv: Vec<OsString> = if command.is_empty() {
-        vec![login_shell(&identity)]
+        vec![login_shell(&account)]
     } else {
         command.to_vec()
     };
@@ -139,7 +139,7 @@ pub fn prepare(
             .map(|c| cstring(c.as_os_str(), "the command path"))
             .collect::<Result<_, _>>()?,
         workdir: workdir_fd,
-        identity: identity.clone(),
+        account: account.clone(),
         caps: caps::prepare(),
         landlock,
         seccomp,
@@ -154,7 +154,7 @@ pub fn prepare(
                 .collect(),
             candidates: candidates.iter().map(|c| c.display().to_string()).collect(),
         },
-        identity,
+        account,
         landlock_abi: agent.landlock.abi,
         seccomp_notify: agent.seccomp.notifies(),
         init: init::Plan {
@@ -186,9 +186,9 @@ fn cstring(s: &OsStr, what: &str) -> Result<CString, SandboxError> {
 }
 
 /// The agent's environment: the supervisor's, without its own `OPENSHELL_*` settings, with
-/// the identity's HOME, USER and LOGNAME, and the proxy variables (which replace any the pod
+/// the account's HOME, USER and LOGNAME, and the proxy variables (which replace any the pod
 /// set: the proxy is the only way out).
-fn environment(identity: &Identity, workdir: &Path) -> Vec<(OsString, OsString)> {
+fn environment(account: &Account, workdir: &Path) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !k.as_bytes().starts_with(SUPERVISOR_ENV_PREFIX.as_bytes()))
         .collect();
@@ -196,14 +196,14 @@ fn environment(identity: &Identity, workdir: &Path) -> Vec<(OsString, OsString)>
         env.retain(|(k, _)| k != key);
         env.push((key.into(), value));
     };
-    match (&identity.home, std::env::var_os("HOME")) {
+    match (&account.home, std::env::var_os("HOME")) {
         (Some(home), _) => set("HOME", home.clone().into_os_string()),
         // The supervisor's own home (root's) is useless to the agent's user.
         (None, None) => set("HOME", workdir.as_os_str().to_owned()),
         (None, Some(h)) if h == "/root" => set("HOME", workdir.as_os_str().to_owned()),
         (None, Some(_)) => {}
     }
-    if let Some(name) = &identity.name {
+    if let Some(name) = &account.name {
         set("USER", name.into());
         set("LOGNAME", name.into());
     }
@@ -217,8 +217,8 @@ fn environment(identity: &Identity, workdir: &Path) -> Vec<(OsString, OsString)>
 }
 
 /// The user's login shell from the image, or `/bin/sh`.
-fn login_shell(identity: &Identity) -> OsString {
-    identity
+fn login_shell(account: &Account) -> OsString {
+    account
         .shell
         .as_ref()
         .filter(|s| s.is_absolute() && s.is_file())

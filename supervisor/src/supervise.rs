@@ -25,7 +25,7 @@ use crate::init::FORWARDED;
 use crate::lineage::Lineage;
 use crate::policy::NetworkRule;
 use crate::sandbox::{Command, Running};
-use crate::{proxy, seccomp};
+use crate::{caps, proxy, seccomp};
 
 /// Exit status when `--timeout` expired.
 pub const TIMED_OUT: u8 = 124;
@@ -253,16 +253,14 @@ fn handle(message: Message, command: &Command, lineage: &Arc<Lineage>, state: &m
             )));
         }
         Message::Unverified { check, value } => {
-            let value = if check.starts_with("capability") {
-                caps::all()
-                    .into_iter()
-                    .find(|c| i64::from(c.index()) == value)
-                    .map_or_else(|| value.to_string(), |c| c.to_string())
-            } else {
-                value.to_string()
-            };
             state.failure.get_or_insert(Outcome::SetupFailed(format!(
                 "sandbox set-up failed verification: {check} ({value})"
+            )));
+        }
+        Message::CapabilitySurvived { set, cap } => {
+            state.failure.get_or_insert(Outcome::SetupFailed(format!(
+                "sandbox set-up failed verification: {set} ({})",
+                caps::name(cap)
             )));
         }
         Message::ExecFailed { errno, candidate } => {

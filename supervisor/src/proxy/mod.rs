@@ -8,11 +8,13 @@
 //! destination and the calling executable (see [`decision`]), the resolved address passes the
 //! guard (see [`ssrf`]), and the executable still has the content it had on first use.
 
+pub mod caller;
+mod connection;
 pub mod decision;
+pub mod dial;
 pub mod http;
-pub mod identity;
+mod listener;
 pub mod relay;
-mod server;
 pub mod ssrf;
 
 use std::io;
@@ -99,7 +101,7 @@ pub fn bind() -> io::Result<Bound> {
     }
     Ok(Bound {
         listeners,
-        diag: identity::diag_socket()?,
+        diag: caller::sock_diag::diag_socket()?,
     })
 }
 
@@ -128,9 +130,9 @@ pub fn start(
     settings: Settings,
     lineage: Arc<Lineage>,
 ) -> io::Result<()> {
-    let shared = Arc::new(server::Shared {
+    let shared = Arc::new(connection::Shared {
         rules,
-        identifier: identity::Identifier::new(bound.diag, init, lineage)?,
+        identifier: caller::Identifier::new(bound.diag, init, lineage)?,
         settings,
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
@@ -141,6 +143,6 @@ pub fn start(
         .into_iter()
         .map(tokio::net::TcpListener::from_std)
         .collect::<io::Result<Vec<_>>>()?;
-    tokio::spawn(server::accept_loop(listeners, shared));
+    tokio::spawn(listener::accept_loop(listeners, shared));
     Ok(())
 }

@@ -1,23 +1,23 @@
-//! The accept loop and one connection's life: head → caller → decision → address check →
-//! dial → tunnel or forwarded exchange (with keep-alive).
+//! One connection's life: head → caller → decision → address check → dial → tunnel or
+//! forwarded exchange (with keep-alive).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
+use super::Settings;
+use super::caller::{CallerError, Identifier, PinError};
 use super::decision::{self, Decision, Process};
+use super::dial::{self, DialFailure};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
-use super::identity::{self, Identifier, IdentityError, PinError};
 use super::relay::{self, Activity, Pipe};
-use super::{Settings, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
-use crate::policy::{Endpoint, NetworkRule, normalize_host};
+use crate::policy::NetworkRule;
 
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -39,64 +39,8 @@ pub struct Shared {
     pub pipes: relay::PipePool,
 }
 
-/// Accepts connections on every listener forever. At the connection cap, accepting pauses
-/// (clients wait in the kernel's backlog); running out of file descriptors pauses it briefly.
-/// Neither ever stops the proxy. One loop serves all listeners, so that a permit is taken
-/// only by a connection that is actually there, whichever address it came to.
-pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
-    let full = RateLimit::new(1, Duration::from_secs(10));
-    loop {
-        let permit = match shared.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if full.allow() {
-                    tracing::warn!(
-                        layer = "proxy",
-                        limit = shared.settings.max_connections,
-                        "connection limit reached: new connections wait until one closes"
-                    );
-                }
-                match shared.permits.clone().acquire_owned().await {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                }
-            }
-        };
-        let accepted = std::future::poll_fn(|cx| {
-            listeners
-                .iter()
-                .find_map(|l| match l.poll_accept(cx) {
-                    Poll::Ready(result) => Some(Poll::Ready(result)),
-                    Poll::Pending => None,
-                })
-                .unwrap_or(Poll::Pending)
-        })
-        .await;
-        match accepted {
-            Ok((client, peer)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let local = match client.local_addr() {
-                        Ok(local) => local,
-                        Err(_) => return,
-                    };
-                    serve(&shared, client, peer, local).await;
-                });
-            }
-            Err(e) => {
-                if shared.limiter.allow() {
-                    tracing::error!(layer = "proxy", "accept failed: {e}; retrying shortly");
-                }
-                // EMFILE/ENFILE: wait for connections to close instead of spinning.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 /// Serves one client connection until it closes, is denied, or goes idle.
-async fn serve(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+pub async fn serve(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -203,11 +147,10 @@ async fn exchange(
     let identifying = Arc::clone(shared);
     let identified =
         tokio::task::spawn_blocking(move || identifying.identifier.callers(peer, local)).await;
-    let callers = match identified.unwrap_or_else(|e| Err(IdentityError::Scan(io::Error::other(e))))
-    {
+    let callers = match identified.unwrap_or_else(|e| Err(CallerError::Scan(io::Error::other(e)))) {
         Ok(callers) => callers,
-        Err(IdentityError::Scan(e)) => return Err(overloaded(&what, &e)),
-        Err(IdentityError::Abandoned) => {
+        Err(CallerError::Scan(e)) => return Err(overloaded(&what, &e)),
+        Err(CallerError::Abandoned) => {
             tracing::debug!(layer = "proxy", what = %what, "client left before it was identified");
             return Ok(false);
         }
@@ -222,10 +165,10 @@ async fn exchange(
         Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
     };
     for process in &matched {
-        let check = || shared.identifier.check_pin(process);
+        let check = || shared.identifier.pins.check(process);
         // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only
         // then is the worker thread handed off.
-        let pinned = match shared.identifier.is_hashed(process.pid) {
+        let pinned = match shared.identifier.pins.is_hashed(process.pid) {
             true => check(),
             false => tokio::task::block_in_place(check),
         };
@@ -241,7 +184,7 @@ async fn exchange(
         (Ok(up), Ok(down)) => [up, down],
         (Err(e), _) | (_, Err(e)) => return Err(overloaded(&what, &e)),
     };
-    let upstream = dial(shared, host, port, &endpoints)
+    let upstream = dial::dial(shared.settings.connect_timeout, host, port, &endpoints)
         .await
         .map_err(|failure| match failure {
             DialFailure::Refused(reason) => denied(&callers, "ssrf_denied", &reason),
@@ -324,77 +267,6 @@ fn deny(
         });
     }
     Refusal(http::error_response(403, error, what, reason))
-}
-
-enum DialFailure {
-    /// The address guard refused every address.
-    Refused(String),
-    /// No address could be reached.
-    Unreachable(String),
-    /// The proxy could not even make a socket.
-    Overloaded(io::Error),
-}
-
-/// Resolves `host` once, keeps the addresses the guard permits, and connects to the first
-/// that answers: the connection goes to an address that was checked, never to a second lookup.
-async fn dial(
-    shared: &Shared,
-    host: &str,
-    port: u16,
-    endpoints: &[&Endpoint],
-) -> Result<TcpStream, DialFailure> {
-    // The normalised name: "api.example.com." must resolve like "api.example.com", which
-    // /etc/hosts (Kubernetes hostAliases) would not match with the dot.
-    let name = normalize_host(host);
-    let lookup = timeout(
-        shared.settings.connect_timeout,
-        tokio::net::lookup_host((name.as_str(), port)),
-    );
-    let addresses: Vec<SocketAddr> = lookup
-        .await
-        .map_err(|_| {
-            DialFailure::Unreachable(format!(
-                "cannot resolve {host}: no answer within {:?}",
-                shared.settings.connect_timeout
-            ))
-        })?
-        .map_err(|e| DialFailure::Unreachable(format!("cannot resolve {host}: {e}")))?
-        .collect();
-    let mut refusals = Vec::new();
-    let permitted: Vec<SocketAddr> = addresses
-        .into_iter()
-        .filter(|a| match ssrf::permit(a.ip(), endpoints) {
-            Ok(()) => true,
-            Err(reason) => {
-                refusals.push(reason);
-                false
-            }
-        })
-        .collect();
-    if permitted.is_empty() {
-        return Err(match refusals.is_empty() {
-            true => DialFailure::Unreachable(format!("{host} has no address")),
-            false => DialFailure::Refused(refusals.join("; ")),
-        });
-    }
-    let mut last = String::new();
-    for address in permitted {
-        match timeout(shared.settings.connect_timeout, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Ok(Err(e)) if identity::exhausted(&e) => return Err(DialFailure::Overloaded(e)),
-            Ok(Err(e)) => last = format!("{address}: {e}"),
-            Err(_) => {
-                last = format!(
-                    "{address}: no answer within {:?}",
-                    shared.settings.connect_timeout
-                )
-            }
-        }
-    }
-    Err(DialFailure::Unreachable(last))
 }
 
 /// One forwarded request: head and body up, response down, concurrently (so `Expect:

@@ -24,7 +24,7 @@ const NOBODY: u32 = 65534;
 
 /// The resolved identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub struct Account {
     /// User id, never 0.
     pub uid: u32,
     /// Group id, never 0.
@@ -41,7 +41,7 @@ pub struct Identity {
 
 /// Why the identity cannot be resolved.
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub enum AccountError {
     /// The environment override is not a valid id.
     #[error(
         "{var}={value:?}: expected a number in 1-4294967294 (never 0: the agent never runs as root)"
@@ -107,19 +107,19 @@ fn group_id(text: &str, name: &str) -> Option<u32> {
     })
 }
 
-fn env_id(var: &'static str) -> Result<Option<u32>, IdentityError> {
+fn env_id(var: &'static str) -> Result<Option<u32>, AccountError> {
     match std::env::var(var) {
         Err(_) => Ok(None),
         Ok(value) => match value.trim().parse::<u32>() {
             Ok(id) if id != 0 && id != u32::MAX => Ok(Some(id)),
-            _ => Err(IdentityError::BadEnv { var, value }),
+            _ => Err(AccountError::BadEnv { var, value }),
         },
     }
 }
 
 /// Resolves the identity from the environment, the policy and the image at `root` (normally
 /// `/`, where the agent image is mounted).
-pub fn resolve(run_as: &RunAs, root: &Path) -> Result<Identity, IdentityError> {
+pub fn resolve(run_as: &RunAs, root: &Path) -> Result<Account, AccountError> {
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(root.join("etc/group")).unwrap_or_default();
     resolve_with(run_as, env_id(ENV_UID)?, env_id(ENV_GID)?, &passwd, &group)
@@ -131,7 +131,7 @@ fn resolve_with(
     env_gid: Option<u32>,
     passwd: &str,
     group: &str,
-) -> Result<Identity, IdentityError> {
+) -> Result<Account, AccountError> {
     let by_uid = |uid: u32| passwd_entries(passwd).find(|e| e.uid == uid);
     let (uid, source) = match (env_uid, &run_as.user) {
         (Some(uid), _) => (uid, ENV_UID),
@@ -139,7 +139,7 @@ fn resolve_with(
         (None, Some(Principal::Name(name))) => {
             let entry = passwd_entries(passwd)
                 .find(|e| &e.name == name)
-                .ok_or_else(|| IdentityError::UnknownName {
+                .ok_or_else(|| AccountError::UnknownName {
                     field: "process.run_as_user",
                     name: name.clone(),
                     file: "/etc/passwd".to_owned(),
@@ -153,7 +153,7 @@ fn resolve_with(
     };
     let entry = by_uid(uid);
     if uid == 0 {
-        return Err(IdentityError::Root {
+        return Err(AccountError::Root {
             field: "process.run_as_user",
             name: entry.map_or_else(|| "0".to_owned(), |e| e.name),
         });
@@ -162,7 +162,7 @@ fn resolve_with(
         (Some(gid), _) => gid,
         (None, Some(Principal::Id(gid))) => *gid,
         (None, Some(Principal::Name(name))) => {
-            group_id(group, name).ok_or_else(|| IdentityError::UnknownName {
+            group_id(group, name).ok_or_else(|| AccountError::UnknownName {
                 field: "process.run_as_group",
                 name: name.clone(),
                 file: "/etc/group".to_owned(),
@@ -172,12 +172,12 @@ fn resolve_with(
         (None, None) => entry.as_ref().map_or(uid, |e| e.gid),
     };
     if gid == 0 {
-        return Err(IdentityError::Root {
+        return Err(AccountError::Root {
             field: "process.run_as_group",
             name: "0".to_owned(),
         });
     }
-    Ok(Identity {
+    Ok(Account {
         uid,
         gid,
         name: entry.as_ref().map(|e| e.name.clone()),
@@ -189,54 +189,54 @@ fn resolve_with(
 
 /// An identity step that failed after fork.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityFailure {
+pub enum AccountFailure {
     /// A system call failed.
     Syscall(&'static str, Errno),
     /// A read-back did not match: which check.
     Mismatch(&'static str),
 }
 
-impl Identity {
+impl Account {
     /// After fork, with securebits already locked: drops supplementary groups, then gid, then
     /// uid (the uid last, since changing groups needs the privilege the uid change removes).
-    pub fn apply(&self) -> Result<(), IdentityFailure> {
+    pub fn apply(&self) -> Result<(), AccountFailure> {
         let (uid, gid) = (self.uid, self.gid);
         // SAFETY: setgroups with a count of 0 reads no memory.
         let rc = unsafe { libc::setgroups(0, std::ptr::null()) };
-        Errno::result(rc).map_err(|e| IdentityFailure::Syscall("setgroups", e))?;
+        Errno::result(rc).map_err(|e| AccountFailure::Syscall("setgroups", e))?;
         // SAFETY: scalar arguments.
         let rc = unsafe { libc::setresgid(gid, gid, gid) };
-        Errno::result(rc).map_err(|e| IdentityFailure::Syscall("setresgid", e))?;
+        Errno::result(rc).map_err(|e| AccountFailure::Syscall("setresgid", e))?;
         // SAFETY: scalar arguments.
         let rc = unsafe { libc::setresuid(uid, uid, uid) };
-        Errno::result(rc).map_err(|e| IdentityFailure::Syscall("setresuid", e))?;
+        Errno::result(rc).map_err(|e| AccountFailure::Syscall("setresuid", e))?;
         Ok(())
     }
 
     /// Reads back the ids and proves root cannot be regained.
-    pub fn verify(&self) -> Result<(), IdentityFailure> {
+    pub fn verify(&self) -> Result<(), AccountFailure> {
         let (mut r, mut e, mut s) = (0, 0, 0);
         // SAFETY: getresuid writes three ids into locals.
         unsafe { libc::getresuid(&mut r, &mut e, &mut s) };
         if [r, e, s] != [self.uid; 3] {
-            return Err(IdentityFailure::Mismatch("getresuid"));
+            return Err(AccountFailure::Mismatch("getresuid"));
         }
         // SAFETY: getresgid writes three ids into locals.
         unsafe { libc::getresgid(&mut r, &mut e, &mut s) };
         if [r, e, s] != [self.gid; 3] {
-            return Err(IdentityFailure::Mismatch("getresgid"));
+            return Err(AccountFailure::Mismatch("getresgid"));
         }
         // SAFETY: getgroups with size 0 only returns the count.
         if unsafe { libc::getgroups(0, std::ptr::null_mut()) } != 0 {
-            return Err(IdentityFailure::Mismatch("getgroups"));
+            return Err(AccountFailure::Mismatch("getgroups"));
         }
         if nix::unistd::setuid(Uid::from_raw(0)) != Err(Errno::EPERM) {
-            return Err(IdentityFailure::Mismatch(
+            return Err(AccountFailure::Mismatch(
                 "setuid(0) did not fail with EPERM",
             ));
         }
         if nix::unistd::setgid(Gid::from_raw(0)) != Err(Errno::EPERM) {
-            return Err(IdentityFailure::Mismatch(
+            return Err(AccountFailure::Mismatch(
                 "setgid(0) did not fail with EPERM",
             ));
         }
@@ -255,11 +255,7 @@ mod tests {
         broken:x:notanumber:1::/:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nsandbox:x:1001:\ndev:x:3000:app\n";
 
-    fn resolve(
-        run_as: RunAs,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> Result<Identity, IdentityError> {
+    fn resolve(run_as: RunAs, uid: Option<u32>, gid: Option<u32>) -> Result<Account, AccountError> {
         resolve_with(&run_as, uid, gid, PASSWD, GROUP)
     }
 

@@ -1,0 +1,130 @@
+//! Binary pinning: each executable that earns a connection is pinned by SHA-256 the first
+//! time (trust on first use); later connections from a binary with the same path but
+//! different content are refused. Hashes are cached by device, inode, size, mtime and ctime,
+//! so a binary is read once.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::{as_filesystem_uid, exhausted};
+use crate::proxy::decision::Process;
+
+/// Why a binary's pin could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// Its content differs from the first use: a denial.
+    #[error("{0}")]
+    Changed(String),
+    /// It cannot be read to be hashed (a denial: what cannot be pinned is not trusted).
+    #[error("{0}")]
+    Unreadable(String),
+    /// The proxy ran out of descriptors or memory: not the caller's doing.
+    #[error("cannot hash the caller's binary: {0}")]
+    Resources(io::Error),
+}
+
+/// The pins and the hash cache, shared by all connections.
+#[derive(Debug, Default)]
+pub struct Pins {
+    hashes: Mutex<HashMap<FileKey, [u8; 32]>>,
+    pins: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+/// What identifies file content without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Pins {
+    /// Pins the content of `process`'s executable on first use; refuses a later change.
+    /// Blocking (may hash the file).
+    pub fn check(&self, process: &Process) -> Result<(), PinError> {
+        let digest = self.digest(process.pid).map_err(|e| match exhausted(&e) {
+            true => PinError::Resources(e),
+            false => PinError::Unreadable(format!(
+                "cannot hash {} of pid {} to pin it: {e}",
+                process.exe, process.pid
+            )),
+        })?;
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        match pins.get(&process.exe) {
+            None => {
+                tracing::info!(exe = %process.exe, sha256 = %hex(&digest), "binary pinned on first use");
+                pins.insert(process.exe.clone(), digest);
+                Ok(())
+            }
+            Some(pinned) if *pinned == digest => Ok(()),
+            Some(pinned) => Err(PinError::Changed(format!(
+                "{} changed since first use (sha256 {} now, {} pinned)",
+                process.exe,
+                hex(&digest),
+                hex(pinned)
+            ))),
+        }
+    }
+
+    /// Whether `pid`'s executable was hashed already, so pinning it costs a stat, not a read:
+    /// the caller then need not move off the async runtime.
+    pub fn is_hashed(&self, pid: u32) -> bool {
+        fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| self.cached(&file_key(&m)).is_some())
+    }
+
+    fn cached(&self, key: &FileKey) -> Option<[u8; 32]> {
+        self.hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// SHA-256 of the file `pid` is running (even if it was replaced on disk since).
+    fn digest(&self, pid: u32) -> io::Result<[u8; 32]> {
+        let exe = format!("/proc/{pid}/exe");
+        let meta = fs::metadata(&exe)?;
+        if let Some(digest) = self.cached(&file_key(&meta)) {
+            return Ok(digest);
+        }
+        let mut file = as_filesystem_uid(meta.uid(), || fs::File::open(&exe))?;
+        let key = file_key(&file.metadata()?);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
+        self.hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, digest);
+        Ok(digest)
+    }
+}
+
+/// What identifies a file's content without reading it.
+fn file_key(m: &fs::Metadata) -> FileKey {
+    FileKey {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    }
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,66 @@
+//! The accept loop: one loop over every listener, a permit per open connection.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::connection::{self, Shared};
+use crate::log::RateLimit;
+
+/// Accepts connections on every listener forever. At the connection cap, accepting pauses
+/// (clients wait in the kernel's backlog); running out of file descriptors pauses it briefly.
+/// Neither ever stops the proxy. One loop serves all listeners, so that a permit is taken
+/// only by a connection that is actually there, whichever address it came to.
+pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
+    let full = RateLimit::new(1, Duration::from_secs(10));
+    loop {
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if full.allow() {
+                    tracing::warn!(
+                        layer = "proxy",
+                        limit = shared.settings.max_connections,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                }
+                match shared.permits.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                }
+            }
+        };
+        let accepted = std::future::poll_fn(|cx| {
+            listeners
+                .iter()
+                .find_map(|l| match l.poll_accept(cx) {
+                    Poll::Ready(result) => Some(Poll::Ready(result)),
+                    Poll::Pending => None,
+                })
+                .unwrap_or(Poll::Pending)
+        })
+        .await;
+        match accepted {
+            Ok((client, peer)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let local = match client.local_addr() {
+                        Ok(local) => local,
+                        Err(_) => return,
+                    };
+                    connection::serve(&shared, client, peer, local).await;
+                });
+            }
+            Err(e) => {
+                if shared.limiter.allow() {
+                    tracing::error!(layer = "proxy", "accept failed: {e}; retrying shortly");
+                }
+                // EMFILE/ENFILE: wait for connections to close instead of spinning.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! [`PolicyFile`] → [`Policy`]: every value checked, every error placed in the file.
 
+mod l7;
+
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
@@ -75,12 +77,32 @@ pub fn validate(
         ));
     }
     let (mut endpoints, mut binaries) = (0, 0);
+    let mut positions = Vec::new();
     for (key, rule) in rules {
+        positions.extend(rule.value.endpoints.iter().enumerate().map(|(i, e)| {
+            (
+                format!("network_policies.{key}.endpoints[{i}]"),
+                Position::of(&e.referenced),
+            )
+        }));
         let rule = v.rule(&key, rule, &mut notes)?;
         writable_binaries(&rule, &filesystem, &mut notes);
         endpoints += rule.endpoints.len();
         binaries += rule.binaries.len();
         network.push(rule);
+    }
+    let placed: Vec<_> = positions
+        .into_iter()
+        .zip(network.iter().flat_map(|r| &r.endpoints))
+        .map(|((field, position), endpoint)| (field, position, endpoint))
+        .collect();
+    if let Some((field, position, message)) = l7::conflicts(&placed) {
+        return Err(PolicyError::Invalid {
+            origin: v.origin,
+            position,
+            field,
+            message,
+        });
     }
     if endpoints > MAX_ENDPOINTS || binaries > MAX_BINARIES {
         return Err(v.plain(
@@ -278,46 +300,7 @@ impl Validator {
 
     fn endpoint(&self, raw: &Spanned<EndpointFile>, base: &str) -> Result<Endpoint, PolicyError> {
         let e = &raw.value;
-        if let Some(protocol) = &e.protocol {
-            return Err(self.err(
-                protocol,
-                format!("{base}.protocol"),
-                format!(
-                    "protocol {:?} (L7 inspection) is not supported by this version of \
-                     openshell-sandbox, which enforces host, port and binary only; refusing \
-                     rather than allowing more than the policy says",
-                    protocol.value
-                ),
-            ));
-        }
-        if let Some(tls) = &e.tls
-            && tls.value != "skip"
-        {
-            return Err(self.err(
-                tls,
-                format!("{base}.tls"),
-                format!(
-                    "tls {:?} is not supported by this version of openshell-sandbox; \
-                     only \"skip\" (the proxy never terminates TLS)",
-                    tls.value
-                ),
-            ));
-        }
-        for (name, value) in [
-            ("enforcement", &e.enforcement),
-            ("access", &e.access),
-            ("rules", &e.rules),
-            ("deny_rules", &e.deny_rules),
-        ] {
-            if let Some(value) = value {
-                return Err(self.err(
-                    value,
-                    format!("{base}.{name}"),
-                    "is an L7 inspection setting, which this version of openshell-sandbox \
-                     does not enforce; refusing rather than ignoring it",
-                ));
-            }
-        }
+        let l7 = self.l7(raw, base)?;
         let host = HostPattern::parse(&e.host.value)
             .map_err(|m| self.err(&e.host, format!("{base}.host"), m))?;
         let mut ports = Vec::new();
@@ -348,6 +331,7 @@ impl Validator {
             host,
             ports,
             allowed_ips,
+            l7,
         })
     }
 }

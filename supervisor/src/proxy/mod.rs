@@ -13,6 +13,7 @@ mod connection;
 pub mod decision;
 pub mod dial;
 pub mod http;
+pub mod l7;
 mod listener;
 pub mod relay;
 pub mod ssrf;

@@ -18,6 +18,8 @@ const MAX_PATTERN: usize = 1024;
 /// The L7 settings of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct L7Endpoint {
+    /// The name of the network rule the endpoint belongs to (`policy` in logs and 403s).
+    pub policy: String,
     /// What is inspected.
     pub protocol: Protocol,
     /// Whether a refusal blocks or is only logged.

@@ -280,6 +280,9 @@ impl Validator {
             );
         }
         let name = file.name.unwrap_or_else(|| key.to_owned());
+        for l7 in endpoints.iter_mut().filter_map(|e| e.l7.as_mut()) {
+            l7.policy = name.clone();
+        }
         if endpoints.is_empty() {
             notes.push(format!(
                 "network rule {key:?} lists no endpoints, so it allows nothing"

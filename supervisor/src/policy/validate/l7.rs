@@ -176,6 +176,8 @@ impl Validator {
             ),
         };
         Ok(Some(L7Endpoint {
+            // Set by the rule once its name is known.
+            policy: String::new(),
             protocol,
             enforcement,
             enforcement_written,

@@ -3,3 +3,5 @@
 
 pub mod canon;
 pub mod rules;
+pub mod tls;
+pub mod trust;

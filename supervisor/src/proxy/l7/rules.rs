@@ -33,32 +33,44 @@ pub struct Verdict<'p> {
     pub outcome: Outcome<'p>,
 }
 
-/// Allowed by a rule, or refused with the reason.
+/// Allowed by a rule, or refused with the reason. Each names the endpoint that decided
+/// (for the `policy` it belongs to).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<'p> {
     /// The first allow rule that matched.
-    Allowed(&'p RequestRule),
+    Allowed(&'p L7Endpoint, &'p RequestRule),
     /// A deny rule matched (it wins over any allow rule).
-    DenyRule(&'p RequestRule),
+    DenyRule(&'p L7Endpoint, &'p RequestRule),
     /// No allow rule matched.
-    NotPermitted,
+    NotPermitted(&'p L7Endpoint),
     /// No endpoint's `path` selector covers the request.
     NoEndpoint,
     /// The path has an encoded slash and the endpoint does not allow them.
-    EncodedSlash,
+    EncodedSlash(&'p L7Endpoint),
 }
 
-impl Outcome<'_> {
+impl<'p> Outcome<'p> {
     /// True when the request may pass under enforcement.
     pub fn allowed(&self) -> bool {
-        matches!(self, Outcome::Allowed(_))
+        matches!(self, Outcome::Allowed(..))
     }
 
     /// The rule named in logs and 403 bodies.
-    pub fn rule(&self) -> Option<&str> {
+    pub fn rule(&self) -> Option<&'p str> {
         match self {
-            Outcome::Allowed(rule) | Outcome::DenyRule(rule) => Some(&rule.source),
+            Outcome::Allowed(_, rule) | Outcome::DenyRule(_, rule) => Some(&rule.source),
             _ => None,
+        }
+    }
+
+    /// The network rule (policy) of the deciding endpoint.
+    pub fn policy(&self) -> Option<&'p str> {
+        match self {
+            Outcome::Allowed(e, _)
+            | Outcome::DenyRule(e, _)
+            | Outcome::NotPermitted(e)
+            | Outcome::EncodedSlash(e) => Some(&e.policy),
+            Outcome::NoEndpoint => None,
         }
     }
 }
@@ -77,22 +89,33 @@ pub fn evaluate<'p>(endpoints: &[&'p L7Endpoint], request: &Request<'_>) -> Verd
             outcome: Outcome::NoEndpoint,
         };
     };
-    let deciding = covering.iter().filter(|e| specificity(e) == most);
-    let enforcement = match deciding
-        .clone()
-        .any(|e| e.enforcement == Enforcement::Enforce)
-    {
-        true => Enforcement::Enforce,
-        false => Enforcement::Audit,
+    let deciding: Vec<&L7Endpoint> = covering
+        .iter()
+        .copied()
+        .filter(|e| specificity(e) == most)
+        .collect();
+    let enforcing = deciding
+        .iter()
+        .find(|e| e.enforcement == Enforcement::Enforce);
+    let (first, enforcement) = match enforcing {
+        Some(e) => (*e, Enforcement::Enforce),
+        None => (deciding[0], Enforcement::Audit),
     };
-    let outcome = if request.encoded_slash && deciding.clone().any(|e| !e.allow_encoded_slash) {
-        Outcome::EncodedSlash
-    } else if let Some(deny) = first_match(&covering, |e| &e.deny_rules, request, Quantifier::Any) {
-        Outcome::DenyRule(deny)
-    } else if let Some(allow) = first_match(&covering, |e| &e.rules, request, Quantifier::Every) {
-        Outcome::Allowed(allow)
+    let no_encoded_slash = deciding
+        .iter()
+        .find(|e| request.encoded_slash && !e.allow_encoded_slash);
+    let outcome = if let Some(e) = no_encoded_slash {
+        Outcome::EncodedSlash(e)
+    } else if let Some((e, deny)) =
+        first_match(&covering, |e| &e.deny_rules, request, Quantifier::Any)
+    {
+        Outcome::DenyRule(e, deny)
+    } else if let Some((e, allow)) =
+        first_match(&covering, |e| &e.rules, request, Quantifier::Every)
+    {
+        Outcome::Allowed(e, allow)
     } else {
-        Outcome::NotPermitted
+        Outcome::NotPermitted(first)
     };
     Verdict {
         enforcement,
@@ -114,11 +137,13 @@ fn first_match<'p>(
     rules: impl Fn(&'p L7Endpoint) -> &'p Vec<RequestRule>,
     request: &Request<'_>,
     quantifier: Quantifier,
-) -> Option<&'p RequestRule> {
-    endpoints
-        .iter()
-        .flat_map(|e| rules(e))
-        .find(|rule| rule_matches(rule, request, quantifier))
+) -> Option<(&'p L7Endpoint, &'p RequestRule)> {
+    endpoints.iter().find_map(|e| {
+        rules(e)
+            .iter()
+            .find(|rule| rule_matches(rule, request, quantifier))
+            .map(|rule| (*e, rule))
+    })
 }
 
 fn rule_matches(rule: &RequestRule, request: &Request<'_>, quantifier: Quantifier) -> bool {
@@ -198,11 +223,11 @@ mod tests {
                 },
             );
             let got = match &verdict.outcome {
-                Outcome::Allowed(rule) => Ok(rule.source.as_str()),
-                Outcome::DenyRule(rule) => Err(format!("deny {}", rule.source)),
-                Outcome::NotPermitted => Err("not permitted".to_owned()),
+                Outcome::Allowed(_, rule) => Ok(rule.source.as_str()),
+                Outcome::DenyRule(_, rule) => Err(format!("deny {}", rule.source)),
+                Outcome::NotPermitted(_) => Err("not permitted".to_owned()),
                 Outcome::NoEndpoint => Err("no endpoint".to_owned()),
-                Outcome::EncodedSlash => Err("encoded slash".to_owned()),
+                Outcome::EncodedSlash(_) => Err("encoded slash".to_owned()),
             };
             assert_eq!(
                 got.as_ref().map(|s| *s).map_err(String::as_str),
@@ -331,11 +356,15 @@ mod tests {
         );
         let other = verdict("DELETE", "/v1/x");
         assert_eq!(
-            (other.enforcement, other.outcome),
-            (Enforcement::Enforce, Outcome::NotPermitted)
+            (other.enforcement, &other.outcome),
+            (Enforcement::Enforce, &Outcome::NotPermitted(&e[0]))
         );
+        assert_eq!(other.outcome.policy(), Some("api"));
         assert!(verdict("GET", "/admin/a%2Fb").outcome.allowed());
-        assert_eq!(verdict("GET", "/v1/a%2Fb").outcome, Outcome::EncodedSlash);
+        assert_eq!(
+            verdict("GET", "/v1/a%2Fb").outcome,
+            Outcome::EncodedSlash(&e[0])
+        );
         let only_paths = endpoints(
             "      - { host: api.example.com, port: 443, protocol: rest, path: \"/v2/**\", access: full }\n",
         );

@@ -48,6 +48,8 @@ pub enum Layer {
     Seccomp,
     /// A connection refused by the egress proxy.
     Proxy,
+    /// An HTTP request refused by L7 inspection.
+    L7,
     /// A connection attempted around the proxy (no route out of the sandbox).
     Network,
 }
@@ -58,6 +60,7 @@ impl Layer {
         match self {
             Layer::Seccomp => "seccomp",
             Layer::Proxy => "proxy",
+            Layer::L7 => "l7",
             Layer::Network => "network",
         }
     }

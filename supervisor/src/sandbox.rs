@@ -76,12 +76,14 @@ pub struct Prepared {
     pub seccomp_notify: bool,
 }
 
-/// Prepares every layer for `command` (empty: the user's shell) under `policy`.
+/// Prepares every layer for `command` (empty: the user's shell) under `policy`; `inspection`
+/// is the L7 engine and what the agent needs to trust it, when the policy has L7 endpoints.
 pub fn prepare(
     policy: &Policy,
     kernel: &Kernel,
     workdir: &Path,
     command: &[OsString],
+    inspection: Option<&proxy::l7::Prepared>,
 ) -> Result<Prepared, SandboxError> {
     let (workdir, workdir_fd) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
@@ -104,7 +106,13 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
-    let env = environment(&account, &workdir);
+    let mut env = environment(&account, &workdir);
+    if let Some(inspection) = inspection {
+        for (key, value) in &inspection.environment {
+            env.retain(|(k, _)| k != key);
+            env.push((key.into(), value.into()));
+        }
+    }
     let argv: Vec<OsString> = if command.is_empty() {
         vec![login_shell(&account)]
     } else {
@@ -117,7 +125,10 @@ pub fn prepare(
         .unwrap_or_else(|| DEFAULT_PATH.into());
     let candidates = candidates(&argv[0], &path_var, workdir_fd.as_fd());
     let (netns, bound) = namespaces::create_network(proxy::bind)?;
-    let proxy = bound.map_err(SandboxError::Proxy)?;
+    let mut proxy = bound.map_err(SandboxError::Proxy)?;
+    if let Some(inspection) = inspection {
+        proxy.inspect_with(inspection.engine.clone());
+    }
     let agent = child::Plan {
         argv: CStringArray::new(
             argv.iter()

@@ -79,6 +79,14 @@ impl Settings {
 pub struct Bound {
     listeners: Vec<std::net::TcpListener>,
     diag: OwnedFd,
+    l7: Option<Arc<l7::Engine>>,
+}
+
+impl Bound {
+    /// Inspects connections to L7 endpoints with `engine`.
+    pub fn inspect_with(&mut self, engine: Arc<l7::Engine>) {
+        self.l7 = Some(engine);
+    }
 }
 
 /// Binds the listeners and opens the `sock_diag` socket. Runs on the thread that created the
@@ -103,6 +111,7 @@ pub fn bind() -> io::Result<Bound> {
     Ok(Bound {
         listeners,
         diag: caller::sock_diag::diag_socket()?,
+        l7: None,
     })
 }
 
@@ -138,6 +147,7 @@ pub fn start(
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         pipes: relay::PipePool::default(),
+        l7: bound.l7,
     });
     let listeners = bound
         .listeners

@@ -280,8 +280,17 @@ impl Validator {
             );
         }
         let name = file.name.unwrap_or_else(|| key.to_owned());
-        for l7 in endpoints.iter_mut().filter_map(|e| e.l7.as_mut()) {
+        for (i, e) in endpoints.iter_mut().enumerate() {
+            let Some(l7) = e.l7.as_mut() else { continue };
             l7.policy = name.clone();
+            if !l7.enforcement_written {
+                notes.push(format!(
+                    "network rule {key:?} endpoint {i} ({}): no enforcement written, so its L7 \
+                     rules are enforced (upstream would only audit); write enforcement: audit \
+                     to log without blocking",
+                    e.host
+                ));
+            }
         }
         if endpoints.is_empty() {
             notes.push(format!(

@@ -191,7 +191,11 @@ async fn exchange(
     if !inspected.is_empty() {
         let Some(engine) = shared.l7.as_deref() else {
             // Prepared whenever the policy has L7 endpoints; never a plain tunnel instead.
-            return Err(denied(&callers, "policy_denied", "L7 inspection is unavailable"));
+            return Err(denied(
+                &callers,
+                "policy_denied",
+                "L7 inspection is unavailable",
+            ));
         };
         let session = l7::Session {
             host: host.to_owned(),
@@ -211,7 +215,9 @@ async fn exchange(
                 }
                 false
             }
-            Target::Forward { .. } => l7::serve_forward(shared, engine, &session, client, buf).await,
+            Target::Forward { .. } => {
+                l7::serve_forward(shared, engine, &session, client, buf).await
+            }
         });
     }
     buf.drain(..request.head_len);

@@ -107,7 +107,10 @@ pub struct Response {
     pub head_len: usize,
 }
 
-pub(crate) fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> impl Iterator<Item = &'h [u8]> {
+pub(crate) fn header<'h>(
+    headers: &'h [(String, Vec<u8>)],
+    name: &str,
+) -> impl Iterator<Item = &'h [u8]> {
     headers
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))

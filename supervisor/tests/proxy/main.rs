@@ -8,5 +8,7 @@ mod bypass;
 mod clients;
 mod decisions;
 mod fixtures;
+mod l7;
+mod l7_clients;
 mod load;
 mod support;

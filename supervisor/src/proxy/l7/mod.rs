@@ -352,7 +352,10 @@ impl<'a> Context<'a> {
         match outcome {
             Outcome::Allowed(..) => format!("{request} allowed"),
             Outcome::DenyRule(e, rule) => {
-                format!("{request} blocked by deny rule {} of policy {}", rule.source, e.policy)
+                format!(
+                    "{request} blocked by deny rule {} of policy {}",
+                    rule.source, e.policy
+                )
             }
             Outcome::NotPermitted(e) => format!("{request} not permitted by policy {}", e.policy),
             Outcome::NoEndpoint => format!(
@@ -437,7 +440,9 @@ impl<'a> Context<'a> {
         let policy = self.session.policy;
         match error {
             HeadError::Http2 => {
-                self.refuse_connection("HTTP/2 on an inspected endpoint (this version speaks HTTP/1.1)");
+                self.refuse_connection(
+                    "HTTP/2 on an inspected endpoint (this version speaks HTTP/1.1)",
+                );
                 Refusal(None)
             }
             HeadError::Malformed(why) => self.deny(
@@ -449,9 +454,15 @@ impl<'a> Context<'a> {
                 policy,
                 None,
             ),
-            HeadError::Target(why) => {
-                self.deny(&method, &path, 400, "bad_request", &why.to_string(), policy, None)
-            }
+            HeadError::Target(why) => self.deny(
+                &method,
+                &path,
+                400,
+                "bad_request",
+                &why.to_string(),
+                policy,
+                None,
+            ),
             HeadError::Authority(why) => self.deny(
                 &method,
                 &path,
@@ -491,22 +502,35 @@ impl<'a> Context<'a> {
     async fn connect(&self) -> Result<Upstream, Refusal> {
         let settings = &self.shared.settings;
         let (host, port) = (&self.session.host, self.session.port);
-        let tcp = dial::dial(settings.connect_timeout, host, port, &self.session.endpoints)
-            .await
-            .map_err(|failure| match failure {
-                DialFailure::Refused(why) => {
-                    self.deny("CONNECT", "", 403, "ssrf_denied", &why, self.session.policy, None)
-                }
-                DialFailure::Unreachable(why) => self.unavailable(502, "upstream_unreachable", &why),
-                DialFailure::Overloaded(e) => {
-                    self.unavailable(503, "proxy_overloaded", &e.to_string())
-                }
-            })?;
+        let tcp = dial::dial(
+            settings.connect_timeout,
+            host,
+            port,
+            &self.session.endpoints,
+        )
+        .await
+        .map_err(|failure| match failure {
+            DialFailure::Refused(why) => self.deny(
+                "CONNECT",
+                "",
+                403,
+                "ssrf_denied",
+                &why,
+                self.session.policy,
+                None,
+            ),
+            DialFailure::Unreachable(why) => self.unavailable(502, "upstream_unreachable", &why),
+            DialFailure::Overloaded(e) => self.unavailable(503, "proxy_overloaded", &e.to_string()),
+        })?;
         if !self.destination.tls {
             return Ok(Upstream::Plain(tcp));
         }
         let name = tls::server_name(&normalize_host(host)).ok_or_else(|| {
-            self.unavailable(502, "upstream_tls", &format!("{host:?} is not a TLS server name"))
+            self.unavailable(
+                502,
+                "upstream_tls",
+                &format!("{host:?} is not a TLS server name"),
+            )
         })?;
         let connector = tokio_rustls::TlsConnector::from(self.engine.tls.client());
         match timeout(settings.connect_timeout, connector.connect(name, tcp)).await {
@@ -526,7 +550,12 @@ impl<'a> Context<'a> {
 
     /// Upstream could not be reached: not a policy decision, logged as a warning.
     fn unavailable(&self, status: u16, error: &str, why: &str) -> Refusal {
-        tracing::warn!(layer = "l7", host = self.session.host, port = self.session.port, "{why}");
+        tracing::warn!(
+            layer = "l7",
+            host = self.session.host,
+            port = self.session.port,
+            "{why}"
+        );
         Refusal(Some(super::http::error_response(
             status,
             error,
@@ -540,7 +569,12 @@ impl<'a> Context<'a> {
 /// but a header must never be split by one).
 fn header_safe(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
-

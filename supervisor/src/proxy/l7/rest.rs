@@ -156,6 +156,11 @@ pub fn parse_head(
     let raw_target = req.path.unwrap_or_default();
     let headers = http::owned(req.headers);
     let framing = http::framing(&headers, true).map_err(|e| HeadError::Malformed(e.to_string()))?;
+    // Only `chunked` alone: a coding the proxy cannot read hides where the body ends.
+    let codings = http::tokens(&headers, "transfer-encoding");
+    if !codings.is_empty() && codings != ["chunked"] {
+        return malformed("Transfer-Encoding other than chunked");
+    }
     let connection = http::tokens(&headers, "connection");
     if connection
         .iter()
@@ -218,8 +223,8 @@ pub fn parse_head(
             )));
         }
     };
-    let target = canon::canonicalize(&origin_target, allow_encoded_slash)
-        .map_err(HeadError::Target)?;
+    let target =
+        canon::canonicalize(&origin_target, allow_encoded_slash).map_err(HeadError::Target)?;
     let keep_alive = match minor {
         0 => connection.iter().any(|c| c == "keep-alive"),
         _ => !connection.iter().any(|c| c == "close"),
@@ -336,7 +341,11 @@ where
             }
             Ok(Exchanged::Upgraded) => return Ending::Close,
             Err(e) => {
-                tracing::debug!(layer = "l7", host = cx.destination.host, "exchange ended: {e}");
+                tracing::debug!(
+                    layer = "l7",
+                    host = cx.destination.host,
+                    "exchange ended: {e}"
+                );
                 return Ending::Close;
             }
         }

@@ -200,9 +200,7 @@ where
         Body::Chunked => {
             let mut scanner = Chunked::default();
             loop {
-                let consumed = scanner
-                    .advance(&buffered.bytes)
-                    .map_err(io::Error::other)?;
+                let consumed = scanner.advance(&buffered.bytes).map_err(io::Error::other)?;
                 if consumed > 0 {
                     dst.write_all(&buffered.bytes[..consumed]).await?;
                     dst.flush().await?;

@@ -40,7 +40,9 @@ fn smuggling_shapes_are_refused() {
         assert!(malformed(raw), "{raw:?}: {:?}", parse(raw));
     }
     // Identical duplicate lengths are one length.
-    let same = parse("POST / HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n");
+    let same = parse(
+        "POST / HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+    );
     assert_eq!(same.unwrap().framing, Body::Length(3));
 }
 
@@ -82,7 +84,8 @@ fn upgrades_other_than_websocket_are_refused() {
 
 #[test]
 fn targets_are_canonical_and_refusals_typed() {
-    let head = parse("GET /a/./b//c/../d;x=1?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n").unwrap();
+    let head =
+        parse("GET /a/./b//c/../d;x=1?q=1 HTTP/1.1\r\nHost: api.example.com\r\n\r\n").unwrap();
     assert_eq!(head.target.path, "/a/b/d");
     assert_eq!(
         parse("GET /%2e%2e/etc HTTP/1.1\r\nHost: api.example.com\r\n\r\n"),

@@ -22,7 +22,11 @@ readonly CONTAINERS_CONF="/etc/containers/containers.conf"
 # The test suites also run, around the sandbox: setcap (libcap2-bin: capability re-acquire
 # attempts), ip (iproute2: the proxy tests' upstream hosts in their own network namespaces),
 # curl and wget (HTTP clients run inside the sandbox).
-readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget)
+# L7 (issue 9): musl-tools gives musl-gcc, which builds ring's C and assembly for the static
+# musl binaries (see supervisor/src/proxy/l7/tls.rs); python3-requests and nodejs are real
+# clients the L7 tests run in the sandbox; git runs `git http-backend` on the test host.
+readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget
+  musl-tools python3-requests git)
 
 # nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
 # make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.

@@ -64,11 +64,13 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let java_options = std::env::var("JAVA_TOOL_OPTIONS").ok();
     let inspection = proxy::l7::prepare(&policy, java_options.as_deref())?;
+    let provided = inspection.as_ref().map_or(&[][..], |i| &i.files[..]);
     let prepared = sandbox::prepare(
         &policy,
         &kernel,
         &workdir,
         &args.command,
+        provided,
         inspection.as_ref(),
     )?;
     let running = sandbox::spawn(prepared)?;

@@ -35,12 +35,12 @@ use self::rest::{Destination, Ending, HeadError, RequestHead};
 use self::rules::Outcome;
 use self::stream::{Buffered, Rewind, Upstream};
 use self::tls::{HTTP1, Tls};
-use self::trust::AgentFile;
 use super::connection::Shared;
 use super::decision::Process;
 use super::dial::{self, DialFailure};
 use crate::log::{self, Denial, Layer};
 use crate::policy::{Endpoint, L7Endpoint, Policy, normalize_host};
+use crate::view::ProvidedFile;
 
 /// What start-up prepares when the policy has L7 endpoints: the engine for the proxy, and
 /// the files and variables for the agent.
@@ -49,7 +49,7 @@ pub struct Prepared {
     /// The CA and upstream TLS, for the proxy.
     pub engine: Arc<Engine>,
     /// Files for the agent's view (CA, bundle, trust store).
-    pub files: Vec<AgentFile>,
+    pub files: Vec<ProvidedFile>,
     /// Variables for the agent's environment.
     pub environment: Vec<(&'static str, String)>,
 }

@@ -13,6 +13,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::tls::Tls;
+use crate::view::ProvidedFile;
 
 /// Where the agent finds the files, in its own view of the filesystem.
 pub const DIR: &str = "/run/openshell/tls";
@@ -97,20 +98,9 @@ pub fn roots() -> Result<Roots, TrustError> {
     Ok(Roots { certs, source })
 }
 
-/// One file for the agent: where, what, and its mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentFile {
-    /// Absolute path in the agent's view.
-    pub path: &'static str,
-    /// Contents.
-    pub contents: Vec<u8>,
-    /// Permission bits.
-    pub mode: u32,
-}
-
 /// The CA, the bundle and the trust store, for the agent. `agent_roots` are the roots the
 /// agent trusted before (so its plain tunnels keep verifying).
-pub fn agent_files(tls: &Tls, agent_roots: &[CertificateDer<'static>]) -> Vec<AgentFile> {
+pub fn agent_files(tls: &Tls, agent_roots: &[CertificateDer<'static>]) -> Vec<ProvidedFile> {
     let mut bundle = String::new();
     for cert in agent_roots {
         bundle.push_str(&pem(cert));
@@ -125,18 +115,18 @@ pub fn agent_files(tls: &Tls, agent_roots: &[CertificateDer<'static>]) -> Vec<Ag
             .map(|(i, cert)| (format!("root-{i}"), cert)),
     );
     vec![
-        AgentFile {
-            path: CA_FILE,
+        ProvidedFile {
+            path: CA_FILE.into(),
             contents: tls.ca_pem().as_bytes().to_vec(),
             mode: 0o444,
         },
-        AgentFile {
-            path: BUNDLE_FILE,
+        ProvidedFile {
+            path: BUNDLE_FILE.into(),
             contents: bundle.into_bytes(),
             mode: 0o444,
         },
-        AgentFile {
-            path: TRUSTSTORE_FILE,
+        ProvidedFile {
+            path: TRUSTSTORE_FILE.into(),
             contents: pkcs12_trust_store(&store),
             mode: 0o444,
         },
@@ -316,7 +306,7 @@ mod tests {
             assert!(file.path.starts_with(DIR));
             assert_eq!(file.mode, 0o444);
             let text = String::from_utf8_lossy(&file.contents);
-            assert!(!text.contains("PRIVATE"), "{}", file.path);
+            assert!(!text.contains("PRIVATE"), "{}", file.path.display());
         }
         let bundle = String::from_utf8(files[1].contents.clone()).unwrap();
         assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 4);

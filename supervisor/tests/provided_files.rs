@@ -73,7 +73,7 @@ fn run(workdir: &Path) {
     ];
     let command: Vec<OsString> = ["/bin/sh", "-c", SCRIPT].iter().map(Into::into).collect();
     let kernel = preflight::probe();
-    let prepared = sandbox::prepare(&policy, &kernel, workdir, &command, &provided)
+    let prepared = sandbox::prepare(&policy, &kernel, workdir, &command, &provided, None)
         .expect("the sandbox prepares");
     let running = sandbox::spawn(prepared).expect("the sandbox starts");
     let options = supervise::Options {

@@ -90,28 +90,9 @@ fn plain_upstream_policies_load_and_allow_nothing_else() {
     );
 }
 
-/// L7 fixtures: where the first unsupported field is (file:line:column: field).
+/// Fixtures of features not built yet: where the first unsupported field is
+/// (file:line:column: field).
 const REFUSED: &[(&str, &str)] = &[
-    (
-        "governance-interceptor_policy.yaml",
-        "20:19: network_policies.my_api.endpoints[0].protocol",
-    ),
-    (
-        "local-inference_sandbox-policy.yaml",
-        "42:19: network_policies.nvidia_direct.endpoints[0].protocol",
-    ),
-    (
-        "openshell-prover_testdata_policy.yaml",
-        "38:19: network_policies.github_api.endpoints[0].protocol",
-    ),
-    (
-        "openshell-supervisor-network_testdata_sandbox-policy.yaml",
-        "47:19: network_policies.github_ssh_over_https.endpoints[0].protocol",
-    ),
-    (
-        "sandbox-policy-quickstart_policy.yaml",
-        "25:19: network_policies.github_api.endpoints[0].protocol",
-    ),
     (
         "transparent-tcp-redis_policy.yaml",
         "19:19: network_policies.redis.endpoints[0].protocol",
@@ -119,7 +100,7 @@ const REFUSED: &[(&str, &str)] = &[
 ];
 
 #[test]
-fn l7_upstream_policies_are_refused_at_load() {
+fn unsupported_upstream_policies_are_refused_at_load() {
     let Some(lab) = Lab::start() else { return };
     let upstream = lab.upstream(&[PORT]);
     for (name, location) in REFUSED {

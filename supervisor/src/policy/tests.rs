@@ -383,6 +383,10 @@ fn l7_mistakes_give_exact_messages() {
             "policy.yaml:8:74: network_policies.api.endpoints[0].rules[0].allow.operation_type: operation_type matches requests of a protocol this version of openshell-sandbox does not inspect (it inspects rest and websocket); not supported by this version",
         ),
         (
+            "        protocol: websocket\n        rules: [{ allow: { method: WEBSOCKET_TEXT, path: /ws } }]\n",
+            "policy.yaml:8:36: network_policies.api.endpoints[0].rules[0].allow.method: WEBSOCKET_TEXT (websocket frame rules) is not supported by this version",
+        ),
+        (
             "        protocol: rest\n        access: full\n        retries: 3\n",
             "policy.yaml:9:9: network_policies.api.endpoints[0].retries: unknown field `retries`, expected one of",
         ),

@@ -253,6 +253,15 @@ impl Validator {
                 ));
             }
             Some(method) if method.value == "*" => None,
+            // Upstream's websocket frame rules: frames are not inspected by this build.
+            Some(method) if method.value.eq_ignore_ascii_case("WEBSOCKET_TEXT") => {
+                return Err(self.err(
+                    method,
+                    format!("{field}.method"),
+                    "WEBSOCKET_TEXT (websocket frame rules) is not supported by this version: \
+                     the upgrade is decided as its GET, and frames then pass uninspected",
+                ));
+            }
             Some(method) => {
                 let valid = !method.value.is_empty()
                     && method.value.len() <= 32

@@ -48,36 +48,9 @@ else
     supervisor=$repo/target/release/openshell-sandbox
 fi
 
-id=l7bench-$$
-pod=$id-pod
-host=$id-host
-dir=$(mktemp -d /tmp/l7-bench.XXXXXX)
-chmod 755 "$dir"
-cleanup() {
-    if [[ -f $dir/nginx.pid ]]; then kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; fi
-    ip netns delete "$pod" 2>/dev/null || true
-    ip netns delete "$host" 2>/dev/null || true
-    if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-
-in_pod() { nsenter --net="/run/netns/$pod" "$@"; }
-in_host() { nsenter --net="/run/netns/$host" "$@"; }
-ip netns add "$pod"
-ip netns add "$host"
-ip link add veth0 netns "$pod" type veth peer name veth0 netns "$host"
-ip -n "$pod" -batch - <<EOF
-link set lo up
-link set veth0 up
-addr add 203.0.113.1/24 dev veth0
-EOF
-ip -n "$host" -batch - <<EOF
-link set lo up
-link set veth0 up
-addr add 203.0.113.2/24 dev veth0
-EOF
-in_pod sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
-in_host sysctl -q -w net.core.somaxconn=4096
+# shellcheck source-path=SCRIPTDIR
+source "$repo/bench/lab.sh"
+bench_lab l7-bench
 
 # The test host's own CA and certificate (for its IP: the proxy dials what it was asked).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \

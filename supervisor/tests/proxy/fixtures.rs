@@ -92,12 +92,10 @@ fn plain_upstream_policies_load_and_allow_nothing_else() {
 
 /// Fixtures of features not built yet: where the first unsupported field is
 /// (file:line:column: field).
-const REFUSED: &[(&str, &str)] = &[
-    (
-        "transparent-tcp-redis_policy.yaml",
-        "19:19: network_policies.redis.endpoints[0].protocol",
-    ),
-];
+const REFUSED: &[(&str, &str)] = &[(
+    "transparent-tcp-redis_policy.yaml",
+    "19:19: network_policies.redis.endpoints[0].protocol",
+)];
 
 #[test]
 fn unsupported_upstream_policies_are_refused_at_load() {

@@ -571,35 +571,25 @@ async fn frames<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut up_read, mut up_write) = tokio::io::split(upstream);
-    let up = async {
-        let _ = copy_body(
-            Body::UntilClose,
-            buffered,
-            &mut client_read,
-            &mut up_write,
-            activity,
-        )
-        .await;
-        let _ = up_write.shutdown().await;
-    };
-    let down = async {
-        let _ = copy_body(
-            Body::UntilClose,
-            up_buffered,
-            &mut up_read,
-            &mut client_write,
-            activity,
-        )
-        .await;
-        let _ = client_write.shutdown().await;
-    };
+    let (client_read, client_write) = tokio::io::split(client);
+    let (up_read, up_write) = tokio::io::split(upstream);
+    let up = one_way(buffered, client_read, up_write, activity);
+    let down = one_way(up_buffered, up_read, client_write, activity);
     let idle: Duration = cx.shared.settings.idle_timeout;
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
         () = activity.idle_for(idle) => {}
     }
+}
+
+/// One direction of an upgraded connection; `src`'s end becomes `dst`'s half-close.
+async fn one_way<R, W>(buffered: &mut Buffered, mut src: R, mut dst: W, activity: &Activity)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = copy_body(Body::UntilClose, buffered, &mut src, &mut dst, activity).await;
+    let _ = dst.shutdown().await;
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ pub async fn serve_tunnel(
         Some(0x16) => serve_tls(shared, engine, session, client, early).await,
         Some(b) if b.is_ascii_alphabetic() => {
             let mut buffered = Buffered::from(early);
-            rest::serve(&plain, client, &mut buffered, false).await;
+            rest::serve(&plain, client, &mut buffered, false, None).await;
         }
         Some(_) => plain.refuse_connection("neither TLS nor HTTP on an inspected endpoint"),
     }
@@ -212,7 +212,12 @@ async fn serve_tls(
         without.alpn_protocols.clear();
         config = Arc::new(without);
     }
-    let mut stream = match timeout(limit, start.into_stream(config)).await {
+    // Upstream's TCP and TLS handshakes run while the client's does: a new connection then
+    // costs the longer of the two, not their sum. Only a handshake: no request goes upstream
+    // before one is allowed.
+    let (accepted, connected) =
+        tokio::join!(timeout(limit, start.into_stream(config)), cx.connect());
+    let mut stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return tracing::info!(
@@ -223,7 +228,14 @@ async fn serve_tls(
         }
         Err(_) => return tracing::debug!(layer = "l7", "TLS handshake not complete in time"),
     };
-    rest::serve(&cx, &mut stream, &mut Buffered::default(), false).await;
+    rest::serve(
+        &cx,
+        &mut stream,
+        &mut Buffered::default(),
+        false,
+        Some(connected),
+    )
+    .await;
     let _ = stream.shutdown().await;
 }
 
@@ -239,7 +251,7 @@ pub async fn serve_forward(
 ) -> bool {
     let cx = Context::new(shared, engine, session, false, true);
     let mut buffered = Buffered::from(std::mem::take(buf));
-    let ending = rest::serve(&cx, client, &mut buffered, true).await;
+    let ending = rest::serve(&cx, client, &mut buffered, true, None).await;
     *buf = buffered.bytes;
     ending == Ending::KeepAlive
 }

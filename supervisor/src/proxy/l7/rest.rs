@@ -268,12 +268,15 @@ pub enum Ending {
 }
 
 /// Serves requests from `client` (whose unread bytes so far are in `buffered`) until the
-/// connection ends; with `once`, serves one request (a forward-proxy request).
+/// connection ends; with `once`, serves one request (a forward-proxy request). `connected` is
+/// the upstream connection when it was opened ahead (while the client's TLS handshake ran);
+/// otherwise it is opened for the first request that may pass.
 pub async fn serve<C>(
     cx: &Context<'_>,
     client: &mut C,
     buffered: &mut Buffered,
     once: bool,
+    mut connected: Option<Result<Upstream, Refusal>>,
 ) -> Ending
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -315,7 +318,11 @@ where
             }
         }
         if upstream.is_none() {
-            match cx.connect().await {
+            let attempt = match connected.take() {
+                Some(attempt) => attempt,
+                None => cx.connect().await,
+            };
+            match attempt {
                 Ok(up) => upstream = Some((up, Buffered::default())),
                 Err(refusal) => {
                     refusal.send(client).await;

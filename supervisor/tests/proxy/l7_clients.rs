@@ -285,3 +285,23 @@ fn the_agent_cannot_read_the_ca_key() {
         assert_ne!(outcome, "read", "{what} readable: {out}");
     }
 }
+
+/// Without an L7 endpoint the agent gets no CA, no trust files and no TLS variables: its
+/// clients keep the roots they had, and plain tunnels stay untouched.
+#[test]
+fn no_l7_endpoint_no_ca() {
+    let Some(lab) = Lab::start() else { return };
+    let policy = lab.policy(
+        "policy.yaml",
+        &rule("api", &format!("host: {HOST}, port: {PORT}"), &[&python()]),
+    );
+    let script = "import json, os\n\
+                  print(json.dumps({'tls': os.path.exists('/run/openshell/tls'), \
+                  'vars': [k for k in ('SSL_CERT_FILE', 'NODE_EXTRA_CA_CERTS', 'JAVA_TOOL_OPTIONS') \
+                  if k in os.environ]}))\n";
+    lab.write("look.py", script);
+    let out = lab.sandbox(&policy).run(&["/usr/bin/python3", "look.py"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.json(), serde_json::json!({"tls": false, "vars": []}), "{out}");
+    assert!(out.messages("L7 inspection").is_empty(), "{out}");
+}

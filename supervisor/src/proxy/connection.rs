@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use super::Settings;
 use super::caller::{CallerError, Identifier, PinError};
-use super::decision::{self, Decision, Process};
+use super::decision::{self, Decision, Process, Via};
 use super::dial::{self, DialFailure};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
 use super::relay::{self, Activity, Pipe};
@@ -156,7 +156,7 @@ async fn exchange(
         }
         Err(e) => return Err(denied(&[], "policy_denied", &e.to_string())),
     };
-    let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers) {
+    let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers, Via::Proxy) {
         Decision::Allow {
             rule,
             endpoints,

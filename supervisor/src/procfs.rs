@@ -25,6 +25,17 @@ pub fn stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// The thread group (process) of the thread `tid`, from `/proc/TID/status`.
+pub fn tgid(tid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,5 +43,6 @@ mod tests {
         let me = super::stat(std::process::id()).unwrap();
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         assert!(me.start > 0 && "RSD".contains(me.state), "{me:?}");
+        assert_eq!(super::tgid(std::process::id()), Some(std::process::id()));
     }
 }

@@ -38,6 +38,9 @@ impl Via {
 pub struct Process {
     /// Pid in the supervisor's namespace.
     pub pid: u32,
+    /// Its start time (clock ticks since boot): with the pid, names this process and no later
+    /// one that reuses the pid.
+    pub start: u64,
     /// `/proc/PID/exe`.
     pub exe: String,
 }
@@ -180,6 +183,7 @@ network_policies:
             .enumerate()
             .map(|(i, e)| Process {
                 pid: 100 + i as u32,
+                start: 1,
                 exe: (*e).to_owned(),
             })
             .collect()

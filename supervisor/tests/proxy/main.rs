@@ -10,3 +10,4 @@ mod decisions;
 mod fixtures;
 mod load;
 mod support;
+mod transparent;

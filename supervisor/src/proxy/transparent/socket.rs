@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use nix::sys::socket::SockaddrStorage;
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, whose fd table may be its own.
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
@@ -68,6 +68,26 @@ pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
     Ok(value)
 }
 
+/// The network namespace cookie of a socket (the kernel wants exactly 8 bytes).
+fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
 /// The raw bytes of a socket option (at most 64).
 fn get_raw(fd: BorrowedFd<'_>, level: i32, name: i32) -> Option<Vec<u8>> {
     let mut value = [0u8; 64];
@@ -114,10 +134,7 @@ pub struct Kind {
 impl Kind {
     /// Reads the socket's description; `ENOTSOCK` for anything else.
     pub fn of(fd: BorrowedFd<'_>) -> io::Result<Kind> {
-        let netns = get_raw(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE)
-            .and_then(|raw| raw.try_into().ok())
-            .map(u64::from_ne_bytes)
-            .ok_or_else(io::Error::last_os_error)?;
+        let netns = netns_cookie(fd)?;
         Ok(Kind {
             domain: get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
             kind: get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
@@ -137,11 +154,7 @@ impl Kind {
 /// The network namespace of the calling thread, as a socket cookie.
 pub fn current_netns() -> io::Result<u64> {
     let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let fd = std::os::fd::AsFd::as_fd(&probe);
-    get_raw(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE)
-        .and_then(|raw| raw.try_into().ok())
-        .map(u64::from_ne_bytes)
-        .ok_or_else(io::Error::last_os_error)
+    netns_cookie(std::os::fd::AsFd::as_fd(&probe))
 }
 
 /// Where a TCP socket stands.
@@ -340,9 +353,4 @@ pub fn new_like(kind: &Kind) -> io::Result<OwnedFd> {
 pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
     nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
-}
-
-/// The length to pass with `address` (for error checks against what the agent passed).
-pub fn length(address: &SockaddrStorage) -> usize {
-    address.len() as usize
 }

@@ -397,8 +397,86 @@ def spawn(*argv):
     sys.exit(subprocess.run(argv).returncode)
 
 
+def get_over(sock, host, path):
+    """One GET on a connected socket; the response (or what went wrong)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    response, _ = read_response(sock)
+    return response or {"status": None, "error": "closed without a response"}
+
+
+def direct_get(host, port, path, timeout="10"):
+    """A GET to host:port by a plain socket.create_connection: no proxy, the way a program
+    that knows nothing of proxies connects. host may be a name or an IP literal."""
+    started = time.perf_counter()
+    try:
+        with socket.create_connection((host, int(port)), timeout=float(timeout)) as sock:
+            peer = sock.getpeername()
+            response = get_over(sock, host, path)
+            response["peer"] = [peer[0], peer[1]]
+    except OSError as e:
+        response = {"status": None, "error": errno.errorcode.get(e.errno, repr(e))}
+    response["ms"] = (time.perf_counter() - started) * 1000
+    return response
+
+
+def directs_get(*specs):
+    """direct_get for each HOST:PORT:PATH (IPv6 literals in brackets)."""
+    results = []
+    for spec in specs:
+        rest, _, path = spec.partition("/")
+        host, _, port = rest.rpartition(":")
+        results.append(direct_get(host.strip("[]"), port, "/" + path))
+    return results
+
+
+def resolve(*names):
+    """getaddrinfo for each name: its addresses, or the resolver's error."""
+    out = {}
+    for name in names:
+        try:
+            infos = socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)
+            out[name] = sorted({info[4][0] for info in infos})
+        except socket.gaierror as e:
+            out[name] = {"gaierror": e.errno, "message": str(e)}
+    return out
+
+
+def fidelity(host, port, family):
+    """Socket state across the transparent path: TCP_NODELAY and SO_KEEPALIVE set before a
+    non-blocking connect, the connect completed with poll, then the options, the peer and a
+    request read back."""
+    fam = socket.AF_INET6 if family == "6" else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setblocking(False)
+    first = sock.connect_ex((host, int(port)))
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_WRITE)
+    ready = bool(sel.select(10))
+    sel.close()
+    result = {
+        "connect": errno.errorcode.get(first, first),
+        "writable": ready,
+        "so_error": sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
+        "nodelay": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "nonblocking": not sock.getblocking(),
+        "peer": list(sock.getpeername()[:2]),
+    }
+    sock.setblocking(True)
+    sock.settimeout(10)
+    result["response"] = get_over(sock, host, "/fidelity")
+    sock.close()
+    return result
+
+
 COMMANDS = {
     "batch": batch,
+    "direct_get": direct_get,
+    "directs_get": directs_get,
+    "resolve": resolve,
+    "fidelity": fidelity,
     "session": session,
     "directs": directs,
     "flood": flood,

@@ -2,6 +2,7 @@
 //! host, a scratch directory (the agent's workdir, holding the client script, the policies and
 //! the hosts file), and the supervisor run inside the pod with that hosts file.
 
+pub mod dns;
 pub mod net;
 pub mod upstream;
 
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use net::{HOST, HOST_V6, Net, Side};
+pub use dns::Nameserver;
+pub use net::{HOST, HOST_PRIVATE, HOST_V6, METADATA, NAMESERVER, Net, Side};
 pub use upstream::Upstream;
 
 /// How long one sandbox run may take before the test fails.
@@ -126,6 +128,11 @@ impl Lab {
         let lab = Lab { net, dir };
         lab.write("agent.py", AGENT_PY);
         lab.write("hosts", HOSTS);
+        // The pod's resolver: the test host's nameserver, with a Kubernetes-like search list.
+        lab.write(
+            "resolv.conf",
+            &format!("nameserver {NAMESERVER}\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"),
+        );
         Some(lab)
     }
 
@@ -240,7 +247,7 @@ impl Sandbox<'_> {
     }
 
     /// The supervisor's command line, started inside the pod's network namespace and a
-    /// private mount namespace whose /etc/hosts is the lab's.
+    /// private mount namespace whose /etc/hosts and /etc/resolv.conf are the lab's.
     fn command(&self, argv: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_openshell-sandbox"));
         command
@@ -257,8 +264,10 @@ impl Sandbox<'_> {
             .env("PATH", "/usr/bin:/bin")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let pod = File::open(self.lab.net.path(Side::Pod)).expect("pod namespace");
-        let hosts =
-            CString::new(self.lab.dir().join("hosts").as_os_str().as_bytes()).expect("hosts path");
+        let file = |name: &str| {
+            CString::new(self.lab.dir().join(name).as_os_str().as_bytes()).expect("lab file path")
+        };
+        let (hosts, resolv) = (file("hosts"), file("resolv.conf"));
         let nofile = self.nofile;
         // SAFETY: only async-signal-safe system calls on data prepared before fork; `pod`
         // is moved into the closure, so its fd stays open until exec (it is close-on-exec).
@@ -278,13 +287,15 @@ impl Sandbox<'_> {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
-                check(libc::mount(
-                    hosts.as_ptr(),
-                    c"/etc/hosts".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
+                for (source, target) in [(&hosts, c"/etc/hosts"), (&resolv, c"/etc/resolv.conf")] {
+                    check(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
                 if let Some(n) = nofile {
                     let mut limit = libc::rlimit {
                         rlim_cur: 0,

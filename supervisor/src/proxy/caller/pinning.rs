@@ -50,8 +50,7 @@ impl Pins {
     /// Pins the content of `process`'s executable on first use; refuses a later change.
     /// Blocking (may hash the file).
     pub fn check(&self, process: &Process) -> Result<(), PinError> {
-        let alive = || procfs::stat(process.pid).is_some_and(|s| s.start == process.start);
-        if !alive() {
+        if !alive(process)? {
             return Err(PinError::Unreadable(format!(
                 "{} (pid {}) has exited: its binary cannot be checked",
                 process.exe, process.pid
@@ -65,7 +64,7 @@ impl Pins {
             )),
         })?;
         // Hashed the same process, not a successor that took its pid meanwhile.
-        if !alive() {
+        if !alive(process)? {
             return Err(PinError::Unreadable(format!(
                 "{} (pid {}) exited while its binary was checked",
                 process.exe, process.pid
@@ -126,6 +125,22 @@ impl Pins {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, digest);
         Ok(digest)
+    }
+}
+
+/// Whether `process` still runs (the same process: its pid with its start time). A stat that
+/// cannot be read while `/proc/PID` exists means the proxy is out of descriptors, which is
+/// never reported as the caller's doing.
+fn alive(process: &Process) -> Result<bool, PinError> {
+    if let Some(stat) = procfs::stat(process.pid) {
+        return Ok(stat.start == process.start);
+    }
+    match fs::metadata(format!("/proc/{}", process.pid)) {
+        Err(_) => Ok(false),
+        Ok(_) => Err(PinError::Resources(io::Error::other(format!(
+            "cannot read /proc/{}/stat",
+            process.pid
+        )))),
     }
 }
 

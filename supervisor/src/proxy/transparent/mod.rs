@@ -61,6 +61,11 @@ use socket::{Kind, State};
 
 /// How often a connection waited for on a caller's behalf checks that the caller still waits.
 const STILL_WAITING: Duration = Duration::from_secs(1);
+/// Descriptors kept in reserve for the agent's calls: out of descriptors, the supervisor
+/// still takes the agent's socket (and makes a connection) by giving these up for a moment,
+/// so that exhaustion slows the proxy down (its accept waits) instead of failing the agent's
+/// `connect()` with EMFILE.
+const SPARE_FDS: usize = 4;
 
 /// What the transparent path reads before the sandbox's namespace exists: the pod's resolver
 /// configuration and hosts file.
@@ -150,6 +155,7 @@ pub struct Transparent {
     local: Vec<IpAddr>,
     runtime: tokio::runtime::Handle,
     limiter: RateLimit,
+    spare: std::sync::Mutex<Vec<OwnedFd>>,
 }
 
 /// Starts the policy resolver on the current runtime and returns the path's handler.
@@ -186,6 +192,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         local,
         runtime: tokio::runtime::Handle::current(),
         limiter: RateLimit::new(50, Duration::from_secs(1)),
+        spare: std::sync::Mutex::new(Vec::new()),
     }))
 }
 
@@ -244,11 +251,32 @@ impl Transparent {
     }
 
     /// The caller's socket and what it is; the errno to answer when there is none.
-    fn socket(caller: Caller) -> Result<(OwnedFd, Kind), i32> {
+    fn socket(&self, caller: Caller) -> Result<(OwnedFd, Kind), i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
-        let fd = socket::take(caller.tid, caller.tgid, caller.fd).map_err(errno)?;
+        let fd = self
+            .with_room(|| socket::take(caller.tid, caller.tgid, caller.fd))
+            .map_err(errno)?;
         let kind = Kind::of(fd.as_fd()).map_err(errno)?;
         Ok((fd, kind))
+    }
+
+    /// Runs `make` (which opens descriptors); out of them, once more after giving up the
+    /// spare ones. The spares are topped up first, whenever there is room.
+    fn with_room<T>(&self, make: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        while spare.len() < SPARE_FDS {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => spare.push(file.into()),
+                Err(_) => break,
+            }
+        }
+        match make() {
+            Err(e) if super::caller::exhausted(&e) && !spare.is_empty() => {
+                spare.clear();
+                make()
+            }
+            other => other,
+        }
     }
 
     fn is_local(&self, ip: IpAddr) -> bool {
@@ -272,7 +300,7 @@ impl Transparent {
             // Unix sockets and the like: the kernel resolves their path as the agent.
             return notice.proceed();
         }
-        let (fd, kind) = match Self::socket(caller) {
+        let (fd, kind) = match self.socket(caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -482,7 +510,7 @@ impl Transparent {
         host: &str,
         rule: &str,
     ) {
-        let ours = match socket::new_like(&kind) {
+        let ours = match self.with_room(|| socket::new_like(&kind)) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::error!(layer = "transparent", "cannot make a socket: {e}");
@@ -543,7 +571,7 @@ impl Transparent {
             // A unix socket's path is created as the agent, under its Landlock rules.
             return notice.proceed();
         }
-        let (fd, kind) = match Self::socket(caller) {
+        let (fd, kind) = match self.socket(caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -563,7 +591,7 @@ impl Transparent {
     }
 
     fn listen(&self, notice: Notice, caller: Caller) {
-        let (fd, kind) = match Self::socket(caller) {
+        let (fd, kind) = match self.socket(caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -587,7 +615,7 @@ impl Transparent {
         };
         if self.is_local(to.ip()) {
             if to.port() == 53
-                && let Ok((fd, kind)) = Self::socket(caller)
+                && let Ok((fd, kind)) = self.socket(caller)
                 && kind.netns == self.netns
             {
                 if socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0) {
@@ -598,7 +626,7 @@ impl Transparent {
             }
             return notice.proceed();
         }
-        let kind = Self::socket(caller).map(|(_, kind)| kind).ok();
+        let kind = self.socket(caller).map(|(_, kind)| kind).ok();
         if let Some(kind) = kind {
             self.log_direct(&notice, caller, "sendto", to, kind);
         }

@@ -10,4 +10,5 @@ mod decisions;
 mod fixtures;
 mod load;
 mod support;
+mod tcp_endpoints;
 mod transparent;

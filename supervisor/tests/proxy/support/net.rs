@@ -152,6 +152,22 @@ impl Net {
         );
     }
 
+    /// `program` started inside `side`'s network namespace (a server of the test host).
+    pub fn command(&self, side: Side, program: &str) -> Command {
+        let ns = File::open(self.path(side)).expect("namespace file");
+        let mut command = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `ns` is moved in and open until exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                match libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        command
+    }
+
     /// Runs `f` on a thread inside `side`'s namespace: sockets it creates belong there for
     /// their whole life, whichever thread uses them later. The calling thread is untouched.
     pub fn enter<T: Send>(&self, side: Side, f: impl FnOnce() -> T + Send) -> T {

@@ -8,6 +8,7 @@ mod bypass;
 mod clients;
 mod decisions;
 mod fixtures;
+mod identity;
 mod load;
 mod support;
 mod tcp_endpoints;

@@ -10,6 +10,7 @@ Usage: agent.py COMMAND ARGS... (see the functions named in COMMANDS at the bott
 import asyncio
 import errno
 import json
+import os
 import resource
 import selectors
 import socket
@@ -471,7 +472,84 @@ def fidelity(host, port, family):
     return result
 
 
+def libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def clone_parent_exec(*argv):
+    """clone(CLONE_PARENT): a child whose parent is this process's parent; the child execs
+    argv. Reports the clone's outcome (the child's pid and its parent, or the errno)."""
+    import ctypes
+
+    CLONE_PARENT, SIGCHLD, SYS_clone = 0x8000, 17, 56
+    lib = libc()
+    pid = lib.syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        os.execv(argv[0], list(argv))
+    if pid < 0:
+        return {"errno": errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())}
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return {"pid": pid, "ppid": ppid, "my_parent": os.getppid()}
+
+
+def subreaper_then_exec(*argv):
+    """PR_SET_CHILD_SUBREAPER, then exec argv (the subreaper becomes argv's program). Prints
+    the prctl's outcome first."""
+    import ctypes
+
+    rc = libc().prctl(36, 1, 0, 0, 0)
+    outcome = "ok" if rc == 0 else errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+    print(json.dumps({"subreaper": outcome}), flush=True)
+    os.execv(argv[0], list(argv))
+
+
+def lend(lender, target, cork):
+    """Socket lending: this process connects a socket to the proxy, parks it in flight over
+    SCM_RIGHTS (so no process holds it) while LENDER, which inherited it, sends the CONNECT
+    (or, with cork=1, only uncorks the CONNECT this process wrote with TCP_CORK), then takes
+    it back and uses the tunnel."""
+    import array
+
+    sock = socket.create_connection(PROXY, timeout=10)
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+    if cork == "1":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        sock.sendall(request)
+    park, keep = socket.socketpair()
+    inherited = os.dup(sock.fileno())
+    os.set_inheritable(inherited, True)
+    code = (
+        "import socket, sys, time\n"
+        f"s = socket.socket(fileno={inherited})\n"
+        + (
+            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)\n"
+            if cork == "1"
+            else f"time.sleep(0.3)\ns.sendall({request!r})\n"
+        )
+        + "time.sleep(0.5)\n"
+    )
+    helper = subprocess.Popen([lender, "-c", code], pass_fds=(inherited,))
+    os.close(inherited)
+    park.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))])
+    sock.close()
+    helper.wait()
+    msg, ancdata, _, _ = keep.recvmsg(1, socket.CMSG_SPACE(4))
+    back = socket.socket(fileno=array.array("i", ancdata[0][2])[0])
+    back.settimeout(10)
+    response, rest = read_response(back)
+    result = {"connect": response}
+    if response and response["status"] == 200:
+        result["tunnel"] = get_over(back, target, "/lent")
+    return result
+
+
 COMMANDS = {
+    "clone_parent_exec": clone_parent_exec,
+    "subreaper_then_exec": subreaper_then_exec,
+    "lend": lend,
     "batch": batch,
     "direct_get": direct_get,
     "directs_get": directs_get,

@@ -6,6 +6,7 @@
 
 mod bypass;
 mod clients;
+mod clients_direct;
 mod decisions;
 mod fixtures;
 mod identity;

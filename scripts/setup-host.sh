@@ -22,7 +22,11 @@ readonly CONTAINERS_CONF="/etc/containers/containers.conf"
 # The test suites also run, around the sandbox: setcap (libcap2-bin: capability re-acquire
 # attempts), ip (iproute2: the proxy tests' upstream hosts in their own network namespaces),
 # curl and wget (HTTP clients run inside the sandbox).
-readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget)
+# Transparent egress tests (issue 10): real servers on the test host for clients that speak no
+# HTTP, reached through `protocol: tcp` endpoints: sshd (openssh-server; git over ssh) and
+# redis-server (with redis-cli, for upstream's redis fixture).
+readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget
+  openssh-server redis-server)
 
 # nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
 # make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.

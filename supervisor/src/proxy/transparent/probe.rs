@@ -106,3 +106,89 @@ fn addfd() -> Result<bool, Errno> {
     }
     Ok(ask(libc::SECCOMP_ADDFD_FLAG_SEND) == Some(Errno::ENOENT))
 }
+
+/// `check`'s lines about the transparent path; a policy with `protocol: tcp` endpoints on a
+/// kernel that cannot serve them is a problem (the sandbox would not start).
+pub fn describe(
+    out: &mut String,
+    problems: &mut Vec<String>,
+    policy: &crate::policy::Policy,
+    probe: &Probe,
+) {
+    use std::fmt::Write as _;
+    let send = if probe.addfd_send {
+        "present (not needed)"
+    } else {
+        "absent (not needed)"
+    };
+    if probe.missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "  transparent egress: on (seccomp user notification with ADDFD, pidfd_getfd, \
+             SO_NETNS_COOKIE, Landlock TCP fence): direct connections and DNS lookups meet the \
+             policy; ADDFD's SEND flag: {send}"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  transparent egress: OFF, this kernel lacks: {}; only clients that use the proxy \
+         reach the network, the sandbox has no DNS, and protocol: tcp endpoints are refused",
+        probe.missing.join("; ")
+    );
+    let direct_only: Vec<String> = policy
+        .network
+        .iter()
+        .flat_map(|rule| &rule.endpoints)
+        .filter(|e| e.reach == crate::policy::Reach::Transparent)
+        .map(|e| e.host.to_string())
+        .collect();
+    if !direct_only.is_empty() {
+        problems.push(format!(
+            "protocol: tcp endpoints ({}) need transparent egress, which this kernel cannot \
+             provide",
+            direct_only.join(", ")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::{self, PolicyOrigin};
+
+    #[test]
+    fn check_says_what_is_missing_and_refuses_protocol_tcp_without_it() {
+        let origin = PolicyOrigin::BuiltinDefault;
+        let text = "version: 1\nnetwork_policies:\n  r:\n    endpoints: [{ host: redis.example, \
+                    port: 6379, protocol: tcp }]\n    binaries: [{ path: /usr/bin/redis-cli }]\n";
+        let policy =
+            policy::validate(policy::parse(text, &origin).unwrap(), origin, Path::new("/w"))
+                .unwrap();
+        let old = Probe {
+            missing: vec!["Landlock ABI 4 (Linux 6.7; this kernel has 2)".to_owned()],
+            addfd_send: true,
+        };
+        let (mut out, mut problems) = (String::new(), Vec::new());
+        describe(&mut out, &mut problems, &policy, &old);
+        assert!(out.contains("transparent egress: OFF, this kernel lacks: Landlock ABI 4"), "{out}");
+        assert_eq!(
+            problems,
+            ["protocol: tcp endpoints (redis.example) need transparent egress, which this \
+              kernel cannot provide"]
+        );
+        let (mut out, mut problems) = (String::new(), Vec::new());
+        describe(&mut out, &mut problems, &policy, &Probe::default());
+        assert!(out.contains("transparent egress: on"), "{out}");
+        assert!(problems.is_empty());
+    }
+
+    #[test]
+    fn this_kernel_is_probed_without_side_effects() {
+        let probe = probe(true, 7);
+        // The machine this project runs on (6.18) has everything; say so if not.
+        assert!(probe.missing.is_empty() || !probe.missing[0].is_empty(), "{probe:?}");
+    }
+}

@@ -184,11 +184,4 @@ mod tests {
         assert!(out.contains("transparent egress: on"), "{out}");
         assert!(problems.is_empty());
     }
-
-    #[test]
-    fn this_kernel_is_probed_without_side_effects() {
-        let probe = probe(true, 7);
-        // The machine this project runs on (6.18) has everything; say so if not.
-        assert!(probe.missing.is_empty() || !probe.missing[0].is_empty(), "{probe:?}");
-    }
 }

@@ -194,13 +194,31 @@ pub struct Services {
     pub transparent: Option<Arc<Transparent>>,
 }
 
+/// Threads answering notifications: a second one keeps the agent's calls flowing while the
+/// first reads /proc for another caller (each notification goes to one of them).
+const SERVING_THREADS: usize = 2;
+
 /// Answers notifications on `listener` until every process under the filter has exited.
 pub fn serve(listener: OwnedFd, services: Services) {
     let listener = Arc::new(listener);
     let limiter = RateLimit::new(50, Duration::from_secs(1));
+    std::thread::scope(|scope| {
+        for _ in 1..SERVING_THREADS {
+            let spawned = std::thread::Builder::new()
+                .name("seccomp".into())
+                .spawn_scoped(scope, || serve_loop(&listener, &limiter, &services));
+            if let Err(e) = spawned {
+                tracing::warn!("a second seccomp serving thread could not start: {e}");
+            }
+        }
+        serve_loop(&listener, &limiter, &services);
+    });
+}
+
+fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
     loop {
         let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&*listener),
+            std::os::fd::AsFd::as_fd(&**listener),
             PollFlags::POLLIN,
         )];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -215,7 +233,7 @@ pub fn serve(listener: OwnedFd, services: Services) {
         }
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if revents.contains(PollFlags::POLLIN) {
-            handle_one(&listener, &limiter, &services);
+            handle_one(listener, limiter, services);
         } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }

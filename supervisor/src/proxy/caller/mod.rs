@@ -222,6 +222,25 @@ impl Identifier {
         fs::metadata(format!("/proc/{pid}/ns/pid")).is_ok_and(|m| m.ino() == self.pidns)
     }
 
+    /// `pid` alone, for records that only name who asked (the resolver's): neither its
+    /// ancestors nor its start time and executable are read, which a lookup would pay for
+    /// every time; [`Identifier::exe_of`] reads the executable when a refusal is logged.
+    pub fn process(&self, pid: u32) -> Vec<Process> {
+        vec![Process {
+            pid,
+            start: 0,
+            exe: String::new(),
+        }]
+    }
+
+    /// The executable of a recorded process, read now if the record left it out.
+    pub fn exe_of(process: &Process) -> String {
+        match process.exe.is_empty() {
+            true => crate::log::exe_of(process.pid),
+            false => process.exe.clone(),
+        }
+    }
+
     /// `pid` and its ancestors inside the sandbox, nearest first; an ancestor only when the
     /// program it runs now started the line below it (lineage.rs), so that forking first and
     /// then making the parent exec an allowed binary borrows nothing.

@@ -28,6 +28,7 @@ use super::names::Names;
 use super::wire::{self, Address, Query, Rcode, TYPE_A, TYPE_AAAA, WireError};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::Endpoint;
+use crate::proxy::caller::Identifier;
 use crate::proxy::connection::Shared;
 use crate::proxy::{decision, ssrf};
 
@@ -118,16 +119,32 @@ impl Resolver {
                     continue;
                 }
             };
+            // Most answers need no upstream (refusals, the hosts file, the cache): answered
+            // here, without a task.
+            let query = match wire::parse_query(&buf[..n]) {
+                Ok(query) => query,
+                Err(WireError::Malformed { id, rcode, .. }) => {
+                    let _ = socket.try_send_to(&bare(id, rcode), peer);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if let Some((rcode, addresses)) = self.answer_now(&query, peer) {
+                let reply = wire::answer(&query, rcode, &addresses, query.udp_limit);
+                if socket.try_send_to(&reply, peer).is_err() {
+                    let _ = socket.send_to(&reply, peer).await;
+                }
+                continue;
+            }
             let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
                 continue;
             };
-            let message = buf[..n].to_vec();
             let (resolver, socket) = (self.clone(), socket.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Some(reply) = resolver.reply(&message, peer, None).await {
-                    let _ = socket.send_to(&reply, peer).await;
-                }
+                let (rcode, addresses) = resolver.resolve(&query, peer).await;
+                let reply = wire::answer(&query, rcode, &addresses, query.udp_limit);
+                let _ = socket.send_to(&reply, peer).await;
             });
         }
     }
@@ -183,28 +200,35 @@ impl Resolver {
         Some(wire::answer(&query, rcode, &addresses, limit))
     }
 
-    /// The answer for `query`, asked by `peer`.
-    async fn resolve(&self, query: &Query, peer: SocketAddr) -> (Rcode, Vec<Address>) {
+    /// The answer for `query`, asked by `peer`, when it needs no upstream nameserver.
+    fn answer_now(&self, query: &Query, peer: SocketAddr) -> Option<(Rcode, Vec<Address>)> {
         let name = query.name.as_str();
         let endpoints = decision::eligible(&self.shared.rules, name);
         if endpoints.is_empty() {
             if self.conf.is_expansion(name) {
                 tracing::debug!(layer = "dns", name, "search-list expansion answered NXDOMAIN");
-                return (Rcode::NxDomain, Vec::new());
+                return Some((Rcode::NxDomain, Vec::new()));
             }
             self.refused(query, peer);
-            return (Rcode::Refused, Vec::new());
+            return Some((Rcode::Refused, Vec::new()));
         }
         if query.qclass != wire::CLASS_IN || !matches!(query.qtype, TYPE_A | TYPE_AAAA) {
-            return (Rcode::NoError, Vec::new());
+            return Some((Rcode::NoError, Vec::new()));
         }
-        let (rcode, found) = match self.from_hosts(name, query.qtype) {
-            Some(found) => (Rcode::NoError, found),
-            None => match self.cached(name, query.qtype) {
-                Some(hit) => return hit,
-                None => self.forward(name, query.qtype).await,
-            },
-        };
+        if let Some(found) = self.from_hosts(name, query.qtype) {
+            return Some((Rcode::NoError, self.permitted(name, found, &endpoints)));
+        }
+        self.cached(name, query.qtype)
+    }
+
+    /// The answer for `query`, asked by `peer`.
+    async fn resolve(&self, query: &Query, peer: SocketAddr) -> (Rcode, Vec<Address>) {
+        if let Some(now) = self.answer_now(query, peer) {
+            return now;
+        }
+        let name = query.name.as_str();
+        let endpoints = decision::eligible(&self.shared.rules, name);
+        let (rcode, found) = self.forward(name, query.qtype).await;
         let permitted = self.permitted(name, found, &endpoints);
         if rcode != Rcode::ServFail {
             self.cache(name, query.qtype, rcode, &permitted);
@@ -325,11 +349,12 @@ impl Resolver {
         }
         let caller = self.shared.identifier.records.get(peer);
         let process = caller.as_ref().and_then(|c| c.first());
+        let exe = process.map_or_else(|| "?".to_owned(), Identifier::exe_of);
         let what = format!("DNS query for {}", query.name);
         log::denied(&Denial {
             layer: Layer::Dns,
             pid: process.map_or(0, |p| p.pid),
-            exe: process.map_or("?", |p| p.exe.as_str()),
+            exe: &exe,
             what: &what,
             why: "no network_policies endpoint could allow this name, so it is not resolved \
                   (and never leaves the sandbox)",

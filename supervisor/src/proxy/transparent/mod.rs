@@ -156,6 +156,8 @@ pub struct Transparent {
     runtime: tokio::runtime::Handle,
     limiter: RateLimit,
     spare: std::sync::Mutex<Vec<OwnedFd>>,
+    /// The options of a new TCP socket, IPv4 and IPv6 (read once: see [`socket::Defaults`]).
+    defaults: [std::sync::OnceLock<socket::Defaults>; 2],
 }
 
 /// Starts the policy resolver on the current runtime and returns the path's handler.
@@ -193,6 +195,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         runtime: tokio::runtime::Handle::current(),
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         spare: std::sync::Mutex::new(Vec::new()),
+        defaults: Default::default(),
     }))
 }
 
@@ -345,15 +348,21 @@ impl Transparent {
     fn local_datagram(&self, notice: Notice, caller: Caller, fd: OwnedFd, kind: Kind, to: SocketAddr) {
         let result = socket::connect(fd.as_fd(), &socket::for_domain(to, kind.domain));
         if result.is_ok() && to.port() == 53 {
-            self.record(fd.as_fd(), caller);
+            self.record(fd.as_fd(), caller, to);
         }
         answer(notice, result);
     }
 
-    fn record(&self, fd: BorrowedFd<'_>, caller: Caller) {
+    /// Records who connected the socket `fd` to `to`: for the proxy the whole chain the
+    /// policy credits, for the resolver (which only names who asked) the process alone.
+    fn record(&self, fd: BorrowedFd<'_>, caller: Caller, to: SocketAddr) {
         if let Some(local) = socket::local_address(fd) {
-            let chain = self.shared.identifier.chain(caller.tgid);
-            self.shared.identifier.records.record(local, chain);
+            let identifier = &self.shared.identifier;
+            let chain = match to.port() == super::PORT {
+                true => identifier.chain(caller.tgid),
+                false => identifier.process(caller.tgid),
+            };
+            identifier.records.record(local, chain);
         }
     }
 
@@ -377,7 +386,7 @@ impl Transparent {
                     return notice.fail(e as i32);
                 }
             }
-            self.record(fd.as_fd(), caller);
+            self.record(fd.as_fd(), caller, to);
         }
         let flags = socket::status_flags(fd.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
@@ -517,7 +526,9 @@ impl Transparent {
                 return notice.fail(e.raw_os_error().unwrap_or(libc::ENOBUFS));
             }
         };
-        socket::copy_options(agent.as_fd(), ours.as_fd());
+        let defaults = self.defaults[usize::from(kind.domain == libc::AF_INET6)]
+            .get_or_init(|| socket::Defaults::of(ours.as_fd()));
+        defaults.copy(agent.as_fd(), ours.as_fd());
         let flags = socket::status_flags(agent.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
         let cloexec = socket::cloexec(caller.tid, caller.fd);
@@ -622,7 +633,7 @@ impl Transparent {
                     let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
                     let _ = socket::bind(fd.as_fd(), &source);
                 }
-                self.record(fd.as_fd(), caller);
+                self.record(fd.as_fd(), caller, to);
             }
             return notice.proceed();
         }

@@ -298,36 +298,52 @@ const COPIED: &[(i32, i32)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
 ];
 
-/// Copies the options of `from` (the agent's socket) that differ from those of `to` (a new
-/// socket of the same kind). Options the new socket refuses are left at its defaults.
-pub fn copy_options(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
-    for &(level, name) in COPIED {
-        let (Some(theirs), Some(ours)) = (get_raw(from, level, name), get_raw(to, level, name))
-        else {
-            continue;
-        };
-        if theirs == ours {
-            continue;
-        }
-        let mut value = theirs;
-        if level == libc::SOL_SOCKET
-            && matches!(name, libc::SO_RCVBUF | libc::SO_SNDBUF)
-            && let Ok(bytes) = <[u8; 4]>::try_from(value.as_slice())
-        {
-            value = (i32::from_ne_bytes(bytes) / 2).to_ne_bytes().to_vec();
-        }
-        if level == libc::IPPROTO_TCP && name == libc::TCP_CONGESTION {
-            // A name, NUL-padded: set up to the NUL.
-            let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-            value.truncate(end);
-        }
-        if !set_raw(to, level, name, &value) {
-            tracing::debug!(
-                level,
-                name,
-                "socket option of the agent not copied: {}",
-                io::Error::last_os_error()
-            );
+/// The [`COPIED`] options of a new socket, read once per family: only the agent's options
+/// that differ from them are set on the connection that replaces its socket.
+#[derive(Debug, Clone)]
+pub struct Defaults(Vec<Option<Vec<u8>>>);
+
+impl Defaults {
+    /// The options of `fresh`, a socket nothing has been set on.
+    pub fn of(fresh: BorrowedFd<'_>) -> Defaults {
+        Defaults(
+            COPIED
+                .iter()
+                .map(|&(level, name)| get_raw(fresh, level, name))
+                .collect(),
+        )
+    }
+
+    /// Sets on `to` (a new socket) the options of `from` (the agent's socket) that differ
+    /// from the defaults. Options the new socket refuses are left at its defaults.
+    pub fn copy(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+        for (&(level, name), default) in COPIED.iter().zip(&self.0) {
+            let Some(theirs) = get_raw(from, level, name) else {
+                continue;
+            };
+            if default.as_ref() == Some(&theirs) {
+                continue;
+            }
+            let mut value = theirs;
+            if level == libc::SOL_SOCKET
+                && matches!(name, libc::SO_RCVBUF | libc::SO_SNDBUF)
+                && let Ok(bytes) = <[u8; 4]>::try_from(value.as_slice())
+            {
+                value = (i32::from_ne_bytes(bytes) / 2).to_ne_bytes().to_vec();
+            }
+            if level == libc::IPPROTO_TCP && name == libc::TCP_CONGESTION {
+                // A name, NUL-padded: set up to the NUL.
+                let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+                value.truncate(end);
+            }
+            if !set_raw(to, level, name, &value) {
+                tracing::debug!(
+                    level,
+                    name,
+                    "socket option of the agent not copied: {}",
+                    io::Error::last_os_error()
+                );
+            }
         }
     }
 }

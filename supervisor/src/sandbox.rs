@@ -15,8 +15,8 @@ use crate::child::{self, CStringArray};
 use crate::landlock::{self, LandlockError};
 use crate::namespaces::{self, NamespaceError};
 use crate::policy::{Policy, Reach};
-use crate::proxy::transparent::{self, fence};
 use crate::preflight::Kernel;
+use crate::proxy::transparent::{self, fence};
 use crate::seccomp::{self, Deny, SeccompError};
 use crate::{caps, init, paths, proxy};
 

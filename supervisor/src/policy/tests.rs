@@ -288,7 +288,11 @@ fn protocol_tcp_endpoints_are_direct_only_named_and_uninspected() {
          binaries: [{ path: /usr/bin/redis-cli }]\n",
     )
     .unwrap();
-    let reach: Vec<Reach> = policy.network[0].endpoints.iter().map(|e| e.reach).collect();
+    let reach: Vec<Reach> = policy.network[0]
+        .endpoints
+        .iter()
+        .map(|e| e.reach)
+        .collect();
     assert_eq!(reach, [Reach::Transparent, Reach::Any]);
     let cases: &[(&str, &str)] = &[
         (

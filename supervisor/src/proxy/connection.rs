@@ -156,14 +156,15 @@ async fn exchange(
         }
         Err(e) => return Err(denied(&[], "policy_denied", &e.to_string())),
     };
-    let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers, Via::Proxy) {
-        Decision::Allow {
-            rule,
-            endpoints,
-            matched,
-        } => (rule, endpoints, matched),
-        Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
-    };
+    let (rule, endpoints, matched) =
+        match decision::decide(&shared.rules, host, port, &callers, Via::Proxy) {
+            Decision::Allow {
+                rule,
+                endpoints,
+                matched,
+            } => (rule, endpoints, matched),
+            Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
+        };
     for process in &matched {
         let check = || shared.identifier.pins.check(process);
         // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only

@@ -337,7 +337,10 @@ network_policies:
                 .map(|e| e.host.to_string())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(hosts("API.anthropic.com."), ["api.anthropic.com", "*.anthropic.com"]);
+        assert_eq!(
+            hosts("API.anthropic.com."),
+            ["api.anthropic.com", "*.anthropic.com"]
+        );
         assert_eq!(hosts("x.y.github.com"), ["**.github.com"]);
         assert_eq!(hosts("redis.internal"), ["redis.internal"]);
         assert!(hosts("unused.internal").is_empty(), "rule without binaries");

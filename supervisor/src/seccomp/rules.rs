@@ -409,9 +409,7 @@ impl When {
             When::ArgInRanges { arg, ranges } => {
                 ranges.iter().any(|(a, b)| (*a..=*b).contains(&low(arg)))
             }
-            When::SocketPolicy => {
-                socket_refusal(low(0), low(1), low(2)).is_some()
-            }
+            When::SocketPolicy => socket_refusal(low(0), low(1), low(2)).is_some(),
             When::NonZero { arg } => args[usize::from(arg)] != 0,
         }
     }
@@ -547,7 +545,9 @@ mod tests {
         let siocgifconf = args([3, 0x8912, 0, 0, 0, 0]);
         let fionread = args([3, libc::FIONREAD, 0, 0, 0, 0]);
         let siocgifindex = args([3, 0x8933, 0, 0, 0, 0]);
-        assert!(rule_for(libc::SYS_ioctl, &siocgifconf).is_some_and(|r| r.why.contains("interfaces")));
+        assert!(
+            rule_for(libc::SYS_ioctl, &siocgifconf).is_some_and(|r| r.why.contains("interfaces"))
+        );
         assert!(rule_for(libc::SYS_ioctl, &fionread).is_none());
         assert!(rule_for(libc::SYS_ioctl, &siocgifindex).is_none());
         let fastopen = args([3, 0, 0, MSG_FASTOPEN as u64, 1, 16]);

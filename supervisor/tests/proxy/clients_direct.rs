@@ -34,7 +34,11 @@ fn node_fetch_without_proxy_support_reaches_an_allowed_host_by_name() {
     let node = executable("/usr/bin/node");
     let policy = lab.policy(
         "policy.yaml",
-        &rule("node", &format!("host: api.test.example, port: {PORT}"), &[&node]),
+        &rule(
+            "node",
+            &format!("host: api.test.example, port: {PORT}"),
+            &[&node],
+        ),
     );
     let script = format!(
         "fetch('http://api.test.example:{PORT}/from-node')\
@@ -50,7 +54,10 @@ fn node_fetch_without_proxy_support_reaches_an_allowed_host_by_name() {
     assert_eq!(upstream.requests_on(PORT), ["GET /from-node HTTP/1.1"]);
     // Not through the proxy: the transparent path allowed it, crediting node.
     let allowed = run.events("allowed", "transparent");
-    assert!(allowed.len() == 1 && allowed[0]["exe"] == node.as_str(), "{run}");
+    assert!(
+        allowed.len() == 1 && allowed[0]["exe"] == node.as_str(),
+        "{run}"
+    );
     assert!(run.events("allowed", "proxy").is_empty(), "{run}");
 }
 
@@ -64,7 +71,11 @@ fn a_rust_program_without_proxy_variables_connects_blocking() {
     let client = client.to_string_lossy().into_owned();
     let policy = lab.policy(
         "policy.yaml",
-        &rule("rust", &format!("host: api.test.example, port: {PORT}"), &[&client]),
+        &rule(
+            "rust",
+            &format!("host: api.test.example, port: {PORT}"),
+            &[&client],
+        ),
     );
     let run = lab.sandbox(&policy).run(&[
         "/usr/bin/env",
@@ -91,8 +102,16 @@ fn socket_state_survives_the_hand_over() {
     let Some(lab) = Lab::start() else { return };
     let upstream = lab.upstream(&[PORT]);
     let network = [
-        rule("v4", &format!("host: \"{HOST}\", port: {PORT}"), &[&python()]),
-        rule("v6", &format!("host: \"{HOST_V6}\", port: {PORT}"), &[&python()]),
+        rule(
+            "v4",
+            &format!("host: \"{HOST}\", port: {PORT}"),
+            &[&python()],
+        ),
+        rule(
+            "v6",
+            &format!("host: \"{HOST_V6}\", port: {PORT}"),
+            &[&python()],
+        ),
     ]
     .concat();
     let policy = lab.policy("policy.yaml", &network);
@@ -115,7 +134,13 @@ fn socket_state_survives_the_hand_over() {
     }
     // A connect timeout (30 s) longer than the dial takes: connected at once, not at the
     // timeout.
-    let run = sandbox.agent(&["direct_get", &HOST.to_string(), &PORT.to_string(), "/timeout", "30"]);
+    let run = sandbox.agent(&[
+        "direct_get",
+        &HOST.to_string(),
+        &PORT.to_string(),
+        "/timeout",
+        "30",
+    ]);
     let r = run.json();
     assert_eq!(r["status"], 200, "{run}");
     assert!(r["ms"].as_f64().is_some_and(|ms| ms < 2000.0), "{run}");

@@ -28,7 +28,9 @@ fn copy(lab: &Lab, program: &str, name: &str) -> String {
 }
 
 fn curl(path: &str) -> String {
-    format!("/usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' http://api.test.example:{PORT}{path}")
+    format!(
+        "/usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' http://api.test.example:{PORT}{path}"
+    )
 }
 
 fn transparent_on(run: &crate::support::Run) -> bool {
@@ -52,12 +54,15 @@ fn re_parenting_with_clone_parent_is_refused() {
     // Unconfined, the trick works: the clone's child has this shell as its parent, not python.
     let baseline = std::process::Command::new("/bin/sh")
         .current_dir(lab.dir())
-        .args(["-c", "exec /usr/bin/python3 agent.py clone_parent_exec /bin/true; echo $$"])
+        .args([
+            "-c",
+            "exec /usr/bin/python3 agent.py clone_parent_exec /bin/true; echo $$",
+        ])
         .output()
         .expect("baseline");
     let text = String::from_utf8_lossy(&baseline.stdout);
-    let cloned: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or("{}"))
-        .unwrap_or_default();
+    let cloned: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap_or_default();
     assert!(
         cloned["ppid"].is_u64() && cloned["ppid"] == cloned["my_parent"],
         "unconfined, CLONE_PARENT re-parents: {text}"
@@ -74,18 +79,26 @@ fn re_parenting_with_clone_parent_is_refused() {
     if !transparent_on(&run) {
         return;
     }
-    assert!(run.stdout.contains("200"), "the allowed program's own child: {run}");
-    assert!(run.stdout.contains("\"EPERM\""), "clone(CLONE_PARENT) refused: {run}");
+    assert!(
+        run.stdout.contains("200"),
+        "the allowed program's own child: {run}"
+    );
+    assert!(
+        run.stdout.contains("\"EPERM\""),
+        "clone(CLONE_PARENT) refused: {run}"
+    );
     assert_eq!(
         upstream.requests_on(PORT),
-        [format!("GET /own-child HTTP/1.1")],
+        ["GET /own-child HTTP/1.1"],
         "{run}"
     );
     let refused = run.events("denied", "seccomp");
     assert!(
         refused.iter().any(|l| l["what"] == "clone"
             && l["exe"] == python().as_str()
-            && l["why"].as_str().is_some_and(|w| w.contains("CLONE_PARENT"))),
+            && l["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("CLONE_PARENT"))),
         "{run}"
     );
 }
@@ -127,7 +140,8 @@ fn re_parenting_through_a_subreaper_is_refused() {
     assert!(
         run.events("denied", "seccomp")
             .iter()
-            .any(|l| l["what"] == "prctl" && l["why"].as_str().is_some_and(|w| w.contains("subreaper"))),
+            .any(|l| l["what"] == "prctl"
+                && l["why"].as_str().is_some_and(|w| w.contains("subreaper"))),
         "{run}"
     );
 }
@@ -153,8 +167,14 @@ fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
             return;
         }
         let result = run.json();
-        assert_eq!(result["connect"]["status"], 200, "baseline, cork={cork}: {run}");
-        assert_eq!(result["tunnel"]["status"], 200, "baseline, cork={cork}: {run}");
+        assert_eq!(
+            result["connect"]["status"], 200,
+            "baseline, cork={cork}: {run}"
+        );
+        assert_eq!(
+            result["tunnel"]["status"], 200,
+            "baseline, cork={cork}: {run}"
+        );
         // The attack: python (not allowed) connects, the allowed copy sends (or uncorks).
         let run = lab
             .sandbox(&policy)

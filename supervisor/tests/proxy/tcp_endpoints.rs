@@ -22,7 +22,10 @@ impl Drop for Server {
 
 fn redis_server(lab: &Lab) -> Option<Server> {
     if !std::path::Path::new("/usr/bin/redis-server").exists() {
-        require_kernel(false, "redis-server (Debian package redis-server; scripts/setup-host.sh installs it)");
+        require_kernel(
+            false,
+            "redis-server (Debian package redis-server; scripts/setup-host.sh installs it)",
+        );
         return None;
     }
     let child = lab
@@ -38,7 +41,9 @@ fn redis_server(lab: &Lab) -> Option<Server> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while lab
         .net
-        .enter(Side::Pod, || std::net::TcpStream::connect((HOST_PRIVATE, 6379)))
+        .enter(Side::Pod, || {
+            std::net::TcpStream::connect((HOST_PRIVATE, 6379))
+        })
         .is_err()
     {
         assert!(Instant::now() < deadline, "redis-server did not start");
@@ -60,7 +65,9 @@ fn redis_get(lab: &Lab, key: &str) -> String {
 #[test]
 fn the_upstream_redis_fixture_behaves_as_written() {
     let Some(lab) = Lab::start() else { return };
-    let Some(_redis) = redis_server(&lab) else { return };
+    let Some(_redis) = redis_server(&lab) else {
+        return;
+    };
     let nameserver = Nameserver::start(&lab.net, Side::Host, IpAddr::V4(NAMESERVER));
     nameserver.set("redis.openshell.demo", &[IpAddr::V4(HOST_PRIVATE)]);
     let policy = fixture("transparent-tcp-redis_policy.yaml");
@@ -123,12 +130,31 @@ fn sshd(lab: &Lab) -> Option<(Server, String)> {
     };
     let (host_key, key) = (dir.join("host_key"), dir.join("client_key"));
     for path in [&host_key, &key] {
-        run("/usr/bin/ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &path.to_string_lossy()]);
+        run(
+            "/usr/bin/ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &path.to_string_lossy(),
+            ],
+        );
     }
     std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("keys");
     // The client runs as nobody, and ssh wants its key private to its user.
     std::os::unix::fs::chown(&key, Some(65534), Some(65534)).expect("chown key");
-    run("/usr/bin/git", &["init", "-q", "--bare", &dir.join("repo.git").to_string_lossy()]);
+    run(
+        "/usr/bin/git",
+        &[
+            "init",
+            "-q",
+            "--bare",
+            &dir.join("repo.git").to_string_lossy(),
+        ],
+    );
     std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
     let config = lab.write(
         "sshd_config",
@@ -167,7 +193,9 @@ fn sshd(lab: &Lab) -> Option<(Server, String)> {
 #[test]
 fn ssh_and_git_over_ssh_through_a_protocol_tcp_endpoint() {
     let Some(lab) = Lab::start() else { return };
-    let Some((_sshd, ssh)) = sshd(&lab) else { return };
+    let Some((_sshd, ssh)) = sshd(&lab) else {
+        return;
+    };
     let nameserver = Nameserver::start(&lab.net, Side::Host, IpAddr::V4(NAMESERVER));
     nameserver.set("git.test.example", &[IpAddr::V4(HOST)]);
     let ssh_exe = std::fs::canonicalize("/usr/bin/ssh")
@@ -198,7 +226,10 @@ fn ssh_and_git_over_ssh_through_a_protocol_tcp_endpoint() {
     }
     assert!(run.stdout.contains("hello-from-sshd"), "{run}");
     assert!(run.stdout.contains("ls-remote-ok"), "{run}");
-    assert!(run.stdout.contains("port 22: 255"), "another port is refused: {run}");
+    assert!(
+        run.stdout.contains("port 22: 255"),
+        "another port is refused: {run}"
+    );
     let allowed = run.events("allowed", "transparent");
     assert!(
         allowed.len() == 2 && allowed.iter().all(|l| l["exe"] == ssh_exe.as_str()),

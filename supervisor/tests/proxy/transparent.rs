@@ -33,9 +33,21 @@ fn programs_without_proxy_support_connect_by_name_and_by_address() {
     let upstream = lab.upstream(&[PORT, PORT + 1, PORT + 2]);
     let python = python();
     let network = [
-        rule("by_name", &format!("host: api.test.example, port: {PORT}"), &[&python]),
-        rule("by_ip", &format!("host: \"{HOST}\", port: {}", PORT + 1), &[&python]),
-        rule("v6", &format!("host: v6.test.example, port: {PORT}"), &[&python]),
+        rule(
+            "by_name",
+            &format!("host: api.test.example, port: {PORT}"),
+            &[&python],
+        ),
+        rule(
+            "by_ip",
+            &format!("host: \"{HOST}\", port: {}", PORT + 1),
+            &[&python],
+        ),
+        rule(
+            "v6",
+            &format!("host: v6.test.example, port: {PORT}"),
+            &[&python],
+        ),
     ]
     .concat();
     let policy = lab.policy("policy.yaml", &network);
@@ -61,7 +73,11 @@ fn programs_without_proxy_support_connect_by_name_and_by_address() {
         ["GET /by-name HTTP/1.1", "GET /v6 HTTP/1.1"]
     );
     assert_eq!(upstream.requests_on(PORT + 1), ["GET /by-ip HTTP/1.1"]);
-    assert!(upstream.seen_on(PORT + 2).is_empty(), "{:?}", upstream.seen());
+    assert!(
+        upstream.seen_on(PORT + 2).is_empty(),
+        "{:?}",
+        upstream.seen()
+    );
     let denied = denials(&run, "network");
     assert_eq!(denied.len(), 1, "{run}");
     let line = denied[0];
@@ -115,8 +131,15 @@ fn dns_answers_policy_names_only_and_refused_names_never_leave() {
         return;
     }
     let answers = run.json();
-    assert_eq!(answers["svc.test.example"], serde_json::json!([HOST.to_string()]), "{run}");
-    for refused in ["secret-token-1234.exfil.attacker.example", "exfil.attacker.example"] {
+    assert_eq!(
+        answers["svc.test.example"],
+        serde_json::json!([HOST.to_string()]),
+        "{run}"
+    );
+    for refused in [
+        "secret-token-1234.exfil.attacker.example",
+        "exfil.attacker.example",
+    ] {
         assert!(answers[refused]["gaierror"].is_i64(), "{refused}: {run}");
     }
     let asked = nameserver.asked();
@@ -127,10 +150,9 @@ fn dns_answers_policy_names_only_and_refused_names_never_leave() {
     assert!(asked.len() > 1, "{asked:?}");
     let refused = denials(&run, "dns");
     assert!(
-        refused
-            .iter()
-            .any(|l| l["what"] == "DNS query for secret-token-1234.exfil.attacker.example"
-                && l["exe"] == python().as_str()),
+        refused.iter().any(|l| l["what"]
+            == "DNS query for secret-token-1234.exfil.attacker.example"
+            && l["exe"] == python().as_str()),
         "the refused name is logged with who asked: {run}"
     );
     assert!(upstream.seen().is_empty());

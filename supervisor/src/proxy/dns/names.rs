@@ -158,6 +158,10 @@ mod tests {
         let table = names.table.lock().unwrap();
         assert_eq!(table.entries, MAX_ENTRIES);
         // The ones closest to expiry went first.
-        assert!(!table.by_ip.contains_key(&IpAddr::from(std::net::Ipv4Addr::from(0xcb00_0000u32))));
+        assert!(
+            !table
+                .by_ip
+                .contains_key(&IpAddr::from(std::net::Ipv4Addr::from(0xcb00_0000u32)))
+        );
     }
 }

@@ -162,7 +162,11 @@ impl Resolver {
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = resolver.tcp_connection(stream, peer).await;
-                resolver.shared.identifier.records.forget(peer, Instant::now());
+                resolver
+                    .shared
+                    .identifier
+                    .records
+                    .forget(peer, Instant::now());
             });
         }
     }
@@ -189,7 +193,12 @@ impl Resolver {
     }
 
     /// The reply to one message from `peer`, at most `limit` bytes (UDP: the client's).
-    async fn reply(&self, message: &[u8], peer: SocketAddr, limit: Option<usize>) -> Option<Vec<u8>> {
+    async fn reply(
+        &self,
+        message: &[u8],
+        peer: SocketAddr,
+        limit: Option<usize>,
+    ) -> Option<Vec<u8>> {
         let query = match wire::parse_query(message) {
             Ok(query) => query,
             Err(WireError::Malformed { id, rcode, .. }) => return Some(bare(id, rcode)),
@@ -206,7 +215,11 @@ impl Resolver {
         let endpoints = decision::eligible(&self.shared.rules, name);
         if endpoints.is_empty() {
             if self.conf.is_expansion(name) {
-                tracing::debug!(layer = "dns", name, "search-list expansion answered NXDOMAIN");
+                tracing::debug!(
+                    layer = "dns",
+                    name,
+                    "search-list expansion answered NXDOMAIN"
+                );
                 return Some((Rcode::NxDomain, Vec::new()));
             }
             self.refused(query, peer);
@@ -215,7 +228,7 @@ impl Resolver {
         if query.qclass != wire::CLASS_IN || !matches!(query.qtype, TYPE_A | TYPE_AAAA) {
             return Some((Rcode::NoError, Vec::new()));
         }
-        if let Some(found) = self.from_hosts(name, query.qtype) {
+        if let Some(found) = self.hosts_file(name, query.qtype) {
             return Some((Rcode::NoError, self.permitted(name, found, &endpoints)));
         }
         self.cached(name, query.qtype)
@@ -237,7 +250,7 @@ impl Resolver {
     }
 
     /// The hosts file's addresses of the asked family, if the file names `name` at all.
-    fn from_hosts(&self, name: &str, qtype: u16) -> Option<Vec<Address>> {
+    fn hosts_file(&self, name: &str, qtype: u16) -> Option<Vec<Address>> {
         let mut listed = false;
         let mut found = Vec::new();
         for (ip, names) in &self.hosts {

@@ -280,9 +280,9 @@ pub fn parse_response(msg: &[u8], id: u16, name: &str, qtype: u16) -> Result<Res
     // Follow the chain from the asked name, keeping the smallest TTL seen on the way.
     let (mut owner, mut chain_ttl) = (name.to_owned(), u32::MAX);
     for _ in 0..MAX_CHAIN {
-        let next = records.iter().find(|r| {
-            r.rtype == TYPE_CNAME && r.class == CLASS_IN && r.name == owner
-        });
+        let next = records
+            .iter()
+            .find(|r| r.rtype == TYPE_CNAME && r.class == CLASS_IN && r.name == owner);
         let Some(cname) = next else { break };
         let (target, _) = read_name(msg, cname.data).ok_or(bad("unreadable CNAME"))?;
         chain_ttl = chain_ttl.min(cname.ttl);
@@ -433,7 +433,14 @@ mod tests {
         let mut raw = glibc_query("Api.Example.COM", TYPE_AAAA);
         let q = parse_query(&raw).unwrap();
         assert_eq!(
-            (q.id, q.name.as_str(), q.qtype, q.qclass, q.edns, q.udp_limit),
+            (
+                q.id,
+                q.name.as_str(),
+                q.qtype,
+                q.qclass,
+                q.edns,
+                q.udp_limit
+            ),
             (0xabcd, "api.example.com", TYPE_AAAA, CLASS_IN, false, 512)
         );
         let v6: IpAddr = "2001:db8::2".parse().unwrap();

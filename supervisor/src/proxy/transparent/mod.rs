@@ -235,18 +235,17 @@ impl Transparent {
 
     /// The address argument `index` (with its length after it) of the call.
     fn target(notice: &Notice, index: usize) -> Result<(Target, Vec<u8>), i32> {
-        let (address, len) = (notice.call.args[index], notice.call.args[index + 1] as usize);
+        let (address, len) = (
+            notice.call.args[index],
+            notice.call.args[index + 1] as usize,
+        );
         if len < 2 {
             return Err(libc::EINVAL);
         }
-        let raw = notice
-            .read(address, len.min(128))
-            .ok_or(libc::EFAULT)?;
+        let raw = notice.read(address, len.min(128)).ok_or(libc::EFAULT)?;
         let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
         let target = match family {
-            libc::AF_INET | libc::AF_INET6 => {
-                Target::Inet(sockaddr(&raw).ok_or(libc::EINVAL)?)
-            }
+            libc::AF_INET | libc::AF_INET6 => Target::Inet(sockaddr(&raw).ok_or(libc::EINVAL)?),
             libc::AF_UNSPEC => Target::Unspec,
             _ => Target::Other,
         };
@@ -311,7 +310,11 @@ impl Transparent {
         let to = match target {
             Target::Inet(to) => to,
             Target::Unspec if ours => {
-                return self.refuse(notice, caller, "disconnecting a connection the sandbox was handed");
+                return self.refuse(
+                    notice,
+                    caller,
+                    "disconnecting a connection the sandbox was handed",
+                );
             }
             Target::Unspec | Target::Other => {
                 return answer(notice, socket::disconnect(fd.as_fd()));
@@ -345,7 +348,14 @@ impl Transparent {
 
     /// A UDP `connect()` to the sandbox's own addresses (the resolver): made on the agent's
     /// socket, its caller recorded for the resolver's logs.
-    fn local_datagram(&self, notice: Notice, caller: Caller, fd: OwnedFd, kind: Kind, to: SocketAddr) {
+    fn local_datagram(
+        &self,
+        notice: Notice,
+        caller: Caller,
+        fd: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+    ) {
         let result = socket::connect(fd.as_fd(), &socket::for_domain(to, kind.domain));
         if result.is_ok() && to.port() == 53 {
             self.record(fd.as_fd(), caller, to);
@@ -453,8 +463,13 @@ impl Transparent {
         let mut reasons = Vec::new();
         let mut allowed = None;
         for host in names.iter().map(String::as_str).chain([address.as_str()]) {
-            match decision::decide(&self.shared.rules, host, to.port(), &owners, Via::Transparent)
-            {
+            match decision::decide(
+                &self.shared.rules,
+                host,
+                to.port(),
+                &owners,
+                Via::Transparent,
+            ) {
                 Decision::Allow {
                     rule,
                     endpoints,
@@ -587,7 +602,11 @@ impl Transparent {
             Err(errno) => return notice.fail(errno),
         };
         if kind.netns != self.netns {
-            return self.refuse(notice, caller, "binding a connection the sandbox was handed");
+            return self.refuse(
+                notice,
+                caller,
+                "binding a connection the sandbox was handed",
+            );
         }
         // The agent's own namespace: bind its socket to the address as it passed it.
         // SAFETY: bind reads `raw.len()` bytes of the address copied from the caller.
@@ -607,7 +626,11 @@ impl Transparent {
             Err(errno) => return notice.fail(errno),
         };
         if kind.netns != self.netns {
-            return self.refuse(notice, caller, "listening on a connection the sandbox was handed");
+            return self.refuse(
+                notice,
+                caller,
+                "listening on a connection the sandbox was handed",
+            );
         }
         let backlog = notice.call.args[1] as i32;
         // SAFETY: listen with scalar arguments on a socket we hold.

@@ -22,7 +22,9 @@ pub fn probe(notify: bool, landlock_abi: i32) -> Probe {
     let mut missing = Vec::new();
     let mut addfd_send = false;
     if !notify {
-        missing.push("seccomp user notification (Linux 5.0): connect() cannot be intercepted".to_owned());
+        missing.push(
+            "seccomp user notification (Linux 5.0): connect() cannot be intercepted".to_owned(),
+        );
     } else {
         match std::thread::spawn(addfd).join() {
             Ok(Ok(send)) => addfd_send = send,
@@ -164,20 +166,28 @@ mod tests {
         let origin = PolicyOrigin::BuiltinDefault;
         let text = "version: 1\nnetwork_policies:\n  r:\n    endpoints: [{ host: redis.example, \
                     port: 6379, protocol: tcp }]\n    binaries: [{ path: /usr/bin/redis-cli }]\n";
-        let policy =
-            policy::validate(policy::parse(text, &origin).unwrap(), origin, Path::new("/w"))
-                .unwrap();
+        let policy = policy::validate(
+            policy::parse(text, &origin).unwrap(),
+            origin,
+            Path::new("/w"),
+        )
+        .unwrap();
         let old = Probe {
             missing: vec!["Landlock ABI 4 (Linux 6.7; this kernel has 2)".to_owned()],
             addfd_send: true,
         };
         let (mut out, mut problems) = (String::new(), Vec::new());
         describe(&mut out, &mut problems, &policy, &old);
-        assert!(out.contains("transparent egress: OFF, this kernel lacks: Landlock ABI 4"), "{out}");
+        assert!(
+            out.contains("transparent egress: OFF, this kernel lacks: Landlock ABI 4"),
+            "{out}"
+        );
         assert_eq!(
             problems,
-            ["protocol: tcp endpoints (redis.example) need transparent egress, which this \
-              kernel cannot provide"]
+            [
+                "protocol: tcp endpoints (redis.example) need transparent egress, which this \
+              kernel cannot provide"
+            ]
         );
         let (mut out, mut problems) = (String::new(), Vec::new());
         describe(&mut out, &mut problems, &policy, &Probe::default());

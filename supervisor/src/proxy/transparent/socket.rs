@@ -197,10 +197,9 @@ fn to_std(address: &SockaddrStorage) -> Option<SocketAddr> {
 /// v4-mapped, as the agent's own call would have it.
 pub fn for_domain(address: SocketAddr, domain: i32) -> SockaddrStorage {
     match (address, domain) {
-        (SocketAddr::V4(v4), libc::AF_INET6) => SockaddrStorage::from(SocketAddr::new(
-            v4.ip().to_ipv6_mapped().into(),
-            v4.port(),
-        )),
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SockaddrStorage::from(SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()))
+        }
         _ => SockaddrStorage::from(address),
     }
 }
@@ -298,7 +297,7 @@ const COPIED: &[(i32, i32)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
 ];
 
-/// The [`COPIED`] options of a new socket, read once per family: only the agent's options
+/// The copied options of a new socket, read once per family: only the agent's options
 /// that differ from them are set on the connection that replaces its socket.
 #[derive(Debug, Clone)]
 pub struct Defaults(Vec<Option<Vec<u8>>>);

@@ -11,8 +11,13 @@ use std::time::{Duration, Instant};
 use crate::support::{HOST, HOST_V6, Lab, Side, Upstream, python, require_kernel};
 
 const PORT: u16 = 9000;
-/// A direct attempt must fail faster than this, measured by the client in the sandbox.
+/// A direct attempt must fail faster than this, measured by the client in the sandbox: a
+/// datagram fails in the kernel (no route)...
 const FAIL_WITHIN_MS: f64 = 10.0;
+/// ...a TCP connect is answered by the supervisor, one round trip to it (a loaded 2-vCPU
+/// machine can take a scheduling tick or two to wake it): still at once next to a connect
+/// timeout.
+const REFUSED_WITHIN_MS: f64 = 50.0;
 
 /// One attempt: kind (as agent.py names it), destination, the errno the agent gets and the
 /// reason the log must give.
@@ -96,7 +101,12 @@ fn direct_egress_is_refused_fast_and_logged() {
         let result = &results[i];
         assert_eq!(result["errno"], *errno, "{kind} to {ip}: {run}");
         let ms = result["ms"].as_f64().expect("ms");
-        assert!(ms < FAIL_WITHIN_MS, "{kind} to {ip} took {ms} ms: {run}");
+        let within = if *kind == "tcp" {
+            REFUSED_WITHIN_MS
+        } else {
+            FAIL_WITHIN_MS
+        };
+        assert!(ms < within, "{kind} to {ip} took {ms} ms: {run}");
         eprintln!("direct {kind} to {ip}:{port} refused in {ms:.3} ms");
         let call = if *kind == "tcp" { "connect" } else { "sendto" };
         let what = format!("{call} to {}", SocketAddr::new(*ip, *port));

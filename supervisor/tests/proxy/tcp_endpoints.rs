@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use crate::fixtures::fixture;
 use crate::support::{HOST, HOST_PRIVATE, Lab, NAMESERVER, Nameserver, Side, require_kernel};
 
+/// The dynamic loader under /lib (multiarch Debian).
+const LOADER: &str = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+
 /// A server of the test host, killed on drop.
 struct Server(Child);
 
@@ -71,7 +74,10 @@ fn the_upstream_redis_fixture_behaves_as_written() {
     let nameserver = Nameserver::start(&lab.net, Side::Host, IpAddr::V4(NAMESERVER));
     nameserver.set("redis.openshell.demo", &[IpAddr::V4(HOST_PRIVATE)]);
     let policy = fixture("transparent-tcp-redis_policy.yaml");
+    // The fixture lists /lib but not /lib64, where Debian's binaries name their loader: the
+    // loader is started by its /lib path, with redis-cli as its argument.
     let run = lab.sandbox(&policy).run(&[
+        LOADER,
         "/usr/bin/redis-cli",
         "-h",
         "redis.openshell.demo",
@@ -96,7 +102,10 @@ fn the_upstream_redis_fixture_behaves_as_written() {
         "{run}"
     );
     // Through the proxy the same destination is refused: protocol: tcp is direct-only.
-    let run = lab.sandbox(&policy).agent(&[
+    let run = lab.sandbox(&policy).run(&[
+        LOADER,
+        "/usr/bin/python3",
+        "agent.py",
         "batch",
         r#"[{"mode": "connect", "host": "redis.openshell.demo", "port": 6379, "path": "/"}]"#,
     ]);

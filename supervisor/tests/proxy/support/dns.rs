@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use openshell_sandbox::proxy::dns::wire::{self, Address, Rcode, TYPE_A, TYPE_AAAA};
 
@@ -19,7 +20,7 @@ type Table = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
 pub struct Nameserver {
     table: Table,
     queries: Arc<Mutex<Vec<(String, u16)>>>,
-    socket: Arc<UdpSocket>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -32,17 +33,21 @@ impl Nameserver {
         let socket = net.enter(side, || {
             UdpSocket::bind(SocketAddr::new(address, 53)).expect("bind the test nameserver")
         });
-        let socket = Arc::new(socket);
+        // Woken now and then to see whether it should stop.
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
         let table = Table::default();
         let queries = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (socket, table, queries) = (socket.clone(), table.clone(), queries.clone());
-            std::thread::spawn(move || serve(&socket, &table, &queries))
+            let (table, queries, stop) = (table.clone(), queries.clone(), stop.clone());
+            std::thread::spawn(move || serve(&socket, &table, &queries, &stop))
         };
         Nameserver {
             table,
             queries,
-            socket,
+            stop,
             thread: Some(thread),
         }
     }
@@ -68,20 +73,24 @@ impl Nameserver {
 
 impl Drop for Nameserver {
     fn drop(&mut self) {
-        // SAFETY: shutdown of a socket `self` holds open wakes the thread's recv_from.
-        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn serve(socket: &UdpSocket, table: &Table, queries: &Mutex<Vec<(String, u16)>>) {
+fn serve(
+    socket: &UdpSocket,
+    table: &Table,
+    queries: &Mutex<Vec<(String, u16)>>,
+    stop: &AtomicBool,
+) {
     let mut buf = [0u8; 2048];
-    while let Ok((n, peer)) = socket.recv_from(&mut buf) {
-        if n == 0 {
-            return;
-        }
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
         let Ok(query) = wire::parse_query(&buf[..n]) else {
             continue;
         };

@@ -37,6 +37,8 @@ pub const HOSTS: &[&str] = &[
     "ab.chatgpt.com",
     "generativelanguage.googleapis.com",
     "play.googleapis.com",
+    "github.com",
+    "api.github.com",
     "exfil.example",
 ];
 
@@ -124,10 +126,11 @@ impl FakeApi {
                         open.lock().expect("open connections").push(clone);
                     }
                     let (config, log) = (config.clone(), log.clone());
-                    std::thread::spawn(move || {
-                        if let Err(e) = serve(stream, config, &log) {
-                            eprintln!("fake API: connection ended: {e}");
-                        }
+                    std::thread::spawn(move || match serve(stream, config, &log) {
+                        // Clients commonly close without a TLS close_notify.
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                        Err(e) => eprintln!("fake API: connection ended: {e}"),
+                        Ok(()) => {}
                     });
                 }
             })

@@ -1,0 +1,19 @@
+//! The real agent CLIs end to end: Claude Code, Codex and Gemini CLI, as installed by
+//! `scripts/setup-host.sh` (pinned npm packages), run a one-shot prompt under their shipped
+//! policies against fake model APIs on the test network, and their shipped policies are
+//! checked against the installed layout.
+//!
+//! Each run is shown to work unconfined first (the baseline), then under the sandbox, and
+//! checked on the far side: what the fake API received, and what it never did.
+// Test code: failing loudly, with a message, is the point of every check, helpers included.
+#![allow(clippy::expect_used, clippy::panic)]
+
+// The proxy tests' laboratory: namespaces, hosts file, supervisor runs.
+#[allow(dead_code, unused_imports)]
+#[path = "../proxy/support/mod.rs"]
+mod support;
+
+mod installed;
+mod layout;
+mod one_shot;
+mod world;

@@ -16,4 +16,5 @@ mod support;
 mod installed;
 mod layout;
 mod one_shot;
+mod pending;
 mod world;

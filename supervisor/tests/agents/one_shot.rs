@@ -14,13 +14,13 @@ use crate::world::{EXFIL_HOST, KEY, World};
 const PROMPT: &str = "Say hello.";
 
 /// The world, or `None` when the kernel lacks what the lab needs (and may skip).
-fn world(agent: Agent) -> Option<World> {
+pub fn world(agent: Agent) -> Option<World> {
     agent.require_installed();
     World::start()
 }
 
 /// The run ended well and printed `answer`.
-fn assert_answered(run: &Run, answer: &str) {
+pub fn assert_answered(run: &Run, answer: &str) {
     assert_eq!(run.code, 0, "the agent failed:\n{run}");
     assert!(
         run.stdout.contains(answer),
@@ -56,8 +56,15 @@ fn answers_unconfined(agent: Agent) {
 fn answers_under_its_policy(agent: Agent) {
     let Some(world) = world(agent) else { return };
     let run = world.sandboxed(agent, &agent.one_shot(PROMPT, false));
-    assert_answered(&run, agent.api().answer());
+    assert_policy_run(agent, &world, &run);
+}
+
+/// A run under the shipped policy answered; the model calls carried the key; everything else
+/// the CLI tried (telemetry, update checks, feature flags) was refused, logged, and never
+/// reached the test host, without breaking the run.
+pub fn assert_policy_run(agent: Agent, world: &World, run: &Run) {
     let api = agent.api();
+    assert_answered(run, api.answer());
     let calls = world.api.calls(api);
     assert!(
         !calls.is_empty(),
@@ -70,10 +77,8 @@ fn answers_under_its_policy(agent: Agent) {
             "a model call without the key: {call:?}"
         );
     }
-    // Everything else the CLI tried (telemetry, update checks, feature flags) was refused,
-    // logged, and never reached the test host, without breaking the run.
     let reached: BTreeSet<String> = world.api.hosts();
-    let refused: BTreeSet<String> = refused(&run).into_iter().map(|(host, _)| host).collect();
+    let refused: BTreeSet<String> = refused(run).into_iter().map(|(host, _)| host).collect();
     eprintln!("{agent:?}: reached {reached:?}; refused {refused:?}");
     for host in agent.unlisted_hosts() {
         assert!(
@@ -87,7 +92,21 @@ fn answers_under_its_policy(agent: Agent) {
     }
     let expected = BTreeSet::from([api.host().to_owned()]);
     let extra: Vec<&String> = reached.difference(&expected).collect();
-    assert_policy_hosts_only(agent, &extra, &run);
+    assert_policy_hosts_only(agent, &extra, run);
+}
+
+/// The result of the last tool call, as the CLI sent it back to the model.
+pub fn last_tool_output(world: &World, api: Api, run: &Run) -> String {
+    world
+        .api
+        .calls(api)
+        .iter()
+        .filter_map(|c| {
+            c.call()
+                .and_then(|call| model::tool_output(call, &c.json()))
+        })
+        .next_back()
+        .unwrap_or_else(|| panic!("the CLI never sent the tool's result back:\n{run}"))
 }
 
 /// Hosts other than the model API that reached the test host must be listed by the policy.

@@ -13,6 +13,7 @@
 #[path = "../proxy/support/mod.rs"]
 mod support;
 
+mod developer;
 mod installed;
 mod layout;
 mod one_shot;

@@ -128,23 +128,29 @@ impl World {
     /// Runs `agent` with `args` in the same namespaces and with the same variables, as the
     /// agent's uid, without the supervisor: the baseline.
     pub fn bare(&self, agent: Agent, args: &[String]) -> Run {
-        let id = AGENT_ID.to_string();
-        let mut argv: Vec<String> = [
-            "/usr/bin/setpriv",
-            "--reuid",
-            &id,
-            "--regid",
-            &id,
-            "--clear-groups",
-            "--",
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+        let mut argv = as_agent();
         argv.extend(self.command_line(&[], args));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         // Nothing terminates TLS in between.
         self.configured(agent, true).bare(&argv)
+    }
+
+    /// Runs `argv` (with `HOME` and `PATH` set as for an agent) under `policy`, with `env`
+    /// for the supervisor (and so the agent); unconfined when `bare`, as the agent's uid.
+    pub fn run_under(&self, policy: &Path, env: &[(&str, &str)], argv: &[&str], bare: bool) -> Run {
+        let args: Vec<String> = argv.iter().map(|a| (*a).to_owned()).collect();
+        let mut command = self.command_line(&[], &args);
+        let mut sandbox = self.lab.sandbox(policy);
+        for (key, value) in env {
+            sandbox = sandbox.env(key, value);
+        }
+        if bare {
+            command.splice(0..0, as_agent());
+            let command: Vec<&str> = command.iter().map(String::as_str).collect();
+            return sandbox.bare(&command);
+        }
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        sandbox.run(&command)
     }
 
     /// The agent's home directory.
@@ -161,6 +167,23 @@ impl World {
             self.ca_file.display()
         )
     }
+}
+
+/// The prefix that runs a command as the agent's uid and gid, without supplementary groups.
+fn as_agent() -> Vec<String> {
+    let id = AGENT_ID.to_string();
+    [
+        "/usr/bin/setpriv",
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        "--",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
 }
 
 /// Whether `policy` gives `host` L7 rules (`protocol:` on one of its endpoints): then the

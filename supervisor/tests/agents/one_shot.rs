@@ -179,50 +179,11 @@ fn tool_call_outside_the_policy(agent: Agent) {
     );
 }
 
-#[test]
-fn claude_code_answers_unconfined() {
-    answers_unconfined(Agent::ClaudeCode);
-}
-
-#[test]
-fn claude_code_answers_under_its_shipped_policy() {
-    answers_under_its_policy(Agent::ClaudeCode);
-}
-
-#[test]
-fn claude_code_tool_call_outside_the_policy_is_refused() {
-    tool_call_outside_the_policy(Agent::ClaudeCode);
-}
-
-#[test]
-fn codex_answers_unconfined() {
-    answers_unconfined(Agent::Codex);
-}
-
-#[test]
-fn codex_answers_under_its_shipped_policy() {
-    answers_under_its_policy(Agent::Codex);
-}
-
-#[test]
-fn codex_tool_call_outside_the_policy_is_refused() {
-    tool_call_outside_the_policy(Agent::Codex);
-}
-
-#[test]
-fn gemini_cli_answers_unconfined() {
-    answers_unconfined(Agent::GeminiCli);
-}
-
-#[test]
-fn gemini_cli_answers_under_its_shipped_policy() {
-    answers_under_its_policy(Agent::GeminiCli);
-}
-
-#[test]
-fn gemini_cli_tool_call_outside_the_policy_is_refused() {
-    tool_call_outside_the_policy(Agent::GeminiCli);
-}
+agent_tests!(
+    answers_unconfined => answers_unconfined,
+    answers_under_its_shipped_policy => answers_under_its_policy,
+    tool_call_outside_the_policy_is_refused => tool_call_outside_the_policy,
+);
 
 /// Codex's own sandbox for the commands it runs (its bundled bubblewrap, which needs user
 /// namespaces) cannot start inside ours, which refuses creating namespaces: the command does

@@ -16,23 +16,12 @@ fn answers_without_the_proxy_variables(agent: Agent) {
     assert_policy_run(agent, &world, &run);
 }
 
-#[test]
-#[ignore = "needs transparent egress (issue 10)"]
-fn claude_code_answers_without_the_proxy_variables() {
-    answers_without_the_proxy_variables(Agent::ClaudeCode);
-}
-
-#[test]
-#[ignore = "needs transparent egress (issue 10)"]
-fn codex_answers_without_the_proxy_variables() {
-    answers_without_the_proxy_variables(Agent::Codex);
-}
-
-#[test]
-#[ignore = "needs transparent egress (issue 10)"]
-fn gemini_cli_answers_without_the_proxy_variables() {
-    answers_without_the_proxy_variables(Agent::GeminiCli);
-}
+agent_tests!(
+    #[ignore = "needs transparent egress (issue 10)"]
+    answers_without_the_proxy_variables => answers_without_the_proxy_variables,
+    #[ignore = "needs credentials kept from the agent (issue 11) and a credential section in the shipped policy"]
+    holds_a_placeholder => holds_a_placeholder,
+);
 
 /// The key the agent holds is a placeholder, while the model calls carry the real one: the
 /// model asks the CLI to print its key variable, and the tool's result (what the agent saw)
@@ -58,24 +47,6 @@ fn holds_a_placeholder(agent: Agent) {
         !calls.is_empty() && calls.iter().all(|c| c.credential().as_deref() == Some(KEY)),
         "not every model call carried the real key:\n{run}"
     );
-}
-
-#[test]
-#[ignore = "needs credentials kept from the agent (issue 11) and a credential section in the shipped policy"]
-fn claude_code_holds_a_placeholder() {
-    holds_a_placeholder(Agent::ClaudeCode);
-}
-
-#[test]
-#[ignore = "needs credentials kept from the agent (issue 11) and a credential section in the shipped policy"]
-fn codex_holds_a_placeholder() {
-    holds_a_placeholder(Agent::Codex);
-}
-
-#[test]
-#[ignore = "needs credentials kept from the agent (issue 11) and a credential section in the shipped policy"]
-fn gemini_cli_holds_a_placeholder() {
-    holds_a_placeholder(Agent::GeminiCli);
 }
 
 /// Credentials are bound to L7 endpoints, so each shipped agent policy must inspect its model

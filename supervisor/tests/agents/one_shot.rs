@@ -221,11 +221,12 @@ fn codex_own_sandbox_is_refused_inside_ours() {
         !world.home().join(format!("{marker}.txt")).exists(),
         "the command ran"
     );
+    // The bubblewrap on PATH when there is one (/usr/bin/bwrap), else the bundled one.
     let refusals: Vec<&Value> = run.events("denied", "seccomp");
     assert!(
-        refusals.iter().any(|l| l["exe"]
-            .as_str()
-            .is_some_and(|e| e.ends_with("/codex-resources/bwrap"))),
+        refusals
+            .iter()
+            .any(|l| l["exe"].as_str().is_some_and(|e| e.ends_with("/bwrap"))),
         "no seccomp denial for Codex's bubblewrap:\n{run}"
     );
 }

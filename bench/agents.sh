@@ -6,7 +6,7 @@
 #
 # Goal (issue 14): sandboxed / bare <= 1.05x for every agent.
 # Usage: bench/agents.sh         (RUNS=N to change the number of rounds, default 5)
-# Needs the agent CLIs of scripts/agent-clis.txt (scripts/setup-host.sh installs them).
+# Needs the agent CLIs of scripts/agent-clis.txt (scripts/setup-host.sh --agents installs them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,7 +25,7 @@ declare -A POLICY=([claude]=claude-code.yaml [codex]=codex.yaml [gemini]=gemini-
 readonly AGENTS=(claude codex gemini)
 for agent in "${AGENTS[@]}"; do
   [[ -x $PREFIX/bin/$agent ]] || {
-    echo "bench/agents.sh: $PREFIX/bin/$agent missing; run scripts/setup-host.sh" >&2
+    echo "bench/agents.sh: $PREFIX/bin/$agent missing; run scripts/setup-host.sh --agents" >&2
     exit 1
   }
 done

@@ -4,7 +4,8 @@
 #   - /etc/containers/containers.conf with the two settings podman needs on these machines;
 #   - the Rust musl target, for the static binaries the FROM-scratch image ships;
 #   - a Python venv (build/venv) with the pinned manifest-validation tools;
-#   - the agent CLIs the agent suite runs (Claude Code, Codex, Gemini CLI), pinned, from npm.
+#   - with --agents (what `make test` asks for): the agent CLIs the agent suite runs (Claude
+#     Code, Codex, Gemini CLI), pinned, from the npm registry (about 270 MB to download).
 # Idempotent: every step first checks whether it is already done, so running it again costs
 # a few seconds and changes nothing. CI (.ci/run) calls it before `make test`.
 set -euo pipefail
@@ -42,6 +43,14 @@ readonly NODE_MAJOR_MIN=20
 
 say() { printf 'setup-host: %s\n' "$*"; }
 die() { printf 'setup-host: error: %s\n' "$*" >&2; exit 1; }
+
+WITH_AGENTS=false
+case "${1:-}" in
+  "") ;;
+  --agents) WITH_AGENTS=true ;;
+  *) die "usage: $0 [--agents]" ;;
+esac
+readonly WITH_AGENTS
 
 [[ $(id -u) -eq 0 ]] || die "run as root (podman runs rootful here; apt-get installs packages)"
 [[ -r /etc/debian_version ]] || die "this script knows Debian's packages only (Debian 12 expected)"
@@ -154,5 +163,7 @@ configure_podman
 check_podman
 add_musl_target
 python_venv
-install_agent_clis
+if $WITH_AGENTS; then
+  install_agent_clis
+fi
 say "done"

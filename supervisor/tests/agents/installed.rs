@@ -1,4 +1,4 @@
-//! The agent CLIs as `scripts/setup-host.sh` installs them: the pinned npm packages of
+//! The agent CLIs as `scripts/setup-host.sh --agents` installs them: the pinned npm packages of
 //! `scripts/agent-clis.txt`, installed globally under one prefix (`/usr/local`, as in node
 //! images, unless `OPENSHELL_AGENTS_PREFIX` says otherwise).
 
@@ -173,7 +173,7 @@ impl Agent {
         };
         std::fs::canonicalize(&path).unwrap_or_else(|e| {
             panic!(
-                "{} ({}): {e}; run scripts/setup-host.sh",
+                "{} ({}): {e}; run scripts/setup-host.sh --agents",
                 path.display(),
                 self.package()
             )
@@ -190,7 +190,7 @@ impl Agent {
         let manifest = self.package_dir().join("package.json");
         let text = std::fs::read_to_string(&manifest).unwrap_or_else(|e| {
             panic!(
-                "{}: {e}; install the agent CLIs with scripts/setup-host.sh",
+                "{}: {e}; install the agent CLIs with scripts/setup-host.sh --agents",
                 manifest.display()
             )
         });
@@ -198,7 +198,7 @@ impl Agent {
         assert_eq!(
             json["version"].as_str(),
             Some(self.version()),
-            "{} is not the pinned version; run scripts/setup-host.sh",
+            "{} is not the pinned version; run scripts/setup-host.sh --agents",
             manifest.display()
         );
     }

@@ -1,5 +1,5 @@
 //! The real agent CLIs end to end: Claude Code, Codex and Gemini CLI, as installed by
-//! `scripts/setup-host.sh` (pinned npm packages), run a one-shot prompt under their shipped
+//! `scripts/setup-host.sh --agents` (pinned npm packages), run a one-shot prompt under their shipped
 //! policies against fake model APIs on the test network, and their shipped policies are
 //! checked against the installed layout.
 //!

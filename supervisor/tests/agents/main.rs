@@ -1,7 +1,7 @@
 //! The real agent CLIs end to end: Claude Code, Codex and Gemini CLI, as installed by
-//! `scripts/setup-host.sh --agents` (pinned npm packages), run a one-shot prompt under their shipped
-//! policies against fake model APIs on the test network, and their shipped policies are
-//! checked against the installed layout.
+//! `scripts/setup-host.sh --agents` (pinned npm packages), run a one-shot prompt under their
+//! shipped policies against fake model APIs on the test network, and their shipped policies
+//! are checked against the installed layout.
 //!
 //! Each run is shown to work unconfined first (the baseline), then under the sandbox, and
 //! checked on the far side: what the fake API received, and what it never did.

@@ -20,7 +20,10 @@ WORK="$(pwd)/build/bench-agents"
 readonly WORK
 readonly HOME_DIR="$WORK/home"
 
-[[ $(id -u) -eq 0 ]] || { echo "bench/agents.sh: run as root (the sandbox needs its capabilities)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || {
+  echo "bench/agents.sh: run as root (the sandbox needs its capabilities)" >&2
+  exit 1
+}
 declare -A POLICY=([claude]=claude-code.yaml [codex]=codex.yaml [gemini]=gemini-cli.yaml)
 readonly AGENTS=(claude codex gemini)
 for agent in "${AGENTS[@]}"; do

@@ -134,7 +134,7 @@ install_agent_clis() {
   local major
   major="$(node -p 'process.versions.node.split(".")[0]')"
   ((major >= NODE_MAJOR_MIN)) \
-    || die "Node.js $(node --version) is too old for the agent CLIs: $NODE_MAJOR_MIN or later needed"
+    || die "Node.js $(node --version) is too old for the agent CLIs ($NODE_MAJOR_MIN or later)"
   local pkg version missing=() all=()
   while read -r pkg version; do
     [[ -z $pkg || $pkg == \#* ]] && continue

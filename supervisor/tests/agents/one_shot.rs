@@ -163,16 +163,7 @@ fn tool_call_outside_the_policy(agent: Agent) {
         "{EXFIL_HOST} was reached from the sandbox:\n{run}"
     );
     // The model got the refusal back as the tool's result.
-    let output = world
-        .api
-        .calls(api)
-        .iter()
-        .filter_map(|c| {
-            c.call()
-                .and_then(|call| model::tool_output(call, &c.json()))
-        })
-        .next_back()
-        .unwrap_or_else(|| panic!("the CLI never sent the tool's result back:\n{run}"));
+    let output = last_tool_output(&world, api, &run);
     assert!(
         output.contains("403"),
         "the tool's result does not show the proxy's refusal: {output:?}"
@@ -203,16 +194,7 @@ fn codex_own_sandbox_is_refused_inside_ours() {
     args.drain(at..at + 2);
     let run = world.sandboxed(agent, &args);
     assert_answered(&run, Api::OpenAi.after_tool());
-    let output = world
-        .api
-        .calls(Api::OpenAi)
-        .iter()
-        .filter_map(|c| {
-            c.call()
-                .and_then(|call| model::tool_output(call, &c.json()))
-        })
-        .next_back()
-        .unwrap_or_else(|| panic!("the CLI never sent the tool's result back:\n{run}"));
+    let output = last_tool_output(&world, Api::OpenAi, &run);
     assert!(
         output.contains("bwrap"),
         "the command did not fail in bubblewrap: {output:?}"

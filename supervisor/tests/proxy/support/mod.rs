@@ -236,18 +236,24 @@ impl Sandbox<'_> {
 
     /// Runs `argv` in the sandbox to the end.
     pub fn run(&self, argv: &[&str]) -> Run {
-        let mut command = self.command(argv);
-        let started = Instant::now();
-        let child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the supervisor: {e}"));
-        Run::collect(Reaped(Some(child)), argv, started)
+        Run::of(self.command(argv), argv)
     }
 
-    /// The supervisor's command line, started inside the pod's network namespace and a
-    /// private mount namespace whose /etc/hosts and /etc/resolv.conf are the lab's.
+    /// Runs `argv` to the end without the supervisor, as [`Sandbox::run`] would start the
+    /// supervisor (same namespaces, hosts file, environment and limits): the unconfined
+    /// baseline of a sandboxed run.
+    // The proxy tests start their baselines in the test process; the agent suite
+    // (tests/agents), which shares this module, runs whole programs.
+    #[allow(dead_code)]
+    pub fn bare(&self, argv: &[&str]) -> Run {
+        let (program, args) = argv.split_first().expect("a command");
+        let mut command = Command::new(program);
+        command.args(args);
+        self.in_pod(&mut command);
+        Run::of(command, argv)
+    }
+
+    /// The supervisor's command line, started as [`Sandbox::in_pod`] says.
     fn command(&self, argv: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_openshell-sandbox"));
         command
@@ -256,7 +262,16 @@ impl Sandbox<'_> {
             .arg("--workdir")
             .arg(self.lab.dir())
             .args(["--log-format", "json", "--"])
-            .args(argv)
+            .args(argv);
+        self.in_pod(&mut command);
+        command
+    }
+
+    /// Starts `command` in the lab's scratch directory, inside the pod's network namespace and
+    /// a private mount namespace whose /etc/hosts and /etc/resolv.conf are the lab's, with only
+    /// this run's variables.
+    fn in_pod(&self, command: &mut Command) {
+        command
             .current_dir(self.lab.dir())
             // Nothing inherited: the agent must find /usr/bin tools, never a user's shims,
             // and the supervisor must see only the knobs this test sets.
@@ -308,7 +323,6 @@ impl Sandbox<'_> {
                 Ok(())
             });
         }
-        command
     }
 }
 
@@ -343,6 +357,19 @@ pub struct Run {
 }
 
 impl Run {
+    /// Starts `command` (running `argv`) and collects its run.
+    fn of(mut command: Command, argv: &[&str]) -> Run {
+        let started = Instant::now();
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {:?} for {argv:?}: {e}", command.get_program())
+            });
+        Run::collect(Reaped(Some(child)), argv, started)
+    }
+
     fn collect(mut child: Reaped, argv: &[&str], started: Instant) -> Run {
         let process = child.0.as_mut().expect("child");
         let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {

@@ -50,8 +50,11 @@ pub enum Layer {
     Proxy,
     /// An HTTP request refused by L7 inspection.
     L7,
-    /// A connection attempted around the proxy (no route out of the sandbox).
+    /// A direct connection of the agent (refused by the transparent path, or with no route
+    /// out of the sandbox).
     Network,
+    /// A name the policy resolver refused.
+    Dns,
 }
 
 impl Layer {
@@ -62,6 +65,7 @@ impl Layer {
             Layer::Proxy => "proxy",
             Layer::L7 => "l7",
             Layer::Network => "network",
+            Layer::Dns => "dns",
         }
     }
 }

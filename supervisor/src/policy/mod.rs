@@ -111,6 +111,19 @@ pub struct Endpoint {
     pub allowed_ips: Vec<Cidr>,
     /// HTTP inspection (`protocol: rest`); `None`: a plain tunnel.
     pub l7: Option<L7Endpoint>,
+    /// Which egress paths may reach it.
+    pub reach: Reach,
+}
+
+/// The egress paths an endpoint can be reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The proxy (CONNECT, absolute-form HTTP) and direct connections alike: a plain endpoint.
+    Any,
+    /// Direct connections only (`protocol: tcp`, upstream's transparent L4): the agent
+    /// connects to the address its DNS lookup returned and the supervisor hands it the
+    /// connection; the proxy refuses it.
+    Transparent,
 }
 
 /// Chooses the policy source: the explicit one, else [`DEFAULT_POLICY_PATH`] when it exists,

@@ -219,9 +219,9 @@ fn network_only_policies_get_the_default_filesystem() {
 }
 
 /// The upstream policies users will bring (../shared/fixtures/upstream-policies, read-only
-/// and absent from a user's clone).
+/// and absent from a user's clone): every one loads, L7 and transparent ones included.
 #[test]
-fn upstream_fixtures_load_or_are_refused_by_name() {
+fn upstream_fixtures_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream-policies");
     if !dir.is_dir() {
         eprintln!(
@@ -230,36 +230,45 @@ fn upstream_fixtures_load_or_are_refused_by_name() {
         );
         return;
     }
-    let expect: &[(&str, Option<&str>)] = &[
-        ("openshell-prover_testdata_empty-policy.yaml", None),
-        ("policy-advisor_sandbox-policy.yaml", None),
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            if let Err(e) = load(PolicyOrigin::File(path.clone()), Path::new("/sandbox")) {
+                panic!("{} should load: {e}", path.display());
+            }
+            loaded += 1;
+        }
+    }
+    assert_eq!(loaded, 8, "the eight upstream fixtures");
+}
+
+#[test]
+fn protocol_tcp_endpoints_are_direct_only_named_and_uninspected() {
+    let policy = load_text(
+        "version: 1\nnetwork_policies:\n  r:\n    endpoints: [{ host: redis.example, port: 6379, \
+         protocol: TCP, allowed_ips: [10.0.0.0/8] }, { host: a.example, port: 443 }]\n    \
+         binaries: [{ path: /usr/bin/redis-cli }]\n",
+    )
+    .unwrap();
+    let reach: Vec<Reach> = policy.network[0]
+        .endpoints
+        .iter()
+        .map(|e| e.reach)
+        .collect();
+    assert_eq!(reach, [Reach::Transparent, Reach::Any]);
+    let cases: &[(&str, &str)] = &[
         (
-            "transparent-tcp-redis_policy.yaml",
-            Some("protocol \"tcp\" (transparent TCP egress) is not supported"),
+            "version: 1\nnetwork_policies:\n  r:\n    endpoints:\n      - { host: 10.0.0.5, port: 6379, protocol: tcp }\n",
+            "policy.yaml:5:17: network_policies.r.endpoints[0].host: protocol: tcp needs a DNS name, not the address 10.0.0.5: a direct connection is matched by the names the sandbox resolved to its address (leave protocol out: an address endpoint is reachable both directly and through the proxy)",
         ),
-        ("governance-interceptor_policy.yaml", None),
-        ("local-inference_sandbox-policy.yaml", None),
-        ("openshell-prover_testdata_policy.yaml", None),
-        ("sandbox-policy-quickstart_policy.yaml", None),
         (
-            "openshell-supervisor-network_testdata_sandbox-policy.yaml",
-            None,
+            "version: 1\nnetwork_policies:\n  r:\n    endpoints:\n      - { host: r.example, port: 6379, protocol: tcp, access: full }\n",
+            "policy.yaml:5:63: network_policies.r.endpoints[0].access: is an L7 setting, and a protocol: tcp endpoint is never inspected; remove it, or use protocol: rest",
         ),
     ];
-    for (name, refusal) in expect {
-        let result = load(PolicyOrigin::File(dir.join(name)), Path::new("/sandbox"));
-        match (refusal, result) {
-            (None, Ok(_)) => {}
-            (Some(needle), Err(e)) => {
-                let e = e.to_string();
-                assert!(
-                    e.contains(needle) && e.contains("not supported"),
-                    "{name}: {e}"
-                );
-            }
-            (None, Err(e)) => panic!("{name} should load: {e}"),
-            (Some(_), Ok(_)) => panic!("{name} should be refused"),
-        }
+    for (text, expected) in cases {
+        assert_eq!(error(text), *expected, "{text}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`PolicyFile`] → [`Policy`]: every value checked, every error placed in the file.
 
 mod l7;
+mod transparent;
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -12,7 +13,7 @@ use super::file::{
 };
 use super::{
     BUILTIN_DEFAULT, Cidr, Compatibility, Endpoint, Filesystem, HostPattern, NetworkRule, PathGlob,
-    Policy, PolicyError, PolicyFile, PolicyOrigin, Position, Principal, RunAs,
+    Policy, PolicyError, PolicyFile, PolicyOrigin, Position, Principal, Reach, RunAs,
 };
 
 /// Upstream's limit on one path.
@@ -312,7 +313,12 @@ impl Validator {
 
     fn endpoint(&self, raw: &Spanned<EndpointFile>, base: &str) -> Result<Endpoint, PolicyError> {
         let e = &raw.value;
-        let l7 = self.l7(raw, base)?;
+        let reach = self.reach(raw, base)?;
+        // A protocol: tcp endpoint is never inspected; every other one may be.
+        let l7 = match reach {
+            Reach::Transparent => None,
+            Reach::Any => self.l7(raw, base)?,
+        };
         let host = HostPattern::parse(&e.host.value)
             .map_err(|m| self.err(&e.host, format!("{base}.host"), m))?;
         let mut ports = Vec::new();
@@ -344,6 +350,7 @@ impl Validator {
             ports,
             allowed_ips,
             l7,
+            reach,
         })
     }
 }

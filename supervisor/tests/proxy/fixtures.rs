@@ -1,6 +1,7 @@
 //! Upstream OpenShell's own policy files (tests/fixtures/upstream-policies, unchanged) behave
 //! as upstream documents them: the plain L4 ones load and allow nothing beyond what they say;
-//! the ones using L7 inspection are refused at load, before the agent runs.
+//! the ones using L7 inspection are refused at load, before the agent runs. (The `protocol:
+//! tcp` one is served: tcp_endpoints.rs.)
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use crate::support::{Lab, python};
 /// the tunnel: the proxy never looks inside).
 const PORT: u16 = 443;
 
-fn fixture(name: &str) -> PathBuf {
+pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/upstream-policies")
         .join(name)
@@ -88,33 +89,4 @@ fn plain_upstream_policies_load_and_allow_nothing_else() {
         2,
         "the control's connection and request only"
     );
-}
-
-/// Fixtures of features not built yet: where the first unsupported field is
-/// (file:line:column: field).
-const REFUSED: &[(&str, &str)] = &[(
-    "transparent-tcp-redis_policy.yaml",
-    "19:19: network_policies.redis.endpoints[0].protocol",
-)];
-
-#[test]
-fn unsupported_upstream_policies_are_refused_at_load() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    for (name, location) in REFUSED {
-        let path = fixture(name);
-        let run = lab.sandbox(&path).agent(&FETCH);
-        assert_eq!(run.code, 125, "{name}: {run}");
-        assert!(run.stdout.is_empty(), "the agent ran: {run}");
-        let errors: Vec<&Value> = run.log.iter().filter(|l| l["level"] == "ERROR").collect();
-        let expected = format!("{}:{location}: ", path.display());
-        assert!(
-            errors.len() == 1
-                && errors[0]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(&expected) && m.contains("not supported")),
-            "{name}: one error line starting {expected:?} and saying \"not supported\": {run}"
-        );
-    }
-    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
 }

@@ -302,6 +302,10 @@ fn no_l7_endpoint_no_ca() {
     lab.write("look.py", script);
     let out = lab.sandbox(&policy).run(&["/usr/bin/python3", "look.py"]);
     assert_eq!(out.code, 0, "{out}");
-    assert_eq!(out.json(), serde_json::json!({"tls": false, "vars": []}), "{out}");
+    assert_eq!(
+        out.json(),
+        serde_json::json!({"tls": false, "vars": []}),
+        "{out}"
+    );
     assert!(out.messages("L7 inspection").is_empty(), "{out}");
 }

@@ -6,9 +6,13 @@
 
 mod bypass;
 mod clients;
+mod clients_direct;
 mod decisions;
 mod fixtures;
+mod identity;
 mod l7;
 mod l7_clients;
 mod load;
 mod support;
+mod tcp_endpoints;
+mod transparent;

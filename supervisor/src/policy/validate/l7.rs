@@ -51,15 +51,6 @@ impl Validator {
         let protocol = match protocol_raw.value.to_ascii_lowercase().as_str() {
             "rest" => Protocol::Rest,
             "websocket" => Protocol::Websocket,
-            "tcp" => {
-                return Err(self.err(
-                    protocol_raw,
-                    format!("{base}.protocol"),
-                    "protocol \"tcp\" (transparent TCP egress) is not supported by this \
-                     version of openshell-sandbox; refusing rather than allowing more than the \
-                     policy says",
-                ));
-            }
             other @ ("graphql" | "sql" | "json-rpc" | "mcp") => {
                 return Err(self.err(
                     protocol_raw,

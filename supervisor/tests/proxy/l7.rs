@@ -413,3 +413,43 @@ fn forward_and_plain_requests_meet_the_same_rules() {
     );
     assert_eq!(received[2].body_len, 2 << 20);
 }
+
+/// An inspected endpoint cannot be reached around its rules: a direct connection (the
+/// transparent path, which serves plain endpoints) is refused and logged, and nothing
+/// arrives; the same request through the proxy is decided and served.
+#[test]
+fn a_direct_connection_cannot_bypass_the_rules() {
+    let Some(w) = world("") else { return };
+    let policy = w.lab.dir().join("policy.yaml");
+    let ca = w.lab.dir().join("upstream-ca.pem");
+    let run = w
+        .lab
+        .sandbox(&policy)
+        .env("OPENSHELL_UPSTREAM_CA_FILE", ca.to_str().expect("utf-8"))
+        .run(&[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "python3 agent.py directs_get {HOST}:{PLAIN_PORT}/repos/direct && \
+                 python3 agent.py batch '[{{\"mode\": \"forward\", \"host\": \"{HOST}\", \
+                 \"port\": {PLAIN_PORT}, \"path\": \"/repos/proxied\"}}]'"
+            ),
+        ]);
+    assert_eq!(run.code, 0, "{run}");
+    let lines = run.json_lines();
+    if !run.messages("TRANSPARENT EGRESS OFF").is_empty() {
+        // Without the transparent path a direct connection has no route at all.
+        assert!(lines[0][0]["error"].is_string(), "{run}");
+    } else {
+        assert_eq!(lines[0][0]["error"], "ECONNREFUSED", "{run}");
+        let denied = run.events("denied", "network");
+        assert!(
+            denied.iter().any(|d| d["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("inspected (protocol: rest) endpoint"))),
+            "{run}"
+        );
+    }
+    assert_eq!(lines[1][0]["status"], 200, "{run}");
+    assert_eq!(w.host.lines(PLAIN_PORT), ["GET /repos/proxied"], "{run}");
+}

@@ -2,7 +2,7 @@
 # Every shipped policy (policies/*.yaml) loads and can be enforced on this machine:
 # `openshell-sandbox check` exits 0 for it, and no network rule of it is inert (a rule
 # without endpoints or binaries allows nothing, which in a shipped policy is a mistake).
-# The five L7 policies among upstream's examples pass too, when ../shared has them, and `check`
+# The five L7 policies among upstream's examples (supervisor/tests/fixtures) pass too, and `check`
 # says their endpoints are enforced by default. Then two broken copies prove that the check
 # can fail: a protocol this build does not inspect, and a rule without binaries.
 #
@@ -47,7 +47,7 @@ for policy in "$REPO"/policies/*.yaml; do
 done
 
 echo "== upstream's L7 policies"
-FIXTURES="$REPO/../shared/fixtures/upstream-policies"
+FIXTURES="$REPO/supervisor/tests/fixtures/upstream-policies"
 if [[ -d $FIXTURES ]]; then
   for name in governance-interceptor_policy local-inference_sandbox-policy \
     openshell-prover_testdata_policy openshell-supervisor-network_testdata_sandbox-policy \

@@ -218,18 +218,11 @@ fn network_only_policies_get_the_default_filesystem() {
     );
 }
 
-/// The upstream policies users will bring (../shared/fixtures/upstream-policies, read-only
-/// and absent from a user's clone): every one loads, L7 and transparent ones included.
+/// The upstream policies users will bring (tests/fixtures/upstream-policies, unchanged):
+/// every one loads, L7 and transparent ones included.
 #[test]
 fn upstream_fixtures_load() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/upstream-policies");
-    if !dir.is_dir() {
-        eprintln!(
-            "skipping: {} not present (only on the project's machines)",
-            dir.display()
-        );
-        return;
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream-policies");
     let mut loaded = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -1,7 +1,7 @@
 //! Upstream OpenShell's own policy files (tests/fixtures/upstream-policies, unchanged) behave
-//! as upstream documents them: the plain L4 ones load and allow nothing beyond what they say;
-//! the ones using L7 inspection are refused at load, before the agent runs. (The `protocol:
-//! tcp` one is served: tcp_endpoints.rs.)
+//! as upstream documents them: the plain L4 ones load and allow nothing beyond what they say.
+//! (The `protocol: tcp` one is served: tcp_endpoints.rs; the quickstart's L7 rule:
+//! l7_clients.rs.)
 
 use std::path::PathBuf;
 

@@ -309,3 +309,58 @@ fn no_l7_endpoint_no_ca() {
     );
     assert!(out.messages("L7 inspection").is_empty(), "{out}");
 }
+
+/// Upstream's quickstart policy (read-only access to api.github.com for curl):
+/// curl's GET is served, its POST refused with the JSON 403, and only the GET arrives.
+#[test]
+fn the_quickstart_fixture_end_to_end() {
+    let Some(lab) = Lab::start() else { return };
+    let identity = Identity::new();
+    let host = lab.echo(&identity, &[443], &[], None);
+    // The network part unchanged; /lib64 added to what the agent sees, where this machine's
+    // dynamic loader lives (upstream's sandbox image has it under /lib).
+    let quickstart = std::fs::read_to_string(crate::fixtures::fixture(
+        "sandbox-policy-quickstart_policy.yaml",
+    ))
+    .expect("fixture");
+    let original = "read_only: [/usr, /lib, /proc,";
+    assert!(quickstart.contains(original), "the fixture changed");
+    let policy = lab.write(
+        "quickstart.yaml",
+        &quickstart.replace(original, "read_only: [/usr, /lib, /lib64, /proc,"),
+    );
+    let url = "https://api.github.com/repos/nvidia/openshell";
+    // The policy shows the agent /usr but not /bin: curl alone, both requests in one run.
+    let issues = format!("{url}/issues");
+    let ca = lab.dir().join("upstream-ca.pem");
+    let out = lab
+        .sandbox(&policy)
+        .env("OPENSHELL_UPSTREAM_CA_FILE", ca.to_str().expect("utf-8"))
+        .run(&[
+            "/usr/bin/curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "get %{http_code}\n",
+            url,
+            "--next",
+            "-sS",
+            "-w",
+            "\npost %{http_code}\n",
+            "-d",
+            "{}",
+            &issues,
+        ]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.starts_with("get 200\n"), "{out}");
+    assert!(out.stdout.ends_with("post 403\n"), "{out}");
+    let body: serde_json::Value = serde_json::from_str(out.stdout.lines().nth(1).unwrap_or(""))
+        .unwrap_or_else(|e| panic!("the 403 body is JSON ({e}): {out}"));
+    assert_eq!(body["policy"], "github-api-readonly", "{out}");
+    assert_eq!(
+        body["detail"],
+        "POST /repos/nvidia/openshell/issues not permitted by policy github-api-readonly"
+    );
+    assert_eq!(host.lines(443), ["GET /repos/nvidia/openshell"], "{out}");
+}

@@ -66,6 +66,7 @@ pub const NAMES: &[&str] = &[
     "git.test.example",
     "test.example",
     "other.example",
+    "api.github.com",
 ];
 
 impl Identity {

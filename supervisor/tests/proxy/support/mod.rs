@@ -37,7 +37,7 @@ const L7AGENT_PY: &str = include_str!("l7agent.py");
 const HOSTS: &str = "\
 127.0.0.1 localhost loop.test.example
 203.0.113.2 test.example api.test.example a.b.test.example other.example nottest.example
-203.0.113.2 git.test.example
+203.0.113.2 git.test.example api.github.com
 203.0.113.2 api.anthropic.com
 10.20.0.2 private.test.example db.test.example
 169.254.169.254 metadata.test.example

@@ -35,21 +35,10 @@ tunnels=${TUNNELS:-1000}
 case ${1:-} in
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 esac
-((EUID == 0)) || { echo "bench/l7.sh: run as root (namespaces, nginx)" >&2; exit 2; }
-for tool in nginx curl openssl ip nsenter python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "bench/l7.sh: $tool not found" >&2; exit 2; }
-done
-
-if [[ -n ${SUPERVISOR:-} ]]; then
-    supervisor=$(realpath "$SUPERVISOR")
-else
-    echo "building: cargo build --release -p openshell-sandbox"
-    (cd "$repo" && cargo build --quiet --release -p openshell-sandbox)
-    supervisor=$repo/target/release/openshell-sandbox
-fi
-
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
+bench_needs bench/l7.sh nginx curl openssl ip nsenter python3 cargo
+bench_supervisor
 bench_lab l7-bench
 
 # The test host's own CA and certificate (for its IP: the proxy dials what it was asked).

@@ -3,8 +3,30 @@
 # by a veth pair (pod 203.0.113.1, test host 203.0.113.2), a scratch directory, and their
 # removal on exit (with the nginx the script starts there, whose pid file is $dir/nginx.pid).
 #
-#   bench_lab NAME      sets $pod, $host and $dir; defines in_pod and in_host
+#   bench_needs NAME TOOL...  exits with a message unless root and every TOOL is on PATH
+#   bench_supervisor          sets $supervisor: $SUPERVISOR, or the tree's release build
+#   bench_lab NAME            sets $pod, $host and $dir; defines in_pod and in_host
 # KEEP=1 keeps the scratch directory (logs) for inspection.
+
+bench_needs() {
+    local name=$1 tool
+    shift
+    ((EUID == 0)) || { echo "$name: run as root (namespaces, nginx)" >&2; exit 2; }
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$name: $tool not found" >&2; exit 2; }
+    done
+}
+
+bench_supervisor() {
+    if [[ -n ${SUPERVISOR:-} ]]; then
+        supervisor=$(realpath "$SUPERVISOR")
+        echo "supervisor: $supervisor (SUPERVISOR, not rebuilt)"
+    else
+        echo "building: cargo build --release -p openshell-sandbox"
+        (cd "$repo" && cargo build --quiet --release -p openshell-sandbox)
+        supervisor=$repo/target/release/openshell-sandbox
+    fi
+}
 
 bench_lab() {
     local id=$1-$$

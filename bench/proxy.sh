@@ -36,25 +36,14 @@ tunnels=${TUNNELS:-1000}
 case ${1:-} in
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 esac
-((EUID == 0)) || { echo "bench/proxy.sh: run as root (namespaces, nginx)" >&2; exit 2; }
 ((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
-for tool in nginx curl ip nsenter python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool not found" >&2; exit 2; }
-done
-
-if [[ -n ${SUPERVISOR:-} ]]; then
-    supervisor=$(realpath "$SUPERVISOR")
-    echo "supervisor: $supervisor (SUPERVISOR, not rebuilt)"
-else
-    echo "building: cargo build --release -p openshell-sandbox"
-    (cd "$repo" && cargo build --quiet --release -p openshell-sandbox)
-    supervisor=$repo/target/release/openshell-sandbox
-fi
+# shellcheck source-path=SCRIPTDIR
+source "$repo/bench/lab.sh"
+bench_needs bench/proxy.sh nginx curl ip nsenter python3 cargo
+bench_supervisor
 cargo build --quiet --release --manifest-path "$repo/bench/proxy-load/Cargo.toml" \
     --target-dir "$repo/target"
 
-# shellcheck source-path=SCRIPTDIR
-source "$repo/bench/lab.sh"
 bench_lab proxy-bench
 
 mkdir -p "$dir/www" "$dir/nginx"

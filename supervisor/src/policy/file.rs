@@ -5,7 +5,8 @@
 //! location ([`Spanned`]) so that [`super::validate`] can point at the offending line.
 //! Fields that belong to inspection modes this build does not enforce are still parsed, only so
 //! that validation can refuse them with a clear "not supported" message instead of the generic
-//! "unknown field" one.
+//! "unknown field" one. `credentials` is ours (upstream takes credentials from its gateway);
+//! the endpoint's credential fields are upstream's.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,59 @@ pub struct PolicyFile {
     pub network_policies: Option<BTreeMap<String, Spanned<NetworkRuleFile>>>,
     /// Upstream's L7 middleware chain: parsed only to be refused by name.
     pub network_middlewares: Option<Spanned<IgnoredAny>>,
+    /// Ours: credentials the agent holds as placeholders, keyed by name.
+    pub credentials: Option<Spanned<BTreeMap<String, Spanned<CredentialFile>>>>,
+}
+
+/// One entry of `credentials` (ours): where the real value comes from, what the agent sees
+/// instead, and where the proxy may send it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialFile {
+    /// The agent's variable, holding the placeholder.
+    pub variable: Spanned<String>,
+    /// `{env: NAME}` or `{file: PATH}`; default: the supervisor's variable of the same name.
+    pub source: Option<Spanned<SourceFile>>,
+    /// The placeholder the agent sees; default `openshell:resolve:env:VARIABLE`.
+    pub placeholder: Option<Spanned<String>>,
+    /// Where the real value may be sent (hosts and ports of L7 endpoints).
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<CredentialEndpointFile>>,
+    /// The name endpoints' `credential_binding.provider` uses; default: the entry's key.
+    pub provider: Option<Spanned<String>>,
+    /// A missing source is a warning (the variable stays unset) instead of an error.
+    pub optional: Option<Spanned<bool>>,
+}
+
+/// `source:` of a credential: exactly one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// A variable of the supervisor's own environment (`env: valueFrom: secretKeyRef`).
+    pub env: Option<Spanned<String>>,
+    /// A file the agent cannot see (a Secret volume at a path the policy does not list).
+    pub file: Option<Spanned<String>>,
+}
+
+/// One entry of a credential's `endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialEndpointFile {
+    /// Host name or glob, as in a network endpoint.
+    pub host: Spanned<String>,
+    /// A single port.
+    pub port: Option<Spanned<i64>>,
+    /// Several ports.
+    pub ports: Option<Vec<Spanned<i64>>>,
+}
+
+/// Upstream's `credential_binding` on an endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBindingFile {
+    /// The provider (a credential's `provider`, or its key) whose credentials the endpoint
+    /// receives.
+    pub provider: Spanned<String>,
 }
 
 /// `filesystem_policy`.
@@ -126,16 +180,16 @@ pub struct EndpointFile {
     pub path: Option<Spanned<String>>,
     /// L7: whether `%2F` may appear in request paths.
     pub allow_encoded_slash: Option<Spanned<bool>>,
-    // Features of later versions (credential rewriting, request signing, GraphQL, JSON-RPC,
-    // MCP): parsed only to be refused by name, never ignored.
-    /// Not supported by this version: refused by name.
-    pub credential_binding: Option<Spanned<IgnoredAny>>,
-    /// Not supported by this version: refused by name.
-    pub websocket_credential_rewrite: Option<Spanned<IgnoredAny>>,
-    /// Not supported by this version: refused by name.
-    pub request_body_credential_rewrite: Option<Spanned<IgnoredAny>>,
-    /// Not supported by this version: refused by name.
-    pub allow_uninspected_credentials: Option<Spanned<IgnoredAny>>,
+    /// Credentials: the provider whose credentials this endpoint receives.
+    pub credential_binding: Option<Spanned<CredentialBindingFile>>,
+    /// Credentials: placeholders in client websocket messages are replaced.
+    pub websocket_credential_rewrite: Option<Spanned<bool>>,
+    /// Credentials: placeholders in JSON, form and text request bodies are replaced.
+    pub request_body_credential_rewrite: Option<Spanned<bool>>,
+    /// Credentials: a bound endpoint may be one the proxy cannot inspect (it then adds nothing).
+    pub allow_uninspected_credentials: Option<Spanned<bool>>,
+    // Features of later versions (request signing, GraphQL, JSON-RPC, MCP): parsed only to be
+    // refused by name, never ignored.
     /// Not supported by this version: refused by name.
     pub credential_signing: Option<Spanned<IgnoredAny>>,
     /// Not supported by this version: refused by name.
@@ -158,19 +212,6 @@ impl EndpointFile {
     /// The fields of features this build does not have, by name, when present.
     pub fn unsupported(&self) -> impl Iterator<Item = (&'static str, &Spanned<IgnoredAny>)> {
         [
-            ("credential_binding", &self.credential_binding),
-            (
-                "websocket_credential_rewrite",
-                &self.websocket_credential_rewrite,
-            ),
-            (
-                "request_body_credential_rewrite",
-                &self.request_body_credential_rewrite,
-            ),
-            (
-                "allow_uninspected_credentials",
-                &self.allow_uninspected_credentials,
-            ),
             ("credential_signing", &self.credential_signing),
             ("signing_service", &self.signing_service),
             ("signing_region", &self.signing_region),

@@ -101,6 +101,35 @@ impl HostPattern {
     }
 }
 
+impl HostPattern {
+    /// Whether some host could match both patterns (used to find the network endpoints a
+    /// credential's endpoint speaks of).
+    pub fn overlaps(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Glob(a), HostPattern::Glob(b)) => {
+                // Label by label from the right: two literals must agree; a `**` (always
+                // the first label, so the last one compared) covers whatever is left.
+                let (mut a, mut b) = (a.iter().rev(), b.iter().rev());
+                loop {
+                    match (a.next(), b.next()) {
+                        (None, None) => return true,
+                        (Some(Label::Many), Some(_)) | (Some(_), Some(Label::Many)) => {
+                            return true;
+                        }
+                        (Some(Label::Literal(x)), Some(Label::Literal(y))) if x != y => {
+                            return false;
+                        }
+                        (Some(_), Some(_)) => {}
+                        _ => return false,
+                    }
+                }
+            }
+            (HostPattern::Glob(_), exact) => self.matches(&exact.to_string()),
+            (exact, _) => other.matches(&exact.to_string()),
+        }
+    }
+}
+
 fn parse_label(label: &str, index: usize, raw: &str) -> Result<Label, String> {
     match label {
         "*" => Ok(Label::One),
@@ -254,6 +283,25 @@ mod tests {
                 .unwrap_err()
                 .contains("longer than 63")
         );
+    }
+
+    #[test]
+    fn overlapping_patterns() {
+        let overlaps = |a: &str, b: &str| {
+            let (a, b) = (HostPattern::parse(a).unwrap(), HostPattern::parse(b).unwrap());
+            assert_eq!(a.overlaps(&b), b.overlaps(&a), "symmetric");
+            a.overlaps(&b)
+        };
+        assert!(overlaps("api.example.com", "API.example.com"));
+        assert!(overlaps("api.example.com", "*.example.com"));
+        assert!(overlaps("a.b.example.com", "**.example.com"));
+        assert!(overlaps("*.example.com", "**.example.com"));
+        assert!(overlaps("api.*.example.com", "*.eu.example.com"));
+        assert!(overlaps("10.0.0.1", "10.0.0.1"));
+        assert!(!overlaps("api.example.com", "*.example.org"));
+        assert!(!overlaps("example.com", "**.example.com"));
+        assert!(!overlaps("*.example.com", "*.*.example.com"));
+        assert!(!overlaps("10.0.0.1", "*.example.com"));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use super::CredentialSet;
+
 /// Most alternatives one pattern may expand to (`{a,b}{c,d}` is four): a bound on the work
 /// one rule costs per request.
 const MAX_ALTERNATIVES: usize = 64;
@@ -38,6 +40,13 @@ pub struct L7Endpoint {
     pub deny_rules: Vec<RequestRule>,
     /// The `access:` preset, when the rules came from one (for `check`).
     pub access: Option<Access>,
+    /// Credentials bound here by `credential_binding` (those bound by their own `endpoints`
+    /// are matched against each request's destination).
+    pub credentials: CredentialSet,
+    /// `request_body_credential_rewrite`.
+    pub body_credentials: bool,
+    /// `websocket_credential_rewrite`.
+    pub websocket_credentials: bool,
 }
 
 /// `protocol:` values this build inspects.

@@ -6,6 +6,7 @@
 //! identity. Every error names the file, line, column and field.
 
 mod cidr;
+pub mod credentials;
 mod error;
 mod file;
 mod glob;
@@ -16,6 +17,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use cidr::{Cidr, canonical as canonical_ip};
+pub use credentials::{Credential, CredentialSet};
 pub use error::{PolicyError, PolicyOrigin, Position};
 pub use file::PolicyFile;
 pub use glob::PathGlob;
@@ -46,6 +48,8 @@ pub struct Policy {
     pub run_as: RunAs,
     /// Egress rules; empty means no network at all.
     pub network: Vec<NetworkRule>,
+    /// Credentials the agent holds as placeholders (see [`credentials`]).
+    pub credentials: Vec<Credential>,
     /// Things worth telling the user that do not make the policy invalid.
     pub notes: Vec<String>,
 }
@@ -113,6 +117,9 @@ pub struct Endpoint {
     pub l7: Option<L7Endpoint>,
     /// Which egress paths may reach it.
     pub reach: Reach,
+    /// `allow_uninspected_credentials`: a credential may be bound here although the proxy
+    /// cannot inspect the endpoint (and so adds nothing to its traffic).
+    pub allow_uninspected_credentials: bool,
 }
 
 /// The egress paths an endpoint can be reached through.

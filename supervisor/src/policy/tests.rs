@@ -378,7 +378,7 @@ fn l7_mistakes_give_exact_messages() {
         ),
         (
             "        protocol: rest\n        access: full\n        credential_binding: { provider: github }\n",
-            "policy.yaml:9:29: network_policies.api.endpoints[0].credential_binding: is a setting of a feature this version of openshell-sandbox does not have (credential rewriting, request signing, GraphQL, JSON-RPC, MCP); it is not supported by this version; refusing rather than ignoring it",
+            "policy.yaml:9:41: network_policies.api.endpoints[0].credential_binding.provider: no credential has provider \"github\" (known: none: the policy has no credentials section)",
         ),
         (
             "        protocol: rest\n        rules: [{ allow: { method: POST, path: /graphql, operation_type: query } }]\n",
@@ -446,4 +446,164 @@ fn l7_endpoints_compile_presets_and_rules() {
     assert_eq!(l7.enforcement, l7::Enforcement::Audit);
     let plain = load_text(&l7_policy("")).unwrap();
     assert!(plain.network[0].endpoints[0].l7.is_none());
+}
+
+/// A policy with a credentials section (`credentials`, YAML indented by two) and one rule
+/// whose endpoint has the flow-mapping entries `endpoint`.
+fn credential_policy(credentials: &str, endpoint: &str) -> String {
+    format!(
+        "version: 1\ncredentials:\n{credentials}network_policies:\n  api:\n    endpoints:\n      \
+         - {{ {endpoint} }}\n    binaries: [{{ path: /usr/bin/curl }}]\n"
+    )
+}
+
+const ANTHROPIC: &str = "  anthropic:\n    variable: ANTHROPIC_API_KEY\n    \
+     endpoints: [{ host: api.anthropic.com, port: 443 }]\n";
+
+const INSPECTED: &str = "host: api.anthropic.com, port: 443, protocol: rest, access: full";
+
+#[test]
+fn credentials_load_with_their_defaults_and_bindings() {
+    let policy = load_text(&credential_policy(ANTHROPIC, INSPECTED)).unwrap();
+    let c = &policy.credentials[0];
+    assert_eq!(c.name, "anthropic");
+    assert_eq!(c.provider, "anthropic");
+    assert_eq!(c.variable, "ANTHROPIC_API_KEY");
+    assert_eq!(
+        c.source,
+        credentials::Source::Env("ANTHROPIC_API_KEY".into())
+    );
+    assert_eq!(c.placeholder, "openshell:resolve:env:ANTHROPIC_API_KEY");
+    assert!(c.endpoints[0].matches("api.anthropic.com", 443));
+    assert!(!c.endpoints[0].matches("api.anthropic.com", 8443));
+    assert!(!c.optional);
+    // Upstream's fields: bound by provider, body and websocket rewriting opted in.
+    let github = "  gh:\n    variable: GH_TOKEN\n    provider: github\n    \
+         source: { file: /var/run/secrets/github/token }\n    \
+         placeholder: ghp_OPENSHELL-RESOLVE-ENV-GH_TOKEN\n    optional: true\n";
+    let policy = load_text(&credential_policy(
+        github,
+        "host: api.github.com, port: 443, protocol: rest, access: full, \
+         credential_binding: { provider: github }, request_body_credential_rewrite: true, \
+         websocket_credential_rewrite: true",
+    ))
+    .unwrap();
+    let c = &policy.credentials[0];
+    assert_eq!(
+        c.source,
+        credentials::Source::File("/var/run/secrets/github/token".into())
+    );
+    assert!(c.optional && c.endpoints.is_empty());
+    let l7 = policy.network[0].endpoints[0].l7.as_ref().unwrap();
+    assert_eq!(l7.credentials, CredentialSet::one(0));
+    assert!(l7.body_credentials && l7.websocket_credentials);
+    // An uninspected endpoint is accepted when the policy says so.
+    let policy = load_text(&credential_policy(
+        ANTHROPIC,
+        "host: api.anthropic.com, port: 443, allow_uninspected_credentials: true",
+    ))
+    .unwrap();
+    assert!(policy.network[0].endpoints[0].allow_uninspected_credentials);
+}
+
+/// Every mistake in a credentials section, with its place.
+#[test]
+fn credential_mistakes_give_exact_messages() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            ANTHROPIC,
+            "host: api.anthropic.com, port: 443",
+            "policy.yaml:9:9: network_policies.api.endpoints[0]: credentials.anthropic is bound to api.anthropic.com:443 (credentials.anthropic.endpoints[0]); this endpoint is not inspected",
+        ),
+        (
+            ANTHROPIC,
+            "host: \"*.anthropic.com\", port: 443, protocol: rest, access: full, tls: skip",
+            "policy.yaml:9:9: network_policies.api.endpoints[0]: credentials.anthropic is bound to api.anthropic.com:443",
+        ),
+        (
+            ANTHROPIC,
+            "host: api.anthropic.com, port: 8443, protocol: rest, access: full",
+            "policy.yaml:5:17: credentials.anthropic.endpoints[0]: no network rule allows api.anthropic.com:443, so the credential could never be sent there",
+        ),
+        (
+            "  anthropic:\n    variable: ANTHROPIC_API_KEY\n",
+            INSPECTED,
+            "policy.yaml:4:5: credentials.anthropic: is bound to no endpoint, so its placeholder would resolve nowhere",
+        ),
+        (
+            "  a:\n    variable: ANTHROPIC-KEY\n    endpoints: []\n",
+            INSPECTED,
+            "policy.yaml:4:15: credentials.a.variable: \"ANTHROPIC-KEY\" is not a variable name",
+        ),
+        (
+            "  a:\n    variable: OPENSHELL_KEY\n",
+            INSPECTED,
+            "policy.yaml:4:15: credentials.a.variable: OPENSHELL_ variables configure the supervisor",
+        ),
+        (
+            "  a:\n    variable: KEY\n    source: { env: KEY, file: /run/key }\n",
+            INSPECTED,
+            "policy.yaml:5:13: credentials.a.source: write exactly one of env",
+        ),
+        (
+            "  a:\n    variable: KEY\n    source: { file: run/key }\n",
+            INSPECTED,
+            "policy.yaml:5:21: credentials.a.source.file: \"run/key\" is not an absolute path",
+        ),
+        (
+            "  a:\n    variable: KEY\n    placeholder: sk-ant-fake\n",
+            INSPECTED,
+            "policy.yaml:5:18: credentials.a.placeholder: \"sk-ant-fake\" is not a placeholder",
+        ),
+        (
+            "  a:\n    variable: KEY\n    endpoints: [{ host: api.anthropic.com }]\n",
+            INSPECTED,
+            "policy.yaml:5:17: credentials.a.endpoints[0]: an endpoint needs `port` or `ports`",
+        ),
+        (
+            "  a:\n    variable: KEY\n    endpoints: [{ host: \"*.com\", port: 443 }]\n",
+            INSPECTED,
+            "policy.yaml:5:25: credentials.a.endpoints[0].host: \"*.com\" would match every name under a top-level domain",
+        ),
+        (
+            "  a:\n    variable: KEY\n  b:\n    variable: KEY\n",
+            INSPECTED,
+            "policy.yaml:6:15: credentials.b.variable: the same variable as credentials.a",
+        ),
+        (
+            "  a:\n    variable: KEY\n    secret: x\n",
+            INSPECTED,
+            "policy.yaml:5:5: credentials.a.secret: unknown field `secret`",
+        ),
+        (
+            ANTHROPIC,
+            "host: api.anthropic.com, port: 443, protocol: rest, access: full, credential_binding: { provider: openai }",
+            "policy.yaml:9:109: network_policies.api.endpoints[0].credential_binding.provider: no credential has provider \"openai\" (known: anthropic)",
+        ),
+        (
+            "  a:\n    variable: KEY\n",
+            "host: api.anthropic.com, port: 443, credential_binding: { provider: a }",
+            "policy.yaml:8:67: network_policies.api.endpoints[0].credential_binding: this endpoint is not inspected",
+        ),
+        (
+            ANTHROPIC,
+            "host: api.anthropic.com, port: 443, protocol: websocket, access: full, request_body_credential_rewrite: true",
+            "policy.yaml:9:115: network_policies.api.endpoints[0].request_body_credential_rewrite: applies to protocol: rest endpoints only",
+        ),
+        (
+            ANTHROPIC,
+            "host: api.anthropic.com, port: 443, allow_uninspected_credentials: true, websocket_credential_rewrite: true",
+            "policy.yaml:9:114: network_policies.api.endpoints[0].websocket_credential_rewrite: applies to protocol: rest or websocket endpoints only",
+        ),
+    ];
+    let mismatches: Vec<String> = cases
+        .iter()
+        .filter_map(|(credentials, endpoint, expected)| {
+            let text = credential_policy(credentials, endpoint);
+            let actual = error(&text);
+            (!actual.starts_with(expected))
+                .then(|| format!("policy:\n{text}\nexpected: {expected}\nactual:   {actual}\n"))
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

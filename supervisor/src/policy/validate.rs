@@ -1,5 +1,6 @@
 //! [`PolicyFile`] → [`Policy`]: every value checked, every error placed in the file.
 
+mod credentials;
 mod l7;
 mod transparent;
 
@@ -69,6 +70,7 @@ pub fn validate(
         Some(process) => v.process(process)?,
         None => RunAs::default(),
     };
+    let mut section = v.credentials(file.credentials.as_ref())?;
     let mut network = Vec::new();
     let rules = file.network_policies.unwrap_or_default();
     if rules.len() > MAX_RULES {
@@ -86,7 +88,7 @@ pub fn validate(
                 Position::of(&e.referenced),
             )
         }));
-        let rule = v.rule(&key, rule, &mut notes)?;
+        let rule = v.rule(&key, rule, &mut section, &mut notes)?;
         writable_binaries(&rule, &filesystem, &mut notes);
         endpoints += rule.endpoints.len();
         binaries += rule.binaries.len();
@@ -105,6 +107,7 @@ pub fn validate(
             message,
         });
     }
+    v.bind_credentials(&section, &placed)?;
     if endpoints > MAX_ENDPOINTS || binaries > MAX_BINARIES {
         return Err(v.plain(
             "network_policies",
@@ -120,6 +123,7 @@ pub fn validate(
         compatibility,
         run_as,
         network,
+        credentials: section.credentials,
         notes,
     })
 }
@@ -264,13 +268,15 @@ impl Validator {
         &self,
         key: &str,
         rule: Spanned<NetworkRuleFile>,
+        credentials: &mut credentials::Section,
         notes: &mut Vec<String>,
     ) -> Result<NetworkRule, PolicyError> {
         let base = format!("network_policies.{key}");
         let file = rule.value;
         let mut endpoints = Vec::new();
         for (i, endpoint) in file.endpoints.iter().enumerate() {
-            endpoints.push(self.endpoint(endpoint, &format!("{base}.endpoints[{i}]"))?);
+            let base = format!("{base}.endpoints[{i}]");
+            endpoints.push(self.endpoint(endpoint, &base, credentials)?);
         }
         let mut binaries = Vec::new();
         for (i, binary) in file.binaries.iter().enumerate() {
@@ -311,33 +317,28 @@ impl Validator {
         })
     }
 
-    fn endpoint(&self, raw: &Spanned<EndpointFile>, base: &str) -> Result<Endpoint, PolicyError> {
+    fn endpoint(
+        &self,
+        raw: &Spanned<EndpointFile>,
+        base: &str,
+        section: &mut credentials::Section,
+    ) -> Result<Endpoint, PolicyError> {
         let e = &raw.value;
         let reach = self.reach(raw, base)?;
         // A protocol: tcp endpoint is never inspected; every other one may be.
-        let l7 = match reach {
+        let mut l7 = match reach {
             Reach::Transparent => None,
             Reach::Any => self.l7(raw, base)?,
         };
+        let credentials = self.endpoint_credentials(raw, base, l7.as_ref(), section)?;
+        if let Some(l7) = l7.as_mut() {
+            l7.credentials = credentials.binding;
+            l7.body_credentials = credentials.body;
+            l7.websocket_credentials = credentials.websocket;
+        }
         let host = HostPattern::parse(&e.host.value)
             .map_err(|m| self.err(&e.host, format!("{base}.host"), m))?;
-        let mut ports = Vec::new();
-        let listed = e.port.iter().map(|p| (p, format!("{base}.port")));
-        let many = e.ports.iter().flatten().enumerate();
-        for (raw, field) in listed.chain(many.map(|(i, p)| (p, format!("{base}.ports[{i}]")))) {
-            let port = u16::try_from(raw.value)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| {
-                    self.err(raw, field, format!("port {} is not in 1-65535", raw.value))
-                })?;
-            if !ports.contains(&port) {
-                ports.push(port);
-            }
-        }
-        if ports.is_empty() {
-            return Err(self.err(raw, base, "an endpoint needs `port` or `ports`"));
-        }
+        let ports = self.ports(raw, base, e.port.as_ref(), e.ports.as_deref())?;
         let mut allowed_ips = Vec::new();
         for (i, cidr) in e.allowed_ips.iter().enumerate() {
             allowed_ips.push(
@@ -351,7 +352,36 @@ impl Validator {
             allowed_ips,
             l7,
             reach,
+            allow_uninspected_credentials: credentials.allow_uninspected,
         })
+    }
+
+    /// `port` and `ports` of the entry `raw` at `base`: each in range, at least one.
+    fn ports<T>(
+        &self,
+        raw: &Spanned<T>,
+        base: &str,
+        port: Option<&Spanned<i64>>,
+        ports: Option<&[Spanned<i64>]>,
+    ) -> Result<Vec<u16>, PolicyError> {
+        let mut out = Vec::new();
+        let listed = port.into_iter().map(|p| (p, format!("{base}.port")));
+        let many = ports.into_iter().flatten().enumerate();
+        for (raw, field) in listed.chain(many.map(|(i, p)| (p, format!("{base}.ports[{i}]")))) {
+            let port = u16::try_from(raw.value)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    self.err(raw, field, format!("port {} is not in 1-65535", raw.value))
+                })?;
+            if !out.contains(&port) {
+                out.push(port);
+            }
+        }
+        if out.is_empty() {
+            return Err(self.err(raw, base, "an endpoint needs `port` or `ports`"));
+        }
+        Ok(out)
     }
 }
 

@@ -7,7 +7,7 @@ use serde_saphyr::{Location, Spanned};
 use super::Validator;
 use crate::policy::file::{EndpointFile, QueryMatcherFile, RequestMatchFile};
 use crate::policy::l7::{Access, Enforcement, Glob, L7Endpoint, Protocol, RequestRule, TlsMode};
-use crate::policy::{Endpoint, PolicyError, Position};
+use crate::policy::{CredentialSet, Endpoint, PolicyError, Position};
 
 /// Most allow rules on one endpoint.
 const MAX_RULES: usize = 1024;
@@ -25,8 +25,8 @@ impl Validator {
                 value,
                 format!("{base}.{name}"),
                 "is a setting of a feature this version of openshell-sandbox does not have \
-                 (credential rewriting, request signing, GraphQL, JSON-RPC, MCP); it is not \
-                 supported by this version; refusing rather than ignoring it",
+                 (request signing, GraphQL, JSON-RPC, MCP); it is not supported by this \
+                 version; refusing rather than ignoring it",
             ));
         }
         let tls = match &e.tls {
@@ -178,6 +178,10 @@ impl Validator {
             rules,
             deny_rules,
             access,
+            // Set by the endpoint's credential fields.
+            credentials: CredentialSet::EMPTY,
+            body_credentials: false,
+            websocket_credentials: false,
         }))
     }
 
@@ -372,6 +376,15 @@ pub(super) fn conflicts(
                 }
                 if la.allow_encoded_slash != lb.allow_encoded_slash {
                     differ.push("allow_encoded_slash");
+                }
+                if la.credentials != lb.credentials {
+                    differ.push("credential_binding");
+                }
+                if la.body_credentials != lb.body_credentials {
+                    differ.push("request_body_credential_rewrite");
+                }
+                if la.websocket_credentials != lb.websocket_credentials {
+                    differ.push("websocket_credential_rewrite");
                 }
             }
             if !differ.is_empty() {

@@ -11,7 +11,7 @@ use crate::account::Account;
 use crate::policy::{self, Compatibility, Policy};
 use crate::preflight::{self, Kernel};
 use crate::proxy::transparent::probe as transparent;
-use crate::{account, filesystem, landlock, memfd, paths, seccomp, view};
+use crate::{account, credentials, filesystem, landlock, memfd, paths, seccomp, view};
 
 /// Builds the report for the policy at `origin`; returns it and whether everything can be
 /// enforced as written.
@@ -28,6 +28,7 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
         }
     };
     describe_policy(&mut out, &policy, workdir);
+    credentials::describe(&mut out, &mut problems, &policy);
     let kernel = preflight::probe();
     let _ = writeln!(out, "this machine (kernel {}):", kernel.release);
     let account = match account::resolve(&policy.run_as, Path::new("/")) {

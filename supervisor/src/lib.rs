@@ -11,6 +11,7 @@ pub mod channel;
 pub mod check;
 pub mod child;
 pub mod cli;
+pub mod credentials;
 pub mod filesystem;
 pub mod init;
 pub mod landlock;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use openshell_sandbox::cli::{Cli, Command, PolicyArgs, RunArgs, parse_seconds};
 use openshell_sandbox::supervise::{self, Outcome};
-use openshell_sandbox::{check, log, policy, preflight, proxy, sandbox};
+use openshell_sandbox::{check, credentials, log, policy, preflight, proxy, sandbox};
 
 const SETUP_FAILED: u8 = 125;
 
@@ -62,6 +62,8 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         grace: grace_period()?,
         proxy: proxy::Settings::from_env().map_err(anyhow::Error::msg)?,
     };
+    // Before anything copies the environment: the values leave it here.
+    let credentials = credentials::prepare(&policy, &reserved_variables())?;
     let java_options = std::env::var("JAVA_TOOL_OPTIONS").ok();
     let inspection = proxy::l7::prepare(&policy, java_options.as_deref())?;
     let provided = inspection.as_ref().map_or(&[][..], |i| &i.files[..]);
@@ -72,11 +74,24 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         &args.command,
         provided,
         inspection.as_ref(),
+        &credentials,
     )?;
     let running = sandbox::spawn(prepared)?;
     let outcome = supervise::run(running, policy.network, options);
     report(&outcome);
     Ok(outcome.code())
+}
+
+/// The variables the supervisor sets for the agent itself, which no credential may take.
+fn reserved_variables() -> Vec<&'static str> {
+    let mut names = vec!["HOME", "USER", "LOGNAME", "PATH"];
+    names.extend(proxy::agent_environment().iter().map(|(name, _)| *name));
+    names.extend(
+        proxy::l7::trust::agent_environment(None)
+            .iter()
+            .map(|(name, _)| *name),
+    );
+    names
 }
 
 fn check(args: &PolicyArgs) -> anyhow::Result<u8> {

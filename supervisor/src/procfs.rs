@@ -25,6 +25,28 @@ pub fn stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// Where this process's environment block lies (`env_start`, `env_end`: fields 50 and 51 of
+/// `/proc/self/stat`).
+pub fn env_block() -> Option<(usize, usize)> {
+    let text = fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    let start = fields.get(47)?.parse().ok()?;
+    let end = fields.get(48)?.parse().ok()?;
+    (start <= end).then_some((start, end))
+}
+
+/// The threads of this process (0 when unreadable).
+pub fn thread_count() -> usize {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The thread group (process) of the thread `tid`: `tid` itself when it leads its group (a
 /// pidfd opens only for a leader: two system calls for the common single-threaded case),
 /// else from `/proc/TID/status`.
@@ -53,5 +75,7 @@ mod tests {
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         assert!(me.start > 0 && "RSD".contains(me.state), "{me:?}");
         assert_eq!(super::tgid(std::process::id()), Some(std::process::id()));
+        let (start, end) = super::env_block().unwrap();
+        assert!(start > 0 && start <= end);
     }
 }

@@ -20,7 +20,7 @@ use crate::preflight::Kernel;
 use crate::proxy::transparent::{self, fence};
 use crate::seccomp::{self, Deny, SeccompError};
 use crate::view::{self, ViewError};
-use crate::{caps, init, memfd, paths, proxy};
+use crate::{caps, credentials, init, memfd, paths, proxy};
 
 pub use crate::view::ProvidedFile;
 
@@ -108,7 +108,8 @@ pub struct Prepared {
 /// Prepares every layer for `command` (empty: the user's shell) under `policy`. `provided` are
 /// the files the supervisor gives the agent, placed read-only under `/run/openshell` in its
 /// view; `inspection` is the L7 engine and the variables that make the agent trust it, when
-/// the policy has L7 endpoints.
+/// the policy has L7 endpoints; `credentials` give the agent placeholders and the proxy the
+/// values.
 pub fn prepare(
     policy: &Policy,
     kernel: &Kernel,
@@ -116,6 +117,7 @@ pub fn prepare(
     command: &[OsString],
     provided: &[ProvidedFile],
     inspection: Option<&proxy::l7::Prepared>,
+    credentials: &credentials::Prepared,
 ) -> Result<Prepared, SandboxError> {
     let (workdir, workdir_opened) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
@@ -167,6 +169,7 @@ pub fn prepare(
             env.push((key.into(), value.into()));
         }
     }
+    credentials.agent.apply(&mut env);
     let argv: Vec<OsString> = if command.is_empty() {
         vec![login_shell(&account)]
     } else {
@@ -187,6 +190,9 @@ pub fn prepare(
     if let Some(inspection) = inspection {
         proxy.inspect_with(inspection.engine.clone());
     }
+    proxy
+        .add_credentials(credentials)
+        .map_err(SandboxError::Proxy)?;
     let agent = child::Plan {
         argv: CStringArray::new(
             argv.iter()
@@ -377,17 +383,6 @@ fn owns_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
-fn thread_count() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// The agent's command, for messages.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -413,7 +408,7 @@ pub struct Running {
 /// Forks init. The process must be single-threaded: the child allocates and takes locks, which
 /// is only safe when no other thread could have held them at fork time.
 pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
-    let threads = thread_count();
+    let threads = crate::procfs::thread_count();
     if threads != 1 {
         return Err(SandboxError::Threads(threads));
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use openshell_sandbox::policy::{self, PolicyOrigin};
 use openshell_sandbox::sandbox::{self, ProvidedFile};
 use openshell_sandbox::supervise::{self, Outcome};
-use openshell_sandbox::{preflight, proxy};
+use openshell_sandbox::{credentials, preflight, proxy};
 
 const AGENT: u32 = 65534;
 
@@ -73,8 +73,17 @@ fn run(workdir: &Path) {
     ];
     let command: Vec<OsString> = ["/bin/sh", "-c", SCRIPT].iter().map(Into::into).collect();
     let kernel = preflight::probe();
-    let prepared = sandbox::prepare(&policy, &kernel, workdir, &command, &provided, None)
-        .expect("the sandbox prepares");
+    let credentials = credentials::prepare(&policy, &[]).expect("no credentials to prepare");
+    let prepared = sandbox::prepare(
+        &policy,
+        &kernel,
+        workdir,
+        &command,
+        &provided,
+        None,
+        &credentials,
+    )
+    .expect("the sandbox prepares");
     let running = sandbox::spawn(prepared).expect("the sandbox starts");
     let options = supervise::Options {
         timeout: Some(Duration::from_secs(30)),

@@ -288,7 +288,10 @@ mod tests {
     #[test]
     fn overlapping_patterns() {
         let overlaps = |a: &str, b: &str| {
-            let (a, b) = (HostPattern::parse(a).unwrap(), HostPattern::parse(b).unwrap());
+            let (a, b) = (
+                HostPattern::parse(a).unwrap(),
+                HostPattern::parse(b).unwrap(),
+            );
             assert_eq!(a.overlaps(&b), b.overlaps(&a), "symmetric");
             a.overlaps(&b)
         };

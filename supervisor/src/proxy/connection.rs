@@ -40,6 +40,8 @@ pub struct Shared {
     pub pipes: relay::PipePool,
     /// L7 inspection, when the policy has L7 endpoints.
     pub l7: Option<Arc<l7::Engine>>,
+    /// Credentials, when the policy has any.
+    pub credentials: Option<Arc<l7::credentials::Credentials>>,
 }
 
 /// Serves one client connection until it closes, is denied, or goes idle.

@@ -84,12 +84,25 @@ pub struct Bound {
     diag: OwnedFd,
     transparent: Option<transparent::Bound>,
     l7: Option<Arc<l7::Engine>>,
+    credentials: Option<Arc<l7::credentials::Credentials>>,
 }
 
 impl Bound {
     /// Inspects connections to L7 endpoints with `engine`.
     pub fn inspect_with(&mut self, engine: Arc<l7::Engine>) {
         self.l7 = Some(engine);
+    }
+
+    /// Puts `credentials`' values in place of their placeholders where they are bound, and
+    /// refuses their placeholders elsewhere.
+    pub fn add_credentials(
+        &mut self,
+        credentials: &crate::credentials::Prepared,
+    ) -> io::Result<()> {
+        self.credentials = l7::credentials::Credentials::new(credentials)
+            .map_err(io::Error::other)?
+            .map(Arc::new);
+        Ok(())
     }
 }
 
@@ -119,6 +132,7 @@ pub fn bind(transparent: Option<transparent::Plan>) -> io::Result<Bound> {
         diag: caller::sock_diag::diag_socket()?,
         transparent,
         l7: None,
+        credentials: None,
     })
 }
 
@@ -157,6 +171,7 @@ pub fn start(
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         pipes: relay::PipePool::default(),
         l7: bound.l7,
+        credentials: bound.credentials,
     });
     let listeners = bound
         .listeners

@@ -84,7 +84,11 @@ impl Validator {
                     return Err(clash("variable", "variable", &entry.value.variable));
                 }
                 if earlier.placeholder == credential.placeholder {
-                    let at = entry.value.placeholder.as_ref().unwrap_or(&entry.value.variable);
+                    let at = entry
+                        .value
+                        .placeholder
+                        .as_ref()
+                        .unwrap_or(&entry.value.variable);
                     return Err(clash("placeholder", "placeholder", at));
                 }
             }
@@ -308,7 +312,8 @@ impl Validator {
                 let covering: Vec<_> = endpoints
                     .iter()
                     .filter(|(_, _, e)| {
-                        e.host.overlaps(&target.host) && e.ports.iter().any(|p| target.ports.contains(p))
+                        e.host.overlaps(&target.host)
+                            && e.ports.iter().any(|p| target.ports.contains(p))
                     })
                     .collect();
                 if covering.is_empty() {

@@ -19,6 +19,7 @@
 //! CONNECT read), and [`serve_forward`] (one absolute-form `http://` request).
 
 pub mod canon;
+pub mod credentials;
 pub mod rest;
 pub mod rules;
 pub mod stream;
@@ -302,7 +303,10 @@ impl<'a> Context<'a> {
         }
     }
 
-    fn allowed(&self, head: &RequestHead, outcome: &Outcome<'_>) {
+    /// Logs an allowed request; `logged_path` replaces the path when a credential value goes
+    /// into it (`[CREDENTIAL]` there).
+    fn allowed(&self, head: &RequestHead, logged_path: Option<&str>, outcome: &Outcome<'_>) {
+        let path = logged_path.unwrap_or(&head.target.path);
         let (pid, exe) = self.caller();
         let rule = outcome.rule().unwrap_or("");
         let policy = outcome.policy().unwrap_or(self.session.policy);
@@ -314,14 +318,35 @@ impl<'a> Context<'a> {
             host = self.session.host,
             port = self.session.port,
             method = head.method,
-            path = head.target.path,
+            path,
             rule,
             policy,
             "allowed {} {} on {} by {rule} of policy {policy}",
             head.method,
-            log::printable(&head.target.path),
+            log::printable(path),
             self.authority()
         );
+    }
+
+    /// Logs a request (or websocket message) refused for a credential placeholder and makes
+    /// its 403; `path` is the agent's (never one a value went into).
+    fn credential_denied(
+        &self,
+        method: &str,
+        path: &str,
+        credentials: &credentials::Credentials,
+        refused: credentials::Refused,
+    ) -> Refusal {
+        let why = credentials.describe(refused, &self.authority());
+        self.deny(
+            method,
+            path,
+            403,
+            refused.error(),
+            &why,
+            self.session.policy,
+            None,
+        )
     }
 
     fn audited(&self, head: &RequestHead, outcome: &Outcome<'_>) {

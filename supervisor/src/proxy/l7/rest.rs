@@ -18,14 +18,18 @@
 //! fronting). An h2c upgrade is refused; so is any upgrade but websocket.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::canon::{self, CanonError, Canonical};
+use super::credentials::body::{BUFFERED, Mode, PlaceholderFilter, Plan, RefusedError, set_length};
+use super::credentials::redact;
+use super::credentials::websocket::{self, Direction};
 use super::rules;
-use super::stream::{Buffered, Upstream, copy_body};
+use super::stream::{Buffered, Decoder, Filter, Framing, Upstream, copy_body, copy_filtered};
 use super::{Context, Refusal};
 use crate::policy::l7::Enforcement;
 use crate::policy::normalize_host;
@@ -309,13 +313,36 @@ where
             },
         );
         let outcome = &verdict.outcome;
-        match (outcome.allowed(), verdict.enforcement) {
-            (true, _) => cx.allowed(&head, outcome),
-            (false, Enforcement::Audit) => cx.audited(&head, outcome),
-            (false, Enforcement::Enforce) => {
-                cx.denied(&head, outcome).send(client).await;
-                return Ending::Close;
+        if !outcome.allowed() && verdict.enforcement == Enforcement::Enforce {
+            cx.denied(&head, outcome).send(client).await;
+            return Ending::Close;
+        }
+        // Placeholders in the head are checked before anything is logged as allowed; the
+        // log shows the agent's request, never a value.
+        let plan = match cx.shared.credentials.as_deref() {
+            None => None,
+            Some(credentials) => {
+                match credentials.plan(&head, &cx.session.host, cx.session.port, outcome.endpoint())
+                {
+                    Ok(plan) => Some(plan),
+                    Err(refused) => {
+                        let path = &head.target.path;
+                        cx.credential_denied(&head.method, path, credentials, refused)
+                            .send(client)
+                            .await;
+                        return Ending::Close;
+                    }
+                }
             }
+        };
+        let logged = plan.as_ref().and_then(|p| p.injection.logged_path());
+        match outcome.allowed() {
+            true => cx.allowed(&head, logged, outcome),
+            false => cx.audited(&head, outcome),
+        }
+        let mut head = head;
+        if let Some(plan) = &plan {
+            plan.apply(&mut head);
         }
         if upstream.is_none() {
             let attempt = match connected.take() {
@@ -333,7 +360,7 @@ where
         let Some((up, up_buffered)) = upstream.as_mut() else {
             return Ending::Close;
         };
-        let exchanged = exchange(cx, client, buffered, &head, up, up_buffered).await;
+        let exchanged = exchange(cx, client, buffered, &head, up, up_buffered, plan.as_ref()).await;
         match exchanged {
             Ok(Exchanged::Done {
                 client_keep,
@@ -425,7 +452,9 @@ enum Exchanged {
 }
 
 /// Sends the head, the body (concurrently with the response, so that interim responses
-/// reach a client waiting to send its body), and relays the response.
+/// reach a client waiting to send its body), and relays the response. With credentials, the
+/// body and the response pass through their filters, and a request refused for a
+/// placeholder in its body is answered 403 when no response has begun.
 async fn exchange<C>(
     cx: &Context<'_>,
     client: &mut C,
@@ -433,34 +462,74 @@ async fn exchange<C>(
     head: &RequestHead,
     upstream: &mut Upstream,
     up_buffered: &mut Buffered,
+    plan: Option<&Plan<'_>>,
 ) -> io::Result<Exchanged>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let activity = Activity::new();
     let idle = cx.shared.settings.idle_timeout;
-    upstream.write_all(&head.encode(&cx.authority())).await?;
-    upstream.flush().await?;
+    let answered = AtomicBool::new(false);
     let work = async {
-        if head.framing == Body::Empty {
-            return relay_response(cx, client, buffered, head, upstream, up_buffered, &activity)
-                .await;
+        let mut decoder = Decoder::new(head.framing);
+        let upload = send_head(cx, client, buffered, head, upstream, plan, &mut decoder).await?;
+        if let Upload::Sent = upload {
+            return relay_response(
+                cx,
+                client,
+                buffered,
+                head,
+                upstream,
+                up_buffered,
+                &activity,
+                plan,
+                &answered,
+            )
+            .await;
         }
         let (mut client_read, mut client_write) = tokio::io::split(&mut *client);
         let (mut up_read, mut up_write) = tokio::io::split(&mut *upstream);
-        let body = copy_body(
-            head.framing,
-            buffered,
-            &mut client_read,
-            &mut up_write,
-            &activity,
-        );
+        let body = async {
+            match upload {
+                Upload::Sent => Ok(()),
+                Upload::Plain => {
+                    copy_body(
+                        head.framing,
+                        buffered,
+                        &mut client_read,
+                        &mut up_write,
+                        &activity,
+                    )
+                    .await
+                }
+                Upload::Filtered {
+                    mut filter,
+                    first,
+                    framing,
+                } => {
+                    copy_filtered(
+                        &mut decoder,
+                        first,
+                        false,
+                        buffered,
+                        &mut client_read,
+                        &mut up_write,
+                        framing,
+                        &activity,
+                        &mut filter,
+                    )
+                    .await
+                }
+            }
+        };
         let response = relay_response_halves(
             &mut client_write,
             head,
             &mut up_read,
             up_buffered,
             &activity,
+            plan,
+            &answered,
         );
         tokio::pin!(body, response);
         let mut body_done = false;
@@ -484,14 +553,131 @@ where
             }
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = work => result,
         () = activity.idle_for(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    };
+    if let (Err(e), Some(plan)) = (&result, plan)
+        && !answered.load(Ordering::Relaxed)
+    {
+        if let Some(refused) = RefusedError::of(e) {
+            let path = plan.logged_path(head);
+            cx.credential_denied(&head.method, path, plan.credentials, refused)
+                .send(client)
+                .await;
+        } else if e.kind() == io::ErrorKind::Other {
+            // A response that cannot be cleaned of values (see `credentials::redact`).
+            cx.unavailable(502, "upstream_response_refused", &e.to_string())
+                .send(client)
+                .await;
+        }
     }
+    result
+}
+
+/// How the request body goes after the head.
+enum Upload<'p> {
+    /// Nothing left to send (no body, or a rewritten one sent whole with the head).
+    Sent,
+    /// Byte for byte.
+    Plain,
+    /// Through a credential filter (the bytes in `first` already read), in `framing`.
+    Filtered {
+        filter: PlaceholderFilter<'p>,
+        first: Vec<u8>,
+        framing: Framing,
+    },
+}
+
+/// Sends the head, and with it the body when the credentials rewrite a short one whole.
+async fn send_head<'p, C>(
+    cx: &Context<'_>,
+    client: &mut C,
+    buffered: &mut Buffered,
+    head: &RequestHead,
+    upstream: &mut Upstream,
+    plan: Option<&'p Plan<'_>>,
+    decoder: &mut Decoder,
+) -> io::Result<Upload<'p>>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let plain = match head.framing {
+        Body::Empty => Upload::Sent,
+        _ => Upload::Plain,
+    };
+    let (plan, mode) = match plan {
+        Some(plan) if head.framing != Body::Empty && plan.body != Mode::Pass => (plan, plan.body),
+        _ => {
+            upstream.write_all(&head.encode(&cx.authority())).await?;
+            upstream.flush().await?;
+            return Ok(plain);
+        }
+    };
+    let mut filter = plan.placeholder_filter(mode, "body");
+    if mode == Mode::Scan {
+        // What came with the head is searched before the head goes: a refused request
+        // whose body arrived with it never reaches the server at all.
+        let ready = match head.framing {
+            Body::Length(n) => (buffered.bytes.len() as u64).min(n) as usize,
+            _ => buffered.bytes.len(),
+        };
+        plan.placeholder_filter(Mode::Scan, "body")
+            .pass(&buffered.bytes[..ready], true)?;
+        upstream.write_all(&head.encode(&cx.authority())).await?;
+        upstream.flush().await?;
+        let framing = match head.framing {
+            Body::Length(n) => Framing::Length(n),
+            _ => Framing::Chunked,
+        };
+        return Ok(Upload::Filtered {
+            filter,
+            first: Vec::new(),
+            framing,
+        });
+    }
+    // Rewritten: read up to the bound first, so a short body goes with its new length.
+    let mut sent = head.clone();
+    if http::tokens(&head.headers, "expect")
+        .iter()
+        .any(|e| e == "100-continue")
+    {
+        // The client waits for a 100 before its body, which is needed before the head can
+        // go: the proxy answers it, and the server is not asked.
+        sent.headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("expect"));
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        client.flush().await?;
+    }
+    let (first, ended) = decoder.read_up_to(buffered, client, BUFFERED).await?;
+    if ended {
+        let body = filter.pass(&first, true)?.bytes().to_vec();
+        set_length(&mut sent.headers, Some(body.len()));
+        let mut bytes = sent.encode(&cx.authority());
+        bytes.extend_from_slice(&body);
+        upstream.write_all(&bytes).await?;
+        upstream.flush().await?;
+        return Ok(Upload::Sent);
+    }
+    if head.minor == 0 {
+        return Err(io::Error::other(
+            "an HTTP/1.0 request body over 256 KiB cannot have credentials put in (its length \
+             would change, and HTTP/1.0 has no chunked bodies)",
+        ));
+    }
+    set_length(&mut sent.headers, None);
+    upstream.write_all(&sent.encode(&cx.authority())).await?;
+    upstream.flush().await?;
+    Ok(Upload::Filtered {
+        filter,
+        first,
+        framing: Framing::Chunked,
+    })
 }
 
 /// [`relay_response`] for a request without a body; a websocket upgrade continues as a
 /// relay of frames.
+#[allow(clippy::too_many_arguments)]
 async fn relay_response<C>(
     cx: &Context<'_>,
     client: &mut C,
@@ -500,31 +686,56 @@ async fn relay_response<C>(
     upstream: &mut Upstream,
     up_buffered: &mut Buffered,
     activity: &Activity,
+    plan: Option<&Plan<'_>>,
+    answered: &AtomicBool,
 ) -> io::Result<Exchanged>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let exchanged = relay_response_halves(client, head, upstream, up_buffered, activity).await?;
+    let exchanged = relay_response_halves(
+        client,
+        head,
+        upstream,
+        up_buffered,
+        activity,
+        plan,
+        answered,
+    )
+    .await?;
     if let Exchanged::Upgraded = exchanged {
-        frames(cx, client, buffered, upstream, up_buffered, activity).await;
+        frames(
+            cx,
+            client,
+            buffered,
+            head,
+            upstream,
+            up_buffered,
+            activity,
+            plan,
+        )
+        .await;
     }
     Ok(exchanged)
 }
 
-/// Relays interim responses and the final one to `client`.
+/// Relays interim responses and the final one to `client` (through the credentials'
+/// redaction when the plan asks for it); `answered` is set once anything was sent.
 async fn relay_response_halves<W, R>(
     client: &mut W,
     head: &RequestHead,
     upstream: &mut R,
     up_buffered: &mut Buffered,
     activity: &Activity,
+    plan: Option<&Plan<'_>>,
+    answered: &AtomicBool,
 ) -> io::Result<Exchanged>
 where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
+    let redact = plan.filter(|p| p.redact);
     loop {
-        let response = loop {
+        let mut response = loop {
             match http::parse_response(&up_buffered.bytes) {
                 Ok(Some(response)) => break response,
                 Ok(None) if up_buffered.bytes.len() >= MAX_HEAD => {
@@ -542,21 +753,45 @@ where
         };
         up_buffered.consume(response.head_len);
         activity.touch();
+        if let Some(plan) = redact {
+            redact::headers(&plan.redact_filter()?, &mut response.headers);
+        }
         if response.status == 101 {
             if !head.websocket {
                 return Err(io::Error::other("101 without an upgrade request"));
             }
+            answered.store(true, Ordering::Relaxed);
             client.write_all(&response.switching_head()).await?;
             client.flush().await?;
             return Ok(Exchanged::Upgraded);
         }
         if response.is_interim() {
+            answered.store(true, Ordering::Relaxed);
             client.write_all(&response.client_head(false)).await?;
             client.flush().await?;
             continue;
         }
         let body = response.body(&head.method).map_err(io::Error::other)?;
+        if let Some(plan) = redact {
+            let (client_keep, upstream_keep) = redact::relay(
+                plan,
+                client,
+                head,
+                response,
+                body,
+                upstream,
+                up_buffered,
+                activity,
+                answered,
+            )
+            .await?;
+            return Ok(Exchanged::Done {
+                client_keep,
+                upstream_keep,
+            });
+        }
         let client_keep = head.keep_alive && body != Body::UntilClose;
+        answered.store(true, Ordering::Relaxed);
         client.write_all(&response.client_head(client_keep)).await?;
         copy_body(body, up_buffered, upstream, client, activity).await?;
         return Ok(Exchanged::Done {
@@ -566,37 +801,110 @@ where
     }
 }
 
-/// After `101`: frames both ways, untouched, until either side ends (its end passed on as a
-/// half-close) or nothing moves for the idle timeout.
+/// After `101`: frames both ways until either side ends (its end passed on as a half-close)
+/// or nothing moves for the idle timeout; untouched, or through the credentials' filters
+/// when the plan reads them. A message refused for a placeholder ends the connection, with
+/// a close frame (1008, policy violation) to the client.
+#[allow(clippy::too_many_arguments)]
 async fn frames<C>(
     cx: &Context<'_>,
     client: &mut C,
     buffered: &mut Buffered,
+    head: &RequestHead,
     upstream: &mut Upstream,
     up_buffered: &mut Buffered,
     activity: &Activity,
+    plan: Option<&Plan<'_>>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let (client_read, client_write) = tokio::io::split(client);
-    let (up_read, up_write) = tokio::io::split(upstream);
-    let up = one_way(buffered, client_read, up_write, activity);
-    let down = one_way(up_buffered, up_read, client_write, activity);
     let idle: Duration = cx.shared.settings.idle_timeout;
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        () = activity.idle_for(idle) => {}
-    }
+    let ended = {
+        let (client_read, client_write) = tokio::io::split(&mut *client);
+        let (up_read, up_write) = tokio::io::split(&mut *upstream);
+        let up = async {
+            match plan.filter(|p| p.frames != Mode::Pass) {
+                Some(plan) => {
+                    let direction = Direction::Outbound;
+                    websocket::relay(plan, direction, buffered, client_read, up_write, activity)
+                        .await
+                }
+                None => one_way(buffered, client_read, up_write, activity).await,
+            }
+        };
+        let down = async {
+            match plan.filter(|p| p.redact) {
+                Some(plan) => {
+                    let direction = Direction::Inbound;
+                    websocket::relay(
+                        plan,
+                        direction,
+                        up_buffered,
+                        up_read,
+                        client_write,
+                        activity,
+                    )
+                    .await
+                }
+                None => one_way(up_buffered, up_read, client_write, activity).await,
+            }
+        };
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    if let Err(e) = r { break Some(e); }
+                }
+                r = &mut down, if !down_done => {
+                    down_done = true;
+                    if let Err(e) = r { break Some(e); }
+                }
+                () = activity.idle_for(idle) => break None,
+            }
+            if up_done && down_done {
+                break None;
+            }
+        }
+    };
+    let (Some(e), Some(plan)) = (ended, plan) else {
+        return;
+    };
+    let close = match RefusedError::of(&e) {
+        Some(refused) => {
+            let path = plan.logged_path(head);
+            let _ = cx.credential_denied("WEBSOCKET", path, plan.credentials, refused);
+            websocket::close_frame(1008, refused.error())
+        }
+        None if e.get_ref().is_some_and(|i| i.is::<websocket::FrameError>()) => {
+            tracing::warn!(
+                layer = "l7",
+                host = cx.destination.host,
+                "websocket ended: {e}"
+            );
+            websocket::close_frame(1008, "unreadable frame")
+        }
+        None => return,
+    };
+    let _ = client.write_all(&close).await;
+    let _ = client.shutdown().await;
 }
 
 /// One direction of an upgraded connection; `src`'s end becomes `dst`'s half-close.
-async fn one_way<R, W>(buffered: &mut Buffered, mut src: R, mut dst: W, activity: &Activity)
+async fn one_way<R, W>(
+    buffered: &mut Buffered,
+    mut src: R,
+    mut dst: W,
+    activity: &Activity,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let _ = copy_body(Body::UntilClose, buffered, &mut src, &mut dst, activity).await;
     let _ = dst.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

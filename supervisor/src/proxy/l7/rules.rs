@@ -65,11 +65,16 @@ impl<'p> Outcome<'p> {
 
     /// The network rule (policy) of the deciding endpoint.
     pub fn policy(&self) -> Option<&'p str> {
+        self.endpoint().map(|e| e.policy.as_str())
+    }
+
+    /// The endpoint that decided.
+    pub fn endpoint(&self) -> Option<&'p L7Endpoint> {
         match self {
             Outcome::Allowed(e, _)
             | Outcome::DenyRule(e, _)
             | Outcome::NotPermitted(e)
-            | Outcome::EncodedSlash(e) => Some(&e.policy),
+            | Outcome::EncodedSlash(e) => Some(e),
             Outcome::NoEndpoint => None,
         }
     }

@@ -237,3 +237,250 @@ where
         }
     }
 }
+
+/// A stage that sees a body's bytes, decoded from their framing, as they arrive, and says
+/// what to send on (credential placeholders replaced, real values redacted). It may hold
+/// bytes back until the next call; with `at_end` it must release everything.
+pub trait Filter {
+    /// What to send for `data`.
+    fn pass<'d>(&mut self, data: &'d [u8], at_end: bool) -> io::Result<Passed<'d>>;
+}
+
+/// What a [`Filter`] sends for one piece.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Passed<'d> {
+    /// These bytes of the piece, unchanged (the rest is held).
+    Unchanged(&'d [u8]),
+    /// These bytes instead of the piece (and of what was held before it).
+    Rewritten(Vec<u8>),
+}
+
+impl Passed<'_> {
+    /// The bytes to send.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Passed::Unchanged(b) => b,
+            Passed::Rewritten(b) => b,
+        }
+    }
+}
+
+/// How a filtered body is framed for its receiver (its length may have changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Exactly this many bytes (the filter must keep the length, or it was known before).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes.
+    UntilClose,
+}
+
+/// A body's bytes without their framing, read piece by piece.
+#[derive(Debug)]
+pub struct Decoder {
+    state: Decoding,
+}
+
+#[derive(Debug)]
+enum Decoding {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+impl Decoder {
+    /// Reads a body of `framing`.
+    pub fn new(framing: Body) -> Decoder {
+        let state = match framing {
+            Body::Empty | Body::Length(0) => Decoding::Done,
+            Body::Length(n) => Decoding::Length(n),
+            Body::Chunked => Decoding::Chunked(Chunked::default()),
+            Body::UntilClose => Decoding::UntilClose,
+        };
+        Decoder { state }
+    }
+
+    /// Appends the next bytes of the body to `out` (from `buffered`, then `src`); returns
+    /// whether the body ended. Bytes past the body stay in `buffered`.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        buffered: &mut Buffered,
+        src: &mut R,
+        out: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        loop {
+            match &mut self.state {
+                Decoding::Done => return Ok(true),
+                Decoding::Length(left) => {
+                    let n = match buffered.bytes.is_empty() {
+                        false => {
+                            let take = (buffered.bytes.len() as u64).min(*left) as usize;
+                            out.extend_from_slice(&buffered.bytes[..take]);
+                            buffered.consume(take);
+                            take
+                        }
+                        // Straight into `out`, never past the body (a pipelined message
+                        // may follow it).
+                        true => read_into(src, out, (*left).min(TRANSFER as u64)).await?,
+                    };
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "body ended early",
+                        ));
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.state = Decoding::Done;
+                    }
+                    return Ok(matches!(self.state, Decoding::Done));
+                }
+                Decoding::UntilClose => {
+                    if !buffered.bytes.is_empty() {
+                        out.extend_from_slice(&buffered.bytes);
+                        buffered.consume(buffered.bytes.len());
+                        return Ok(false);
+                    }
+                    if read_into(src, out, TRANSFER as u64).await? == 0 {
+                        self.state = Decoding::Done;
+                        return Ok(true);
+                    }
+                    return Ok(false);
+                }
+                Decoding::Chunked(scanner) => {
+                    let mut i = 0;
+                    let bytes = &buffered.bytes;
+                    while i < bytes.len() && *scanner != Chunked::Done {
+                        let step = match *scanner {
+                            // Data: as much as is there; framing: one byte at a time.
+                            Chunked::Data(left) => left.min((bytes.len() - i) as u64) as usize,
+                            _ => 1,
+                        };
+                        let data = matches!(*scanner, Chunked::Data(_));
+                        scanner
+                            .advance(&bytes[i..i + step])
+                            .map_err(io::Error::other)?;
+                        if data {
+                            out.extend_from_slice(&bytes[i..i + step]);
+                        }
+                        i += step;
+                    }
+                    let done = *scanner == Chunked::Done;
+                    buffered.consume(i);
+                    if done {
+                        self.state = Decoding::Done;
+                        return Ok(true);
+                    }
+                    if !out.is_empty() {
+                        return Ok(false);
+                    }
+                    // Inside a long chunk: its data straight into `out`.
+                    if let Chunked::Data(left) = *scanner {
+                        let n = read_into(src, out, left.min(TRANSFER as u64)).await?;
+                        if n == 0 {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "chunked body ended early",
+                            ));
+                        }
+                        let start = out.len() - n;
+                        scanner.advance(&out[start..]).map_err(io::Error::other)?;
+                        return Ok(false);
+                    }
+                    if buffered.fill(src).await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "chunked body ended early",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the body until it ends or more than `limit` bytes were read; returns them and
+    /// whether it ended.
+    pub async fn read_up_to<R: AsyncRead + Unpin>(
+        &mut self,
+        buffered: &mut Buffered,
+        src: &mut R,
+        limit: usize,
+    ) -> io::Result<(Vec<u8>, bool)> {
+        let mut body = Vec::new();
+        loop {
+            let ended = self.next(buffered, src, &mut body).await?;
+            if ended || body.len() > limit {
+                return Ok((body, ended));
+            }
+        }
+    }
+}
+
+/// Reads at most `limit` bytes from `src` onto the end of `out`; 0 at end of stream.
+async fn read_into<R: AsyncRead + Unpin>(
+    src: &mut R,
+    out: &mut Vec<u8>,
+    limit: u64,
+) -> io::Result<usize> {
+    out.reserve(limit as usize);
+    (&mut *src).take(limit).read_buf(out).await
+}
+
+/// Streams a body through `filter`: `first` (already read, `ended` if that was all), then
+/// the rest from `decoder`, each piece sent as it passes (flushed: streaming bodies are not
+/// held back) in the receiver's `framing`.
+#[allow(clippy::too_many_arguments)]
+pub async fn copy_filtered<R, W>(
+    decoder: &mut Decoder,
+    first: Vec<u8>,
+    mut ended: bool,
+    buffered: &mut Buffered,
+    src: &mut R,
+    dst: &mut W,
+    framing: Framing,
+    activity: &Activity,
+    filter: &mut (dyn Filter + Send),
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut piece = first;
+    let mut sent = 0u64;
+    loop {
+        let passed = filter.pass(&piece, ended)?;
+        let bytes = passed.bytes();
+        if !bytes.is_empty() {
+            sent += bytes.len() as u64;
+            if matches!(framing, Framing::Length(n) if sent > n) {
+                return Err(io::Error::other("filtered body longer than its length"));
+            }
+            match framing {
+                Framing::Chunked => {
+                    dst.write_all(format!("{:x}\r\n", bytes.len()).as_bytes())
+                        .await?;
+                    dst.write_all(bytes).await?;
+                    dst.write_all(b"\r\n").await?;
+                }
+                Framing::Length(_) | Framing::UntilClose => dst.write_all(bytes).await?,
+            }
+            dst.flush().await?;
+            activity.touch();
+        }
+        if ended {
+            break;
+        }
+        piece.clear();
+        ended = decoder.next(buffered, src, &mut piece).await?;
+    }
+    match framing {
+        Framing::Chunked => dst.write_all(b"0\r\n\r\n").await?,
+        Framing::Length(n) if sent != n => {
+            return Err(io::Error::other("filtered body shorter than its length"));
+        }
+        Framing::Length(_) | Framing::UntilClose => {}
+    }
+    dst.flush().await
+}

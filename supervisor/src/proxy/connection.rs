@@ -16,6 +16,7 @@ use super::decision::{self, Decision, Process, Via};
 use super::dial::{self, DialFailure};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
 use super::l7;
+use super::l7::credentials::tunnel::Ended;
 use super::relay::{self, Activity, Pipe};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::{L7Endpoint, NetworkRule};
@@ -258,10 +259,32 @@ async fn exchange(
         rule.name
     );
     let idle = shared.settings.idle_timeout;
+    // Placeholders cannot be resolved in a plain tunnel: searched for, unless the policy
+    // accepted uninspected credentials there.
+    let searched = shared
+        .credentials
+        .as_deref()
+        .filter(|_| !endpoints.iter().any(|e| e.allow_uninspected_credentials));
     let keep_alive = match &request.target {
         Target::Connect { .. } => {
             let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
-            if write_all(client, established).await.is_ok()
+            if let Some(credentials) = searched {
+                if write_all(client, established).await.is_ok() {
+                    let early = std::mem::take(buf);
+                    let ended = credentials
+                        .tunnel(client, &upstream, &early, &pipes[1], idle)
+                        .await;
+                    if let Ended::Refused { refused, forwarded } = ended {
+                        let why = credentials.describe(refused, &authority);
+                        let Refusal(answer) = denied(&callers, refused.error(), &why);
+                        // The client's own protocol is unknown; a 403 is only an answer when
+                        // nothing of its message reached the server.
+                        if forwarded == 0 {
+                            let _ = write_all(client, &answer).await;
+                        }
+                    }
+                }
+            } else if write_all(client, established).await.is_ok()
                 && write_all(&upstream, buf).await.is_ok()
             {
                 buf.clear();
@@ -269,9 +292,18 @@ async fn exchange(
             }
             false
         }
-        Target::Forward { .. } => forward(client, &upstream, request, buf, &pipes, idle)
-            .await
-            .unwrap_or(false),
+        Target::Forward { .. } => {
+            let head = request.upstream_head();
+            if let Some(refused) = searched.and_then(|c| c.search(&head, "request head")) {
+                let why = searched
+                    .map(|c| c.describe(refused, &authority))
+                    .unwrap_or_default();
+                return Err(denied(&callers, refused.error(), &why));
+            }
+            forward(client, &upstream, request, buf, &pipes, idle)
+                .await
+                .unwrap_or(false)
+        }
     };
     for pipe in pipes {
         shared.pipes.give(pipe);
@@ -442,7 +474,7 @@ async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 }
 
 /// Writes all of `bytes`.
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
         match stream.try_write(bytes) {

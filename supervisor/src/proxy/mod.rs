@@ -9,7 +9,7 @@
 //! guard (see [`ssrf`]), and the executable still has the content it had on first use.
 
 pub mod caller;
-mod connection;
+pub(crate) mod connection;
 pub mod decision;
 pub mod dial;
 pub mod dns;

@@ -7,6 +7,7 @@
 mod bypass;
 mod clients;
 mod clients_direct;
+mod credentials;
 mod decisions;
 mod fixtures;
 mod identity;

@@ -4,8 +4,10 @@
 //!
 //! It answers each request with a JSON echo of what it received, and has a few special paths:
 //! `/sse?gap_ms=N` (server-sent events with an idle gap, chunked; `&framing=close` for an
-//! unframed body), `/ws` (a websocket upgrade, then every byte echoed back), `/bytes/N` (N
-//! bytes) and `/git/...` (`git http-backend` as CGI over `GIT_PROJECT_ROOT`). A request with
+//! unframed body), `/ws` (a websocket upgrade, then every byte echoed back and recorded),
+//! `/bytes/N` (N bytes), `/reflect?how=...` (the request's `x-api-key` or `Authorization`
+//! echoed back in a header, a JSON body, or a chunked body split inside the value) and
+//! `/git/...` (`git http-backend` as CGI over `GIT_PROJECT_ROOT`). A request with
 //! `Expect: 100-continue` gets its `100` first.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -35,6 +37,9 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The body's length after de-chunking.
     pub body_len: usize,
+    /// The body, de-chunked (for a websocket, every byte the client sent after the upgrade,
+    /// recorded when it ends).
+    pub body: Vec<u8>,
 }
 
 impl Received {
@@ -318,6 +323,7 @@ fn serve<S: Read + Write>(
             target: head.target.clone(),
             headers: head.headers.clone(),
             body_len: body.len(),
+            body: body.clone(),
         });
         let close = head
             .header("connection")
@@ -330,16 +336,30 @@ fn serve<S: Read + Write>(
                   Sec-WebSocket-Accept: test\r\n\r\n",
             )?;
             out.flush()?;
-            // Frames: every byte back, until the client ends.
+            // Frames: every byte back, until the client ends; what came, recorded.
             let mut buf = [0u8; 4096];
-            let pending = reader.buffer().to_vec();
-            reader.get_mut().0.write_all(&pending)?;
-            reader.consume(pending.len());
+            let mut frames = reader.buffer().to_vec();
+            reader.get_mut().0.write_all(&frames)?;
+            reader.consume(frames.len());
+            let record = |frames: Vec<u8>| {
+                received.lock().expect("received").push(Received {
+                    port,
+                    method: "WEBSOCKET".to_owned(),
+                    target: head.target.clone(),
+                    headers: head.headers.clone(),
+                    body_len: frames.len(),
+                    body: frames,
+                });
+            };
             loop {
-                let n = reader.get_mut().0.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
+                let n = match reader.get_mut().0.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        record(frames);
+                        return Ok(());
+                    }
+                    Ok(n) => n,
+                };
+                frames.extend_from_slice(&buf[..n]);
                 reader.get_mut().0.write_all(&buf[..n])?;
                 reader.get_mut().0.flush()?;
             }
@@ -348,6 +368,8 @@ fn serve<S: Read + Write>(
             if head.target.contains("framing=close") {
                 return Ok(());
             }
+        } else if path == "/reflect" {
+            reflect(out, &head)?;
         } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: usize = n.parse().unwrap_or(0);
             write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")?;
@@ -380,6 +402,40 @@ fn serve<S: Read + Write>(
             return Ok(());
         }
     }
+}
+
+/// The request's key (`x-api-key`, else `Authorization`) sent back: in a header
+/// (`how=header`), in a JSON body with a length (`how=json`), or in a chunked body whose two
+/// chunks, sent 100 ms apart, split the key in the middle (`how=split`).
+fn reflect<W: Write>(out: &mut W, head: &Head) -> io::Result<()> {
+    let key = head
+        .header("x-api-key")
+        .or_else(|| head.header("authorization"))
+        .unwrap_or("");
+    let body = json!({ "error": "invalid key", "received": key }).to_string();
+    if head.target.contains("how=header") {
+        return write!(
+            out,
+            "HTTP/1.1 401 Unauthorized\r\nX-Received-Key: {key}\r\nContent-Length: 2\r\n\r\nno"
+        );
+    }
+    if head.target.contains("how=split") {
+        let cut = body.find(key).unwrap_or(0) + key.len() / 2;
+        let (a, b) = body.split_at(cut);
+        write!(
+            out,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )?;
+        write!(out, "{:x}\r\n{a}\r\n", a.len())?;
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(100));
+        return write!(out, "{:x}\r\n{b}\r\n0\r\n\r\n", b.len());
+    }
+    write!(
+        out,
+        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Server-sent events: `data: 1`, then nothing for `gap_ms`, then `data: 2`, then the end.

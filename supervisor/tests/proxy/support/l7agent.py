@@ -150,8 +150,8 @@ def sessions(specs):
 
 
 def websocket(spec):
-    """Upgrades, sends a masked text frame, reads the bytes that come back (the test host
-    echoes them)."""
+    """Upgrades, sends a masked text frame (spec['text'], or a greeting), reads the bytes
+    that come back (the test host echoes them) and the frames they make, unmasked."""
     sock = tunnel(spec["host"], spec["port"], spec.get("tls", True))
     sock.sendall(
         (
@@ -164,17 +164,43 @@ def websocket(spec):
     if response is None or response["status"] != 101:
         return {"upgrade": response}
     mask = b"\x01\x02\x03\x04"
-    payload = b"hello frames"
-    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    payload = spec.get("text", "hello frames").encode()
+    length = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    frame = bytes([0x81]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     sock.sendall(frame)
     echoed = rest
+    sock.settimeout(spec.get("wait", 15))
     while len(echoed) < len(frame):
         chunk = recv(sock)
         if not chunk:
             break
         echoed += chunk
     sock.close()
-    return {"upgrade": response, "echoed": echoed == frame}
+    return {"upgrade": response, "echoed": echoed == frame, "frames": frames(echoed)}
+
+
+def frames(data):
+    """The frames in `data`: opcode and payload (unmasked; a close frame's code apart)."""
+    out = []
+    while len(data) >= 2:
+        opcode, size, at = data[0] & 0x0F, data[1] & 0x7F, 2
+        if size == 126:
+            size, at = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, at = int.from_bytes(data[2:10], "big"), 10
+        key = None
+        if data[1] & 0x80:
+            key, at = data[at : at + 4], at + 4
+        payload = data[at : at + size]
+        if key:
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        frame = {"opcode": opcode, "text": payload.decode("utf-8", "replace")}
+        if opcode == 8 and len(payload) >= 2:
+            frame["code"] = int.from_bytes(payload[:2], "big")
+            frame["text"] = payload[2:].decode("utf-8", "replace")
+        out.append(frame)
+        data = data[at + size :]
+    return out
 
 
 def stream(spec):

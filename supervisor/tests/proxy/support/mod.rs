@@ -32,6 +32,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const AGENT_PY: &str = include_str!("agent.py");
 /// The raw HTTP client of the L7 tests.
 const L7AGENT_PY: &str = include_str!("l7agent.py");
+/// The real clients of the credential tests.
+const CREDS_AGENT_PY: &str = include_str!("creds_agent.py");
 
 /// Names the proxy resolves from the hosts file bind-mounted over the supervisor's /etc/hosts.
 const HOSTS: &str = "\
@@ -46,7 +48,7 @@ const HOSTS: &str = "\
 
 /// The filesystem part of every test policy: enough to run curl, sh and python3; the workdir
 /// (the scratch directory) is read-write.
-const FILESYSTEM: &str = "\
+pub const FILESYSTEM: &str = "\
 version: 1
 filesystem_policy:
   include_workdir: true
@@ -132,6 +134,7 @@ impl Lab {
         let lab = Lab { net, dir };
         lab.write("agent.py", AGENT_PY);
         lab.write("l7agent.py", L7AGENT_PY);
+        lab.write("creds_agent.py", CREDS_AGENT_PY);
         lab.write("hosts", HOSTS);
         // The pod's resolver: the test host's nameserver, with a Kubernetes-like search list.
         lab.write(

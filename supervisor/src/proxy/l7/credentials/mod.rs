@@ -27,6 +27,7 @@ pub mod body;
 pub mod head;
 pub mod redact;
 pub mod scan;
+pub mod tunnel;
 pub mod websocket;
 
 use std::fmt::Write as _;

@@ -339,13 +339,9 @@ fn echoed_values_come_back_as_placeholders() {
         format!("{{\"auth\": \"{API_PLACEHOLDER}\"}}"),
         "{run}"
     );
-    let received = w.received("/ws");
-    let frames = received
-        .iter()
-        .find(|r| r.method == "WEBSOCKET")
-        .expect("the websocket's frames");
+    let frames = w.host.websocket_frames();
     assert_eq!(
-        unmasked(&frames.body),
+        unmasked(&frames[0]),
         format!("{{\"auth\": \"{REAL_API}\"}}")
     );
 }

@@ -37,8 +37,7 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The body's length after de-chunking.
     pub body_len: usize,
-    /// The body, de-chunked (for a websocket, every byte the client sent after the upgrade,
-    /// recorded when it ends).
+    /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
@@ -117,12 +116,15 @@ impl Identity {
 }
 
 type Log = Arc<Mutex<Vec<Received>>>;
+/// Every byte each websocket client sent after its upgrade, by connection.
+type Frames = Arc<Mutex<Vec<Vec<u8>>>>;
 type Open = Arc<Mutex<Vec<Arc<TcpStream>>>>;
 
 /// Running echo servers; stopped on drop.
 #[derive(Debug)]
 pub struct EchoHost {
     received: Log,
+    frames: Frames,
     listeners: Vec<Arc<TcpListener>>,
     open: Open,
     threads: Vec<JoinHandle<()>>,
@@ -158,10 +160,12 @@ impl EchoHost {
                 .collect()
         });
         let received = Log::default();
+        let frames = Frames::default();
         let open = Open::default();
         let mut threads = Vec::new();
         for (listener, tls) in &listeners {
             let (l, received, open) = (listener.clone(), received.clone(), open.clone());
+            let frames = frames.clone();
             let config = tls.then(|| identity.config.clone());
             let git = git.clone();
             threads.push(std::thread::spawn(move || {
@@ -170,6 +174,7 @@ impl EchoHost {
                     let stream = Arc::new(stream);
                     open.lock().expect("open").push(stream.clone());
                     let (received, config, git) = (received.clone(), config.clone(), git.clone());
+                    let frames = frames.clone();
                     std::thread::spawn(move || {
                         let raw = &*stream;
                         let _ = match config {
@@ -178,9 +183,9 @@ impl EchoHost {
                                     return;
                                 };
                                 let mut tls = rustls::StreamOwned::new(conn, raw);
-                                serve(&mut tls, port, &received, git.as_ref())
+                                serve(&mut tls, port, &received, &frames, git.as_ref())
                             }
-                            None => serve(&mut &*raw, port, &received, git.as_ref()),
+                            None => serve(&mut &*raw, port, &received, &frames, git.as_ref()),
                         };
                         let _ = raw.shutdown(Shutdown::Both);
                     });
@@ -189,6 +194,7 @@ impl EchoHost {
         }
         EchoHost {
             received,
+            frames,
             listeners: listeners.into_iter().map(|(l, _)| l).collect(),
             open,
             threads,
@@ -198,6 +204,11 @@ impl EchoHost {
     /// Every request received so far, in order.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("received").clone()
+    }
+
+    /// What each websocket client sent after its upgrade (frames, masked), once it ended.
+    pub fn websocket_frames(&self) -> Vec<Vec<u8>> {
+        self.frames.lock().expect("frames").clone()
     }
 
     /// `METHOD target` of every request received on `port`.
@@ -299,6 +310,7 @@ fn serve<S: Read + Write>(
     stream: &mut S,
     port: u16,
     received: &Log,
+    websockets: &Frames,
     git: Option<&GitRoot>,
 ) -> io::Result<()> {
     let mut reader = BufReader::new(Split(stream));
@@ -341,16 +353,7 @@ fn serve<S: Read + Write>(
             let mut frames = reader.buffer().to_vec();
             reader.get_mut().0.write_all(&frames)?;
             reader.consume(frames.len());
-            let record = |frames: Vec<u8>| {
-                received.lock().expect("received").push(Received {
-                    port,
-                    method: "WEBSOCKET".to_owned(),
-                    target: head.target.clone(),
-                    headers: head.headers.clone(),
-                    body_len: frames.len(),
-                    body: frames,
-                });
-            };
+            let record = |frames: Vec<u8>| websockets.lock().expect("frames").push(frames);
             loop {
                 let n = match reader.get_mut().0.read(&mut buf) {
                     Ok(0) | Err(_) => {

@@ -90,6 +90,25 @@ python_venv() {
   say "Python venv $VENV has $(grep -c '==' "$REQUIREMENTS") pinned validation packages"
 }
 
+# FSVIEW (issue 12): a WebAssembly runtime from PyPI for the runtime tests, installed as a
+# plain directory (pip --target) that Debian's /usr/bin/python3 imports: it maps memfds, which
+# must keep working in the sandbox, where vm.memfd_noexec=2 forbids executing them.
+readonly WASM_REQUIREMENTS="$REPO/scripts/requirements-wasm.txt"
+readonly WASM_DIR="${OPENSHELL_WASM_DIR:-$REPO/build/wasmtime}"
+wasm_runtime() {
+  local want
+  want="$(grep -Eo '^wasmtime==[0-9.]+' "$WASM_REQUIREMENTS")"
+  if [[ -f $WASM_DIR/.installed ]] && [[ $(cat "$WASM_DIR/.installed") == "$want" ]]; then
+    say "$want present in $WASM_DIR"
+    return
+  fi
+  say "installing $want into $WASM_DIR"
+  rm -rf "$WASM_DIR"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --target "$WASM_DIR" \
+    -r "$WASM_REQUIREMENTS"
+  printf '%s\n' "$want" >"$WASM_DIR/.installed"
+}
+
 check_podman() {
   # The cheapest proof that the runtime works: `podman info` reads the configuration and
   # storage; a bad containers.conf fails here rather than in the middle of a test.
@@ -103,4 +122,5 @@ configure_podman
 check_podman
 add_musl_target
 python_venv
+wasm_runtime
 say "done"

@@ -109,6 +109,26 @@ wasm_runtime() {
   printf '%s\n' "$want" >"$WASM_DIR/.installed"
 }
 
+# FSVIEW (issue 12): the kernel matrix (tests/kernels/) boots Debian's 6.1 kernel under QEMU
+# with an initramfs of static binaries (busybox's among them), packed with cpio. Without
+# recommends: QEMU's would add a desktop's worth of packages to every CI run.
+readonly KERNEL_MATRIX_PACKAGES=(qemu-system-x86 busybox-static cpio)
+kernel_matrix_packages() {
+  local missing=() pkg
+  for pkg in "${KERNEL_MATRIX_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$pkg")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    say "kernel matrix packages present: ${KERNEL_MATRIX_PACKAGES[*]}"
+    return
+  fi
+  say "installing the kernel matrix's packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 check_podman() {
   # The cheapest proof that the runtime works: `podman info` reads the configuration and
   # storage; a bad containers.conf fails here rather than in the middle of a test.
@@ -118,6 +138,7 @@ check_podman() {
 }
 
 install_packages
+kernel_matrix_packages
 configure_podman
 check_podman
 add_musl_target

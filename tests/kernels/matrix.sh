@@ -36,10 +36,18 @@ mkdir -p "$WORK"
 
 # Debian's newest 6.1 cloud kernel (the mirror keeps only recent ABI numbers, so the name is
 # looked up, not pinned), unpacked once into build/kernels.
+newest_kernel_package() {
+  apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$' |
+    awk '{print $1}' | sort -V | tail -n1
+}
+
 kernel() {
   local package deb
-  package="$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$' |
-    awk '{print $1}' | sort -V | tail -n1)"
+  package="$(newest_kernel_package)"
+  if [[ -z $package ]]; then
+    apt-get update -qq >&2
+    package="$(newest_kernel_package)"
+  fi
   [[ -n $package ]] || die "no linux-image-6.1.0-*-cloud-amd64-unsigned package (apt-get update?)"
   if [[ ! -f $WORK/$package/vmlinuz ]]; then
     say "downloading $package" >&2

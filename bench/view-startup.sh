@@ -45,10 +45,12 @@ done
   echo "  run_as_user: 65534"
 } >"$WORK/policy.yaml"
 
-bwrap_args=(--unshare-all --die-with-parent --uid 65534 --gid 65534)
+# The private /tmp first: the read-write paths live below it.
+bwrap_args=(--unshare-all --die-with-parent --uid 65534 --gid 65534 --dev /dev --proc /proc
+  --tmpfs /tmp)
 for path in "${READ_ONLY[@]}"; do bwrap_args+=(--ro-bind "$path" "$path"); done
 for path in "${READ_WRITE[@]}"; do bwrap_args+=(--bind "$path" "$path"); done
-bwrap_args+=(--dev /dev --proc /proc --tmpfs /tmp --chdir "$WORK/project")
+bwrap_args+=(--chdir "$WORK/project")
 
 bubblewrap() { bwrap "${bwrap_args[@]}" "$TRUE"; }
 sandboxed() {

@@ -115,7 +115,7 @@ pub fn prepare(
             skipped.join(", ")
         );
     }
-    let view = view::prepare(&resolved, &workdir_opened, provided)?;
+    let (view, view_workdir) = view::prepare(&resolved, &workdir_opened, provided)?;
     let enforcement = filesystem::decide(
         policy.compatibility,
         &resolved,
@@ -180,6 +180,8 @@ pub fn prepare(
             .map(|c| cstring(c.as_os_str(), "the command path"))
             .collect::<Result<_, _>>()?,
         exists_outside,
+        workdir: view_workdir,
+        go: None,
         account: account.clone(),
         caps: caps::prepare(),
         landlock,

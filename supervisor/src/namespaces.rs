@@ -57,6 +57,31 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    start_network(inside)?.finish()
+}
+
+/// A network namespace being made by its thread (see [`start_network`]).
+#[derive(Debug)]
+pub struct PendingNetwork<T> {
+    thread: std::thread::JoinHandle<Result<(OwnedFd, T), NamespaceError>>,
+}
+
+impl<T> PendingNetwork<T> {
+    /// Waits for the thread: the namespace and what `inside` returned.
+    pub fn finish(self) -> Result<(OwnedFd, T), NamespaceError> {
+        self.thread
+            .join()
+            .map_err(|_| NamespaceError::Thread("panicked".into()))?
+    }
+}
+
+/// [`create_network`], returning while the namespace is being made (creating one takes the
+/// kernel a few hundred microseconds, which the caller can spend preparing other layers).
+pub fn start_network<T, F>(inside: F) -> Result<PendingNetwork<T>, NamespaceError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     let thread = std::thread::Builder::new()
         .name("netns".into())
         .spawn(move || -> Result<(OwnedFd, T), NamespaceError> {
@@ -71,9 +96,7 @@ where
             Ok((ns.into(), value))
         })
         .map_err(|e| NamespaceError::Thread(e.to_string()))?;
-    thread
-        .join()
-        .map_err(|_| NamespaceError::Thread("panicked".into()))?
+    Ok(PendingNetwork { thread })
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.

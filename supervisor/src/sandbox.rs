@@ -100,6 +100,9 @@ pub fn prepare(
     command: &[OsString],
     provided: &[ProvidedFile],
 ) -> Result<Prepared, SandboxError> {
+    // The kernel takes a while to make a network namespace: its thread works while the other
+    // layers are prepared here.
+    let network = namespaces::start_network(proxy::bind)?;
     let (workdir, workdir_opened) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
     let resolved = filesystem::resolve(&policy.filesystem)?;
@@ -157,7 +160,7 @@ pub fn prepare(
         .iter()
         .map(|c| fstatat(workdir_opened.fd.as_fd(), c.as_path(), AtFlags::empty()).is_ok())
         .collect();
-    let (netns, bound) = namespaces::create_network(proxy::bind)?;
+    let (netns, bound) = network.finish()?;
     let proxy = bound.map_err(SandboxError::Proxy)?;
     let agent = child::Plan {
         argv: CStringArray::new(

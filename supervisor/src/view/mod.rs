@@ -364,7 +364,8 @@ pub fn prepare(
                 .map_or(root.as_fd(), |fd| fd.as_fd()),
         }
     };
-    // Exact modes, whatever the supervisor's umask (it is single-threaded here).
+    // Exact modes, whatever the supervisor's umask. (The umask is the process's: the only other
+    // thread at this point, the network namespace's, creates no files.)
     let umask = nix::sys::stat::umask(Mode::empty());
     let created = layout
         .nodes
@@ -485,9 +486,7 @@ fn describe(planned: &plan::Planned, entries: &[crate::filesystem::Entry]) -> St
 fn create(dir: BorrowedFd<'_>, node: &Node) -> Result<(), ViewError> {
     let fail = |path: &Path| syscall(format!("creating {} in the view", path.display()));
     match node {
-        Node::Dir(path) => {
-            mkdirat(dir, path, Mode::from_bits_truncate(0o755)).map_err(fail(path))
-        }
+        Node::Dir(path) => mkdirat(dir, path, Mode::from_bits_truncate(0o755)).map_err(fail(path)),
         Node::File(path) => mknodat(
             dir,
             path,

@@ -128,19 +128,28 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
     } = running;
     let mut state = State::default();
     let lineage = Arc::new(Lineage::default());
-    if let Err(e) = proxy::start(
+    let transparent = match proxy::start(
         proxy,
         network,
         init.as_raw() as u32,
         options.proxy,
         lineage.clone(),
     ) {
-        // Without the proxy the agent has no network at all: still confined, so keep going.
-        tracing::error!(
-            layer = "proxy",
-            "egress proxy not started: {e}; the agent has no network"
-        );
-    }
+        Ok(transparent) => transparent,
+        Err(e) => {
+            // Without the proxy the agent has no network at all: still confined, so keep
+            // going.
+            tracing::error!(
+                layer = "proxy",
+                "egress proxy not started: {e}; the agent has no network"
+            );
+            None
+        }
+    };
+    let services = seccomp::Services {
+        lineage: lineage.clone(),
+        transparent,
+    };
     let (forward_tx, mut forwarded) = mpsc::unbounded_channel();
     for sig in FORWARDED {
         match signal(SignalKind::from_raw(sig as i32)) {
@@ -177,7 +186,7 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &lineage, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &services, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -209,16 +218,16 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &lineage, &mut state);
+        drain(fd.get_ref(), &command, &services, &mut state);
     }
     outcome(state, exited)
 }
 
 /// Handles every message waiting on the channel. Returns true at end of stream.
-fn drain(fd: &OwnedFd, command: &Command, lineage: &Arc<Lineage>, state: &mut State) -> bool {
+fn drain(fd: &OwnedFd, command: &Command, services: &seccomp::Services, state: &mut State) -> bool {
     loop {
         match channel::receive(fd) {
-            Ok(Some(message)) => handle(message, command, lineage, state),
+            Ok(Some(message)) => handle(message, command, services, state),
             Ok(None) => return true,
             Err(Errno::EAGAIN) => return false,
             Err(e) => {
@@ -229,7 +238,7 @@ fn drain(fd: &OwnedFd, command: &Command, lineage: &Arc<Lineage>, state: &mut St
     }
 }
 
-fn handle(message: Message, command: &Command, lineage: &Arc<Lineage>, state: &mut State) {
+fn handle(message: Message, command: &Command, services: &seccomp::Services, state: &mut State) {
     match message {
         Message::AgentSpawned(pid) => {
             tracing::debug!(sandbox_pid = pid, "agent process created");
@@ -238,10 +247,10 @@ fn handle(message: Message, command: &Command, lineage: &Arc<Lineage>, state: &m
             tracing::info!(command = ?command.argv, "agent confined, starting it");
         }
         Message::SeccompListener(listener) => {
-            let lineage = lineage.clone();
+            let services = services.clone();
             let spawned = std::thread::Builder::new()
                 .name("seccomp".into())
-                .spawn(move || seccomp::serve(listener, &lineage));
+                .spawn(move || seccomp::serve(listener, services));
             if let Err(e) = spawned {
                 tracing::error!("cannot serve seccomp notifications: {e}");
             }

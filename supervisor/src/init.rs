@@ -92,14 +92,14 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     };
     plan.agent.go = None;
     finish_view(plan, &proc, channel);
-    drop(proc);
-    // A failure here leaves the agent waiting for a byte that never comes; init's exit (the
-    // supervisor kills it) then ends the whole namespace.
     if let Err(e) = nix::unistd::write(go_write.as_fd(), b"1") {
         channel.failed("starting the agent", e);
         exit(SETUP_FAILED);
     }
     drop(go_write);
+    // After the agent is on its way: closing a procfs that is not in the view unmounts it,
+    // which waits for the kernel (an RCU grace period).
+    drop(proc);
     close_all_but(channel.0);
     channel.agent_spawned(agent.as_raw());
     loop {

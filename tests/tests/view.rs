@@ -199,12 +199,33 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// Pids of processes in the mount namespace `ns` (as /proc/PID/ns/mnt names it).
-fn processes_in(ns: &str) -> Vec<String> {
+/// Seconds since boot, as /proc/uptime says.
+fn uptime() -> f64 {
+    let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+    text.split(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("uptime")
+}
+
+/// When `pid` started, in seconds since boot (field 22 of /proc/PID/stat, in clock ticks).
+fn started_at(pid: &Path) -> Option<f64> {
+    let stat = std::fs::read_to_string(pid.join("stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let ticks: f64 = after_name.split(' ').nth(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
+}
+
+/// Pids of processes in the mount namespace `ns` (as /proc/PID/ns/mnt names it) that started
+/// before `before` (seconds since boot): a namespace made later may reuse the number.
+fn processes_in(ns: &str, before: f64) -> Vec<String> {
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(Result::ok)
         .filter(|e| std::fs::read_link(e.path().join("ns/mnt")).is_ok_and(|l| l == Path::new(ns)))
+        .filter(|e| started_at(&e.path()).is_some_and(|t| t <= before))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
@@ -247,6 +268,8 @@ fn nothing_the_view_mounts_reaches_the_pod_and_the_view_goes_with_the_agent() {
     }
     let pod = mounts_under(running.pid(), scratch.path());
     let ns = std::fs::read_to_string(rw.join("ns")).expect("ns");
+    // Every process of this view exists by now; the namespace lives on until after "go".
+    let ready = uptime();
     std::fs::write(rw.join("go"), "").expect("go");
     let out = running.wait();
     assert_eq!(out.code(), 0, "{out:#?}");
@@ -256,7 +279,7 @@ fn nothing_the_view_mounts_reaches_the_pod_and_the_view_goes_with_the_agent() {
         "only the pod's own mount"
     );
     assert_eq!(
-        processes_in(ns.trim()),
+        processes_in(ns.trim(), ready),
         Vec::<String>::new(),
         "the view outlived the agent"
     );

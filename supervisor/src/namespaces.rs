@@ -50,14 +50,16 @@ fn syscall(what: &'static str) -> impl FnOnce(Errno) -> NamespaceError {
     move |source| NamespaceError::Syscall { what, source }
 }
 
-/// Creates the agent's network namespace with `lo` up, runs `inside` in it, and returns a
-/// handle on the namespace with what `inside` returned.
-pub fn create_network<T, F>(inside: F) -> Result<(OwnedFd, T), NamespaceError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    start_network(inside)?.finish()
+/// Who may bind ports below 1024 in the sandbox's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Only holders of CAP_NET_BIND_SERVICE (the kernel's default).
+    Privileged,
+    /// Everyone (`net.ipv4.ip_unprivileged_port_start = 0` there): the supervisor's own
+    /// services on the sandbox's loopback (the transparent path's DNS answerer on port 53)
+    /// then bind without CAP_NET_BIND_SERVICE, which pods do not grant. The namespace has
+    /// nothing but loopback, so a low port there reaches nothing outside it.
+    Unprivileged,
 }
 
 /// A network namespace being made by its thread (see [`start_network`]).
@@ -75,9 +77,11 @@ impl<T> PendingNetwork<T> {
     }
 }
 
-/// [`create_network`], returning while the namespace is being made (creating one takes the
-/// kernel a few hundred microseconds, which the caller can spend preparing other layers).
-pub fn start_network<T, F>(inside: F) -> Result<PendingNetwork<T>, NamespaceError>
+/// Creates the agent's network namespace with `lo` up and runs `inside` in it, in a thread of
+/// its own; [`PendingNetwork::finish`] returns a handle on the namespace with what `inside`
+/// returned. It returns at once: creating a namespace takes the kernel a few hundred
+/// microseconds, which the caller spends preparing the other layers.
+pub fn start_network<T, F>(ports: Ports, inside: F) -> Result<PendingNetwork<T>, NamespaceError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -87,6 +91,12 @@ where
         .spawn(move || -> Result<(OwnedFd, T), NamespaceError> {
             unshare(CloneFlags::CLONE_NEWNET).map_err(syscall("unshare(CLONE_NEWNET)"))?;
             loopback_up().map_err(syscall("bringing up lo in the sandbox network namespace"))?;
+            if ports == Ports::Unprivileged {
+                unprivileged_ports().map_err(syscall(
+                    "letting the sandbox's loopback services bind ports below 1024 \
+                     (net.ipv4.ip_unprivileged_port_start)",
+                ))?;
+            }
             let value = inside();
             let ns =
                 File::open("/proc/thread-self/ns/net").map_err(|e| NamespaceError::Syscall {
@@ -97,6 +107,24 @@ where
         })
         .map_err(|e| NamespaceError::Thread(e.to_string()))?;
     Ok(PendingNetwork { thread })
+}
+
+/// Sets `net.ipv4.ip_unprivileged_port_start` to 0 for the calling thread's network namespace,
+/// through a procfs of our own: a network sysctl applies to the namespace of the thread that
+/// opens it, and the pod's /proc/sys is usually read-only.
+fn unprivileged_ports() -> Result<(), Errno> {
+    let proc = crate::view::sys::new_filesystem(
+        c"proc",
+        &[],
+        crate::view::sys::NOSUID | crate::view::sys::NODEV | crate::view::sys::NOEXEC,
+    )?;
+    let sysctl = nix::fcntl::openat(
+        &proc,
+        "sys/net/ipv4/ip_unprivileged_port_start",
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    nix::unistd::write(&sysctl, b"0").map(drop)
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.
@@ -154,7 +182,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Wraps the network namespace made by [`create_network`].
+    /// Wraps the network namespace made by [`start_network`].
     pub fn new(netns: OwnedFd) -> Prepared {
         Prepared { netns }
     }

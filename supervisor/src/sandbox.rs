@@ -119,7 +119,12 @@ pub fn prepare(
     let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
     // The kernel takes a while to make a network namespace: its thread works while the other
     // layers are prepared here.
-    let network = namespaces::start_network(move || proxy::bind(transparent))?;
+    let ports = if transparent.is_some() {
+        namespaces::Ports::Unprivileged
+    } else {
+        namespaces::Ports::Privileged
+    };
+    let network = namespaces::start_network(ports, move || proxy::bind(transparent))?;
     let (workdir, workdir_opened) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
     let resolved = filesystem::resolve(&policy.filesystem)?;

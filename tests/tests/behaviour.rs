@@ -350,6 +350,34 @@ fn missing_capability_exits_125_before_the_agent_runs() {
     assert!(!marker.exists(), "the agent ran");
 }
 
+/// Pods add only the capabilities the supervisor needs, and CAP_NET_BIND_SERVICE is not one:
+/// the transparent path's DNS answerer still binds port 53 on the sandbox's loopback.
+#[test]
+fn starts_without_cap_net_bind_service() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let marker = sandbox.rw("agent-ran");
+    let probe = probe();
+    let launcher = [
+        probe.as_ref(),
+        "drop-bounding".as_ref(),
+        "10".as_ref(), // CAP_NET_BIND_SERVICE
+        "--".as_ref(),
+    ];
+    let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
+    command.args(["--", "/bin/touch"]).arg(&marker);
+    let out = run::run(&mut command, Stdin::Null);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(marker.exists(), "the agent did not run");
+    let transparent_off = out.log().iter().any(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("TRANSPARENT EGRESS OFF"))
+    });
+    if transparent_off {
+        eprintln!("note: transparent egress is off on this kernel; port 53 was not needed");
+    }
+}
+
 /// `run-with-landlock-blocked ERRNO --`, then the supervisor's command line.
 fn without_landlock(errno: &str, policy: &Path, workdir: &Path) -> Command {
     let probe = probe();

@@ -14,7 +14,7 @@
 //! built in the new mount namespace, with a fresh `/proc` showing only the sandbox's processes.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -109,22 +109,32 @@ where
     Ok(PendingNetwork { thread })
 }
 
-/// Sets `net.ipv4.ip_unprivileged_port_start` to 0 for the calling thread's network namespace,
-/// through a procfs of our own: a network sysctl applies to the namespace of the thread that
-/// opens it, and the pod's /proc/sys is usually read-only.
+/// Sets `net.ipv4.ip_unprivileged_port_start` to 0 for the calling thread's network namespace
+/// (a network sysctl applies to the namespace of the thread that opens it): through the pod's
+/// /proc where it is writable, else through a procfs of our own (container runtimes mount
+/// /proc/sys read-only), whose unmount costs an RCU grace period.
 fn unprivileged_ports() -> Result<(), Errno> {
-    let proc = crate::view::sys::new_filesystem(
+    const SYSCTL: &str = "sys/net/ipv4/ip_unprivileged_port_start";
+    let write = |dir: &dyn AsFd| -> Result<(), Errno> {
+        let sysctl = nix::fcntl::openat(
+            dir.as_fd(),
+            SYSCTL,
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        nix::unistd::write(&sysctl, b"0").map(drop)
+    };
+    let pods = File::open("/proc").map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    match write(&pods) {
+        Err(Errno::EROFS | Errno::EACCES | Errno::EPERM) => {}
+        done => return done,
+    }
+    let own = crate::view::sys::new_filesystem(
         c"proc",
         &[],
         crate::view::sys::NOSUID | crate::view::sys::NODEV | crate::view::sys::NOEXEC,
     )?;
-    let sysctl = nix::fcntl::openat(
-        &proc,
-        "sys/net/ipv4/ip_unprivileged_port_start",
-        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    nix::unistd::write(&sysctl, b"0").map(drop)
+    write(&own)
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.

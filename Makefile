@@ -49,8 +49,10 @@ check-host:
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) \
 		|| { echo 'make: Rust target $(MUSL_TARGET) missing; run: make setup' >&2; exit 1; }
 
+# ring (TLS for L7 inspection) compiles C and assembly: with musl-gcc for the static target.
 binaries:
-	cargo build --release --target $(MUSL_TARGET) -p openshell-sandbox -p openshell-copier
+	CC_x86_64_unknown_linux_musl=musl-gcc \
+		cargo build --release --target $(MUSL_TARGET) -p openshell-sandbox -p openshell-copier
 
 image: binaries
 	scripts/build-image.sh $(MUSL_BIN) $(IMAGE) $(VERSION) $(REVISION) $(SOURCE)

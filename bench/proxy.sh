@@ -36,55 +36,15 @@ tunnels=${TUNNELS:-1000}
 case ${1:-} in
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 esac
-((EUID == 0)) || { echo "bench/proxy.sh: run as root (namespaces, nginx)" >&2; exit 2; }
 ((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
-for tool in nginx curl ip nsenter python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool not found" >&2; exit 2; }
-done
-
-if [[ -n ${SUPERVISOR:-} ]]; then
-    supervisor=$(realpath "$SUPERVISOR")
-    echo "supervisor: $supervisor (SUPERVISOR, not rebuilt)"
-else
-    echo "building: cargo build --release -p openshell-sandbox"
-    (cd "$repo" && cargo build --quiet --release -p openshell-sandbox)
-    supervisor=$repo/target/release/openshell-sandbox
-fi
+# shellcheck source-path=SCRIPTDIR
+source "$repo/bench/lab.sh"
+bench_needs bench/proxy.sh nginx curl ip nsenter python3 cargo
+bench_supervisor
 cargo build --quiet --release --manifest-path "$repo/bench/proxy-load/Cargo.toml" \
     --target-dir "$repo/target"
 
-id=pbench-$$
-pod=$id-pod
-host=$id-host
-dir=$(mktemp -d /tmp/proxy-bench.XXXXXX)
-chmod 755 "$dir"
-cleanup() {
-    if [[ -f $dir/nginx.pid ]]; then kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; fi
-    ip netns delete "$pod" 2>/dev/null || true
-    ip netns delete "$host" 2>/dev/null || true
-    if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-
-in_pod() { nsenter --net="/run/netns/$pod" "$@"; }
-in_host() { nsenter --net="/run/netns/$host" "$@"; }
-
-ip netns add "$pod"
-ip netns add "$host"
-ip link add veth0 netns "$pod" type veth peer name veth0 netns "$host"
-ip -n "$pod" -batch - <<EOF
-link set lo up
-link set veth0 up
-addr add 203.0.113.1/24 dev veth0
-EOF
-ip -n "$host" -batch - <<EOF
-link set lo up
-link set veth0 up
-addr add 203.0.113.2/24 dev veth0
-EOF
-# Tens of thousands of short connections per run: reuse TIME_WAIT ports rather than run out.
-in_pod sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
-in_host sysctl -q -w net.core.somaxconn=4096
+bench_lab proxy-bench
 
 mkdir -p "$dir/www" "$dir/nginx"
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"

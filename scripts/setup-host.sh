@@ -27,8 +27,11 @@ readonly CONTAINERS_CONF="/etc/containers/containers.conf"
 # Transparent egress tests (issue 10): real servers on the test host for clients that speak no
 # HTTP, reached through `protocol: tcp` endpoints: sshd (openssh-server; git over ssh) and
 # redis-server (with redis-cli, for upstream's redis fixture).
+# L7 (issue 9): musl-tools gives musl-gcc, which builds ring's C and assembly for the static
+# musl binaries (see supervisor/src/proxy/l7/tls.rs); python3-requests is a real client the
+# L7 tests run in the sandbox; git runs `git http-backend` on the test host.
 readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget
-  openssh-server redis-server)
+  openssh-server redis-server musl-tools python3-requests git)
 
 # nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
 # make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.

@@ -107,13 +107,15 @@ pub struct Prepared {
 
 /// Prepares every layer for `command` (empty: the user's shell) under `policy`. `provided` are
 /// the files the supervisor gives the agent, placed read-only under `/run/openshell` in its
-/// view.
+/// view; `inspection` is the L7 engine and the variables that make the agent trust it, when
+/// the policy has L7 endpoints.
 pub fn prepare(
     policy: &Policy,
     kernel: &Kernel,
     workdir: &Path,
     command: &[OsString],
     provided: &[ProvidedFile],
+    inspection: Option<&proxy::l7::Prepared>,
 ) -> Result<Prepared, SandboxError> {
     let transparent = transparent_plan(policy, kernel)?;
     let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
@@ -166,7 +168,13 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
-    let env = environment(&account, &workdir);
+    let mut env = environment(&account, &workdir);
+    if let Some(inspection) = inspection {
+        for (key, value) in &inspection.environment {
+            env.retain(|(k, _)| k != key);
+            env.push((key.into(), value.into()));
+        }
+    }
     let argv: Vec<OsString> = if command.is_empty() {
         vec![login_shell(&account)]
     } else {
@@ -183,7 +191,10 @@ pub fn prepare(
         .map(|c| fstatat(workdir_opened.fd.as_fd(), c.as_path(), AtFlags::empty()).is_ok())
         .collect();
     let (netns, bound) = network.finish()?;
-    let proxy = bound.map_err(SandboxError::Proxy)?;
+    let mut proxy = bound.map_err(SandboxError::Proxy)?;
+    if let Some(inspection) = inspection {
+        proxy.inspect_with(inspection.engine.clone());
+    }
     let agent = child::Plan {
         argv: CStringArray::new(
             argv.iter()

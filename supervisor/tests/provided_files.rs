@@ -80,7 +80,7 @@ fn run_listing_run_whole(workdir: &Path) {
     }];
     let command: Vec<OsString> = vec!["/bin/true".into()];
     let kernel = preflight::probe();
-    let e = sandbox::prepare(&policy, &kernel, workdir, &command, &files)
+    let e = sandbox::prepare(&policy, &kernel, workdir, &command, &files, None)
         .expect_err("/run/openshell cannot be placed inside the pod's /run");
     assert_eq!(
         e.to_string(),
@@ -108,7 +108,7 @@ fn run(workdir: &Path) {
     ];
     let command: Vec<OsString> = ["/bin/sh", "-c", SCRIPT].iter().map(Into::into).collect();
     let kernel = preflight::probe();
-    let prepared = sandbox::prepare(&policy, &kernel, workdir, &command, &provided)
+    let prepared = sandbox::prepare(&policy, &kernel, workdir, &command, &provided, None)
         .expect("the sandbox prepares");
     let running = sandbox::spawn(prepared).expect("the sandbox starts");
     let options = supervise::Options {

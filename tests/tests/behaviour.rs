@@ -109,9 +109,8 @@ fn policy_errors_name_file_line_column_and_field() {
         (
             "version: 1\nnetwork_policies:\n  gh:\n    endpoints:\n      - host: api.github.com\n        \
              port: 443\n        protocol: rest\n",
-            "7:19: network_policies.gh.endpoints[0].protocol: protocol \"rest\" (L7 inspection) \
-             is not supported by this version of openshell-sandbox, which enforces host, port \
-             and binary only; refusing rather than allowing more than the policy says",
+            "7:19: network_policies.gh.endpoints[0].protocol: protocol \"rest\" needs rules or \
+             access; without them the endpoint would allow nothing",
         ),
     ];
     for (text, expected) in cases {

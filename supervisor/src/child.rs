@@ -1,7 +1,7 @@
 //! The agent's side of the fork: every layer in order, each one read back, then `execve`.
 //!
 //! ```text
-//! signals reset, own process group (and the terminal, if we had it)
+//! signals reset, oom_score_adj 1000, own process group (and the terminal, if we had it)
 //! → every inherited fd above 2 close-on-exec
 //! → /proc Landlock rules (needs root and the sandbox's procfs)  → cwd is the workdir (read back)
 //! → bounding + ambient sets emptied, securebits locked           (needs CAP_SETPCAP)
@@ -120,6 +120,7 @@ fn exit(code: i32) -> ! {
 
 fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
     reset_signals()?;
+    prefer_as_oom_victim()?;
     process_group(plan.take_terminal)?;
     close_inherited_on_exec()?;
     plan.landlock
@@ -225,6 +226,36 @@ fn account_failure(f: AccountFailure) -> Failure {
         AccountFailure::Syscall(what, errno) => Failure::Step(what, errno),
         AccountFailure::Mismatch(what) => Failure::Unverified(what, 0),
     }
+}
+
+/// The OOM killer's first choice is the agent (and whatever it starts: children inherit the
+/// score). It shares the supervisor's memory cgroup, and memory it holds outside any process's
+/// resident set (a memfd, a tmpfs) is not counted against it: without this, the process the
+/// kernel kills when the agent exhausts the limit could be the supervisor. Raising one's own
+/// score needs no privilege (lowering it does); done while the process is still root's and
+/// dumpable, whose /proc files it may write.
+fn prefer_as_oom_victim() -> Result<(), Failure> {
+    const MOST_PREFERRED: &[u8] = b"1000";
+    let path = c"/proc/self/oom_score_adj";
+    // SAFETY: open with a constant path; write and pread on the fd opened here, from and into
+    // buffers on the stack; the fd is closed before returning.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        check(fd, "opening /proc/self/oom_score_adj")?;
+        let written = libc::write(fd, MOST_PREFERRED.as_ptr().cast(), MOST_PREFERRED.len());
+        let mut back = [0u8; 8];
+        let read = libc::pread(fd, back.as_mut_ptr().cast(), back.len(), 0);
+        libc::close(fd);
+        check(written as libc::c_int, "writing /proc/self/oom_score_adj")?;
+        check(read as libc::c_int, "reading back /proc/self/oom_score_adj")?;
+        if back.get(..MOST_PREFERRED.len()) != Some(MOST_PREFERRED) {
+            return Err(Failure::Unverified(
+                "oom_score_adj did not read back as 1000",
+                0,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Init blocks the signals it forwards; the agent starts with the defaults, as after a login.

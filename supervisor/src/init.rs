@@ -62,6 +62,11 @@ pub fn run(plan: &Plan, channel: Sender) -> ! {
         channel.failed("blocking signals in init", e);
         exit(SETUP_FAILED);
     }
+    // Every thread the supervisor will ever have exists before the agent can: an agent that
+    // forks up to the pod's pids limit must find them already there (workers.rs).
+    if channel.wait_for_go().is_err() {
+        exit(SETUP_FAILED);
+    }
     // SAFETY: init is single-threaded (forked from a single-threaded supervisor).
     let agent = match unsafe { fork() } {
         Ok(ForkResult::Child) => child::run(&plan.agent, channel),

@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod caps;
+pub mod cgroup;
 pub mod channel;
 pub mod check;
 pub mod child;
@@ -24,3 +25,4 @@ pub mod proxy;
 pub mod sandbox;
 pub mod seccomp;
 pub mod supervise;
+pub mod workers;

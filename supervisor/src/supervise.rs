@@ -5,8 +5,10 @@
 //! own TERM, and when `--timeout` expires, it gives the agent a grace period and then kills
 //! init, which makes the kernel kill every process of the sandbox: nothing is left behind.
 
+use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -19,13 +21,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::cgroup::Cgroups;
 use crate::channel::{self, Message};
 use crate::child::{CANNOT_EXECUTE, NOT_FOUND, SETUP_FAILED};
 use crate::init::FORWARDED;
 use crate::lineage::Lineage;
 use crate::policy::NetworkRule;
 use crate::sandbox::{Command, Running};
-use crate::{caps, proxy, seccomp};
+use crate::{caps, log, proxy, seccomp, workers};
 
 /// Exit status when `--timeout` expired.
 pub const TIMED_OUT: u8 = 124;
@@ -39,6 +42,8 @@ pub enum Outcome {
     Signaled(i32),
     /// `--timeout` expired.
     TimedOut,
+    /// The kernel's OOM killer killed the agent.
+    OomKilled,
     /// Set-up failed before the agent ran.
     SetupFailed(String),
     /// The command could not be executed.
@@ -57,6 +62,7 @@ impl Outcome {
             Outcome::Exited(code) => *code as u8,
             Outcome::Signaled(signal) => (128 + signal) as u8,
             Outcome::TimedOut => TIMED_OUT,
+            Outcome::OomKilled => (128 + libc::SIGKILL) as u8,
             Outcome::SetupFailed(_) => SETUP_FAILED as u8,
             Outcome::ExecFailed { code, .. } => *code as u8,
         }
@@ -100,26 +106,86 @@ fn forwarded_set() -> SigSet {
 /// Serves the egress proxy for `network` and supervises `running` to the end; returns how it
 /// ended.
 pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    match runtime {
-        Ok(rt) => {
-            let outcome = rt.block_on(supervise(running, network, options));
+    let lineage = Arc::new(Lineage::default());
+    let cgroups = Cgroups::own();
+    match start_threads(&lineage, &cgroups).and_then(|threads| {
+        // Init waits for this before it forks the agent.
+        channel::go(&running.channel).map_err(io::Error::from)?;
+        Ok(threads)
+    }) {
+        Ok((runtime, seccomp)) => {
+            let context = Context {
+                lineage,
+                seccomp,
+                cgroups,
+            };
+            let outcome = runtime.block_on(supervise(running, network, options, context));
             // Open tunnels and pending lookups end with the agent.
-            rt.shutdown_background();
+            runtime.shutdown_background();
             outcome
         }
         Err(e) => {
             let _ = kill(running.init, Signal::SIGKILL);
             let _ = waitpid(running.init, None);
-            Outcome::SetupFailed(format!("cannot start the supervisor's runtime: {e}"))
+            Outcome::SetupFailed(format!("cannot start the supervisor's threads: {e}"))
         }
     }
 }
 
-async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
+/// Threads of tokio's runtime.
+const RUNTIME_THREADS: u64 = 2;
+
+/// Creates every thread the supervisor will have, before the agent runs (init waits for
+/// [`channel::go`]): the agent shares the pod's pids limit, and one that forks up to it must
+/// not leave the supervisor unable to log, answer refused calls or serve the proxy. Nothing
+/// after this creates a thread (see `workers.rs`). Returns the runtime and the seccomp
+/// thread's inbox for the listener the agent sends just before it runs.
+fn start_threads(
+    lineage: &Arc<Lineage>,
+    cgroups: &Cgroups,
+) -> io::Result<(tokio::runtime::Runtime, SyncSender<OwnedFd>)> {
+    log::start_writer()?;
+    workers::start()?;
+    let (seccomp, listener) = std::sync::mpsc::sync_channel::<OwnedFd>(1);
+    let lineage = lineage.clone();
+    std::thread::Builder::new()
+        .name("seccomp".into())
+        .spawn(move || {
+            // No listener comes when the sandbox failed before its seccomp step.
+            if let Ok(listener) = listener.recv() {
+                seccomp::serve(listener, &lineage);
+            }
+        })?;
+    // tokio aborts the process when it cannot create its worker threads (it panics, and the
+    // release build aborts on panic): make sure the pids limit leaves room for them first.
+    if let Some(left) = cgroups.pids_left()
+        && left < RUNTIME_THREADS
+    {
+        return Err(io::Error::other(format!(
+            "the pids cgroup admits only {left} more tasks; the runtime needs {RUNTIME_THREADS}"
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS as usize)
+        .enable_all()
+        .build()?;
+    Ok((runtime, seccomp))
+}
+
+/// What supervision shares with the threads started before it.
+#[derive(Debug)]
+struct Context {
+    lineage: Arc<Lineage>,
+    seccomp: SyncSender<OwnedFd>,
+    cgroups: Cgroups,
+}
+
+async fn supervise(
+    running: Running,
+    network: Vec<NetworkRule>,
+    options: Options,
+    context: Context,
+) -> Outcome {
     let Running {
         init,
         channel,
@@ -127,13 +193,13 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         proxy,
     } = running;
     let mut state = State::default();
-    let lineage = Arc::new(Lineage::default());
+    let mut oom = OomWatch::new(context.cgroups);
     if let Err(e) = proxy::start(
         proxy,
         network,
         init.as_raw() as u32,
         options.proxy,
-        lineage.clone(),
+        context.lineage,
     ) {
         // Without the proxy the agent has no network at all: still confined, so keep going.
         tracing::error!(
@@ -171,13 +237,14 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         }
     };
     let timeout_at = options.timeout.map(|t| Instant::now() + t);
+    let mut oom_check = tokio::time::interval(OOM_CHECK_PERIOD);
     // Checked once after the SIGCHLD handler exists, in case init exited before that.
     let mut exited = reap(init);
     while exited.is_none() {
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &lineage, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &context.seccomp, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -206,19 +273,81 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
                 let _ = kill(init, Signal::SIGKILL);
                 state.kill_at = None;
             }
+            _ = oom_check.tick() => oom.check(),
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &lineage, &mut state);
+        drain(fd.get_ref(), &command, &context.seccomp, &mut state);
     }
-    outcome(state, exited)
+    oom.check();
+    // The agent's own status (init's report), not init's: init killed is not the agent.
+    let agent_killed = state
+        .status
+        .is_some_and(|s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL);
+    match outcome(state, exited) {
+        Outcome::Signaled(libc::SIGKILL) if agent_killed && oom.killed_any() => Outcome::OomKilled,
+        outcome => outcome,
+    }
+}
+
+/// How often the memory cgroup's OOM kill count is read.
+const OOM_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// The kernel's OOM kills in the supervisor's memory cgroup, which the sandbox shares: the
+/// agent's processes volunteer as the OOM killer's first choice (`oom_score_adj` 1000, see
+/// child.rs), so these are the sandbox's processes, and each one is reported.
+#[derive(Debug)]
+struct OomWatch {
+    cgroups: Cgroups,
+    at_start: Option<u64>,
+    seen: Option<u64>,
+}
+
+impl OomWatch {
+    fn new(cgroups: Cgroups) -> OomWatch {
+        let now = cgroups.oom_kills();
+        OomWatch {
+            cgroups,
+            at_start: now,
+            seen: now,
+        }
+    }
+
+    /// Logs the kills since the last check.
+    fn check(&mut self) {
+        let (Some(seen), Some(now)) = (self.seen, self.cgroups.oom_kills()) else {
+            return;
+        };
+        if now > seen {
+            let limit = match self.cgroups.memory_limit() {
+                Some(bytes) => format!("the memory limit is {} MiB", bytes >> 20),
+                None => "its memory cgroup has no limit of its own".to_owned(),
+            };
+            tracing::warn!(
+                event = "oom_kill",
+                count = now - seen,
+                "the kernel's OOM killer killed {} process(es) of the sandbox: {limit}",
+                now - seen
+            );
+            self.seen = Some(now);
+        }
+    }
+
+    fn killed_any(&self) -> bool {
+        self.seen > self.at_start
+    }
 }
 
 /// Handles every message waiting on the channel. Returns true at end of stream.
-fn drain(fd: &OwnedFd, command: &Command, lineage: &Arc<Lineage>, state: &mut State) -> bool {
+fn drain(
+    fd: &OwnedFd,
+    command: &Command,
+    seccomp: &SyncSender<OwnedFd>,
+    state: &mut State,
+) -> bool {
     loop {
         match channel::receive(fd) {
-            Ok(Some(message)) => handle(message, command, lineage, state),
+            Ok(Some(message)) => handle(message, command, seccomp, state),
             Ok(None) => return true,
             Err(Errno::EAGAIN) => return false,
             Err(e) => {
@@ -229,7 +358,7 @@ fn drain(fd: &OwnedFd, command: &Command, lineage: &Arc<Lineage>, state: &mut St
     }
 }
 
-fn handle(message: Message, command: &Command, lineage: &Arc<Lineage>, state: &mut State) {
+fn handle(message: Message, command: &Command, seccomp: &SyncSender<OwnedFd>, state: &mut State) {
     match message {
         Message::AgentSpawned(pid) => {
             tracing::debug!(sandbox_pid = pid, "agent process created");
@@ -238,12 +367,13 @@ fn handle(message: Message, command: &Command, lineage: &Arc<Lineage>, state: &m
             tracing::info!(command = ?command.argv, "agent confined, starting it");
         }
         Message::SeccompListener(listener) => {
-            let lineage = lineage.clone();
-            let spawned = std::thread::Builder::new()
-                .name("seccomp".into())
-                .spawn(move || seccomp::serve(listener, &lineage));
-            if let Err(e) = spawned {
-                tracing::error!("cannot serve seccomp notifications: {e}");
+            // To the thread started for it before the agent ran.
+            if seccomp.try_send(listener).is_err() {
+                tracing::error!(
+                    layer = "seccomp",
+                    "a second seccomp listener, or none to serve it: refused calls it \
+                     would report fail with ENOSYS"
+                );
             }
         }
         Message::Failed { step, errno } => {

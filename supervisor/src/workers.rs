@@ -120,7 +120,8 @@ impl Pool {
         }
     }
 
-    async fn run<R, F>(&self, job: F) -> Result<R, Unavailable>
+    /// Queues `job`; its answer comes on the returned channel.
+    fn submit<R, F>(&self, job: F) -> Result<oneshot::Receiver<R>, Unavailable>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -140,6 +141,15 @@ impl Pool {
             }));
         }
         self.ready.notify_one();
+        Ok(answered)
+    }
+
+    async fn run<R, F>(&self, job: F) -> Result<R, Unavailable>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let answered = self.submit(job)?;
         answered.await.map_err(|_| Unavailable::Lost(self.name))
     }
 }
@@ -223,37 +233,35 @@ mod tests {
         pool.spawn_threads(1).expect("threads");
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let started = Arc::new(AtomicUsize::new(0));
-        let runtime = runtime();
-        let refused = runtime.block_on(async {
-            // One job holds the only thread; two more fill the queue.
-            let mut held = Vec::new();
-            for _ in 0..3 {
-                let (gate, started) = (gate.clone(), started.clone());
-                held.push(tokio::spawn(pool.run(move || {
-                    started.fetch_add(1, Ordering::SeqCst);
-                    let (open, opened) = &*gate;
-                    let mut open = open.lock().unwrap();
-                    while !*open {
-                        open = opened.wait(open).unwrap();
-                    }
-                })));
-                tokio::task::yield_now().await;
-            }
-            while started.load(Ordering::SeqCst) == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let refused = pool.run(|| ()).await;
-            *gate.0.lock().unwrap() = true;
-            gate.1.notify_all();
-            for job in held {
-                job.await.expect("join").expect("the held jobs ran");
-            }
-            refused
-        });
+        let hold = || {
+            let (gate, started) = (gate.clone(), started.clone());
+            pool.submit(move || {
+                started.fetch_add(1, Ordering::SeqCst);
+                let (open, opened) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+            })
+            .expect("room for it")
+        };
+        // One job holds the only thread; two more fill the queue.
+        let mut held = vec![hold()];
+        while started.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        held.extend([hold(), hold()]);
+        let refused = pool.submit(|| ());
         assert!(
             matches!(refused, Err(Unavailable::Busy { queued: 2, .. })),
             "{refused:?}"
         );
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let runtime = runtime();
+        for answer in held {
+            runtime.block_on(answer).expect("the held jobs ran");
+        }
     }
 
     #[test]

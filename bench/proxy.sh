@@ -42,77 +42,21 @@ for tool in nginx curl ip nsenter python3 cargo; do
     command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool not found" >&2; exit 2; }
 done
 
-if [[ -n ${SUPERVISOR:-} ]]; then
-    supervisor=$(realpath "$SUPERVISOR")
-    echo "supervisor: $supervisor (SUPERVISOR, not rebuilt)"
-else
-    echo "building: cargo build --release -p openshell-sandbox"
-    (cd "$repo" && cargo build --quiet --release -p openshell-sandbox)
-    supervisor=$repo/target/release/openshell-sandbox
-fi
-cargo build --quiet --release --manifest-path "$repo/bench/proxy-load/Cargo.toml" \
-    --target-dir "$repo/target"
-
-id=pbench-$$
-pod=$id-pod
-host=$id-host
+# shellcheck source=bench/testhost.sh
+source "$repo/bench/testhost.sh"
+bench_binaries "$repo"
 dir=$(mktemp -d /tmp/proxy-bench.XXXXXX)
 chmod 755 "$dir"
 cleanup() {
-    if [[ -f $dir/nginx.pid ]]; then kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; fi
-    ip netns delete "$pod" 2>/dev/null || true
-    ip netns delete "$host" 2>/dev/null || true
+    testhost_down
     if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
-
-in_pod() { nsenter --net="/run/netns/$pod" "$@"; }
-in_host() { nsenter --net="/run/netns/$host" "$@"; }
-
-ip netns add "$pod"
-ip netns add "$host"
-ip link add veth0 netns "$pod" type veth peer name veth0 netns "$host"
-ip -n "$pod" -batch - <<EOF
-link set lo up
-link set veth0 up
-addr add 203.0.113.1/24 dev veth0
-EOF
-ip -n "$host" -batch - <<EOF
-link set lo up
-link set veth0 up
-addr add 203.0.113.2/24 dev veth0
-EOF
-# Tens of thousands of short connections per run: reuse TIME_WAIT ports rather than run out.
-in_pod sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
-in_host sysctl -q -w net.core.somaxconn=4096
-
-mkdir -p "$dir/www" "$dir/nginx"
+testhost_up "$dir" "pbench-$$"
+pod=$testhost_pod
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
 head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
 chmod -R a+rX "$dir/www"
-cat >"$dir/nginx.conf" <<EOF
-user root;
-worker_processes 2;
-pid $dir/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    client_body_temp_path $dir/nginx/body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    server {
-        listen 203.0.113.2:80 backlog=4096;
-        root $dir/www;
-    }
-}
-EOF
-in_host nginx -c "$dir/nginx.conf"
 
 cp "$repo/target/release/proxy-load" "$dir/proxy-load"
 chmod 755 "$dir/proxy-load"

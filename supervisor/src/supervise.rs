@@ -108,12 +108,13 @@ fn forwarded_set() -> SigSet {
 pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
     let lineage = Arc::new(Lineage::default());
     let cgroups = Cgroups::own();
-    match start_threads(&lineage, &cgroups).and_then(|threads| {
-        // Init waits for this before it forks the agent.
-        channel::go(&running.channel).map_err(io::Error::from)?;
-        Ok(threads)
-    }) {
+    match start_threads(&lineage, &cgroups) {
         Ok((runtime, seccomp)) => {
+            // Init waits for this before it forks the agent. It fails only when init is gone
+            // already, having said why on the channel: supervision reports that.
+            if let Err(e) = channel::go(&running.channel) {
+                tracing::debug!("init did not wait for the start signal: {e}");
+            }
             let context = Context {
                 lineage,
                 seccomp,

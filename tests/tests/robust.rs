@@ -238,6 +238,35 @@ fn an_agent_at_the_pids_limit_cannot_abort_the_supervisor() {
     );
 }
 
+/// With too few pids for the supervisor's own threads (some of them, or all but the runtime's),
+/// it stops before the agent runs, with one clear line and 125: no abort.
+#[test]
+fn too_few_pids_for_the_supervisors_threads_is_a_clean_failure() {
+    let (scratch, policy) = sandbox_files("");
+    for limit in ["4", "10"] {
+        let Some(cgroup) = Cgroup::new("pids", "few") else {
+            return;
+        };
+        cgroup.set("pids.max", limit);
+        let launcher = cgroup.launcher();
+        let launcher: Vec<&OsStr> = launcher.iter().map(|a| a.as_os_str()).collect();
+        let mut command = run::sandbox_via(&launcher, &policy, scratch.path());
+        command.args(["--", "/bin/echo", "the agent ran"]);
+        let out = run::run(&mut command, Stdin::Null);
+        assert_eq!(out.code(), 125, "pids.max {limit}: {out:#?}");
+        assert!(!out.stdout.contains("the agent ran"), "{out:#?}");
+        let log = out.log();
+        let errors: Vec<&Value> = log.iter().filter(|l| l["level"] == "ERROR").collect();
+        assert_eq!(errors.len(), 1, "pids.max {limit}: {out:#?}");
+        assert!(
+            errors[0]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cannot start the supervisor's threads")),
+            "pids.max {limit}: {out:#?}"
+        );
+    }
+}
+
 /// Memory a memfd holds is charged to the cgroup but shows in no process's resident set, so
 /// the OOM killer's usual choice (the largest resident set) misses the process that holds it.
 fn memory_cgroup(limit_mib: u64) -> Option<Cgroup> {

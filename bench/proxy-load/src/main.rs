@@ -7,6 +7,10 @@
 //! latency percentiles of the whole exchange.
 //! `hold`: prints `idle`, waits a second, opens COUNT tunnels and holds them, prints `ready`
 //! and keeps them open until its stdin closes (the caller samples memory meanwhile).
+//! `soak`: many clients mixing allowed, denied, slow and abandoned requests for a while (see
+//! `soak.rs`; run by `bench/soak.sh`).
+
+mod soak;
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: proxy-load rate TARGET PATH WORKERS COUNT [PROXY]
        proxy-load hold TARGET COUNT PROXY
+       proxy-load soak TARGET DENIED CLIENTS SECONDS MAX PROXY
 TARGET and PROXY are ip:port (IPv6 in brackets); with PROXY, each connection goes through a
 CONNECT tunnel.";
 
@@ -27,6 +32,9 @@ fn main() -> ExitCode {
             rate(target, path, workers, count, Some(proxy))
         }
         ["hold", target, count, proxy] => hold(target, count, proxy),
+        ["soak", target, denied, clients, seconds, max, proxy] => {
+            soak::run(target, denied, clients, seconds, max, proxy)
+        }
         _ => Err(USAGE.to_owned()),
     };
     match result {

@@ -272,14 +272,11 @@ impl Sink {
             let batch = {
                 let mut state = self.lock();
                 while state.queue.is_empty() {
-                    let wait = SUMMARY_PERIOD.saturating_sub(last_report.elapsed());
-                    if wait.is_zero() {
+                    let left = SUMMARY_PERIOD.saturating_sub(last_report.elapsed());
+                    if left.is_zero() {
                         break;
                     }
-                    state = self
-                        .queued
-                        .wait_timeout(state, wait)
-                        .map_or_else(|p| p.into_inner().0, |(guard, _)| guard);
+                    state = wait(&self.queued, state, left);
                 }
                 self.take(&mut state)
             };
@@ -355,10 +352,7 @@ impl Sink {
             if left.is_zero() {
                 return;
             }
-            state = self
-                .idle
-                .wait_timeout(state, left)
-                .map_or_else(|p| p.into_inner().0, |(guard, _)| guard);
+            state = wait(&self.idle, state, left);
         }
     }
 
@@ -370,6 +364,17 @@ impl Sink {
             self.drain(deadline);
         }
     }
+}
+
+/// Waits on `condition` for at most `timeout`.
+fn wait<'a>(
+    condition: &Condvar,
+    state: MutexGuard<'a, State>,
+    timeout: Duration,
+) -> MutexGuard<'a, State> {
+    condition
+        .wait_timeout(state, timeout)
+        .map_or_else(|p| p.into_inner().0, |(guard, _)| guard)
 }
 
 /// Installs the supervisor's sink; returns the writer `tracing` formats into.

@@ -7,16 +7,17 @@ use nix::sched::CloneFlags;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 
-use crate::landlock::{self, Support};
+use crate::account::Account;
 use crate::policy::{self, Compatibility, Policy};
 use crate::preflight::{self, Kernel};
-use crate::{account, seccomp};
+use crate::{account, filesystem, landlock, memfd, paths, seccomp, view};
 
 /// Builds the report for the policy at `origin`; returns it and whether everything can be
 /// enforced as written.
 pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
     let mut out = String::new();
     let mut problems: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     let _ = writeln!(out, "policy: {origin}");
     let policy = match policy::load(origin, workdir) {
         Ok(policy) => policy,
@@ -28,7 +29,23 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
     describe_policy(&mut out, &policy, workdir);
     let kernel = preflight::probe();
     let _ = writeln!(out, "this machine (kernel {}):", kernel.release);
-    describe_landlock(&mut out, &mut problems, &policy, &kernel);
+    let account = match account::resolve(&policy.run_as, Path::new("/")) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    describe_filesystem(
+        &mut out,
+        &mut problems,
+        &mut warnings,
+        &policy,
+        &kernel,
+        workdir,
+        account.as_ref(),
+    );
+    let _ = writeln!(out, "  {}", memfd::prepare(&kernel.release).describe());
     describe_seccomp(&mut out, &kernel);
     match probe_namespaces() {
         Ok(()) => {
@@ -47,23 +64,30 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
             "  capabilities: every one the supervisor needs is present"
         );
     }
-    match account::resolve(&policy.run_as, Path::new("/")) {
-        Ok(id) => {
-            let name = id
-                .name
-                .as_deref()
-                .map(|n| format!(" ({n})"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  agent identity: uid {}{name}, gid {} (from {})",
-                id.uid, id.gid, id.source
-            );
-        }
-        Err(e) => problems.push(e.to_string()),
+    if let Some(id) = &account {
+        let name = id
+            .name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  agent identity: uid {}{name}, gid {} (from {})",
+            id.uid, id.gid, id.source
+        );
+    }
+    for warning in &warnings {
+        let _ = writeln!(out, "  warning: {warning}");
     }
     if problems.is_empty() {
-        let _ = writeln!(out, "result: the policy can be enforced as written here");
+        let _ = writeln!(
+            out,
+            "result: the policy can be enforced as written here{}",
+            match warnings.len() {
+                0 => String::new(),
+                n => format!(" ({n} warning{} above)", if n == 1 { "" } else { "s" }),
+            }
+        );
         (out, true)
     } else {
         let _ = writeln!(out, "result: would fail:");
@@ -88,10 +112,15 @@ fn describe_policy(out: &mut String, policy: &Policy, workdir: &Path) {
     let _ = writeln!(out, "  read-write: {}", list(&fs.read_write));
     let _ = writeln!(
         out,
-        "  landlock: {}",
+        "  compatibility: {}",
         match policy.compatibility {
-            Compatibility::HardRequirement => "hard_requirement (refuse to start without it)",
-            Compatibility::BestEffort => "best_effort (run degraded, loudly, without it)",
+            Compatibility::HardRequirement => {
+                "hard_requirement (every filesystem rule enforced by the view or Landlock, or no \
+                 start)"
+            }
+            Compatibility::BestEffort => {
+                "best_effort (run degraded, loudly, where neither layer can enforce a rule)"
+            }
         }
     );
     if policy.network.is_empty() {
@@ -127,40 +156,58 @@ fn describe_policy(out: &mut String, policy: &Policy, workdir: &Path) {
     }
 }
 
-fn describe_landlock(
+/// Which layer enforces what: the view is prepared for real (without being attached), the
+/// Landlock ruleset built, and the paths checked against the agent's permissions.
+fn describe_filesystem(
     out: &mut String,
     problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
     policy: &Policy,
     kernel: &Kernel,
+    workdir: &Path,
+    account: Option<&Account>,
 ) {
-    match landlock::prepare(policy, &kernel.landlock) {
-        Err(e) => problems.push(e.to_string()),
-        Ok(prepared) if !prepared.enforces() => {
-            let _ = writeln!(
-                out,
-                "  landlock: NOT AVAILABLE; the agent would run without filesystem confinement"
-            );
-        }
-        Ok(prepared) => {
-            let missing = landlock::missing_features(prepared.abi);
-            let _ = writeln!(
-                out,
-                "  landlock: ABI {}; read-only and read-write paths enforced{}",
-                prepared.abi,
-                if missing.is_empty() {
-                    ", with truncate, refer, device ioctl, signal and abstract-socket scoping"
-                        .to_owned()
-                } else {
-                    format!("; missing: {}", missing.join(", "))
-                }
-            );
-            for (path, why) in &prepared.skipped {
-                let _ = writeln!(out, "    skipped {} ({why})", path.display());
+    let resolved = match filesystem::resolve(&policy.filesystem) {
+        Ok(resolved) => resolved,
+        Err(e) => return problems.push(e.to_string()),
+    };
+    let workdir = match std::path::absolute(workdir)
+        .map_err(|e| e.to_string())
+        .and_then(|w| paths::trace(&w).map_err(|e| e.to_string()))
+    {
+        Ok(opened) => opened,
+        Err(e) => return problems.push(format!("workdir: {e}")),
+    };
+    let view = match view::prepare(&resolved, &workdir, &[]) {
+        Ok(view) => view,
+        Err(e) => return problems.push(e.to_string()),
+    };
+    match filesystem::decide(
+        policy.compatibility,
+        &resolved,
+        &view.summary,
+        &kernel.landlock,
+    ) {
+        Ok(enforcement) => {
+            for line in &enforcement.lines {
+                let _ = writeln!(out, "  {line}");
             }
         }
+        Err(e) => problems.push(e.to_string()),
     }
-    if let Support::Unavailable(why) = &kernel.landlock {
-        let _ = writeln!(out, "    ({why})");
+    if let Err(e) = landlock::prepare(&resolved, view.own_mounts(), &kernel.landlock) {
+        problems.push(e.to_string());
+    }
+    for (path, why) in &resolved.skipped {
+        let _ = writeln!(out, "    skipped {} ({why})", path.display());
+    }
+    if let Some(id) = account {
+        warnings.extend(filesystem::unusable(
+            &resolved,
+            &view.summary.mounted,
+            id.uid,
+            id.gid,
+        ));
     }
 }
 

@@ -1,9 +1,10 @@
 //! The agent's side of the fork: every layer in order, each one read back, then `execve`.
 //!
 //! ```text
-//! signals reset, oom_score_adj 1000, own process group (and the terminal, if we had it)
+//! (init has made the view the root and entered the workdir: view/)
+//! signals reset, own process group (and the terminal, if we had it)
 //! → every inherited fd above 2 close-on-exec
-//! → /proc Landlock rules (needs root and the sandbox's procfs)  → cwd is the workdir (read back)
+//! → /proc Landlock rules (needs the sandbox's procfs)  → cwd reachable from the root (read back)
 //! → bounding + ambient sets emptied, securebits locked           (needs CAP_SETPCAP)
 //! → setgroups / setresgid / setresuid                            (clears the other sets)
 //! → effective, permitted, inheritable emptied; all five sets read back; setuid(0) must fail
@@ -16,7 +17,6 @@
 //! reported on the control channel and the child exits 125 without running the agent.
 
 use std::ffi::{CString, c_char};
-use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
@@ -68,10 +68,9 @@ pub struct Plan {
     pub envp: CStringArray,
     /// Paths to try for `argv[0]`, in `PATH` order.
     pub candidates: Vec<CString>,
-    /// Its working directory, opened by the supervisor before fork without following a link
-    /// the agent could have planted; entered by descriptor ([`enter_workdir`]) so that the
-    /// path is never resolved again.
-    pub workdir: OwnedFd,
+    /// For each candidate, whether it exists outside the sandbox: missing in the view, it lies
+    /// outside the policy, which is a refusal rather than "not found".
+    pub exists_outside: Vec<bool>,
     /// Who it runs as.
     pub account: Account,
     /// Capability dropping.
@@ -100,7 +99,7 @@ fn check(rc: libc::c_int, what: &'static str) -> Result<(), Failure> {
 }
 
 /// Runs the agent's side of the fork. Never returns.
-pub fn run(plan: &Plan, channel: Sender) -> ! {
+pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     if let Err(failure) = confine(plan, channel) {
         match failure {
             Failure::Step(what, errno) => channel.failed(what, errno),
@@ -118,15 +117,12 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
+fn confine(plan: &mut Plan, channel: Sender) -> Result<(), Failure> {
     reset_signals()?;
-    prefer_as_oom_victim()?;
     process_group(plan.take_terminal)?;
     close_inherited_on_exec()?;
-    plan.landlock
-        .apply()
-        .map_err(step("adding the /proc Landlock rules"))?;
-    verify_workdir(plan)?;
+    plan.landlock.apply().map_err(landlock_failure)?;
+    verify_cwd_reachable()?;
     plan.caps.drop_bounding_and_lock().map_err(caps_failure)?;
     plan.account.apply().map_err(account_failure)?;
     plan.caps.clear_and_verify().map_err(caps_failure)?;
@@ -153,13 +149,8 @@ fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
             0,
         ));
     }
-    plan.landlock
-        .restrict()
-        .map_err(step("landlock_restrict_self"))?;
-    plan.landlock.verify().map_err(|e| match e {
-        Some(errno) => Failure::Step("probing a path outside every Landlock rule", errno),
-        None => Failure::Unverified("a path outside every Landlock rule is still readable", 0),
-    })?;
+    plan.landlock.restrict().map_err(landlock_failure)?;
+    plan.landlock.verify().map_err(landlock_failure)?;
     // Seccomp is the very last layer: loaded earlier it would police the calls above.
     let listener = plan
         .seccomp
@@ -174,26 +165,10 @@ fn confine(plan: &Plan, channel: Sender) -> Result<(), Failure> {
         .map_err(|_| Failure::Unverified("seccomp mode did not read back as filter", 0))
 }
 
-/// Enters the workdir by its descriptor. Called in init, before init unshares the mount
-/// namespace: unshare moves the working directory over to the new namespace's copy of its
-/// mount, and the agent inherits it from there. Entered from inside the new namespace, the
-/// descriptor (opened in the supervisor's) would leave the agent in a mount outside its own
-/// tree, where getcwd fails, and `pwd`, git and most runtimes with it.
-pub fn enter_workdir(plan: &Plan) -> Result<(), Errno> {
-    nix::unistd::fchdir(&plan.workdir)
-}
-
-/// Reads back what [`enter_workdir`] set: the agent's working directory is the directory the
-/// supervisor vetted, and getcwd can name it from the sandbox's root.
-fn verify_workdir(plan: &Plan) -> Result<(), Failure> {
-    let here = nix::sys::stat::stat(".").map_err(step("stat of the working directory"))?;
-    let vetted = nix::sys::stat::fstat(&plan.workdir).map_err(step("fstat of the workdir"))?;
-    if (here.st_dev, here.st_ino) != (vetted.st_dev, vetted.st_ino) {
-        return Err(Failure::Unverified(
-            "the working directory is not the workdir the supervisor opened",
-            0,
-        ));
-    }
+/// The working directory init entered (the workdir, read back in the view) must be nameable
+/// from the root: getcwd fails, and `pwd`, git and most runtimes with it, in a directory
+/// outside the process's mount tree.
+fn verify_cwd_reachable() -> Result<(), Failure> {
     let mut buf = [0u8; libc::PATH_MAX as usize];
     // SAFETY: getcwd writes at most `buf.len()` bytes into the buffer on the stack. The raw
     // call, because libc wrappers differ in how they report an unreachable directory.
@@ -208,6 +183,18 @@ fn verify_workdir(plan: &Plan) -> Result<(), Failure> {
             0,
         )),
         Ok(_) => Ok(()),
+    }
+}
+
+fn landlock_failure(f: landlock::Failure) -> Failure {
+    match f {
+        landlock::Failure::Step(what, errno) => Failure::Step(what, errno),
+        landlock::Failure::NotEnforced => {
+            Failure::Unverified("the kernel did not enforce the whole Landlock ruleset", 0)
+        }
+        landlock::Failure::CanaryReadable => {
+            Failure::Unverified("a path outside every Landlock rule is still readable", 0)
+        }
     }
 }
 
@@ -226,36 +213,6 @@ fn account_failure(f: AccountFailure) -> Failure {
         AccountFailure::Syscall(what, errno) => Failure::Step(what, errno),
         AccountFailure::Mismatch(what) => Failure::Unverified(what, 0),
     }
-}
-
-/// The OOM killer's first choice is the agent (and whatever it starts: children inherit the
-/// score). It shares the supervisor's memory cgroup, and memory it holds outside any process's
-/// resident set (a memfd, a tmpfs) is not counted against it: without this, the process the
-/// kernel kills when the agent exhausts the limit could be the supervisor. Raising one's own
-/// score needs no privilege (lowering it does); done while the process is still root's and
-/// dumpable, whose /proc files it may write.
-fn prefer_as_oom_victim() -> Result<(), Failure> {
-    const MOST_PREFERRED: &[u8] = b"1000";
-    let path = c"/proc/self/oom_score_adj";
-    // SAFETY: open with a constant path; write and pread on the fd opened here, from and into
-    // buffers on the stack; the fd is closed before returning.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        check(fd, "opening /proc/self/oom_score_adj")?;
-        let written = libc::write(fd, MOST_PREFERRED.as_ptr().cast(), MOST_PREFERRED.len());
-        let mut back = [0u8; 8];
-        let read = libc::pread(fd, back.as_mut_ptr().cast(), back.len(), 0);
-        libc::close(fd);
-        check(written as libc::c_int, "writing /proc/self/oom_score_adj")?;
-        check(read as libc::c_int, "reading back /proc/self/oom_score_adj")?;
-        if back.get(..MOST_PREFERRED.len()) != Some(MOST_PREFERRED) {
-            return Err(Failure::Unverified(
-                "oom_score_adj did not read back as 1000",
-                0,
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Init blocks the signals it forwards; the agent starts with the defaults, as after a login.
@@ -337,7 +294,11 @@ fn exec(plan: &Plan, channel: Sender) -> ! {
     for (index, candidate) in plan.candidates.iter().enumerate() {
         // SAFETY: the path and both arrays are NULL-terminated and live until exec or return.
         unsafe { libc::execve(candidate.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
-        let errno = Errno::last();
+        let errno = match Errno::last() {
+            // There outside the sandbox but not in its view: outside the policy.
+            Errno::ENOENT if plan.exists_outside.get(index) == Some(&true) => Errno::EACCES,
+            other => other,
+        };
         match errno {
             Errno::ENOENT | Errno::ENOTDIR => {}
             Errno::EACCES => {

@@ -15,7 +15,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::channel::Sender;
 use crate::child::{self, SETUP_FAILED};
-use crate::namespaces;
+use crate::{memfd, namespaces, view};
 
 /// The signals the supervisor forwards to the agent (through init).
 pub const FORWARDED: [Signal; 7] = [
@@ -33,12 +33,16 @@ pub const FORWARDED: [Signal; 7] = [
 pub struct Plan {
     /// Namespaces to finish.
     pub namespaces: namespaces::Prepared,
+    /// The agent's filesystem.
+    pub view: view::Prepared,
+    /// Executable memfds, refused for the sandbox's PID namespace.
+    pub memfd: memfd::Prepared,
     /// The agent's side.
     pub agent: child::Plan,
 }
 
 /// Runs init. Never returns.
-pub fn run(plan: &Plan, channel: Sender) -> ! {
+pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     // Die with the supervisor: the kernel then kills everything in the namespace.
     // SAFETY: prctl with scalar arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -51,6 +55,7 @@ pub fn run(plan: &Plan, channel: Sender) -> ! {
         channel.failed(f.what, f.errno);
         exit(SETUP_FAILED);
     }
+    filesystem(plan, channel);
     // Blocked, the forwarded signals and SIGCHLD queue up for sigwaitinfo below. (Blocked
     // signals are never discarded, not even for a namespace's PID 1.)
     let mut waited = SigSet::empty();
@@ -69,7 +74,7 @@ pub fn run(plan: &Plan, channel: Sender) -> ! {
     }
     // SAFETY: init is single-threaded (forked from a single-threaded supervisor).
     let agent = match unsafe { fork() } {
-        Ok(ForkResult::Child) => child::run(&plan.agent, channel),
+        Ok(ForkResult::Child) => child::run(&mut plan.agent, channel),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             channel.failed("forking the agent", e);
@@ -87,6 +92,31 @@ pub fn run(plan: &Plan, channel: Sender) -> ! {
         } else {
             forward(agent, signal);
         }
+    }
+}
+
+/// In the new mount namespace: the sandbox's procfs (for its PID namespace, so made here),
+/// the memfd sysctl written through it, then the view as init's root, read back. The agent
+/// inherits the root and the working directory.
+fn filesystem(plan: &Plan, channel: Sender) {
+    let proc = match plan.view.new_proc() {
+        Ok(proc) => proc,
+        Err(f) => {
+            channel.failed(f.what, f.errno);
+            exit(SETUP_FAILED);
+        }
+    };
+    if let Err(f) = plan.memfd.apply(&proc) {
+        channel.failed(f.what, f.errno);
+        exit(SETUP_FAILED);
+    }
+    if let Err(f) = plan.view.apply(&proc) {
+        channel.failed(f.what, f.errno);
+        exit(SETUP_FAILED);
+    }
+    if let Err(u) = plan.view.verify(&proc) {
+        channel.unverified(u.as_str(), 0);
+        exit(SETUP_FAILED);
     }
 }
 

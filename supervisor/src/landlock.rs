@@ -1,41 +1,39 @@
-//! Landlock: the policy's `read_only` / `read_write` paths, at the highest ABI the kernel has.
+//! Landlock: the second filesystem layer, over the same paths as the view, at the highest ABI
+//! the kernel has; built and enforced with the `landlock` crate end to end.
 //!
-//! `prepare` runs in the supervisor, as root, before any privilege is dropped: it opens every
-//! path (so a directory the agent's user cannot search is still ruled correctly, upstream's bug
-//! #803) and builds the ruleset. Each path is opened through [`paths::open`], which refuses a
-//! symlink the agent could have planted in a directory it could write in an earlier session
-//! (its workdir replaced by a link to a secret would otherwise be granted read-write by root),
-//! and each rule is built from, and sized by, that one descriptor. Paths under `/proc` are the exception: the sandbox mounts a
-//! fresh procfs for its PID namespace, whose inodes do not exist yet, so those rules are added
-//! by `apply` in the child after the mount. `restrict` then enforces the ruleset and `verify`
-//! proves it by opening a path outside every rule.
+//! `prepare` runs in the supervisor, as root, before any privilege is dropped, on the
+//! descriptors [`filesystem::resolve`] opened (so a directory the
+//! agent's user cannot search is still ruled correctly, upstream's bug #803, and a symlink the
+//! agent could have planted was refused) and on the view's own mounts (the private /tmp and
+//! /dev/shm, devpts, the standard devices, the provided files). Paths under `/proc` are the
+//! exception: they name the sandbox's own procfs, which init mounts after fork, so `apply` adds
+//! them in the agent's process once the view is its root. `restrict` enforces the ruleset and
+//! checks the status the crate reports; `verify` proves it by opening a path outside every
+//! rule.
 //!
 //! Rights: `read_only` gives execute, read file, read directory; `read_write` gives everything
 //! the ABI handles, including truncate (ABI 3), cross-directory rename/link (refer, ABI 2) and
 //! device ioctls (ABI 5). Rules on files get only the rights that apply to files. ABI 6 scopes
 //! stop the agent from signalling, or connecting to abstract unix sockets of, anything outside
-//! its own Landlock domain.
+//! its own Landlock domain. Whether a kernel without Landlock may run the policy at all is
+//! decided in `filesystem.rs`: the view enforces most rules alone.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
+    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
+    Scope,
 };
 use nix::errno::Errno;
 use nix::sys::stat::{SFlag, fstat};
 
-use crate::paths::{self, Cause, PathError};
-use crate::policy::{Compatibility, Policy};
+use crate::filesystem::{self, Resolved};
+use crate::paths;
 
 /// The ABI this build knows in full (Linux 6.15: audit logging of denials).
 pub const KNOWN_ABI: i32 = 7;
-/// The lowest ABI that enforces `read_only` as written: below 3, truncate(2) is not handled and
-/// a "read-only" file the agent's user owns could be emptied.
-pub const MIN_HARD_ABI: i32 = 3;
 
 /// What the kernel offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,13 +47,14 @@ pub enum Support {
 /// Asks the kernel for its Landlock ABI.
 pub fn probe() -> Support {
     // SAFETY: with LANDLOCK_CREATE_RULESET_VERSION the attribute pointer must be null and the
-    // size 0; the call only returns a number.
+    // size 0; the call only returns a number. (The crate only says whether an ABI is
+    // supported, not why Landlock is not: the errno tells the operator what to fix.)
     let rc = unsafe {
         libc::syscall(
             libc::SYS_landlock_create_ruleset,
             std::ptr::null::<u8>(),
             0usize,
-            landlock_version_flag(),
+            LANDLOCK_CREATE_RULESET_VERSION,
         )
     };
     if rc > 0 {
@@ -75,24 +74,18 @@ pub fn probe() -> Support {
     })
 }
 
-const fn landlock_version_flag() -> u32 {
-    1 // LANDLOCK_CREATE_RULESET_VERSION
-}
+const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
 
-/// Features missing from `abi` compared with [`KNOWN_ABI`], in words.
-pub fn missing_features(abi: i32) -> Vec<&'static str> {
+/// What Landlock at `abi` adds to the view, in words.
+pub fn adds(abi: i32) -> Vec<&'static str> {
     [
-        (
-            2,
-            "renaming and linking across rule boundaries (refer, ABI 2)",
-        ),
-        (3, "truncating files (ABI 3)"),
-        (5, "ioctl on device files (ABI 5)"),
-        (6, "scoping of signals and abstract unix sockets (ABI 6)"),
-        (7, "audit logging of denials (ABI 7)"),
+        (1, "per-file rights inside the same paths"),
+        (5, "ioctl control on device files (ABI 5)"),
+        (6, "signal and abstract unix socket scoping (ABI 6)"),
+        (7, "audit records of denials (ABI 7)"),
     ]
     .into_iter()
-    .filter(|(needed, _)| abi < *needed)
+    .filter(|(needed, _)| abi >= *needed)
     .map(|(_, what)| what)
     .collect()
 }
@@ -100,205 +93,117 @@ pub fn missing_features(abi: i32) -> Vec<&'static str> {
 /// Why Landlock cannot be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
-    /// No Landlock and the policy requires it.
-    #[error(
-        "Landlock is required by the policy but not available: {0}; the filesystem policy \
-         cannot be enforced (set landlock.compatibility: best_effort to run without it)"
-    )]
-    Unavailable(String),
-    /// Landlock too old and the policy requires it.
-    #[error(
-        "Landlock ABI {abi} cannot enforce the filesystem policy as written (missing: {missing}); \
-         ABI {MIN_HARD_ABI} (Linux 6.2) or later is required (or set landlock.compatibility: \
-         best_effort)"
-    )]
-    TooOld {
-        /// The kernel's ABI.
-        abi: i32,
-        /// What it lacks, in words.
-        missing: String,
-    },
     /// The landlock crate refused the ruleset.
     #[error("cannot build the Landlock ruleset: {0}")]
     Ruleset(#[from] landlock::RulesetError),
-    /// A path's name cannot be passed to the kernel.
-    #[error("{0}: path contains a NUL byte")]
-    Nul(PathBuf),
-    /// A policy path goes through a symlink someone other than root could have made.
-    #[error("filesystem policy: {0}")]
-    Untrusted(PathError),
+    /// A rule's descriptor could not be examined.
+    #[error("cannot build the Landlock ruleset: fstat of a rule's path: {0}")]
+    Stat(Errno),
 }
 
-/// A `/proc` rule added after the fresh procfs is mounted.
+/// A `/proc` rule added after the sandbox's procfs is mounted.
 #[derive(Debug)]
 struct Deferred {
-    path: CString,
-    dir_access: u64,
+    path: PathBuf,
+    access: BitFlags<AccessFs>,
 }
 
-/// The ruleset, built and waiting to be enforced in the child.
+/// The ruleset, built and waiting to be enforced in the agent's process.
 #[derive(Debug)]
 pub struct Prepared {
-    ruleset: Option<OwnedFd>,
+    ruleset: Option<RulesetCreated>,
     deferred: Vec<Deferred>,
-    file_mask: u64,
-    restrict_flags: u32,
-    canary: Option<CString>,
-    /// The ABI in use (0 when Landlock is unavailable and the policy allows that).
+    file_access: BitFlags<AccessFs>,
+    canary: bool,
+    /// The ABI in use (0 when Landlock is unavailable).
     pub abi: i32,
-    /// Paths that were skipped, with the reason (they grant nothing).
-    pub skipped: Vec<(PathBuf, String)>,
     /// Number of rules added before fork.
     pub rules: usize,
 }
 
-/// Builds the ruleset for `policy` as root, before fork.
-pub fn prepare(policy: &Policy, support: &Support) -> Result<Prepared, LandlockError> {
-    let abi = match (support, policy.compatibility) {
-        (Support::Unavailable(why), Compatibility::HardRequirement) => {
-            return Err(LandlockError::Unavailable(why.clone()));
-        }
-        (Support::Unavailable(why), Compatibility::BestEffort) => {
-            tracing::error!(
-                layer = "landlock",
-                "RUNNING WITHOUT FILESYSTEM CONFINEMENT: Landlock is not available ({why}) and \
-                 the policy says best_effort; the agent can read and write everything its user \
-                 can"
-            );
-            return Ok(Prepared::unconfined());
-        }
-        (Support::Abi(abi), Compatibility::HardRequirement) if *abi < MIN_HARD_ABI => {
-            return Err(LandlockError::TooOld {
-                abi: *abi,
-                missing: missing_features(*abi).join(", "),
-            });
-        }
-        (Support::Abi(abi), _) => *abi,
-    };
-    let missing = missing_features(abi);
-    if !missing.is_empty() {
-        let loud = abi < MIN_HARD_ABI;
-        let message = format!(
-            "Landlock ABI {abi} on this kernel lacks: {}",
-            missing.join(", ")
-        );
-        if loud {
-            tracing::error!(
-                layer = "landlock",
-                "DEGRADED FILESYSTEM CONFINEMENT (best_effort): {message}"
-            );
-        } else {
-            tracing::warn!(layer = "landlock", "{message}");
-        }
+/// Why the agent's process could not apply or prove the ruleset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A step failed with an errno.
+    Step(&'static str, Errno),
+    /// The kernel did not enforce the whole ruleset.
+    NotEnforced,
+    /// A path outside every rule was still readable.
+    CanaryReadable,
+}
+
+fn rights(abi: ABI, access: filesystem::Access) -> BitFlags<AccessFs> {
+    match access {
+        filesystem::Access::ReadOnly => AccessFs::from_read(abi),
+        filesystem::Access::ReadWrite => AccessFs::from_all(abi),
     }
+}
+
+/// Builds the ruleset for `resolved` and the view's own mounts, as root, before fork.
+pub fn prepare<'a>(
+    resolved: &'a Resolved,
+    view_mounts: impl Iterator<Item = (BorrowedFd<'a>, filesystem::Access)>,
+    support: &Support,
+) -> Result<Prepared, LandlockError> {
+    let abi = match support {
+        Support::Unavailable(_) => return Ok(Prepared::unconfined()),
+        Support::Abi(abi) => *abi,
+    };
     let version = ABI::from(abi);
-    let read = AccessFs::from_read(version);
-    let all = AccessFs::from_all(version);
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
-        .handle_access(all)?;
+        .handle_access(AccessFs::from_all(version))?;
     if abi >= 6 {
         ruleset = ruleset.scope(Scope::from_all(version))?;
     }
-    let mut created = ruleset.create()?;
+    let mut created = ruleset.create()?.no_new_privs(false);
+    if abi >= 7 {
+        // Denials are audited after `execve` too, which is when the agent runs (the kernel
+        // default only audits the process that called restrict_self).
+        created = created.log_new_exec(true)?;
+    }
     let mut prepared = Prepared {
         ruleset: None,
-        deferred: Vec::new(),
-        file_mask: AccessFs::from_file(version).bits(),
-        restrict_flags: if abi >= 7 { LOG_NEW_EXEC_ON } else { 0 },
-        canary: None,
+        deferred: resolved
+            .proc
+            .iter()
+            .map(|(path, access)| Deferred {
+                path: path.clone(),
+                access: rights(version, *access),
+            })
+            .collect(),
+        file_access: AccessFs::from_file(version),
+        // "/" denied proves enforcement; a policy that allows reading "/" has no canary.
+        canary: !resolved
+            .entries
+            .iter()
+            .any(|e| e.opened.physical == Path::new("/")),
         abi,
-        skipped: Vec::new(),
         rules: 0,
     };
-    let fs = &policy.filesystem;
-    let paths = fs
-        .read_only
+    let listed = resolved
+        .entries
         .iter()
-        .map(|p| (p, read))
-        .chain(fs.read_write.iter().map(|p| (p, all)));
-    for (path, access) in paths {
-        if path.starts_with("/proc") {
-            prepared.deferred.push(Deferred {
-                path: cstring(path)?,
-                dir_access: access.bits(),
-            });
-            continue;
-        }
-        let fd = match paths::open(path) {
-            Ok(fd) => fd,
-            // Fail closed, for read_only as much as read_write: skipping would run the agent
-            // without a path it was promised, and following would grant it whatever the link
-            // names (reading a token is as bad as writing one). Only an operator can tell
-            // whether the link is meant, so the sandbox does not start until one decides.
-            Err(
-                e @ PathError {
-                    cause: Cause::Untrusted { .. },
-                    ..
-                },
-            ) => return Err(LandlockError::Untrusted(e)),
-            // Missing (the default policy lists paths many images lack): it grants nothing.
-            Err(e) => {
-                prepared.skipped.push((path.clone(), e.cause.to_string()));
-                continue;
-            }
-        };
-        // The type of what was opened, not of whatever the path names by now.
-        let is_dir = match fstat(&fd) {
-            Ok(stat) => paths::has_type(&stat, SFlag::S_IFDIR),
-            Err(errno) => {
-                prepared.skipped.push((path.clone(), errno.to_string()));
-                continue;
-            }
-        };
-        let access = if is_dir {
-            access
-        } else {
-            access & AccessFs::from_file(version)
-        };
+        .map(|e| (e.opened.fd.as_fd(), e.access));
+    for (fd, access) in listed.chain(view_mounts) {
+        let access = prepared
+            .for_type(fd, rights(version, access))
+            .map_err(LandlockError::Stat)?;
         created = created.add_rule(PathBeneath::new(fd, access))?;
         prepared.rules += 1;
     }
-    // "/" denied proves enforcement; when the policy allows reading "/" there is no canary.
-    if !fs
-        .read_only
-        .iter()
-        .chain(&fs.read_write)
-        .any(|p| p == Path::new("/"))
-    {
-        prepared.canary = Some(c"/".to_owned());
-    }
-    prepared.ruleset = Option::<OwnedFd>::from(created);
+    prepared.ruleset = Some(created);
     Ok(prepared)
 }
-
-/// `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON`: denials are audited after `execve` too, which is
-/// when the agent runs (the kernel default only audits the process that called restrict_self).
-const LOG_NEW_EXEC_ON: u32 = 2;
-
-fn cstring(path: &Path) -> Result<CString, LandlockError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| LandlockError::Nul(path.to_owned()))
-}
-
-/// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
-#[repr(C, packed)]
-struct PathBeneathAttr {
-    allowed_access: u64,
-    parent_fd: RawFd,
-}
-
-const LANDLOCK_RULE_PATH_BENEATH: u32 = 1;
 
 impl Prepared {
     fn unconfined() -> Prepared {
         Prepared {
             ruleset: None,
             deferred: Vec::new(),
-            file_mask: 0,
-            restrict_flags: 0,
-            canary: None,
+            file_access: BitFlags::EMPTY,
+            canary: false,
             abi: 0,
-            skipped: Vec::new(),
             rules: 0,
         }
     }
@@ -308,92 +213,142 @@ impl Prepared {
         self.ruleset.is_some()
     }
 
-    /// After fork, in the child, once the sandbox's procfs is mounted and still as root: adds
-    /// the `/proc` rules. A path that does not exist there is skipped, as before fork.
-    pub fn apply(&self) -> Result<(), Errno> {
-        let Some(ruleset) = &self.ruleset else {
+    /// The rights of `access` that apply to what `fd` is (a file gets no directory rights).
+    fn for_type(
+        &self,
+        fd: BorrowedFd<'_>,
+        access: BitFlags<AccessFs>,
+    ) -> Result<BitFlags<AccessFs>, Errno> {
+        let stat = fstat(fd)?;
+        Ok(if paths::has_type(&stat, SFlag::S_IFDIR) {
+            access
+        } else {
+            access & self.file_access
+        })
+    }
+
+    /// In the agent's process, once the view is its root and still as root: adds the `/proc`
+    /// rules. A path that does not exist there is skipped, as before fork.
+    pub fn apply(&mut self) -> Result<(), Failure> {
+        let Some(ruleset) = self.ruleset.as_mut() else {
             return Ok(());
         };
         for rule in &self.deferred {
-            // SAFETY: `rule.path` is a valid C string; O_PATH opens without reading.
-            let fd = unsafe { libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-            if fd < 0 {
+            let Ok(fd) = PathFd::new(&rule.path) else {
                 continue;
-            }
-            // SAFETY: `fd` was just opened and is owned here.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: fstat fills a stat buffer on the stack.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: as above, `st` is a valid buffer.
-            if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-                return Err(Errno::last());
-            }
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            let access = if is_dir {
-                rule.dir_access
+            };
+            let stat = fstat(fd.as_fd()).map_err(|e| Failure::Step("fstat of a /proc rule", e))?;
+            let access = if paths::has_type(&stat, SFlag::S_IFDIR) {
+                rule.access
             } else {
-                rule.dir_access & self.file_mask
+                rule.access & self.file_access
             };
-            let attr = PathBeneathAttr {
-                allowed_access: access,
-                parent_fd: fd.as_raw_fd(),
-            };
-            // SAFETY: `attr` is a valid packed path-beneath attribute for the duration of the
-            // call; the ruleset fd is open.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_landlock_add_rule,
-                    ruleset.as_raw_fd(),
-                    LANDLOCK_RULE_PATH_BENEATH,
-                    &attr as *const PathBeneathAttr,
-                    0u32,
-                )
-            };
-            if rc < 0 {
-                return Err(Errno::last());
-            }
+            ruleset
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(|e| Failure::Step("adding a /proc Landlock rule", errno(&e)))?;
         }
         Ok(())
     }
 
-    /// Enforces the ruleset on the calling thread and its future children. Needs
-    /// no_new_privs (or CAP_SYS_ADMIN, which the agent no longer has).
-    pub fn restrict(&self) -> Result<(), Errno> {
-        let Some(ruleset) = &self.ruleset else {
+    /// Enforces the ruleset on the calling thread and its future children, and checks that
+    /// the kernel enforces all of it. Needs no_new_privs (or CAP_SYS_ADMIN, which the agent no
+    /// longer has).
+    pub fn restrict(&mut self) -> Result<(), Failure> {
+        let Some(ruleset) = self.ruleset.take() else {
             return Ok(());
         };
-        // SAFETY: landlock_restrict_self takes the ruleset fd and flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_restrict_self,
-                ruleset.as_raw_fd(),
-                self.restrict_flags,
-            )
-        };
-        if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+        match ruleset.restrict_self() {
+            Ok(RestrictionStatus {
+                ruleset: RulesetStatus::FullyEnforced,
+                ..
+            }) => Ok(()),
+            Ok(_) => Err(Failure::NotEnforced),
+            Err(e) => Err(Failure::Step("landlock_restrict_self", errno(&e))),
+        }
     }
 
-    /// Proves enforcement: the canary, a directory outside every rule, must be refused with
-    /// EACCES. `Err(None)` means it was readable; `Err(Some(e))` an unexpected error.
-    pub fn verify(&self) -> Result<(), Option<Errno>> {
-        let (Some(_), Some(canary)) = (&self.ruleset, &self.canary) else {
+    /// Proves enforcement: "/", outside every rule, must be refused with EACCES.
+    pub fn verify(&self) -> Result<(), Failure> {
+        if self.abi == 0 || !self.canary {
             return Ok(());
-        };
-        // SAFETY: valid C string; a successful fd is closed at once.
-        let fd = unsafe {
-            libc::open(
-                canary.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: closing the fd just opened.
-            unsafe { libc::close(fd) };
-            return Err(None);
         }
-        match Errno::last() {
-            Errno::EACCES => Ok(()),
-            other => Err(Some(other)),
+        let flags = nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_CLOEXEC;
+        match nix::fcntl::open("/", flags, nix::sys::stat::Mode::empty()) {
+            Ok(_) => Err(Failure::CanaryReadable),
+            Err(Errno::EACCES) => Ok(()),
+            Err(other) => Err(Failure::Step("probing a path outside every rule", other)),
         }
+    }
+}
+
+/// The errno behind a crate error (EINVAL when it carries none).
+fn errno(error: &(dyn std::error::Error + 'static)) -> Errno {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(raw) = io.raw_os_error()
+        {
+            return Errno::from_raw(raw);
+        }
+        cause = e.source();
+    }
+    Errno::EINVAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filesystem::{Access, Entry};
+
+    /// The second layer on its own: a ruleset over one read-only directory, enforced on one
+    /// thread, refuses what is outside it and a write inside it, and allows a read.
+    #[test]
+    fn the_ruleset_alone_refuses_outside_and_writes_and_allows_reads() {
+        let support = probe();
+        if !openshell_tests::require_kernel(matches!(support, Support::Abi(_)), "Landlock") {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("openshell-landlock-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("inside")).expect("mkdir");
+        std::fs::write(dir.join("inside/file"), "x").expect("write");
+        std::fs::write(dir.join("outside"), "x").expect("write");
+        let resolved = Resolved {
+            entries: vec![Entry {
+                listed: dir.join("inside"),
+                access: Access::ReadOnly,
+                is_dir: true,
+                is_device: false,
+                opened: paths::trace(&dir.join("inside")).expect("open"),
+            }],
+            ..Resolved::default()
+        };
+        let mut prepared = prepare(&resolved, std::iter::empty(), &support).expect("a ruleset");
+        let (inside, outside) = (dir.join("inside/file"), dir.join("outside"));
+        // Landlock and no_new_privs apply to the calling thread only: the test's other threads
+        // stay unconfined.
+        let results = std::thread::spawn(move || {
+            // SAFETY: prctl with scalar arguments.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            let restricted = prepared.restrict().and_then(|()| prepared.verify());
+            let read = std::fs::read(&inside)
+                .map(drop)
+                .map_err(|e| e.raw_os_error());
+            let write = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&inside)
+                .map(drop)
+                .map_err(|e| e.raw_os_error());
+            let out = std::fs::read(&outside)
+                .map(drop)
+                .map_err(|e| e.raw_os_error());
+            (restricted, read, write, out)
+        })
+        .join()
+        .expect("the confined thread");
+        let _ = std::fs::remove_dir_all(&dir);
+        let eacces = Err(Some(libc::EACCES));
+        assert_eq!(results, (Ok(()), Ok(()), eacces, eacces));
     }
 }

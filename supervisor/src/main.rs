@@ -65,7 +65,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         grace: grace_period()?,
         proxy: proxy::Settings::from_env().map_err(anyhow::Error::msg)?,
     };
-    let prepared = sandbox::prepare(&policy, &kernel, &workdir, &args.command)?;
+    let prepared = sandbox::prepare(&policy, &kernel, &workdir, &args.command, &[])?;
     let running = sandbox::spawn(prepared)?;
     let outcome = supervise::run(running, policy.network, options);
     report(&outcome);

@@ -10,14 +10,14 @@
 //! The PID namespace comes from `unshare(CLONE_NEWPID)` right before `fork`, so the forked
 //! child is PID 1 of the new namespace; the supervisor then points its own future children
 //! back at its original namespace (threads cannot be created otherwise). The child, our init,
-//! joins the network namespace, unshares the rest and mounts a fresh `/proc` showing only the
-//! sandbox's processes.
+//! joins the network namespace and unshares the rest; the filesystem view (`view/`) is then
+//! built in the new mount namespace, with a fresh `/proc` showing only the sandbox's processes.
 
-use std::ffi::CStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::mount::MsFlags;
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::unistd::{ForkResult, fork};
 
@@ -137,7 +137,7 @@ impl Prepared {
     }
 
     /// In init, PID 1 of the new PID namespace: joins the network namespace, unshares mount,
-    /// IPC, UTS and cgroup namespaces, and mounts the sandbox's own `/proc`.
+    /// IPC, UTS and cgroup namespaces, and cuts the new mount namespace off from the pod's.
     pub fn apply(&self) -> Result<(), NsFailure> {
         let fail = |what| move |errno| NsFailure { what, errno };
         setns(&self.netns, CloneFlags::CLONE_NEWNET).map_err(fail("setns(network)"))?;
@@ -148,36 +148,16 @@ impl Prepared {
                 | CloneFlags::CLONE_NEWCGROUP,
         )
         .map_err(fail("unshare(mount, ipc, uts, cgroup)"))?;
-        // Private first: the /proc mount below must not propagate back into the pod.
-        mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE)
-            .map_err(fail("making / a private mount tree"))?;
-        mount(
-            Some(c"proc"),
-            c"/proc",
-            Some(c"proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        // Private before anything is mounted: no mount of the view may propagate back into
+        // the pod (a copied mount namespace starts out sharing events with the original).
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
         )
-        .map_err(fail("mounting /proc for the sandbox's PID namespace"))?;
+        .map_err(fail("making / a private mount tree"))?;
         Ok(())
     }
-}
-
-fn mount(
-    source: Option<&CStr>,
-    target: &CStr,
-    fstype: Option<&CStr>,
-    flags: libc::c_ulong,
-) -> Result<(), Errno> {
-    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
-    // SAFETY: every pointer is a valid C string or null, and `data` is null.
-    let rc = unsafe {
-        libc::mount(
-            ptr(source),
-            target.as_ptr(),
-            ptr(fstype),
-            flags,
-            std::ptr::null(),
-        )
-    };
-    Errno::result(rc).map(drop)
 }

@@ -24,7 +24,7 @@ use nix::fcntl::{AT_FDCWD, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
 
 /// The kernel's own limit (MAXSYMLINKS): a path needing more links than this is a loop.
-const MAX_LINKS: u32 = 40;
+const MAX_LINKS: usize = 40;
 
 /// A path that [`open`] refused or could not open.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +90,27 @@ pub enum Distrust {
 /// Opens `path` as an `O_PATH | O_CLOEXEC` descriptor, following only the symlinks that root
 /// alone could have made (see the module's documentation). `path` must be absolute.
 pub fn open(path: &Path) -> Result<OwnedFd, PathError> {
+    trace(path).map(|opened| opened.fd)
+}
+
+/// What [`trace`] opened, and the way there.
+#[derive(Debug)]
+pub struct Opened {
+    /// The `O_PATH | O_CLOEXEC` descriptor.
+    pub fd: OwnedFd,
+    /// Where it is, without symlinks: the directories the walk went through.
+    pub physical: PathBuf,
+    /// Every symlink followed on the way, as (where the link is, its target as written), in
+    /// order. Recreated in the sandbox's view, they make the path as written lead to the same
+    /// file there.
+    pub links: Vec<(PathBuf, PathBuf)>,
+}
+
+/// [`open`], also returning the physical path and the links followed.
+pub fn trace(path: &Path) -> Result<Opened, PathError> {
     let cause = if path.is_absolute() {
         match walk(path) {
-            Ok(fd) => return Ok(fd),
+            Ok(opened) => return Ok(opened),
             Err(cause) => cause,
         }
     } else {
@@ -104,14 +122,14 @@ pub fn open(path: &Path) -> Result<OwnedFd, PathError> {
     })
 }
 
-fn walk(path: &Path) -> Result<OwnedFd, Cause> {
+fn walk(path: &Path) -> Result<Opened, Cause> {
     // The directories from "/" down to `here`, so that `..` goes back to the directory the
     // walk actually came through (as the kernel's does), and `at` names `here` in messages.
     let mut ancestors: Vec<OwnedFd> = Vec::new();
     let mut here = open_root()?;
     let mut at = PathBuf::from("/");
     let mut pending = components(path);
-    let mut links = 0;
+    let mut followed = Vec::new();
     while let Some(name) = pending.pop_front() {
         if name == ".." {
             // "/.." is "/", as in the kernel.
@@ -135,8 +153,7 @@ fn walk(path: &Path) -> Result<OwnedFd, Cause> {
             at.push(&name);
             continue;
         }
-        links += 1;
-        if links > MAX_LINKS {
+        if followed.len() >= MAX_LINKS {
             return Err(Cause::Io(Errno::ELOOP));
         }
         // Read through the link's own descriptor: the link checked is the link read.
@@ -152,6 +169,7 @@ fn walk(path: &Path) -> Result<OwnedFd, Cause> {
             // The kernel refuses an empty link the same way.
             return Err(Cause::Io(Errno::ENOENT));
         }
+        followed.push((at.join(&name), target.clone()));
         if target.is_absolute() {
             ancestors.clear();
             here = open_root()?;
@@ -162,7 +180,11 @@ fn walk(path: &Path) -> Result<OwnedFd, Cause> {
             pending.push_front(component);
         }
     }
-    Ok(here)
+    Ok(Opened {
+        fd: here,
+        physical: at,
+        links: followed,
+    })
 }
 
 fn open_root() -> Result<OwnedFd, Cause> {

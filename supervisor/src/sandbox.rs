@@ -12,12 +12,16 @@ use nix::unistd::{ForkResult, Pid};
 use crate::account::{self, Account, AccountError};
 use crate::channel::{self, Sender};
 use crate::child::{self, CStringArray};
+use crate::filesystem::{self, Enforcement, FilesystemError};
 use crate::landlock::{self, LandlockError};
 use crate::namespaces::{self, NamespaceError};
 use crate::policy::Policy;
 use crate::preflight::Kernel;
 use crate::seccomp::{self, Deny, SeccompError};
-use crate::{caps, init, paths, proxy};
+use crate::view::{self, ViewError};
+use crate::{caps, init, memfd, paths, proxy};
+
+pub use crate::view::ProvidedFile;
 
 /// Used when the environment has no `PATH`, as execvp does.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -30,6 +34,12 @@ pub enum SandboxError {
     /// The agent's account (uid, gid).
     #[error(transparent)]
     Account(#[from] AccountError),
+    /// The filesystem policy.
+    #[error(transparent)]
+    Filesystem(#[from] FilesystemError),
+    /// The filesystem view.
+    #[error(transparent)]
+    View(#[from] ViewError),
     /// Landlock.
     #[error(transparent)]
     Landlock(#[from] LandlockError),
@@ -72,26 +82,53 @@ pub struct Prepared {
     pub account: Account,
     /// Landlock ABI in force (0 = none).
     pub landlock_abi: i32,
+    /// Which layer enforces what of the filesystem policy.
+    pub filesystem: Enforcement,
+    /// Whether memfds can be executed in the sandbox.
+    pub memfd: memfd::Prepared,
     /// Whether refused calls reach the supervisor.
     pub seccomp_notify: bool,
 }
 
-/// Prepares every layer for `command` (empty: the user's shell) under `policy`.
+/// Prepares every layer for `command` (empty: the user's shell) under `policy`. `provided` are
+/// the files the supervisor gives the agent, placed read-only under `/run/openshell` in its
+/// view.
 pub fn prepare(
     policy: &Policy,
     kernel: &Kernel,
     workdir: &Path,
     command: &[OsString],
+    provided: &[ProvidedFile],
 ) -> Result<Prepared, SandboxError> {
-    let (workdir, workdir_fd) = open_workdir(workdir)?;
+    let (workdir, workdir_opened) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
-    let landlock = landlock::prepare(policy, &kernel.landlock)?;
-    for (path, why) in &landlock.skipped {
-        tracing::info!(
-            layer = "landlock",
-            "policy path {} skipped: {why}",
-            path.display()
+    let resolved = filesystem::resolve(&policy.filesystem)?;
+    if !resolved.skipped.is_empty() {
+        let skipped: Vec<String> = resolved
+            .skipped
+            .iter()
+            .map(|(path, why)| format!("{} ({why})", path.display()))
+            .collect();
+        tracing::warn!(
+            layer = "view",
+            "policy paths skipped, they grant nothing: {}",
+            skipped.join(", ")
         );
+    }
+    let view = view::prepare(&resolved, &workdir_opened, provided)?;
+    let enforcement = filesystem::decide(
+        policy.compatibility,
+        &resolved,
+        &view.summary,
+        &kernel.landlock,
+    )?;
+    log_enforcement(&enforcement);
+    let landlock = landlock::prepare(&resolved, view.own_mounts(), &kernel.landlock)?;
+    let memfd = memfd::prepare(&kernel.release);
+    if memfd == memfd::Prepared::Refused {
+        tracing::info!(layer = "memfd", "{}", memfd.describe());
+    } else {
+        tracing::warn!(layer = "memfd", "{}", memfd.describe());
     }
     let deny = if kernel.seccomp_notify {
         Deny::Notify
@@ -115,7 +152,11 @@ pub fn prepare(
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| DEFAULT_PATH.into());
-    let candidates = candidates(&argv[0], &path_var, workdir_fd.as_fd());
+    let candidates = candidates(&argv[0], &path_var, workdir_opened.fd.as_fd());
+    let exists_outside = candidates
+        .iter()
+        .map(|c| fstatat(workdir_opened.fd.as_fd(), c.as_path(), AtFlags::empty()).is_ok())
+        .collect();
     let (netns, bound) = namespaces::create_network(proxy::bind)?;
     let proxy = bound.map_err(SandboxError::Proxy)?;
     let agent = child::Plan {
@@ -138,7 +179,7 @@ pub fn prepare(
             .iter()
             .map(|c| cstring(c.as_os_str(), "the command path"))
             .collect::<Result<_, _>>()?,
-        workdir: workdir_fd,
+        exists_outside,
         account: account.clone(),
         caps: caps::prepare(),
         landlock,
@@ -156,9 +197,13 @@ pub fn prepare(
         },
         account,
         landlock_abi: agent.landlock.abi,
+        filesystem: enforcement,
+        memfd,
         seccomp_notify: agent.seccomp.notifies(),
         init: init::Plan {
             namespaces: namespaces::Prepared::new(netns),
+            view,
+            memfd,
             agent,
         },
     })
@@ -166,18 +211,30 @@ pub fn prepare(
 
 /// Opens the workdir as root, refusing a symlink the agent could have planted (it may own the
 /// parent, e.g. its home in a volume kept between sessions, and would otherwise be chdir'ed
-/// into the link's target). The child enters this very descriptor, not the path again.
-fn open_workdir(workdir: &Path) -> Result<(PathBuf, OwnedFd), SandboxError> {
+/// into the link's target). The view then places the agent in this very directory, at its
+/// physical path, and init checks it is the same one.
+fn open_workdir(workdir: &Path) -> Result<(PathBuf, paths::Opened), SandboxError> {
     let fail = |reason: String| SandboxError::Workdir {
         path: workdir.to_owned(),
         reason,
     };
     let absolute = std::path::absolute(workdir).map_err(|e| fail(e.to_string()))?;
-    let fd = paths::open(&absolute).map_err(|e| fail(e.cause.to_string()))?;
-    match fstat(&fd) {
-        Ok(stat) if paths::has_type(&stat, SFlag::S_IFDIR) => Ok((absolute, fd)),
+    let opened = paths::trace(&absolute).map_err(|e| fail(e.cause.to_string()))?;
+    match fstat(&opened.fd) {
+        Ok(stat) if paths::has_type(&stat, SFlag::S_IFDIR) => Ok((absolute, opened)),
         Ok(_) => Err(fail("not a directory".into())),
         Err(errno) => Err(fail(errno.to_string())),
+    }
+}
+
+/// Says at start which layer enforces what of the filesystem policy; loudly when degraded.
+fn log_enforcement(enforcement: &Enforcement) {
+    for line in &enforcement.lines {
+        if line.starts_with("DEGRADED") {
+            tracing::error!(layer = "filesystem", "{line}");
+        } else {
+            tracing::info!(layer = "filesystem", "{line}");
+        }
     }
 }
 
@@ -303,14 +360,8 @@ pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
         ForkResult::Child => {
             drop(supervisor_end);
             let channel = Sender(sandbox_end.as_raw_fd());
-            // Init's first step, before it unshares the mount namespace (see
-            // `child::enter_workdir`); the agent inherits this working directory.
-            if let Err(errno) = child::enter_workdir(&prepared.init.agent) {
-                channel.failed("fchdir to the workdir", errno);
-                // SAFETY: _exit skips the supervisor's atexit handlers and stdio buffers.
-                unsafe { libc::_exit(child::SETUP_FAILED) };
-            }
-            init::run(&prepared.init, channel)
+            let mut prepared = prepared;
+            init::run(&mut prepared.init, channel)
         }
         ForkResult::Parent { child } => Ok(Running {
             init: child,

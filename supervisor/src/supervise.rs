@@ -28,7 +28,7 @@ use crate::init::FORWARDED;
 use crate::lineage::Lineage;
 use crate::policy::NetworkRule;
 use crate::sandbox::{Command, Running};
-use crate::{caps, log, proxy, seccomp, workers};
+use crate::{caps, log, oom, proxy, seccomp, workers};
 
 /// Exit status when `--timeout` expired.
 pub const TIMED_OUT: u8 = 124;
@@ -108,8 +108,16 @@ fn forwarded_set() -> SigSet {
 pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
     let lineage = Arc::new(Lineage::default());
     let cgroups = Cgroups::own();
-    match start_threads(&lineage, &cgroups) {
-        Ok((runtime, seccomp)) => {
+    let started = start_threads(&lineage, &cgroups)
+        .map_err(|e| format!("cannot start the supervisor's threads: {e}"))
+        .and_then(|threads| {
+            let preferred = oom::prefer(running.init).map_err(|e| {
+                format!("cannot make the sandbox the OOM killer's first choice: {e}")
+            })?;
+            Ok((threads, preferred))
+        });
+    match started {
+        Ok(((runtime, seccomp), preferred)) => {
             // Init waits for this before it forks the agent. It fails only when init is gone
             // already, having said why on the channel: supervision reports that.
             if let Err(e) = channel::go(&running.channel) {
@@ -119,6 +127,7 @@ pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Out
                 lineage,
                 seccomp,
                 cgroups,
+                preferred,
             };
             let outcome = runtime.block_on(supervise(running, network, options, context));
             // Open tunnels and pending lookups end with the agent.
@@ -128,7 +137,7 @@ pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Out
         Err(e) => {
             let _ = kill(running.init, Signal::SIGKILL);
             let _ = waitpid(running.init, None);
-            Outcome::SetupFailed(format!("cannot start the supervisor's threads: {e}"))
+            Outcome::SetupFailed(e)
         }
     }
 }
@@ -179,6 +188,7 @@ struct Context {
     lineage: Arc<Lineage>,
     seccomp: SyncSender<OwnedFd>,
     cgroups: Cgroups,
+    preferred: oom::Preferred,
 }
 
 async fn supervise(
@@ -194,13 +204,13 @@ async fn supervise(
         proxy,
     } = running;
     let mut state = State::default();
-    let mut oom = OomWatch::new(context.cgroups);
+    let mut oom = oom::Watch::new(context.cgroups.clone());
     if let Err(e) = proxy::start(
         proxy,
         network,
         init.as_raw() as u32,
         options.proxy,
-        context.lineage,
+        context.lineage.clone(),
     ) {
         // Without the proxy the agent has no network at all: still confined, so keep going.
         tracing::error!(
@@ -238,14 +248,14 @@ async fn supervise(
         }
     };
     let timeout_at = options.timeout.map(|t| Instant::now() + t);
-    let mut oom_check = tokio::time::interval(OOM_CHECK_PERIOD);
+    let mut oom_check = tokio::time::interval(oom::CHECK_PERIOD);
     // Checked once after the SIGCHLD handler exists, in case init exited before that.
     let mut exited = reap(init);
     while exited.is_none() {
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &context.seccomp, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &context, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -278,7 +288,7 @@ async fn supervise(
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &context.seccomp, &mut state);
+        drain(fd.get_ref(), &command, &context, &mut state);
     }
     oom.check();
     // The agent's own status (init's report), not init's: init killed is not the agent.
@@ -291,64 +301,11 @@ async fn supervise(
     }
 }
 
-/// How often the memory cgroup's OOM kill count is read.
-const OOM_CHECK_PERIOD: Duration = Duration::from_secs(1);
-
-/// The kernel's OOM kills in the supervisor's memory cgroup, which the sandbox shares: the
-/// agent's processes volunteer as the OOM killer's first choice (`oom_score_adj` 1000, see
-/// child.rs), so these are the sandbox's processes, and each one is reported.
-#[derive(Debug)]
-struct OomWatch {
-    cgroups: Cgroups,
-    at_start: Option<u64>,
-    seen: Option<u64>,
-}
-
-impl OomWatch {
-    fn new(cgroups: Cgroups) -> OomWatch {
-        let now = cgroups.oom_kills();
-        OomWatch {
-            cgroups,
-            at_start: now,
-            seen: now,
-        }
-    }
-
-    /// Logs the kills since the last check.
-    fn check(&mut self) {
-        let (Some(seen), Some(now)) = (self.seen, self.cgroups.oom_kills()) else {
-            return;
-        };
-        if now > seen {
-            let limit = match self.cgroups.memory_limit() {
-                Some(bytes) => format!("the memory limit is {} MiB", bytes >> 20),
-                None => "its memory cgroup has no limit of its own".to_owned(),
-            };
-            tracing::warn!(
-                event = "oom_kill",
-                count = now - seen,
-                "the kernel's OOM killer killed {} process(es) of the sandbox: {limit}",
-                now - seen
-            );
-            self.seen = Some(now);
-        }
-    }
-
-    fn killed_any(&self) -> bool {
-        self.seen > self.at_start
-    }
-}
-
 /// Handles every message waiting on the channel. Returns true at end of stream.
-fn drain(
-    fd: &OwnedFd,
-    command: &Command,
-    seccomp: &SyncSender<OwnedFd>,
-    state: &mut State,
-) -> bool {
+fn drain(fd: &OwnedFd, command: &Command, context: &Context, state: &mut State) -> bool {
     loop {
         match channel::receive(fd) {
-            Ok(Some(message)) => handle(message, command, seccomp, state),
+            Ok(Some(message)) => handle(message, command, context, state),
             Ok(None) => return true,
             Err(Errno::EAGAIN) => return false,
             Err(e) => {
@@ -359,17 +316,18 @@ fn drain(
     }
 }
 
-fn handle(message: Message, command: &Command, seccomp: &SyncSender<OwnedFd>, state: &mut State) {
+fn handle(message: Message, command: &Command, context: &Context, state: &mut State) {
     match message {
         Message::AgentSpawned(pid) => {
             tracing::debug!(sandbox_pid = pid, "agent process created");
+            context.preferred.agent_spawned();
         }
         Message::Confined => {
             tracing::info!(command = ?command.argv, "agent confined, starting it");
         }
         Message::SeccompListener(listener) => {
             // To the thread started for it before the agent ran.
-            if seccomp.try_send(listener).is_err() {
+            if context.seccomp.try_send(listener).is_err() {
                 tracing::error!(
                     layer = "seccomp",
                     "a second seccomp listener, or none to serve it: refused calls it \

@@ -11,7 +11,7 @@ pub const RUN_AS_AGENT: &str = "process:\n  run_as_user: 65534\n  run_as_group: 
 
 /// What every test policy lets the agent read: the programs and libraries it runs, its
 /// configuration and its own /proc (see policies/default.yaml).
-const SYSTEM_READ_ONLY: &[&str] = &[
+pub const SYSTEM_READ_ONLY: &[&str] = &[
     "/usr",
     "/bin",
     "/sbin",
@@ -56,6 +56,17 @@ impl Scratch {
     /// binaries read-only, plus `read_only`; `read_write` and /dev/null read-write; the
     /// workdir not added; then `extra` (YAML sections such as `process:` or `landlock:`).
     pub fn policy(&self, read_only: &[&Path], read_write: &[&Path], extra: &str) -> PathBuf {
+        self.policy_with(SYSTEM_READ_ONLY, read_only, read_write, extra)
+    }
+
+    /// [`policy`](Self::policy) with `system` instead of [`SYSTEM_READ_ONLY`].
+    pub fn policy_with(
+        &self,
+        system: &[&str],
+        read_only: &[&Path],
+        read_write: &[&Path],
+        extra: &str,
+    ) -> PathBuf {
         let binaries = crate::bin("openshell-sandbox");
         let binaries = binaries.parent().expect("the binaries' directory");
         let list = |paths: Vec<&Path>| {
@@ -64,7 +75,7 @@ impl Scratch {
                 .map(|p| format!("    - {}\n", p.display()))
                 .collect::<String>()
         };
-        let mut ro: Vec<&Path> = SYSTEM_READ_ONLY.iter().map(Path::new).collect();
+        let mut ro: Vec<&Path> = system.iter().map(Path::new).collect();
         ro.push(binaries);
         ro.extend(read_only);
         let mut rw = vec![Path::new("/dev/null")];

@@ -140,14 +140,50 @@ fn default_policy() -> PathBuf {
 }
 
 fn check(launcher: &[&str]) -> Output {
-    let mut command = Command::new(bin("escape-probe"));
-    command
-        .args(launcher)
-        .arg(bin("openshell-sandbox"))
-        .arg("check")
-        .arg("--policy")
-        .arg(default_policy());
+    check_policy(launcher, &default_policy())
+}
+
+/// `openshell-sandbox check --policy POLICY`, started through `escape-probe LAUNCHER...` unless
+/// `launcher` is empty.
+fn check_policy(launcher: &[&str], policy: &Path) -> Output {
+    let mut command = match launcher {
+        [] => Command::new(bin("openshell-sandbox")),
+        _ => {
+            let mut command = Command::new(bin("escape-probe"));
+            command.args(launcher).arg(bin("openshell-sandbox"));
+            command
+        }
+    };
+    command.arg("check").arg("--policy").arg(policy);
     run::run(&mut command, Stdin::Null)
+}
+
+/// Ways to take Landlock away from the supervisor (as a kernel without it, or a runtime's
+/// seccomp profile that predates it, would), with the reason the supervisor must give.
+const NO_LANDLOCK: [(&str, &str); 2] = [
+    ("ENOSYS", "the kernel was built without Landlock (ENOSYS)"),
+    ("EPERM", "landlock_create_ruleset is blocked (EPERM"),
+];
+
+/// The failure lines after "result: would fail:".
+fn failures(out: &Output) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .skip_while(|l| *l != "result: would fail:")
+        .skip(1)
+        .collect()
+}
+
+/// A policy that lists one path below /proc instead of /proc: only Landlock can narrow the
+/// sandbox's procfs to it.
+fn narrow_proc_policy(scratch: &Scratch, rw: &Path, extra: &str) -> PathBuf {
+    let system: Vec<&str> = openshell_tests::scratch::SYSTEM_READ_ONLY
+        .iter()
+        .copied()
+        .filter(|p| *p != "/proc")
+        .chain(["/proc/cpuinfo"])
+        .collect();
+    scratch.policy_with(&system, &[], &[rw], extra)
 }
 
 #[test]
@@ -173,27 +209,57 @@ fn check_passes_for_the_default_policy() {
 }
 
 #[test]
-fn check_says_what_would_fail_without_landlock() {
-    for (errno, reason) in [
-        ("ENOSYS", "the kernel was built without Landlock (ENOSYS)"),
-        ("EPERM", "landlock_create_ruleset is blocked (EPERM"),
-    ] {
+fn check_without_landlock_says_the_view_enforces_the_policy_alone() {
+    for (errno, reason) in NO_LANDLOCK {
         let out = check(&["run-with-landlock-blocked", errno, "--"]);
-        assert_eq!(out.code(), 125, "{out:#?}");
-        let failures: Vec<&str> = out
+        assert_eq!(out.code(), 0, "{out:#?}");
+        let line = out
             .stdout
             .lines()
-            .skip_while(|l| *l != "result: would fail:")
-            .skip(1)
-            .collect();
-        assert_eq!(failures.len(), 1, "{}", out.stdout);
+            .find(|l| l.starts_with("  landlock: not available ("))
+            .unwrap_or_else(|| panic!("no landlock line\n{}", out.stdout));
         assert!(
-            failures[0].starts_with("  - Landlock is required by the policy but not available: ")
-                && failures[0].contains(reason),
+            line.contains(reason)
+                && line.ends_with("; the view alone enforces every rule of this policy"),
+            "{line}"
+        );
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with("  view: ")),
             "{}",
             out.stdout
         );
     }
+}
+
+#[test]
+fn check_names_the_rules_only_landlock_can_enforce_where_it_is_missing() {
+    let scratch = Scratch::new("narrow");
+    let policy = narrow_proc_policy(&scratch, Path::new("/tmp"), RUN_AS_AGENT);
+    for (errno, reason) in NO_LANDLOCK {
+        let out = check_policy(&["run-with-landlock-blocked", errno, "--"], &policy);
+        assert_eq!(out.code(), 125, "{out:#?}");
+        let failures = failures(&out);
+        assert_eq!(failures.len(), 1, "{}", out.stdout);
+        assert!(
+            failures[0].starts_with(
+                "  - the filesystem policy has rules only Landlock can enforce, and Landlock is \
+                 not available ("
+            ) && failures[0].contains(reason)
+                && failures[0].contains("/proc/cpuinfo (narrower than /proc"),
+            "{}",
+            out.stdout
+        );
+    }
+    // With Landlock, the same policy passes and says which layer enforces the rule.
+    let out = check_policy(&[], &policy);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("  landlock alone enforces /proc/cpuinfo")),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -273,67 +339,123 @@ fn missing_capability_exits_125_before_the_agent_runs() {
     assert!(!marker.exists(), "the agent ran");
 }
 
-#[test]
-fn landlock_unavailable_fails_closed_with_125() {
-    let sandbox = Sandbox::new(RUN_AS_AGENT);
-    let marker = sandbox.rw("agent-ran");
+/// `run-with-landlock-blocked ERRNO --`, then the supervisor's command line.
+fn without_landlock(errno: &str, policy: &Path, workdir: &Path) -> Command {
     let probe = probe();
-    for (errno, reason) in [
-        ("ENOSYS", "the kernel was built without Landlock (ENOSYS)"),
-        ("EPERM", "landlock_create_ruleset is blocked (EPERM"),
-    ] {
-        let launcher = [
-            probe.as_ref(),
-            "run-with-landlock-blocked".as_ref(),
-            errno.as_ref(),
-            "--".as_ref(),
-        ];
-        let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
+    let launcher = [
+        probe.as_ref(),
+        "run-with-landlock-blocked".as_ref(),
+        errno.as_ref(),
+        "--".as_ref(),
+    ];
+    run::sandbox_via(&launcher, policy, workdir)
+}
+
+#[test]
+fn without_landlock_the_view_alone_confines_the_agent() {
+    let scratch = Scratch::new("no-landlock");
+    let (ro, rw) = (scratch.join("ro"), scratch.join("rw"));
+    for dir in [&ro, &rw] {
+        std::fs::create_dir(dir).expect("mkdir");
+        give_to_agent(dir);
+    }
+    let file = ro.join("file");
+    std::fs::write(&file, "original\n").expect("write");
+    give_to_agent(&file);
+    let unlisted = scratch.join("unlisted");
+    std::fs::write(&unlisted, "secret\n").expect("write");
+    let policy = scratch.policy(&[&ro], &[&rw], RUN_AS_AGENT);
+    // Plain permissions would allow both: the agent owns the file, everyone may read the other.
+    let script = r#"cat "$1" 2>/dev/null && echo read-unlisted
+        echo changed 2>/dev/null > "$2" && echo wrote-read-only
+        echo done"#;
+    for (errno, reason) in NO_LANDLOCK {
+        let mut command = without_landlock(errno, &policy, &rw);
+        command
+            .args(["--", "/bin/sh", "-c", script, "sh"])
+            .arg(&unlisted)
+            .arg(&file);
+        let out = run::run(&mut command, Stdin::Null);
+        assert_eq!((out.code(), out.stdout.as_str()), (0, "done\n"), "{out:#?}");
+        assert_eq!(contents(&file), "original\n");
+        let said = out.log().into_iter().any(|l| {
+            l["layer"] == "filesystem"
+                && l["message"].as_str().is_some_and(|m| {
+                    m.contains(reason)
+                        && m.ends_with("the view alone enforces every rule of this policy")
+                })
+        });
+        assert!(said, "{out:#?}");
+    }
+}
+
+#[test]
+fn rules_only_landlock_can_enforce_fail_closed_without_it() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let policy = narrow_proc_policy(&sandbox.scratch, &sandbox.scratch.join("rw"), RUN_AS_AGENT);
+    let marker = sandbox.rw("agent-ran");
+    for (errno, reason) in NO_LANDLOCK {
+        let mut command = without_landlock(errno, &policy, &sandbox.scratch.join("rw"));
         command.args(["--", "/bin/touch"]).arg(&marker);
         let out = run::run(&mut command, Stdin::Null);
         assert_eq!(out.code(), 125, "{out:#?}");
         let error = error_line(&out);
         assert!(
-            error.starts_with("Landlock is required by the policy but not available: ")
-                && error.contains(reason),
+            error.starts_with("the filesystem policy has rules only Landlock can enforce")
+                && error.contains(reason)
+                && error.contains("/proc/cpuinfo"),
             "{error}"
         );
-        assert!(!marker.exists(), "the agent ran without Landlock");
+        assert!(!marker.exists(), "the agent ran");
     }
 }
 
 #[test]
-fn best_effort_runs_without_landlock_and_says_so_loudly() {
-    let sandbox = Sandbox::new(&format!(
-        "{RUN_AS_AGENT}landlock:\n  compatibility: best_effort\n"
-    ));
-    // Outside every rule: readable only because Landlock is missing.
-    let unlisted = sandbox.scratch.join("unlisted");
-    std::fs::write(&unlisted, "degraded\n").expect("write");
-    let probe = probe();
-    let launcher = [
-        probe.as_ref(),
-        "run-with-landlock-blocked".as_ref(),
-        "ENOSYS".as_ref(),
-        "--".as_ref(),
-    ];
-    let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
-    command.args(["--", "/bin/cat"]).arg(&unlisted);
+fn landlock_narrows_the_sandboxs_proc_to_the_listed_path() {
+    if !openshell_tests::require_kernel(openshell_tests::landlock_abi() >= 1, "Landlock") {
+        return;
+    }
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let policy = narrow_proc_policy(&sandbox.scratch, &sandbox.scratch.join("rw"), RUN_AS_AGENT);
+    let mut command = run::sandbox(&policy, &sandbox.scratch.join("rw"));
+    command.args([
+        "--",
+        "/bin/sh",
+        "-c",
+        "head -c 9 /proc/cpuinfo; echo; cat /proc/self/status 2>&1 >/dev/null",
+    ]);
     let out = run::run(&mut command, Stdin::Null);
-    assert_eq!(
-        (out.code(), out.stdout.as_str()),
-        (0, "degraded\n"),
+    assert_eq!(out.code(), 1, "{out:#?}");
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("processor"), "{out:#?}");
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.ends_with("Permission denied")),
         "{out:#?}"
     );
+}
+
+#[test]
+fn best_effort_runs_without_landlock_and_says_so_loudly() {
+    let sandbox = Sandbox::new("");
+    let extra = format!("{RUN_AS_AGENT}landlock:\n  compatibility: best_effort\n");
+    let policy = narrow_proc_policy(&sandbox.scratch, &sandbox.scratch.join("rw"), &extra);
+    let mut command = without_landlock("ENOSYS", &policy, &sandbox.scratch.join("rw"));
+    // Outside the one /proc path listed: readable only because Landlock is missing.
+    command.args(["--", "/bin/sh", "-c", "grep -c ^Name: /proc/self/status"]);
+    let out = run::run(&mut command, Stdin::Null);
+    assert_eq!((out.code(), out.stdout.as_str()), (0, "1\n"), "{out:#?}");
     let error = error_line(&out);
     assert!(
-        error.starts_with("RUNNING WITHOUT FILESYSTEM CONFINEMENT: Landlock is not available"),
+        error.starts_with("DEGRADED (best_effort): Landlock is not available")
+            && error.contains("not enforced: /proc/cpuinfo"),
         "{error}"
     );
     assert!(
         out.log()
             .iter()
-            .any(|l| l["layer"] == "landlock" && l["level"] == "ERROR")
+            .any(|l| l["layer"] == "filesystem" && l["level"] == "ERROR")
     );
 }
 

@@ -294,7 +294,26 @@ pub const RULES: &[Rule] = &[
         errno: EPERM,
         why: "injecting input into the terminal (TIOCSTI/TIOCLINUX)",
     },
+    // READ_IMPLIES_EXEC makes every readable mapping executable and ADDR_NO_RANDOMIZE turns
+    // address randomization off for whatever the agent runs next: both undo exploit
+    // mitigations. Only the query and plain Linux remain, as in container runtimes' default
+    // profiles. (The kernel reads the argument as an unsigned int, as the filter does.)
+    Rule {
+        name: "personality",
+        nr: libc::SYS_personality,
+        when: When::ArgNotIn {
+            arg: 0,
+            values: &[PER_LINUX, PERSONALITY_QUERY],
+        },
+        errno: EPERM,
+        why: "changing the execution domain (exploit mitigations off)",
+    },
 ];
+
+/// `personality(PER_LINUX)`: the default execution domain.
+const PER_LINUX: u32 = 0;
+/// `personality(0xffffffff)` only returns the current one.
+const PERSONALITY_QUERY: u32 = 0xffff_ffff;
 
 /// The row for an x86_64 system call number.
 pub fn rule_for(nr: c_long) -> Option<&'static Rule> {

@@ -55,11 +55,7 @@ trap cleanup EXIT
 testhost_up "$dir" "pbench-$$"
 pod=$testhost_pod
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
-head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
-chmod -R a+rX "$dir/www"
-
-cp "$repo/target/release/proxy-load" "$dir/proxy-load"
-chmod 755 "$dir/proxy-load"
+chmod a+r "$dir/www/bulk"
 cat >"$dir/policy.yaml" <<EOF
 version: 1
 filesystem_policy:

@@ -51,10 +51,6 @@ cleanup() {
 }
 trap cleanup EXIT
 testhost_up "$dir" "soak-$$"
-head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
-chmod -R a+rX "$dir/www"
-cp "$repo/target/release/proxy-load" "$dir/proxy-load"
-chmod 755 "$dir/proxy-load"
 cat >"$dir/policy.yaml" <<EOF
 version: 1
 filesystem_policy:

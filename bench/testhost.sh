@@ -1,11 +1,14 @@
 # Sourced by the proxy benchmarks: a test host on a network of their own, nothing else.
 #
 # bench_binaries REPO: builds the release supervisor (sets $supervisor; SUPERVISOR=PATH takes
-# that binary instead, not rebuilt) and the load generator, REPO/target/release/proxy-load.
+# that binary instead, not rebuilt) and the load generator (sets $proxy_load). Before
+# testhost_up.
 #
 # testhost_up DIR ID: a "pod" network namespace ID-pod joined by a veth pair to a "host"
 # namespace ID-host (pod 203.0.113.1, host 203.0.113.2), and nginx serving DIR/www on the host's
-# port 80 (sendfile, no logging, two workers; it reads DIR/nginx.conf and writes under DIR).
+# port 80 (sendfile, no logging, two workers; it reads DIR/nginx.conf and writes under DIR),
+# with DIR/www/small (64 bytes); and the load generator copied to DIR/proxy-load, where the
+# sandbox can run it.
 # testhost_down removes both namespaces and stops nginx; call it from the caller's EXIT trap.
 # in_pod / in_host run a command in either namespace.
 
@@ -20,6 +23,7 @@ bench_binaries() {
     fi
     cargo build --quiet --release --manifest-path "$1/bench/proxy-load/Cargo.toml" \
         --target-dir "$1/target"
+    proxy_load=$1/target/release/proxy-load
 }
 
 testhost_up() {
@@ -66,6 +70,9 @@ http {
 }
 EOF
     in_host nginx -c "$testhost_dir/nginx.conf"
+    head -c 64 /dev/zero | tr '\0' x >"$testhost_dir/www/small"
+    chmod -R a+rX "$testhost_dir/www"
+    install -m 755 "$proxy_load" "$testhost_dir/proxy-load"
 }
 
 testhost_down() {

@@ -21,11 +21,12 @@ SANDBOX_DEBUG := target/debug/openshell-sandbox
 # CI sets it to 1 so that tests needing a kernel feature fail instead of skipping.
 export OPENSHELL_REQUIRE_KERNEL
 
-.PHONY: help setup check-host binaries image agent-image demo test test-unit test-manifests \
+.PHONY: help setup setup-test check-host binaries image agent-image demo test test-unit test-manifests \
 	test-policies test-fuzz test-e2e clean clean-images
 
 help:
 	@echo 'make setup       install podman, runc, the musl target and the validation venv (root; idempotent)'
+	@echo '                 (make setup-test: also the pinned agent CLIs the agent suite runs)'
 	@echo 'make image       build the static binaries and $(IMAGE)'
 	@echo 'make demo        setup + image + agent image, then play the pod with podman and show'
 	@echo '                 an allowed request, a denied one and the supervisor'"'"'s deny log line'
@@ -35,6 +36,10 @@ help:
 
 setup:
 	scripts/setup-host.sh
+
+# What the tests need beyond `make setup`: the pinned agent CLIs the agent suite runs.
+setup-test:
+	scripts/setup-host.sh --agents
 
 # What `make test` needs from scripts/setup-host.sh, checked up front with the fix named.
 check-host:
@@ -60,7 +65,7 @@ demo: setup image
 # target fails at the end, naming the stages that did.
 TEST_STAGES := test-unit test-manifests test-policies test-fuzz test-e2e
 # From a fresh machine: the idempotent host setup first (about a second once done).
-test: setup
+test: setup-test
 	@failed=(); \
 	for stage in $(TEST_STAGES); do \
 		echo "== make $$stage"; \

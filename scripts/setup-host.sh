@@ -4,7 +4,9 @@
 #   - /etc/containers/containers.conf with the two settings podman needs on these machines;
 #   - the Rust musl target, for the static binaries the FROM-scratch image ships;
 #   - a Python venv (build/venv) with the pinned manifest-validation tools;
-#   - the nightly Rust toolchain and cargo-fuzz, for the fuzzing stage (make test-fuzz).
+#   - with --agents (what `make test` asks for): the agent CLIs the agent suite runs (Claude
+#     Code, Codex, Gemini CLI), pinned, from the npm registry (about 270 MB to download), and
+#     the nightly Rust toolchain and cargo-fuzz for the fuzzing stage (make test-fuzz).
 # Idempotent: every step first checks whether it is already done, so running it again costs
 # a few seconds and changes nothing. CI (.ci/run) calls it before `make test`.
 set -euo pipefail
@@ -23,7 +25,11 @@ readonly CONTAINERS_CONF="/etc/containers/containers.conf"
 # The test suites also run, around the sandbox: setcap (libcap2-bin: capability re-acquire
 # attempts), ip (iproute2: the proxy tests' upstream hosts in their own network namespaces),
 # curl and wget (HTTP clients run inside the sandbox).
-readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget)
+# Transparent egress tests (issue 10): real servers on the test host for clients that speak no
+# HTTP, reached through `protocol: tcp` endpoints: sshd (openssh-server; git over ssh) and
+# redis-server (with redis-cli, for upstream's redis fixture).
+readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget
+  openssh-server redis-server)
 
 # nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
 # make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.
@@ -32,8 +38,24 @@ default_ulimits = ["nofile=20000:20000", "nproc=20000:20000"]
 [engine]
 runtime = "runc"'
 
+# Agent CLIs: npm packages and versions in scripts/agent-clis.txt, installed globally under
+# this prefix: /usr/local is where node images (FROM node:20) put `npm install -g`, so the
+# shipped policies/ are tested against the layout agents really run from.
+readonly AGENTS_PREFIX="${OPENSHELL_AGENTS_PREFIX:-/usr/local}"
+readonly AGENT_CLIS="$REPO/scripts/agent-clis.txt"
+# Gemini CLI 0.61 requires Node.js 20 or later.
+readonly NODE_MAJOR_MIN=20
+
 say() { printf 'setup-host: %s\n' "$*"; }
 die() { printf 'setup-host: error: %s\n' "$*" >&2; exit 1; }
+
+WITH_AGENTS=false
+case "${1:-}" in
+  "") ;;
+  --agents) WITH_AGENTS=true ;;
+  *) die "usage: $0 [--agents]" ;;
+esac
+readonly WITH_AGENTS
 
 [[ $(id -u) -eq 0 ]] || die "run as root (podman runs rootful here; apt-get installs packages)"
 [[ -r /etc/debian_version ]] || die "this script knows Debian's packages only (Debian 12 expected)"
@@ -91,6 +113,48 @@ python_venv() {
   say "Python venv $VENV has $(grep -c '==' "$REQUIREMENTS") pinned validation packages"
 }
 
+# The version an npm package installed under $AGENTS_PREFIX declares, or nothing.
+installed_version() {
+  sed -n 's/^  "version": "\(.*\)",\{0,1\}$/\1/p' \
+    "$AGENTS_PREFIX/lib/node_modules/$1/package.json" 2>/dev/null | head -n1
+}
+
+# Claude Code's npm package ships a placeholder bin/claude.exe that its postinstall script
+# replaces with the native program of the platform package (a hard link). An npm that skips
+# install scripts leaves the placeholder; run the package's own script then.
+claude_native() {
+  local dir="$AGENTS_PREFIX/lib/node_modules/@anthropic-ai/claude-code"
+  [[ -d $dir ]] || return 0
+  if [[ $(head -c4 "$dir/bin/claude.exe" 2>/dev/null) != $'\x7fELF' ]]; then
+    say "running Claude Code's postinstall (bin/claude.exe is not the native program)"
+    (cd "$dir" && node install.cjs)
+  fi
+  [[ $(head -c4 "$dir/bin/claude.exe") == $'\x7fELF' ]] \
+    || die "$dir/bin/claude.exe is still not a native program after its postinstall"
+}
+
+install_agent_clis() {
+  command -v node >/dev/null && command -v npm >/dev/null \
+    || die "node and npm are needed for the agent CLIs (Node.js $NODE_MAJOR_MIN or later)"
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]')"
+  ((major >= NODE_MAJOR_MIN)) \
+    || die "Node.js $(node --version) is too old for the agent CLIs ($NODE_MAJOR_MIN or later)"
+  local pkg version missing=() all=()
+  while read -r pkg version; do
+    [[ -z $pkg || $pkg == \#* ]] && continue
+    all+=("$pkg@$version")
+    [[ $(installed_version "$pkg") == "$version" ]] || missing+=("$pkg@$version")
+  done <"$AGENT_CLIS"
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    say "installing agent CLIs under $AGENTS_PREFIX: ${missing[*]}"
+    npm install --global --prefix "$AGENTS_PREFIX" --no-fund --no-audit --loglevel=error \
+      "${missing[@]}"
+  fi
+  claude_native
+  say "agent CLIs present under $AGENTS_PREFIX (node $(node --version)): ${all[*]}"
+}
+
 check_podman() {
   # The cheapest proof that the runtime works: `podman info` reads the configuration and
   # storage; a bad containers.conf fails here rather than in the middle of a test.
@@ -124,5 +188,8 @@ configure_podman
 check_podman
 add_musl_target
 python_venv
-fuzz_tools
+if $WITH_AGENTS; then
+  install_agent_clis
+  fuzz_tools
+fi
 say "done"

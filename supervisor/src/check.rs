@@ -10,6 +10,7 @@ use nix::unistd::{ForkResult, fork};
 use crate::account::Account;
 use crate::policy::{self, Compatibility, Policy};
 use crate::preflight::{self, Kernel};
+use crate::proxy::transparent::probe as transparent;
 use crate::{account, filesystem, landlock, memfd, paths, seccomp, view};
 
 /// Builds the report for the policy at `origin`; returns it and whether everything can be
@@ -47,6 +48,7 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
     );
     let _ = writeln!(out, "  {}", memfd::prepare(&kernel.release).describe());
     describe_seccomp(&mut out, &kernel);
+    transparent::describe(&mut out, &mut problems, &policy, &kernel.transparent);
     match probe_namespaces() {
         Ok(()) => {
             let _ = writeln!(

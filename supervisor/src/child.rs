@@ -23,6 +23,7 @@ use nix::errno::Errno;
 use crate::account::{Account, AccountFailure};
 use crate::caps::{self, CapsFailure};
 use crate::channel::Sender;
+use crate::proxy::transparent::fence;
 use crate::{landlock, seccomp};
 
 /// Exit status when set-up failed (the supervisor reports the reason it was sent).
@@ -77,6 +78,8 @@ pub struct Plan {
     pub caps: caps::Prepared,
     /// The Landlock ruleset.
     pub landlock: landlock::Prepared,
+    /// The transparent path's TCP fence (a second Landlock layer), when the path is on.
+    pub tcp_fence: Option<fence::Fence>,
     /// The seccomp filter.
     pub seccomp: seccomp::Prepared,
     /// Whether the supervisor owned the terminal, which the agent then takes over.
@@ -151,6 +154,11 @@ fn confine(plan: &mut Plan, channel: Sender) -> Result<(), Failure> {
     }
     plan.landlock.restrict().map_err(landlock_failure)?;
     plan.landlock.verify().map_err(landlock_failure)?;
+    if let Some(fence) = &plan.tcp_fence {
+        fence
+            .apply()
+            .map_err(step("enforcing and proving the Landlock TCP fence"))?;
+    }
     // Seccomp is the very last layer: loaded earlier it would police the calls above.
     let listener = plan
         .seccomp

@@ -1,6 +1,7 @@
 //! What this kernel and this process allow, probed without side effects, before anything is
 //! prepared. `openshell-sandbox check` prints the same facts.
 
+use crate::proxy::transparent::probe::{self as transparent, Probe};
 use crate::{caps, landlock, seccomp};
 
 /// Capabilities the supervisor needs, with the reason shown when one is missing.
@@ -42,6 +43,8 @@ pub struct Kernel {
     pub missing_caps: Vec<(u32, &'static str)>,
     /// Whether the runtime already runs the supervisor under a seccomp filter.
     pub runtime_seccomp: bool,
+    /// What the transparent egress path lacks here (nothing: it is on).
+    pub transparent: Probe,
 }
 
 /// Probes the kernel and our capabilities.
@@ -53,12 +56,19 @@ pub fn probe() -> Kernel {
         .collect();
     // SAFETY: PR_GET_SECCOMP takes no arguments (mode 2 = filter).
     let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    let landlock = landlock::probe();
+    let seccomp_notify = seccomp::user_notification_available();
+    let abi = match landlock {
+        landlock::Support::Abi(abi) => abi,
+        landlock::Support::Unavailable(_) => 0,
+    };
     Kernel {
         release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_else(|_| "?".to_owned()),
-        landlock: landlock::probe(),
-        seccomp_notify: seccomp::user_notification_available(),
+        landlock,
+        transparent: transparent::probe(seccomp_notify, abi),
+        seccomp_notify,
         missing_caps,
         runtime_seccomp: mode == libc::SECCOMP_MODE_FILTER as i32,
     }

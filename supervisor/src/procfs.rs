@@ -25,6 +25,26 @@ pub fn stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// The thread group (process) of the thread `tid`: `tid` itself when it leads its group (a
+/// pidfd opens only for a leader: two system calls for the common single-threaded case),
+/// else from `/proc/TID/status`.
+pub fn tgid(tid: u32) -> Option<u32> {
+    // SAFETY: pidfd_open takes a pid and flags; the fd is closed at once.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid, 0u32) };
+    if pidfd >= 0 {
+        // SAFETY: closing the fd just opened.
+        unsafe { libc::close(pidfd as i32) };
+        return Some(tid);
+    }
+    fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,5 +52,6 @@ mod tests {
         let me = super::stat(std::process::id()).unwrap();
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
         assert!(me.start > 0 && "RSD".contains(me.state), "{me:?}");
+        assert_eq!(super::tgid(std::process::id()), Some(std::process::id()));
     }
 }

@@ -15,8 +15,9 @@ use crate::child::{self, CStringArray};
 use crate::filesystem::{self, Enforcement, FilesystemError};
 use crate::landlock::{self, LandlockError};
 use crate::namespaces::{self, NamespaceError};
-use crate::policy::Policy;
+use crate::policy::{Policy, Reach};
 use crate::preflight::Kernel;
+use crate::proxy::transparent::{self, fence};
 use crate::seccomp::{self, Deny, SeccompError};
 use crate::view::{self, ViewError};
 use crate::{caps, init, memfd, paths, proxy};
@@ -69,6 +70,20 @@ pub enum SandboxError {
     /// The proxy's sockets could not be created in the sandbox's network namespace.
     #[error("cannot start the egress proxy in the sandbox's network namespace: {0}")]
     Proxy(std::io::Error),
+    /// The policy has `protocol: tcp` endpoints and the kernel cannot serve them.
+    #[error(
+        "the policy has protocol: tcp endpoints ({endpoints}), which need transparent egress, \
+         and this kernel lacks {missing}"
+    )]
+    Transparent {
+        /// The endpoints.
+        endpoints: String,
+        /// What the kernel lacks.
+        missing: String,
+    },
+    /// The TCP fence could not be built.
+    #[error("cannot build the transparent path's Landlock TCP fence: {0}")]
+    Fence(#[from] ::landlock::RulesetError),
 }
 
 /// Everything needed to start the sandbox.
@@ -141,6 +156,8 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
+    let transparent = transparent_plan(policy, kernel)?;
+    let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
     let env = environment(&account, &workdir);
     let argv: Vec<OsString> = if command.is_empty() {
         vec![login_shell(&account)]
@@ -157,7 +174,7 @@ pub fn prepare(
         .iter()
         .map(|c| fstatat(workdir_opened.fd.as_fd(), c.as_path(), AtFlags::empty()).is_ok())
         .collect();
-    let (netns, bound) = namespaces::create_network(proxy::bind)?;
+    let (netns, bound) = namespaces::create_network(move || proxy::bind(transparent))?;
     let proxy = bound.map_err(SandboxError::Proxy)?;
     let agent = child::Plan {
         argv: CStringArray::new(
@@ -183,6 +200,7 @@ pub fn prepare(
         account: account.clone(),
         caps: caps::prepare(),
         landlock,
+        tcp_fence,
         seccomp,
         take_terminal: owns_terminal(),
     };
@@ -207,6 +225,39 @@ pub fn prepare(
             agent,
         },
     })
+}
+
+/// The transparent path's plan when the kernel has what it needs; without it the agent's
+/// direct connections fail as before (no route), which is refused outright for a policy with
+/// `protocol: tcp` endpoints (reachable no other way).
+fn transparent_plan(
+    policy: &Policy,
+    kernel: &Kernel,
+) -> Result<Option<transparent::Plan>, SandboxError> {
+    let missing = &kernel.transparent.missing;
+    if missing.is_empty() {
+        return Ok(Some(transparent::Plan::read()));
+    }
+    let direct_only: Vec<String> = policy
+        .network
+        .iter()
+        .flat_map(|rule| &rule.endpoints)
+        .filter(|e| e.reach == Reach::Transparent)
+        .map(|e| e.host.to_string())
+        .collect();
+    if !direct_only.is_empty() {
+        return Err(SandboxError::Transparent {
+            endpoints: direct_only.join(", "),
+            missing: missing.join("; "),
+        });
+    }
+    tracing::warn!(
+        layer = "transparent",
+        "TRANSPARENT EGRESS OFF: this kernel lacks {}; only clients that use the proxy \
+         (HTTP_PROXY/HTTPS_PROXY) reach the network, and the sandbox has no DNS",
+        missing.join("; ")
+    );
+    Ok(None)
 }
 
 /// Opens the workdir as root, refusing a symlink the agent could have planted (it may own the

@@ -108,7 +108,7 @@ fn forwarded_set() -> SigSet {
 pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
     let lineage = Arc::new(Lineage::default());
     let cgroups = Cgroups::own();
-    let started = start_threads(&lineage, &cgroups)
+    let started = start_threads(&cgroups)
         .map_err(|e| format!("cannot start the supervisor's threads: {e}"))
         .and_then(|threads| {
             let preferred = oom::prefer(running.init).map_err(|e| {
@@ -150,20 +150,16 @@ const RUNTIME_THREADS: u64 = 2;
 /// not leave the supervisor unable to log, answer refused calls or serve the proxy. Nothing
 /// after this creates a thread (see `workers.rs`). Returns the runtime and the seccomp
 /// thread's inbox for the listener the agent sends just before it runs.
-fn start_threads(
-    lineage: &Arc<Lineage>,
-    cgroups: &Cgroups,
-) -> io::Result<(tokio::runtime::Runtime, SyncSender<OwnedFd>)> {
+fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, SyncSender<Listener>)> {
     log::start_writer()?;
     workers::start()?;
-    let (seccomp, listener) = std::sync::mpsc::sync_channel::<OwnedFd>(1);
-    let lineage = lineage.clone();
+    let (seccomp, listener) = std::sync::mpsc::sync_channel::<Listener>(1);
     std::thread::Builder::new()
         .name("seccomp".into())
         .spawn(move || {
             // No listener comes when the sandbox failed before its seccomp step.
-            if let Ok(listener) = listener.recv() {
-                seccomp::serve(listener, &lineage);
+            if let Ok((listener, services)) = listener.recv() {
+                seccomp::serve(listener, services);
             }
         })?;
     // tokio aborts the process when it cannot create its worker threads (it panics, and the
@@ -182,11 +178,15 @@ fn start_threads(
     Ok((runtime, seccomp))
 }
 
+/// The seccomp listener and what its notifications are served with, for the thread started for
+/// them before the agent ran.
+type Listener = (OwnedFd, seccomp::Services);
+
 /// What supervision shares with the threads started before it.
 #[derive(Debug)]
 struct Context {
     lineage: Arc<Lineage>,
-    seccomp: SyncSender<OwnedFd>,
+    seccomp: SyncSender<Listener>,
     cgroups: Cgroups,
     preferred: oom::Preferred,
 }
@@ -205,19 +205,28 @@ async fn supervise(
     } = running;
     let mut state = State::default();
     let mut oom = oom::Watch::new(context.cgroups.clone());
-    if let Err(e) = proxy::start(
+    let transparent = match proxy::start(
         proxy,
         network,
         init.as_raw() as u32,
         options.proxy,
         context.lineage.clone(),
     ) {
-        // Without the proxy the agent has no network at all: still confined, so keep going.
-        tracing::error!(
-            layer = "proxy",
-            "egress proxy not started: {e}; the agent has no network"
-        );
-    }
+        Ok(transparent) => transparent,
+        Err(e) => {
+            // Without the proxy the agent has no network at all: still confined, so keep
+            // going.
+            tracing::error!(
+                layer = "proxy",
+                "egress proxy not started: {e}; the agent has no network"
+            );
+            None
+        }
+    };
+    let services = seccomp::Services {
+        lineage: context.lineage.clone(),
+        transparent,
+    };
     let (forward_tx, mut forwarded) = mpsc::unbounded_channel();
     for sig in FORWARDED {
         match signal(SignalKind::from_raw(sig as i32)) {
@@ -255,7 +264,7 @@ async fn supervise(
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &context, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &context, &services, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -288,7 +297,7 @@ async fn supervise(
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &context, &mut state);
+        drain(fd.get_ref(), &command, &context, &services, &mut state);
     }
     oom.check();
     // The agent's own status (init's report), not init's: init killed is not the agent.
@@ -302,10 +311,16 @@ async fn supervise(
 }
 
 /// Handles every message waiting on the channel. Returns true at end of stream.
-fn drain(fd: &OwnedFd, command: &Command, context: &Context, state: &mut State) -> bool {
+fn drain(
+    fd: &OwnedFd,
+    command: &Command,
+    context: &Context,
+    services: &seccomp::Services,
+    state: &mut State,
+) -> bool {
     loop {
         match channel::receive(fd) {
-            Ok(Some(message)) => handle(message, command, context, state),
+            Ok(Some(message)) => handle(message, command, context, services, state),
             Ok(None) => return true,
             Err(Errno::EAGAIN) => return false,
             Err(e) => {
@@ -316,7 +331,13 @@ fn drain(fd: &OwnedFd, command: &Command, context: &Context, state: &mut State) 
     }
 }
 
-fn handle(message: Message, command: &Command, context: &Context, state: &mut State) {
+fn handle(
+    message: Message,
+    command: &Command,
+    context: &Context,
+    services: &seccomp::Services,
+    state: &mut State,
+) {
     match message {
         Message::AgentSpawned(pid) => {
             tracing::debug!(sandbox_pid = pid, "agent process created");
@@ -327,7 +348,11 @@ fn handle(message: Message, command: &Command, context: &Context, state: &mut St
         }
         Message::SeccompListener(listener) => {
             // To the thread started for it before the agent ran.
-            if context.seccomp.try_send(listener).is_err() {
+            if context
+                .seccomp
+                .try_send((listener, services.clone()))
+                .is_err()
+            {
                 tracing::error!(
                     layer = "seccomp",
                     "a second seccomp listener, or none to serve it: refused calls it \

@@ -5,6 +5,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod fake_api;
 pub mod run;
 pub mod scratch;
 

@@ -7,6 +7,8 @@
 //! latency percentiles of the whole exchange.
 //! `hold`: prints `idle`, waits a second, opens COUNT tunnels and holds them, prints `ready`
 //! and keeps them open until its stdin closes (the caller samples memory meanwhile).
+//! `resolve`: WORKERS threads each look NAME up with the C library (getaddrinfo: an A and an
+//! AAAA query), COUNT lookups in all; prints the lookups per second and their latency.
 //! `soak`: many clients mixing allowed, denied, slow and abandoned requests for a while (see
 //! `soak.rs`; run by `bench/soak.sh`).
 
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: proxy-load rate TARGET PATH WORKERS COUNT [PROXY]
        proxy-load hold TARGET COUNT PROXY
+       proxy-load resolve NAME WORKERS COUNT
        proxy-load soak TARGET DENIED CLIENTS SECONDS MAX PROXY
 TARGET and PROXY are ip:port (IPv6 in brackets); with PROXY, each connection goes through a
 CONNECT tunnel.";
@@ -32,6 +35,12 @@ fn main() -> ExitCode {
             rate(target, path, workers, count, Some(proxy))
         }
         ["hold", target, count, proxy] => hold(target, count, proxy),
+        ["resolve", name, workers, count] => {
+            let name = name.to_owned();
+            measure(workers, count, move || {
+                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80)).map(drop)
+            })
+        }
         ["soak", target, denied, clients, seconds, max, proxy] => {
             soak::run(target, denied, clients, seconds, max, proxy)
         }
@@ -123,11 +132,22 @@ fn rate(
 ) -> Result<(), String> {
     let target: SocketAddr = parse("TARGET", target)?;
     let proxy: Option<SocketAddr> = proxy.map(|p| parse("PROXY", p)).transpose()?;
+    let path = path.to_owned();
+    measure(workers, count, move || exchange(target, proxy, &path))
+}
+
+/// Runs `one` COUNT times over WORKERS threads (after a warm-up) and prints the rate and the
+/// latency percentiles as one JSON line.
+fn measure(
+    workers: &str,
+    count: &str,
+    one: impl Fn() -> io::Result<()> + Sync,
+) -> Result<(), String> {
     let workers: usize = parse("WORKERS", workers)?;
     let count: usize = parse("COUNT", count)?;
     // Warm-up: first connections pay for lazy set-up (pinning the binary's hash, caches).
     for _ in 0..20 {
-        exchange(target, proxy, path).map_err(|e| format!("warm-up: {e}"))?;
+        one().map_err(|e| format!("warm-up: {e}"))?;
     }
     let next = AtomicUsize::new(0);
     let errors = AtomicUsize::new(0);
@@ -139,7 +159,7 @@ fn rate(
                     let mut mine = Vec::new();
                     while next.fetch_add(1, Ordering::Relaxed) < count {
                         let t = Instant::now();
-                        match exchange(target, proxy, path) {
+                        match one() {
                             Ok(()) => mine.push(t.elapsed()),
                             Err(e) => {
                                 if errors.fetch_add(1, Ordering::Relaxed) == 0 {

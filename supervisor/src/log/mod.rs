@@ -75,8 +75,11 @@ pub enum Layer {
     Seccomp,
     /// A connection refused by the egress proxy.
     Proxy,
-    /// A connection attempted around the proxy (no route out of the sandbox).
+    /// A direct connection of the agent (refused by the transparent path, or with no route
+    /// out of the sandbox).
     Network,
+    /// A name the policy resolver refused.
+    Dns,
 }
 
 impl Layer {
@@ -86,6 +89,7 @@ impl Layer {
             Layer::Seccomp => "seccomp",
             Layer::Proxy => "proxy",
             Layer::Network => "network",
+            Layer::Dns => "dns",
         }
     }
 }

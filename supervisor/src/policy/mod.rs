@@ -107,6 +107,19 @@ pub struct Endpoint {
     pub ports: Vec<u16>,
     /// Private ranges this endpoint may resolve to.
     pub allowed_ips: Vec<Cidr>,
+    /// Which egress paths may reach it.
+    pub reach: Reach,
+}
+
+/// The egress paths an endpoint can be reached through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The proxy (CONNECT, absolute-form HTTP) and direct connections alike: a plain endpoint.
+    Any,
+    /// Direct connections only (`protocol: tcp`, upstream's transparent L4): the agent
+    /// connects to the address its DNS lookup returned and the supervisor hands it the
+    /// connection; the proxy refuses it.
+    Transparent,
 }
 
 /// Chooses the policy source: the explicit one, else [`DEFAULT_POLICY_PATH`] when it exists,

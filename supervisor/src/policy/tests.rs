@@ -241,10 +241,7 @@ fn upstream_fixtures_load_or_are_refused_by_name() {
     let expect: &[(&str, Option<&str>)] = &[
         ("openshell-prover_testdata_empty-policy.yaml", None),
         ("policy-advisor_sandbox-policy.yaml", None),
-        (
-            "transparent-tcp-redis_policy.yaml",
-            Some("protocol \"tcp\" (L7 inspection) is not supported"),
-        ),
+        ("transparent-tcp-redis_policy.yaml", None),
         (
             "governance-interceptor_policy.yaml",
             Some("endpoints[0].protocol: protocol \"rest\""),
@@ -280,6 +277,35 @@ fn upstream_fixtures_load_or_are_refused_by_name() {
             (None, Err(e)) => panic!("{name} should load: {e}"),
             (Some(_), Ok(_)) => panic!("{name} should be refused"),
         }
+    }
+}
+
+#[test]
+fn protocol_tcp_endpoints_are_direct_only_named_and_uninspected() {
+    let policy = load_text(
+        "version: 1\nnetwork_policies:\n  r:\n    endpoints: [{ host: redis.example, port: 6379, \
+         protocol: TCP, allowed_ips: [10.0.0.0/8] }, { host: a.example, port: 443 }]\n    \
+         binaries: [{ path: /usr/bin/redis-cli }]\n",
+    )
+    .unwrap();
+    let reach: Vec<Reach> = policy.network[0]
+        .endpoints
+        .iter()
+        .map(|e| e.reach)
+        .collect();
+    assert_eq!(reach, [Reach::Transparent, Reach::Any]);
+    let cases: &[(&str, &str)] = &[
+        (
+            "version: 1\nnetwork_policies:\n  r:\n    endpoints:\n      - { host: 10.0.0.5, port: 6379, protocol: tcp }\n",
+            "policy.yaml:5:17: network_policies.r.endpoints[0].host: protocol: tcp needs a DNS name, not the address 10.0.0.5: a direct connection is matched by the names the sandbox resolved to its address (leave protocol out: an address endpoint is reachable both directly and through the proxy)",
+        ),
+        (
+            "version: 1\nnetwork_policies:\n  r:\n    endpoints:\n      - { host: r.example, port: 6379, protocol: tcp, access: full }\n",
+            "policy.yaml:5:63: network_policies.r.endpoints[0].access: is an L7 setting, and a protocol: tcp endpoint is never inspected; remove it, or use protocol: rest",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error(text), *expected, "{text}");
     }
 }
 

@@ -1,5 +1,7 @@
 //! [`PolicyFile`] → [`Policy`]: every value checked, every error placed in the file.
 
+mod transparent;
+
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
@@ -10,7 +12,7 @@ use super::file::{
 };
 use super::{
     BUILTIN_DEFAULT, Cidr, Compatibility, Endpoint, Filesystem, HostPattern, NetworkRule, PathGlob,
-    Policy, PolicyError, PolicyFile, PolicyOrigin, Position, Principal, RunAs,
+    Policy, PolicyError, PolicyFile, PolicyOrigin, Position, Principal, Reach, RunAs,
 };
 
 /// Upstream's limit on one path.
@@ -278,7 +280,8 @@ impl Validator {
 
     fn endpoint(&self, raw: &Spanned<EndpointFile>, base: &str) -> Result<Endpoint, PolicyError> {
         let e = &raw.value;
-        if let Some(protocol) = &e.protocol {
+        let reach = self.reach(raw, base)?;
+        if let Some(protocol) = e.protocol.as_ref().filter(|_| reach == Reach::Any) {
             return Err(self.err(
                 protocol,
                 format!("{base}.protocol"),
@@ -348,6 +351,7 @@ impl Validator {
             host,
             ports,
             allowed_ips,
+            reach,
         })
     }
 }

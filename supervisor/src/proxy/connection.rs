@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 use super::Settings;
 use super::caller::{CallerError, Identifier, PinError};
-use super::decision::{self, Decision, Process};
+use super::decision::{self, Decision, Process, Via};
 use super::dial::{self, DialFailure};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
 use super::relay::{self, Activity, Pipe};
@@ -157,14 +157,15 @@ async fn exchange(
         }
         Err(e) => return Err(denied(&[], "policy_denied", &e.to_string())),
     };
-    let (rule, endpoints, matched) = match decision::decide(&shared.rules, host, port, &callers) {
-        Decision::Allow {
-            rule,
-            endpoints,
-            matched,
-        } => (rule, endpoints, matched),
-        Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
-    };
+    let (rule, endpoints, matched) =
+        match decision::decide(&shared.rules, host, port, &callers, Via::Proxy) {
+            Decision::Allow {
+                rule,
+                endpoints,
+                matched,
+            } => (rule, endpoints, matched),
+            Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
+        };
     for process in &matched {
         // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only
         // then does it go to a worker thread.

@@ -6,8 +6,31 @@
 //! executable of the process owning the socket or of any of its ancestors (so allowing
 //! `/usr/local/bin/claude` also covers the `node` it runs). When several processes own the
 //! socket, the same rule must allow every one of them.
+//!
+//! Both egress paths ask here: the proxy (CONNECT and forwarded requests) and the transparent
+//! path (a direct `connect()` the supervisor intercepts, see `transparent`); they differ only
+//! in which endpoints they may use (`protocol: tcp` endpoints are direct-only). The policy
+//! resolver asks [`eligible`] which names it may answer at all.
 
-use crate::policy::{Endpoint, NetworkRule, normalize_host};
+use crate::policy::{Endpoint, NetworkRule, Reach, normalize_host};
+
+/// Which egress path asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The proxy at 127.0.0.1:3128.
+    Proxy,
+    /// A direct connection, intercepted at `connect()`.
+    Transparent,
+}
+
+impl Via {
+    fn reaches(self, endpoint: &Endpoint) -> bool {
+        match endpoint.reach {
+            Reach::Any => true,
+            Reach::Transparent => self == Via::Transparent,
+        }
+    }
+}
 
 /// One process in a caller's chain: the socket owner first, then its ancestors up to the
 /// agent.
@@ -15,6 +38,9 @@ use crate::policy::{Endpoint, NetworkRule, normalize_host};
 pub struct Process {
     /// Pid in the supervisor's namespace.
     pub pid: u32,
+    /// Its start time (clock ticks since boot): with the pid, names this process and no later
+    /// one that reuses the pid.
+    pub start: u64,
     /// `/proc/PID/exe`.
     pub exe: String,
 }
@@ -35,23 +61,29 @@ pub enum Decision<'p> {
     Deny(String),
 }
 
-/// Decides for `host:port` requested over a socket owned by `owners` (each a chain).
+/// Decides for `host:port` requested over a socket owned by `owners` (each a chain), through
+/// the path `via`.
 pub fn decide<'p>(
     rules: &'p [NetworkRule],
     host: &str,
     port: u16,
     owners: &[Vec<Process>],
+    via: Via,
 ) -> Decision<'p> {
     let host = normalize_host(host);
     let mut allowed: Option<(&NetworkRule, Vec<Process>)> = None;
     let mut endpoints = Vec::new();
     let mut wanted_by = Vec::new();
+    let mut direct_only = Vec::new();
     for rule in rules {
-        let matching: Vec<&Endpoint> = rule
+        let (matching, elsewhere): (Vec<&Endpoint>, Vec<&Endpoint>) = rule
             .endpoints
             .iter()
             .filter(|e| e.ports.contains(&port) && e.host.matches(&host))
-            .collect();
+            .partition(|e| via.reaches(e));
+        if !elsewhere.is_empty() {
+            direct_only.push(rule.key.as_str());
+        }
         if matching.is_empty() {
             continue;
         }
@@ -80,6 +112,11 @@ pub fn decide<'p>(
             endpoints,
             matched,
         },
+        None if wanted_by.is_empty() && !direct_only.is_empty() => Decision::Deny(format!(
+            "{host}:{port} is a protocol: tcp endpoint of rule {}, reachable only by connecting \
+             to it directly, not through the proxy",
+            direct_only.join(", ")
+        )),
         None if wanted_by.is_empty() => {
             Decision::Deny(format!("no network_policies rule allows {host}:{port}"))
         }
@@ -88,6 +125,19 @@ pub fn decide<'p>(
             wanted_by.join(", ")
         )),
     }
+}
+
+/// The endpoints that could allow a connection to `name` on some port, for some binary,
+/// through some path: the names the policy resolver answers. A rule without binaries allows
+/// nothing, so its names are not among them.
+pub fn eligible<'p>(rules: &'p [NetworkRule], name: &str) -> Vec<&'p Endpoint> {
+    let name = normalize_host(name);
+    rules
+        .iter()
+        .filter(|rule| !rule.binaries.is_empty())
+        .flat_map(|rule| &rule.endpoints)
+        .filter(|e| e.host.matches(&name))
+        .collect()
 }
 
 #[cfg(test)]
@@ -112,6 +162,11 @@ network_policies:
   local:
     endpoints: [{ host: db.internal, port: 5432, allowed_ips: [10.0.0.0/8] }]
     binaries: [{ path: /usr/bin/psql }]
+  redis:
+    endpoints: [{ host: redis.internal, port: 6379, protocol: tcp }]
+    binaries: [{ path: "/**" }]
+  nobody:
+    endpoints: [{ host: unused.internal, port: 1 }]
 "#;
         let origin = PolicyOrigin::BuiltinDefault;
         policy::validate(
@@ -128,6 +183,7 @@ network_policies:
             .enumerate()
             .map(|(i, e)| Process {
                 pid: 100 + i as u32,
+                start: 1,
                 exe: (*e).to_owned(),
             })
             .collect()
@@ -136,7 +192,7 @@ network_policies:
     fn verdict(host: &str, port: u16, owners: &[&[&str]]) -> Result<(String, Vec<String>), String> {
         let rules = rules();
         let owners: Vec<Vec<Process>> = owners.iter().map(|o| chain(o)).collect();
-        match decide(&rules, host, port, &owners) {
+        match decide(&rules, host, port, &owners, Via::Proxy) {
             Decision::Allow { rule, matched, .. } => Ok((
                 rule.key.clone(),
                 matched.into_iter().map(|p| p.exe).collect(),
@@ -250,6 +306,49 @@ network_policies:
     }
 
     #[test]
+    fn protocol_tcp_endpoints_are_reached_only_directly() {
+        let rules = rules();
+        let owners = vec![chain(&["/usr/bin/redis-cli"])];
+        let direct = decide(&rules, "redis.internal", 6379, &owners, Via::Transparent);
+        assert!(matches!(direct, Decision::Allow { rule, .. } if rule.key == "redis"));
+        let Decision::Deny(why) = decide(&rules, "redis.internal", 6379, &owners, Via::Proxy)
+        else {
+            panic!("a protocol: tcp endpoint through the proxy must be refused");
+        };
+        assert_eq!(
+            why,
+            "redis.internal:6379 is a protocol: tcp endpoint of rule redis, reachable only by \
+             connecting to it directly, not through the proxy"
+        );
+        // Plain endpoints are reachable both ways.
+        let claude = vec![chain(&["/usr/local/bin/claude"])];
+        for via in [Via::Proxy, Via::Transparent] {
+            let d = decide(&rules, "api.anthropic.com", 443, &claude, via);
+            assert!(matches!(d, Decision::Allow { .. }), "{via:?}");
+        }
+    }
+
+    #[test]
+    fn eligible_names_are_those_some_rule_with_binaries_could_allow() {
+        let rules = rules();
+        let hosts = |name| {
+            eligible(&rules, name)
+                .iter()
+                .map(|e| e.host.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            hosts("API.anthropic.com."),
+            ["api.anthropic.com", "*.anthropic.com"]
+        );
+        assert_eq!(hosts("x.y.github.com"), ["**.github.com"]);
+        assert_eq!(hosts("redis.internal"), ["redis.internal"]);
+        assert!(hosts("unused.internal").is_empty(), "rule without binaries");
+        assert!(hosts("anthropic.com").is_empty());
+        assert!(hosts("exfil-secret.example.com").is_empty());
+    }
+
+    #[test]
     fn the_matching_ancestor_is_reported_for_pinning() {
         let (_, matched) = verdict(
             "api.anthropic.com",
@@ -264,7 +363,9 @@ network_policies:
     fn allowing_endpoints_carry_their_address_exceptions() {
         let rules = rules();
         let owners = vec![chain(&["/usr/bin/psql"])];
-        let Decision::Allow { endpoints, .. } = decide(&rules, "db.internal", 5432, &owners) else {
+        let Decision::Allow { endpoints, .. } =
+            decide(&rules, "db.internal", 5432, &owners, Via::Proxy)
+        else {
             panic!("psql to db.internal must be allowed");
         };
         assert_eq!(endpoints.len(), 1);

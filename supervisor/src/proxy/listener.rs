@@ -51,7 +51,9 @@ pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
                         Ok(local) => local,
                         Err(_) => return,
                     };
+                    let accepted = std::time::Instant::now();
                     connection::serve(&shared, client, peer, local).await;
+                    shared.identifier.records.forget(peer, accepted);
                 });
             }
             Err(e) => {

@@ -12,10 +12,12 @@ pub mod caller;
 mod connection;
 pub mod decision;
 pub mod dial;
+pub mod dns;
 pub mod http;
 mod listener;
 pub mod relay;
 pub mod ssrf;
+pub mod transparent;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -73,16 +75,20 @@ impl Settings {
     }
 }
 
-/// The proxy's sockets, created inside the agent's network namespace before fork.
+/// The proxy's sockets (and the transparent path's, when it is on), created inside the
+/// agent's network namespace before fork.
 #[derive(Debug)]
 pub struct Bound {
     listeners: Vec<std::net::TcpListener>,
     diag: OwnedFd,
+    transparent: Option<transparent::Bound>,
 }
 
-/// Binds the listeners and opens the `sock_diag` socket. Runs on the thread that created the
-/// agent's network namespace, so all of them belong to it.
-pub fn bind() -> io::Result<Bound> {
+/// Binds the listeners and opens the `sock_diag` socket, and with `transparent` the policy
+/// resolver's sockets. Runs on the thread that created the agent's network namespace, so all
+/// of them belong to it.
+pub fn bind(transparent: Option<transparent::Plan>) -> io::Result<Bound> {
+    let transparent = transparent.map(transparent::bind).transpose()?;
     let v4 = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, PORT)))?;
     let mut listeners = vec![v4];
     match std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, PORT))) {
@@ -102,6 +108,7 @@ pub fn bind() -> io::Result<Bound> {
     Ok(Bound {
         listeners,
         diag: caller::sock_diag::diag_socket()?,
+        transparent,
     })
 }
 
@@ -122,17 +129,19 @@ pub fn agent_environment() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Starts serving on the current tokio runtime, for the sandbox whose init is `init`;
-/// `lineage` says which ancestors may be credited for a caller.
+/// `lineage` says which ancestors may be credited for a caller. Returns the transparent
+/// path's handler when it is on (the seccomp notifications go there).
 pub fn start(
     bound: Bound,
     rules: Vec<NetworkRule>,
     init: u32,
     settings: Settings,
     lineage: Arc<Lineage>,
-) -> io::Result<()> {
+) -> io::Result<Option<Arc<transparent::Transparent>>> {
+    let recorded = bound.transparent.is_some();
     let shared = Arc::new(connection::Shared {
         rules,
-        identifier: caller::Identifier::new(bound.diag, init, lineage)?,
+        identifier: caller::Identifier::new(bound.diag, init, lineage, recorded)?,
         settings,
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
@@ -143,6 +152,9 @@ pub fn start(
         .into_iter()
         .map(tokio::net::TcpListener::from_std)
         .collect::<io::Result<Vec<_>>>()?;
-    tokio::spawn(listener::accept_loop(listeners, shared));
-    Ok(())
+    tokio::spawn(listener::accept_loop(listeners, shared.clone()));
+    bound
+        .transparent
+        .map(|bound| transparent::start(bound, shared))
+        .transpose()
 }

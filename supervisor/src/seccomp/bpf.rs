@@ -7,10 +7,13 @@
 //!   nr >= 0x40000000          -> deny   (x32 ABI: same table, different numbers)
 //!   nr == clone3              -> ENOSYS (flags are in memory the filter cannot read)
 //!   nr == row.nr && row.when  -> deny   (one block per refused row)
-//!   nr == row.nr && row.when  -> notify (one block per observed row; the supervisor lets
-//!                                        the call continue)
+//!   nr == row.nr && row.when  -> notify (one block per observed row; the supervisor answers)
 //!   otherwise                 -> allow
 //! ```
+//!
+//! A call may have several rows (`sendto` is refused with `MSG_FASTOPEN` and observed with an
+//! address): a block whose condition does not hold reloads the call number and falls through
+//! to the next row instead of allowing.
 //!
 //! The architecture and x32 checks come first because a filter that compares syscall numbers
 //! without them can be bypassed by making the same call through another ABI.
@@ -41,6 +44,8 @@ const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
@@ -121,7 +126,7 @@ pub fn compile(deny: Deny) -> Result<Vec<sock_filter>, TooLong> {
         .iter()
         .map(|o| (o.name, o.nr, o.when, deny.observe()));
     for (name, nr, when, action) in refused.chain(observed) {
-        let body = block(when, action, deny);
+        let body = next_row_on_allow(block(when, action, deny));
         let skip = u8::try_from(body.len()).map_err(|_| TooLong(name))?;
         prog.push(jump(JEQ_K, nr as u32, 0, skip));
         prog.extend(body);
@@ -130,8 +135,26 @@ pub fn compile(deny: Deny) -> Result<Vec<sock_filter>, TooLong> {
     Ok(prog)
 }
 
+/// `block` with every "allow" turned into "go on with the next row": a jump to a reload of
+/// the call number appended at the end, from which the next row's compare follows.
+fn next_row_on_allow(mut body: Vec<sock_filter>) -> Vec<sock_filter> {
+    let allow = |i: &sock_filter| i.code == RET_K && i.k == libc::SECCOMP_RET_ALLOW;
+    if !body.iter().any(allow) {
+        return body;
+    }
+    let reload = body.len();
+    for (i, insn) in body.iter_mut().enumerate() {
+        if allow(insn) {
+            *insn = stmt(JA, (reload - i - 1) as u32);
+        }
+    }
+    body.push(stmt(LD_W_ABS, OFFSET_NR));
+    body
+}
+
 /// The instructions run when the syscall number matched a row: `action` when `when` holds,
-/// allow otherwise; every path ends in `ret`.
+/// allow otherwise (which [`next_row_on_allow`] turns into the next row); every path ends in
+/// `ret`.
 fn block(when: When, action: u32, deny: Deny) -> Vec<sock_filter> {
     let refuse = stmt(RET_K, action);
     let allow = stmt(RET_K, libc::SECCOMP_RET_ALLOW);
@@ -159,6 +182,24 @@ fn block(when: When, action: u32, deny: Deny) -> Vec<sock_filter> {
             for (i, value) in values.iter().enumerate() {
                 // Match: jump over the remaining compares and the refuse, onto the allow.
                 out.push(jump(JEQ_K, *value, (n - i) as u8, 0));
+            }
+            out.extend([refuse, allow]);
+            out
+        }
+        When::ArgInRanges { arg, ranges } => {
+            // Per range: below it -> next range; above it -> next range; else refuse. The
+            // refuse sits after the ranges, the allow after the refuse.
+            let mut out = vec![stmt(LD_W_ABS, offset_arg(arg))];
+            let n = ranges.len();
+            for (i, (low, high)) in ranges.iter().enumerate() {
+                // A jump lands at (its own index + 1 + offset). Not in this range: the next
+                // range's first compare, or past the refuse after the last range.
+                let last = i + 1 == n;
+                let below = if last { 2 } else { 1 };
+                let above = if last { 1 } else { 0 };
+                let inside = (2 * (n - i - 1)) as u8;
+                out.push(jump(JGE_K, *low, 0, below));
+                out.push(jump(JGT_K, *high, above, inside));
             }
             out.extend([refuse, allow]);
             out

@@ -15,7 +15,8 @@ use libc::sock_filter;
 use nix::errno::Errno;
 
 pub use bpf::Deny;
-pub use notify::{Egress, Notification, Verdict, classify, serve};
+pub(crate) use notify::sockaddr;
+pub use notify::{Egress, Notice, Notification, Services, Verdict, classify, serve};
 
 /// Why the filter could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,15 @@
 //! The supervisor's side of the seccomp filter: receives each refused call, answers it with its
-//! errno and logs it; lets each observed call continue, logging those that try to leave the
-//! sandbox around the proxy.
+//! errno and logs it; hands the network calls it observes (connect, bind, listen, sendto) to
+//! the transparent egress path when there is one, and otherwise lets them continue, logging
+//! those that try to leave the sandbox around the proxy.
+//!
+//! A notification is answered exactly once, through [`Notice`]: now, from the serving thread,
+//! or later, from a task that waits for a connection on the caller's behalf. Waiting never
+//! happens on the serving thread, so one slow connection does not delay anyone else's calls.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -12,6 +18,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use super::rules::{self, When};
 use crate::lineage::Lineage;
 use crate::log::{self, Denial, Layer, RateLimit};
+use crate::procfs;
+use crate::proxy::transparent::{self, Transparent};
 
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 const AUDIT_ARCH_I386: u32 = 0x4000_0003;
@@ -89,35 +97,36 @@ pub fn classify(n: &Notification, memory: ReadMemory<'_>) -> Verdict {
             "the x32 system call ABI is refused",
         );
     }
+    // Refused rows first, as in the filter: `sendto` with MSG_FASTOPEN is refused even with
+    // an address, which would otherwise make it an observed call.
+    if let Some(rule) = rules::rule_for(libc::c_long::from(n.nr), &n.args) {
+        if rule.when == When::SocketPolicy {
+            let [family, kind, protocol] = [n.args[0], n.args[1], n.args[2]].map(|a| a as u32);
+            if let Some((errno, why)) = rules::socket_refusal(family, kind, protocol) {
+                return deny(errno, "socket".to_owned(), &why);
+            }
+        }
+        return deny(rule.errno, rule.name.to_owned(), rule.why);
+    }
     if let Some(observed) = rules::observed_for(libc::c_long::from(n.nr)) {
         if observed.name.starts_with("execve") {
             return Verdict::Exec;
         }
         return Verdict::Continue(egress(observed.name, n, memory));
     }
-    let Some(rule) = rules::rule_for(libc::c_long::from(n.nr)) else {
-        return deny(
-            libc::EPERM,
-            format!("syscall {}", n.nr),
-            "not in the allow-list",
-        );
-    };
-    if rule.when == When::SocketPolicy {
-        let [family, kind, protocol] = [n.args[0], n.args[1], n.args[2]].map(|a| a as u32);
-        let (errno, why) = rules::socket_refusal(family, kind, protocol).unwrap_or((
-            libc::EPERM,
-            "socket arguments changed after the filter ran".to_owned(),
-        ));
-        return deny(errno, "socket".to_owned(), &why);
-    }
-    deny(rule.errno, rule.name.to_owned(), rule.why)
+    deny(
+        libc::EPERM,
+        format!("syscall {}", n.nr),
+        "not in the allow-list",
+    )
 }
 
 /// The destination of an observed call, when it leaves the sandbox's loopback.
 fn egress(call: &str, n: &Notification, memory: ReadMemory<'_>) -> Option<Egress> {
     let (address, len) = match call {
         "connect" => (n.args[1], n.args[2]),
-        _ => (n.args[4], n.args[5]),
+        "sendto" => (n.args[4], n.args[5]),
+        _ => return None,
     };
     if address == 0 {
         return None;
@@ -143,7 +152,7 @@ fn canonical_loopback(ip: IpAddr) -> bool {
 }
 
 /// An IPv4 or IPv6 `struct sockaddr`; other families (unix, netlink, unspec) give `None`.
-fn sockaddr(raw: &[u8]) -> Option<SocketAddr> {
+pub(crate) fn sockaddr(raw: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes(raw.get(0..2)?.try_into().ok()?);
     let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
     match i32::from(family) {
@@ -175,13 +184,41 @@ fn read_memory(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
     (n == len as isize).then_some(buf)
 }
 
-/// Answers notifications on `listener` until every process under the filter has exited,
-/// recording program changes in `lineage`.
-pub fn serve(listener: OwnedFd, lineage: &Lineage) {
+/// What the notifications are served with.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Program changes are recorded here.
+    pub lineage: Arc<Lineage>,
+    /// The transparent egress path; without it, network calls continue (and fail in the
+    /// sandbox's namespace, which has no route out) and are logged.
+    pub transparent: Option<Arc<Transparent>>,
+}
+
+/// Threads answering notifications: a second one keeps the agent's calls flowing while the
+/// first reads /proc for another caller (each notification goes to one of them).
+const SERVING_THREADS: usize = 2;
+
+/// Answers notifications on `listener` until every process under the filter has exited.
+pub fn serve(listener: OwnedFd, services: Services) {
+    let listener = Arc::new(listener);
     let limiter = RateLimit::new(50, Duration::from_secs(1));
+    std::thread::scope(|scope| {
+        for _ in 1..SERVING_THREADS {
+            let spawned = std::thread::Builder::new()
+                .name("seccomp".into())
+                .spawn_scoped(scope, || serve_loop(&listener, &limiter, &services));
+            if let Err(e) = spawned {
+                tracing::warn!("a second seccomp serving thread could not start: {e}");
+            }
+        }
+        serve_loop(&listener, &limiter, &services);
+    });
+}
+
+fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
     loop {
         let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&listener),
+            std::os::fd::AsFd::as_fd(&**listener),
             PollFlags::POLLIN,
         )];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -196,14 +233,135 @@ pub fn serve(listener: OwnedFd, lineage: &Lineage) {
         }
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if revents.contains(PollFlags::POLLIN) {
-            handle_one(&listener, &limiter, lineage);
+            handle_one(listener, limiter, services);
         } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }
     }
 }
 
-fn handle_one(listener: &OwnedFd, limiter: &RateLimit, lineage: &Lineage) {
+/// A notification not answered yet: its caller waits in the system call until one of the
+/// answers below is sent. Each answer consumes the notice; a notice dropped unanswered (a
+/// bug) fails the call with EIO rather than leave the caller waiting forever.
+#[derive(Debug)]
+pub struct Notice {
+    listener: Arc<OwnedFd>,
+    id: u64,
+    answered: bool,
+    /// The call.
+    pub call: Notification,
+}
+
+impl Notice {
+    /// Whether the caller still waits for this answer (it was not interrupted, and the pid
+    /// still names it).
+    pub fn valid(&self) -> bool {
+        // SAFETY: ID_VALID reads the u64 id.
+        unsafe {
+            libc::ioctl(
+                self.listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _,
+                &self.id,
+            ) == 0
+        }
+    }
+
+    /// Reads `len` bytes at `address` in the caller's memory.
+    pub fn read(&self, address: u64, len: usize) -> Option<Vec<u8>> {
+        read_memory(self.call.pid, address, len)
+    }
+
+    fn send(mut self, error: i32, flags: u32) {
+        self.answered = true;
+        let resp = libc::seccomp_notif_resp {
+            id: self.id,
+            val: 0,
+            error,
+            flags,
+        };
+        // SAFETY: SEND reads a correctly sized seccomp_notif_resp. Failure means the caller
+        // is gone (or was interrupted): nobody is left to answer.
+        unsafe {
+            libc::ioctl(
+                self.listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+                &resp,
+            )
+        };
+    }
+
+    /// Lets the kernel run the call as the caller made it. Only for calls whose effect does
+    /// not depend on what the caller may change meanwhile (its memory, its fd table): the
+    /// kernel reads both again.
+    pub fn proceed(self) {
+        self.send(0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
+    }
+
+    /// The call returns 0.
+    pub fn succeed(self) {
+        self.send(0, 0);
+    }
+
+    /// The call fails with `errno`.
+    pub fn fail(self, errno: i32) {
+        self.send(-errno, 0);
+    }
+
+    /// Puts `socket` in the caller's fd table at `target` (replacing what is there), then
+    /// answers `errno` (0: success). Not with ADDFD's SEND flag, which would make the call
+    /// return the fd number: `connect()` must return 0 (or -1 with EINPROGRESS). The
+    /// replacement cannot leak: `target` already exists in the caller's table.
+    pub fn install(self, socket: BorrowedFd<'_>, target: u32, cloexec: bool, errno: i32) {
+        let addfd = libc::seccomp_notif_addfd {
+            id: self.id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+            srcfd: socket.as_raw_fd() as u32,
+            newfd: target,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: ADDFD reads a correctly sized seccomp_notif_addfd; the source fd is open.
+        let rc = unsafe {
+            libc::ioctl(
+                self.listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD as _,
+                &addfd,
+            )
+        };
+        if rc < 0 {
+            // The caller is gone or was interrupted (ENOENT), or its fd table is full.
+            let e = Errno::last();
+            if e != Errno::ENOENT {
+                tracing::warn!(pid = self.call.pid, "cannot hand the connection over: {e}");
+            }
+            self.fail(e as i32);
+            return;
+        }
+        self.send(-errno, 0);
+    }
+}
+
+impl Drop for Notice {
+    fn drop(&mut self) {
+        if !self.answered {
+            let resp = libc::seccomp_notif_resp {
+                id: self.id,
+                val: 0,
+                error: -libc::EIO,
+                flags: 0,
+            };
+            // SAFETY: as in `send`.
+            unsafe {
+                libc::ioctl(
+                    self.listener.as_raw_fd(),
+                    libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+                    &resp,
+                )
+            };
+        }
+    }
+}
+
+fn handle_one(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
     let fd = listener.as_raw_fd();
     // SAFETY: seccomp_notif is plain old data; the kernel requires it zeroed.
     let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
@@ -212,40 +370,48 @@ fn handle_one(listener: &OwnedFd, limiter: &RateLimit, lineage: &Lineage) {
         // ENOENT: the caller was interrupted or died before we looked.
         return;
     }
-    let n = Notification {
-        pid: req.pid,
-        arch: req.data.arch,
-        nr: req.data.nr,
-        args: req.data.args,
+    let notice = Notice {
+        listener: listener.clone(),
+        id: req.id,
+        answered: false,
+        call: Notification {
+            pid: req.pid,
+            arch: req.data.arch,
+            nr: req.data.nr,
+            args: req.data.args,
+        },
     };
+    let n = notice.call;
+    if let Some(transparent) = &services.transparent
+        && n.arch == AUDIT_ARCH_X86_64
+        && let Some(call) = transparent::Call::of(libc::c_long::from(n.nr))
+        && rules::rule_for(libc::c_long::from(n.nr), &n.args).is_none()
+    {
+        transparent.handle(call, notice);
+        return;
+    }
     // Everything about the caller (its memory, its executable) is read while it is still
     // blocked in the call; then the notification must still be live, otherwise the pid may
     // already belong to someone else.
     let verdict = classify(&n, &|address, len| read_memory(n.pid, address, len));
     let exe = log::exe_of(n.pid);
-    // SAFETY: ID_VALID reads the u64 id.
-    let live = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &req.id) } == 0;
     // The log line is written while the caller still waits for its answer: once answered it
     // may exit at once, and the supervisor with it, taking an unwritten line along; logging
     // first also orders the line before anything the caller prints afterwards.
-    if live {
+    if notice.valid() {
         log_verdict(&verdict, n.pid, &exe, limiter);
         if verdict == Verdict::Exec {
-            lineage.record_exec(n.pid);
+            // The process as it will be after the exec (a thread that execs takes over the
+            // thread group's pid).
+            services
+                .lineage
+                .record_exec(procfs::tgid(n.pid).unwrap_or(n.pid));
         }
     }
-    let (error, flags) = match &verdict {
-        Verdict::Deny { errno, .. } => (-errno, 0),
-        Verdict::Continue(_) | Verdict::Exec => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
-    };
-    let resp = libc::seccomp_notif_resp {
-        id: req.id,
-        val: 0,
-        error,
-        flags,
-    };
-    // SAFETY: SEND reads a correctly sized seccomp_notif_resp. Failure means the caller is gone.
-    unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND as _, &resp) };
+    match &verdict {
+        Verdict::Deny { errno, .. } => notice.fail(*errno),
+        Verdict::Continue(_) | Verdict::Exec => notice.proceed(),
+    }
 }
 
 fn log_verdict(verdict: &Verdict, pid: u32, exe: &str, limiter: &RateLimit) {

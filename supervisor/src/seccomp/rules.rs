@@ -35,6 +35,13 @@ pub enum When {
         /// Allowed values.
         values: &'static [u32],
     },
+    /// Calls whose argument `arg` (low 32 bits) lies in one of the inclusive `ranges`.
+    ArgInRanges {
+        /// Argument index.
+        arg: u8,
+        /// Refused ranges, `(low, high)`.
+        ranges: &'static [(u32, u32)],
+    },
     /// `socket(2)`: families other than unix, IPv4, IPv6 and route netlink, and raw or packet
     /// sockets of any family.
     SocketPolicy,
@@ -91,6 +98,25 @@ pub const SOCK_TYPE_MASK: u32 = 0xf;
 /// the Linux console's equivalent.
 const TERMINAL_INJECTION: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 
+/// Socket ioctls on network interfaces, routes and ARP (SIOCADDRT 0x890B to SIOCDEVPRIVATE's
+/// end 0x89FF), except SIOCGIFNAME (0x8910) and SIOCGIFINDEX (0x8933), which map names to
+/// indexes (`if_nametoindex`) and reveal nothing else, and SIOCOUTQNSD (0x894B), a socket's
+/// own unsent bytes. An ioctl acts in the socket's network namespace, and a connection the
+/// transparent path hands out belongs to the pod's: the pod's addresses, hardware addresses,
+/// flags and ARP table are not the agent's to read.
+const INTERFACE_IOCTLS: &[(u32, u32)] = &[
+    (0x890B, 0x890F),
+    (0x8911, 0x8932),
+    (0x8934, 0x894A),
+    (0x894C, 0x89FF),
+];
+
+/// `MSG_FASTOPEN`: a TCP connect made by `sendto`/`sendmsg`, which neither the supervisor's
+/// `connect()` interception nor Landlock's TCP rules see.
+const MSG_FASTOPEN: u32 = 0x2000_0000;
+/// `PR_SET_CHILD_SUBREAPER`.
+const PR_SET_CHILD_SUBREAPER: u32 = 36;
+
 /// `open_tree_attr(2)` (Linux 6.15) is newer than the libc crate's table.
 const SYS_OPEN_TREE_ATTR: c_long = 467;
 
@@ -105,7 +131,9 @@ const fn always(name: &'static str, nr: c_long, why: &'static str) -> Rule {
 }
 
 /// The refused calls. `clone3` is not here: it is answered with `ENOSYS` in the filter itself
-/// (its flags live in memory the filter cannot read), which makes libc fall back to `clone`.
+/// (its flags live in memory the filter cannot read), which makes libc fall back to `clone`,
+/// whose flags the rows below can see. A call may have several rows; the first whose
+/// condition holds refuses it.
 pub const RULES: &[Rule] = &[
     // Reaching into other processes: reading the supervisor's memory or stealing its fds.
     always("ptrace", libc::SYS_ptrace, "tracing other processes"),
@@ -294,6 +322,72 @@ pub const RULES: &[Rule] = &[
         errno: EPERM,
         why: "injecting input into the terminal (TIOCSTI/TIOCLINUX)",
     },
+    // Crediting a connection to another program's lineage (the proxy and the transparent
+    // path credit a caller's ancestors only for children their current program started):
+    // a sibling made with CLONE_PARENT, or an orphan adopted by a subreaper, would count as
+    // that program's child. The sandbox's init is the only reaper.
+    Rule {
+        name: "clone",
+        nr: libc::SYS_clone,
+        when: When::AnyFlag {
+            arg: 0,
+            mask: libc::CLONE_PARENT as u32,
+        },
+        errno: EPERM,
+        why: "re-parenting a child (CLONE_PARENT) to borrow another program's identity",
+    },
+    Rule {
+        name: "prctl",
+        nr: libc::SYS_prctl,
+        when: When::ArgIn {
+            arg: 0,
+            values: &[PR_SET_CHILD_SUBREAPER],
+        },
+        errno: EPERM,
+        why: "becoming a subreaper (PR_SET_CHILD_SUBREAPER) to adopt orphans and lend them \
+              this program's identity",
+    },
+    // Connections the transparent path hands out belong to the pod's network.
+    Rule {
+        name: "ioctl",
+        nr: libc::SYS_ioctl,
+        when: When::ArgInRanges {
+            arg: 1,
+            ranges: INTERFACE_IOCTLS,
+        },
+        errno: EPERM,
+        why: "socket ioctls that describe or change network interfaces, routes or ARP",
+    },
+    Rule {
+        name: "sendto",
+        nr: libc::SYS_sendto,
+        when: When::AnyFlag {
+            arg: 3,
+            mask: MSG_FASTOPEN,
+        },
+        errno: EPERM,
+        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
+    },
+    Rule {
+        name: "sendmsg",
+        nr: libc::SYS_sendmsg,
+        when: When::AnyFlag {
+            arg: 2,
+            mask: MSG_FASTOPEN,
+        },
+        errno: EPERM,
+        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
+    },
+    Rule {
+        name: "sendmmsg",
+        nr: libc::SYS_sendmmsg,
+        when: When::AnyFlag {
+            arg: 3,
+            mask: MSG_FASTOPEN,
+        },
+        errno: EPERM,
+        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
+    },
     // READ_IMPLIES_EXEC makes every readable mapping executable and ADDR_NO_RANDOMIZE turns
     // address randomization off for whatever the agent runs next: both undo exploit
     // mitigations. Only the query and plain Linux remain, as in container runtimes' default
@@ -315,9 +409,29 @@ const PER_LINUX: u32 = 0;
 /// `personality(0xffffffff)` only returns the current one.
 const PERSONALITY_QUERY: u32 = 0xffff_ffff;
 
-/// The row for an x86_64 system call number.
-pub fn rule_for(nr: c_long) -> Option<&'static Rule> {
-    RULES.iter().find(|r| r.nr == nr)
+/// The first row that refuses x86_64 system call `nr` with arguments `args`, checked the way
+/// the filter checks it.
+pub fn rule_for(nr: c_long, args: &[u64; 6]) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.nr == nr && r.when.holds(args))
+}
+
+impl When {
+    /// Whether the condition holds for `args` (the filter reads the low 32 bits, except for
+    /// [`When::NonZero`]). [`When::SocketPolicy`] is decided by [`socket_refusal`].
+    pub fn holds(&self, args: &[u64; 6]) -> bool {
+        let low = |arg: u8| args[usize::from(arg)] as u32;
+        match *self {
+            When::Always => true,
+            When::AnyFlag { arg, mask } => low(arg) & mask != 0,
+            When::ArgIn { arg, values } => values.contains(&low(arg)),
+            When::ArgNotIn { arg, values } => !values.contains(&low(arg)),
+            When::ArgInRanges { arg, ranges } => {
+                ranges.iter().any(|(a, b)| (*a..=*b).contains(&low(arg)))
+            }
+            When::SocketPolicy => socket_refusal(low(0), low(1), low(2)).is_some(),
+            When::NonZero { arg } => args[usize::from(arg)] != 0,
+        }
+    }
 }
 
 /// A system call the supervisor watches without refusing it.
@@ -357,6 +471,19 @@ pub const OBSERVED: &[Observed] = &[
     // Every program change, so the proxy knows which children a process started under its
     // current program (see lineage.rs): an ancestor's allowed binary is credited only for
     // those.
+    // The transparent path makes these on the agent's socket itself (see transparent/):
+    // listening or binding a handed-out connection is refused, and a TCP bind in the agent's
+    // own namespace is made for it (its TCP fence refuses the agent's own).
+    Observed {
+        name: "bind",
+        nr: libc::SYS_bind,
+        when: When::Always,
+    },
+    Observed {
+        name: "listen",
+        nr: libc::SYS_listen,
+        when: When::Always,
+    },
     Observed {
         name: "execve",
         nr: libc::SYS_execve,
@@ -403,22 +530,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_row_per_system_call() {
-        let all: Vec<(c_long, &str)> = RULES
-            .iter()
-            .map(|r| (r.nr, r.name))
-            .chain(OBSERVED.iter().map(|o| (o.nr, o.name)))
-            .collect();
-        for (i, (nr, name)) in all.iter().enumerate() {
+    fn observed_calls_have_one_row_and_refused_rows_differ() {
+        for (i, o) in OBSERVED.iter().enumerate() {
             assert!(
-                all[i + 1..].iter().all(|(n, _)| n != nr),
-                "{name} listed twice"
+                OBSERVED[i + 1..].iter().all(|p| p.nr != o.nr),
+                "{} observed twice",
+                o.name
+            );
+        }
+        for (i, r) in RULES.iter().enumerate() {
+            assert!(
+                RULES[i + 1..]
+                    .iter()
+                    .all(|q| q.nr != r.nr || q.when != r.when),
+                "{} has the same row twice",
+                r.name
             );
         }
     }
 
     #[test]
     fn clone3_is_not_a_row() {
-        assert!(rule_for(libc::SYS_clone3).is_none());
+        assert!(RULES.iter().all(|r| r.nr != libc::SYS_clone3));
+    }
+
+    #[test]
+    fn rows_of_one_call_are_told_apart_by_their_arguments() {
+        let args = |a: [u64; 6]| a;
+        let parent = args([libc::CLONE_PARENT as u64, 0, 0, 0, 0, 0]);
+        let thread = args([(libc::CLONE_VM | libc::CLONE_THREAD) as u64, 0, 0, 0, 0, 0]);
+        assert!(rule_for(libc::SYS_clone, &parent).is_some_and(|r| r.why.contains("CLONE_PARENT")));
+        assert!(rule_for(libc::SYS_clone, &thread).is_none());
+        let siocgifconf = args([3, 0x8912, 0, 0, 0, 0]);
+        let fionread = args([3, libc::FIONREAD, 0, 0, 0, 0]);
+        let siocgifindex = args([3, 0x8933, 0, 0, 0, 0]);
+        assert!(
+            rule_for(libc::SYS_ioctl, &siocgifconf).is_some_and(|r| r.why.contains("interfaces"))
+        );
+        assert!(rule_for(libc::SYS_ioctl, &fionread).is_none());
+        assert!(rule_for(libc::SYS_ioctl, &siocgifindex).is_none());
+        let fastopen = args([3, 0, 0, MSG_FASTOPEN as u64, 1, 16]);
+        assert!(rule_for(libc::SYS_sendto, &fastopen).is_some());
+        assert!(rule_for(libc::SYS_sendto, &args([3, 0, 0, 0, 1, 16])).is_none());
     }
 }

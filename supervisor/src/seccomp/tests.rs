@@ -273,7 +273,7 @@ fn classification_matches_the_filter() {
         what(classify(&n(0xC000_003E, 0x4000_0027, [0; 6]))),
         "x32 syscall 39"
     );
-    assert!(rules::rule_for(libc::SYS_memfd_create).is_none());
+    assert!(rules::rule_for(libc::SYS_memfd_create, &[0; 6]).is_none());
 }
 
 #[test]

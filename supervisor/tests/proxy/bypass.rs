@@ -1,7 +1,9 @@
-//! Going around the proxy: direct TCP, UDP, IPv6 and DNS from inside the sandbox fail at once
-//! (no route: the agent's namespace holds only loopback), the supervisor logs each attempt
-//! with pid, executable and destination, and the test host receives nothing, although the
-//! same attempts from the pod, outside the sandbox, do reach it.
+//! Going around the policy: direct TCP, UDP, IPv6 and DNS from inside the sandbox fail at once
+//! (TCP refused by the transparent path, which finds no rule; UDP and DNS to anything but the
+//! sandbox's resolver have no route: the agent's namespace holds only loopback), the
+//! supervisor logs each attempt with pid, executable and destination, and the test host
+//! receives nothing, although the same attempts from the pod, outside the sandbox, do reach
+//! it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
@@ -9,25 +11,34 @@ use std::time::{Duration, Instant};
 use crate::support::{HOST, HOST_V6, Lab, Side, Upstream, python, require_kernel};
 
 const PORT: u16 = 9000;
-/// A direct attempt must fail faster than this, measured by the client in the sandbox.
+/// A direct attempt must fail faster than this, measured by the client in the sandbox: a
+/// datagram fails in the kernel (no route)...
 const FAIL_WITHIN_MS: f64 = 10.0;
+/// ...a TCP connect is answered by the supervisor, one round trip to it (a loaded 2-vCPU
+/// machine can take a scheduling tick or two to wake it): still at once next to a connect
+/// timeout.
+const REFUSED_WITHIN_MS: f64 = 50.0;
 
-/// One attempt: kind (as agent.py names it), destination, and the reason the log must give.
-const ATTEMPTS: &[(&str, IpAddr, u16, &str)] = &[
-    ("tcp", IpAddr::V4(HOST), PORT, NO_ROUTE),
-    ("udp", IpAddr::V4(HOST), PORT, NO_ROUTE),
-    ("tcp", IpAddr::V6(HOST_V6), PORT, NO_ROUTE),
-    ("udp", IpAddr::V6(HOST_V6), PORT, NO_ROUTE),
-    ("dns", IpAddr::V4(HOST), 53, DIRECT_DNS),
-    ("dns", IpAddr::V6(HOST_V6), 53, DIRECT_DNS),
+/// One attempt: kind (as agent.py names it), destination, the errno the agent gets and the
+/// reason the log must give.
+const ATTEMPTS: &[(&str, IpAddr, u16, &str, &str)] = &[
+    ("tcp", IpAddr::V4(HOST), PORT, REFUSED, NO_RULE),
+    ("udp", IpAddr::V4(HOST), PORT, NO_ROUTE, UDP),
+    ("tcp", IpAddr::V6(HOST_V6), PORT, REFUSED, NO_RULE),
+    ("udp", IpAddr::V6(HOST_V6), PORT, NO_ROUTE, UDP),
+    ("dns", IpAddr::V4(HOST), 53, NO_ROUTE, DIRECT_DNS),
+    ("dns", IpAddr::V6(HOST_V6), 53, NO_ROUTE, DIRECT_DNS),
 ];
-const NO_ROUTE: &str = "no route out of the sandbox";
-const DIRECT_DNS: &str = "direct DNS: the sandbox has no resolver";
+const REFUSED: &str = "ECONNREFUSED";
+const NO_ROUTE: &str = "ENETUNREACH";
+const NO_RULE: &str = "no name this sandbox resolved points to";
+const UDP: &str = "UDP leaves the sandbox only as DNS to its resolver";
+const DIRECT_DNS: &str = "direct DNS: the sandbox's resolver is the nameserver in /etc/resolv.conf";
 
 /// Makes each attempt from the pod itself, where the routes exist.
 fn attempt_from_pod(lab: &Lab) {
     lab.net.enter(Side::Pod, || {
-        for (kind, ip, port, _) in ATTEMPTS {
+        for (kind, ip, port, _, _) in ATTEMPTS {
             let to = SocketAddr::new(*ip, *port);
             match *kind {
                 "tcp" => drop(
@@ -70,7 +81,7 @@ fn direct_egress_is_refused_fast_and_logged() {
 
     let specs: Vec<String> = ATTEMPTS
         .iter()
-        .map(|(kind, ip, port, _)| format!("{kind}:{}", SocketAddr::new(*ip, *port)))
+        .map(|(kind, ip, port, _, _)| format!("{kind}:{}", SocketAddr::new(*ip, *port)))
         .collect();
     let mut args = vec!["directs"];
     args.extend(specs.iter().map(String::as_str));
@@ -86,17 +97,22 @@ fn direct_egress_is_refused_fast_and_logged() {
     let results = run.json();
     let python = python();
     let denied = run.events("denied", "network");
-    for (i, (kind, ip, port, why)) in ATTEMPTS.iter().enumerate() {
+    for (i, (kind, ip, port, errno, why)) in ATTEMPTS.iter().enumerate() {
         let result = &results[i];
-        assert_eq!(result["errno"], "ENETUNREACH", "{kind} to {ip}: {run}");
+        assert_eq!(result["errno"], *errno, "{kind} to {ip}: {run}");
         let ms = result["ms"].as_f64().expect("ms");
-        assert!(ms < FAIL_WITHIN_MS, "{kind} to {ip} took {ms} ms: {run}");
+        let within = if *kind == "tcp" {
+            REFUSED_WITHIN_MS
+        } else {
+            FAIL_WITHIN_MS
+        };
+        assert!(ms < within, "{kind} to {ip} took {ms} ms: {run}");
         eprintln!("direct {kind} to {ip}:{port} refused in {ms:.3} ms");
         let call = if *kind == "tcp" { "connect" } else { "sendto" };
         let what = format!("{call} to {}", SocketAddr::new(*ip, *port));
         let lines: Vec<_> = denied
             .iter()
-            .filter(|l| l["what"] == what.as_str())
+            .filter(|l| l["what"].as_str().is_some_and(|w| w.starts_with(&what)))
             .collect();
         assert_eq!(lines.len(), 1, "one log line for {what}: {run}");
         let line = lines[0];

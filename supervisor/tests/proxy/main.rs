@@ -6,7 +6,11 @@
 
 mod bypass;
 mod clients;
+mod clients_direct;
 mod decisions;
 mod fixtures;
+mod identity;
 mod load;
 mod support;
+mod tcp_endpoints;
+mod transparent;

@@ -14,6 +14,7 @@
 //! supervisor needs anyway) and reads as the owner would.
 
 pub mod pinning;
+pub mod record;
 pub mod sock_diag;
 
 use std::fs;
@@ -24,6 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 pub use pinning::{PinError, Pins};
+pub use record::Records;
 
 use super::decision::Process;
 use crate::lineage::Lineage;
@@ -53,6 +55,10 @@ pub enum CallerError {
     /// Owners with different executables share the socket.
     #[error("the socket is shared by processes with different executables: {0}")]
     Shared(String),
+    /// Connections are recorded at `connect()`, and this one was not: it was not made
+    /// through the sandbox's system call (never the case for the agent's own connections).
+    #[error("no record of which process connected this socket")]
+    Unrecorded,
 }
 
 /// Out of file descriptors or memory: the proxy's trouble, not a policy matter.
@@ -87,11 +93,22 @@ pub struct Identifier {
     lineage: Arc<Lineage>,
     /// Pinned executables.
     pub pins: Pins,
+    /// Who connected each socket, when the supervisor sees every `connect()`.
+    pub records: Records,
+    /// Whether [`Identifier::records`] are the callers (else the socket's holders are).
+    recorded: bool,
 }
 
 impl Identifier {
-    /// An identifier for the sandbox whose init is `init`.
-    pub fn new(diag: OwnedFd, init: u32, lineage: Arc<Lineage>) -> io::Result<Identifier> {
+    /// An identifier for the sandbox whose init is `init`. `recorded`: every `connect()` of
+    /// the sandbox is made through the supervisor, which records its caller in
+    /// [`Identifier::records`]; the proxy then credits the connecting process.
+    pub fn new(
+        diag: OwnedFd,
+        init: u32,
+        lineage: Arc<Lineage>,
+        recorded: bool,
+    ) -> io::Result<Identifier> {
         let pidns = fs::metadata(format!("/proc/{init}/ns/pid"))?.ino();
         let enumeration = match fs::metadata(format!("/proc/{init}/task/{init}/children")) {
             Ok(_) => Enumeration::Tree,
@@ -104,16 +121,25 @@ impl Identifier {
             init,
             lineage,
             pins: Pins::default(),
+            records: Records::default(),
+            recorded,
         })
     }
 
-    /// The owners of the client socket `client` → `proxy`, each with its chain of ancestors.
-    /// Blocking: call from a blocking thread.
+    /// The callers behind the client socket `client` → `proxy`, each with its chain of
+    /// ancestors: the process that connected it (recorded at `connect()`), or, without such
+    /// records, every process holding it. Blocking: call from a blocking thread.
     pub fn callers(
         &self,
         client: SocketAddr,
         proxy: SocketAddr,
     ) -> Result<Vec<Vec<Process>>, CallerError> {
+        if self.recorded {
+            return match self.records.get(client) {
+                Some(chain) => Ok(vec![chain]),
+                None => Err(CallerError::Unrecorded),
+            };
+        }
         let inode = self.client_socket(client, proxy)?;
         let owners = self.owners(inode).map_err(CallerError::Scan)?;
         if owners.is_empty() {
@@ -196,20 +222,43 @@ impl Identifier {
         fs::metadata(format!("/proc/{pid}/ns/pid")).is_ok_and(|m| m.ino() == self.pidns)
     }
 
+    /// `pid` alone, for records that only name who asked (the resolver's): neither its
+    /// ancestors nor its start time and executable are read, which a lookup would pay for
+    /// every time; [`Identifier::exe_of`] reads the executable when a refusal is logged.
+    pub fn process(&self, pid: u32) -> Vec<Process> {
+        vec![Process {
+            pid,
+            start: 0,
+            exe: String::new(),
+        }]
+    }
+
+    /// The executable of a recorded process, read now if the record left it out.
+    pub fn exe_of(process: &Process) -> String {
+        match process.exe.is_empty() {
+            true => crate::log::exe_of(process.pid),
+            false => process.exe.clone(),
+        }
+    }
+
     /// `pid` and its ancestors inside the sandbox, nearest first; an ancestor only when the
     /// program it runs now started the line below it (lineage.rs), so that forking first and
     /// then making the parent exec an allowed binary borrows nothing.
-    fn chain(&self, pid: u32) -> Vec<Process> {
+    pub fn chain(&self, pid: u32) -> Vec<Process> {
         let mut chain = Vec::new();
         let (mut current, mut below) = (pid, None);
         while current > 1 && current != self.init && chain.len() < 64 && self.in_sandbox(current) {
-            let Some(exe) = exe_of(current) else { break };
-            if below.is_none_or(|child| self.lineage.credits(current, child)) {
-                chain.push(Process { pid: current, exe });
-            }
-            let Some(parent) = procfs::stat(current).map(|s| s.ppid) else {
+            let (Some(exe), Some(stat)) = (exe_of(current), procfs::stat(current)) else {
                 break;
             };
+            if below.is_none_or(|child| self.lineage.credits(current, child)) {
+                chain.push(Process {
+                    pid: current,
+                    start: stat.start,
+                    exe,
+                });
+            }
+            let parent = stat.ppid;
             (current, below) = (parent, Some(current));
         }
         chain
@@ -345,7 +394,7 @@ mod tests {
         let diag = sock_diag::diag_socket().unwrap();
         let scanning = Identifier {
             enumeration: Enumeration::Scan,
-            ..Identifier::new(diag, me, Arc::default()).unwrap()
+            ..Identifier::new(diag, me, Arc::default(), false).unwrap()
         };
         let scanned = scanning.sandbox_pids().unwrap();
         // The scan keeps the processes of the same PID namespace: ours, so it finds at least

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::{as_filesystem_uid, exhausted};
+use crate::procfs;
 use crate::proxy::decision::Process;
 
 /// Why a binary's pin could not be confirmed.
@@ -49,6 +50,12 @@ impl Pins {
     /// Pins the content of `process`'s executable on first use; refuses a later change.
     /// Blocking (may hash the file).
     pub fn check(&self, process: &Process) -> Result<(), PinError> {
+        if !alive(process)? {
+            return Err(PinError::Unreadable(format!(
+                "{} (pid {}) has exited: its binary cannot be checked",
+                process.exe, process.pid
+            )));
+        }
         let digest = self.digest(process.pid).map_err(|e| match exhausted(&e) {
             true => PinError::Resources(e),
             false => PinError::Unreadable(format!(
@@ -56,6 +63,13 @@ impl Pins {
                 process.exe, process.pid
             )),
         })?;
+        // Hashed the same process, not a successor that took its pid meanwhile.
+        if !alive(process)? {
+            return Err(PinError::Unreadable(format!(
+                "{} (pid {}) exited while its binary was checked",
+                process.exe, process.pid
+            )));
+        }
         let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         match pins.get(&process.exe) {
             None => {
@@ -111,6 +125,22 @@ impl Pins {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, digest);
         Ok(digest)
+    }
+}
+
+/// Whether `process` still runs (the same process: its pid with its start time). A stat that
+/// cannot be read while `/proc/PID` exists means the proxy is out of descriptors, which is
+/// never reported as the caller's doing.
+fn alive(process: &Process) -> Result<bool, PinError> {
+    if let Some(stat) = procfs::stat(process.pid) {
+        return Ok(stat.start == process.start);
+    }
+    match fs::metadata(format!("/proc/{}", process.pid)) {
+        Err(_) => Ok(false),
+        Ok(_) => Err(PinError::Resources(io::Error::other(format!(
+            "cannot read /proc/{}/stat",
+            process.pid
+        )))),
     }
 }
 

@@ -10,6 +10,7 @@ Usage: agent.py COMMAND ARGS... (see the functions named in COMMANDS at the bott
 import asyncio
 import errno
 import json
+import os
 import resource
 import selectors
 import socket
@@ -397,8 +398,163 @@ def spawn(*argv):
     sys.exit(subprocess.run(argv).returncode)
 
 
+def get_over(sock, host, path):
+    """One GET on a connected socket; the response (or what went wrong)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    response, _ = read_response(sock)
+    return response or {"status": None, "error": "closed without a response"}
+
+
+def direct_get(host, port, path, timeout="10"):
+    """A GET to host:port by a plain socket.create_connection: no proxy, the way a program
+    that knows nothing of proxies connects. host may be a name or an IP literal."""
+    started = time.perf_counter()
+    try:
+        with socket.create_connection((host, int(port)), timeout=float(timeout)) as sock:
+            peer = sock.getpeername()
+            response = get_over(sock, host, path)
+            response["peer"] = [peer[0], peer[1]]
+    except OSError as e:
+        response = {"status": None, "error": errno.errorcode.get(e.errno, repr(e))}
+    response["ms"] = (time.perf_counter() - started) * 1000
+    return response
+
+
+def directs_get(*specs):
+    """direct_get for each HOST:PORT:PATH (IPv6 literals in brackets)."""
+    results = []
+    for spec in specs:
+        rest, _, path = spec.partition("/")
+        host, _, port = rest.rpartition(":")
+        results.append(direct_get(host.strip("[]"), port, "/" + path))
+    return results
+
+
+def resolve(*names):
+    """getaddrinfo for each name: its addresses, or the resolver's error."""
+    out = {}
+    for name in names:
+        try:
+            infos = socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)
+            out[name] = sorted({info[4][0] for info in infos})
+        except socket.gaierror as e:
+            out[name] = {"gaierror": e.errno, "message": str(e)}
+    return out
+
+
+def fidelity(host, port, family):
+    """Socket state across the transparent path: TCP_NODELAY and SO_KEEPALIVE set before a
+    non-blocking connect, the connect completed with poll, then the options, the peer and a
+    request read back."""
+    fam = socket.AF_INET6 if family == "6" else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setblocking(False)
+    first = sock.connect_ex((host, int(port)))
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_WRITE)
+    ready = bool(sel.select(10))
+    sel.close()
+    result = {
+        "connect": errno.errorcode.get(first, first),
+        "writable": ready,
+        "so_error": sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
+        "nodelay": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "nonblocking": not sock.getblocking(),
+        "peer": list(sock.getpeername()[:2]),
+    }
+    sock.setblocking(True)
+    sock.settimeout(10)
+    result["response"] = get_over(sock, host, "/fidelity")
+    sock.close()
+    return result
+
+
+def libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def clone_parent_exec(*argv):
+    """clone(CLONE_PARENT): a child whose parent is this process's parent; the child execs
+    argv. Reports the clone's outcome (the child's pid and its parent, or the errno)."""
+    import ctypes
+
+    CLONE_PARENT, SIGCHLD, SYS_clone = 0x8000, 17, 56
+    lib = libc()
+    pid = lib.syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        os.execv(argv[0], list(argv))
+    if pid < 0:
+        return {"errno": errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())}
+    with open(f"/proc/{pid}/stat") as f:
+        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return {"pid": pid, "ppid": ppid, "my_parent": os.getppid()}
+
+
+def subreaper_then_exec(*argv):
+    """PR_SET_CHILD_SUBREAPER, then exec argv (the subreaper becomes argv's program). Prints
+    the prctl's outcome first."""
+    import ctypes
+
+    rc = libc().prctl(36, 1, 0, 0, 0)
+    outcome = "ok" if rc == 0 else errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+    print(json.dumps({"subreaper": outcome}), flush=True)
+    os.execv(argv[0], list(argv))
+
+
+def lend(lender, target, cork):
+    """Socket lending: this process connects a socket to the proxy, parks it in flight over
+    SCM_RIGHTS (so no process holds it) while LENDER, which inherited it, sends the CONNECT
+    (or, with cork=1, only uncorks the CONNECT this process wrote with TCP_CORK), then takes
+    it back and uses the tunnel."""
+    import array
+
+    sock = socket.create_connection(PROXY, timeout=10)
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+    if cork == "1":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        sock.sendall(request)
+    park, keep = socket.socketpair()
+    inherited = os.dup(sock.fileno())
+    os.set_inheritable(inherited, True)
+    code = (
+        "import socket, sys, time\n"
+        f"s = socket.socket(fileno={inherited})\n"
+        + (
+            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)\n"
+            if cork == "1"
+            else f"time.sleep(0.3)\ns.sendall({request!r})\n"
+        )
+        + "time.sleep(0.5)\n"
+    )
+    helper = subprocess.Popen([lender, "-c", code], pass_fds=(inherited,))
+    os.close(inherited)
+    park.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))])
+    sock.close()
+    helper.wait()
+    msg, ancdata, _, _ = keep.recvmsg(1, socket.CMSG_SPACE(4))
+    back = socket.socket(fileno=array.array("i", ancdata[0][2])[0])
+    back.settimeout(10)
+    response, rest = read_response(back)
+    result = {"connect": response}
+    if response and response["status"] == 200:
+        result["tunnel"] = get_over(back, target, "/lent")
+    return result
+
+
 COMMANDS = {
+    "clone_parent_exec": clone_parent_exec,
+    "subreaper_then_exec": subreaper_then_exec,
+    "lend": lend,
     "batch": batch,
+    "direct_get": direct_get,
+    "directs_get": directs_get,
+    "resolve": resolve,
+    "fidelity": fidelity,
     "session": session,
     "directs": directs,
     "flood": flood,

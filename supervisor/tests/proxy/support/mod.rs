@@ -2,6 +2,7 @@
 //! host, a scratch directory (the agent's workdir, holding the client script, the policies and
 //! the hosts file), and the supervisor run inside the pod with that hosts file.
 
+pub mod dns;
 pub mod net;
 pub mod upstream;
 
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use net::{HOST, HOST_V6, Net, Side};
+pub use dns::Nameserver;
+pub use net::{HOST, HOST_PRIVATE, HOST_V6, METADATA, NAMESERVER, Net, Side};
 pub use upstream::Upstream;
 
 /// How long one sandbox run may take before the test fails.
@@ -126,6 +128,11 @@ impl Lab {
         let lab = Lab { net, dir };
         lab.write("agent.py", AGENT_PY);
         lab.write("hosts", HOSTS);
+        // The pod's resolver: the test host's nameserver, with a Kubernetes-like search list.
+        lab.write(
+            "resolv.conf",
+            &format!("nameserver {NAMESERVER}\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"),
+        );
         Some(lab)
     }
 
@@ -229,18 +236,24 @@ impl Sandbox<'_> {
 
     /// Runs `argv` in the sandbox to the end.
     pub fn run(&self, argv: &[&str]) -> Run {
-        let mut command = self.command(argv);
-        let started = Instant::now();
-        let child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the supervisor: {e}"));
-        Run::collect(Reaped(Some(child)), argv, started)
+        Run::of(self.command(argv), argv)
     }
 
-    /// The supervisor's command line, started inside the pod's network namespace and a
-    /// private mount namespace whose /etc/hosts is the lab's.
+    /// Runs `argv` to the end without the supervisor, as [`Sandbox::run`] would start the
+    /// supervisor (same namespaces, hosts file, environment and limits): the unconfined
+    /// baseline of a sandboxed run.
+    // The proxy tests start their baselines in the test process; the agent suite
+    // (tests/agents), which shares this module, runs whole programs.
+    #[allow(dead_code)]
+    pub fn bare(&self, argv: &[&str]) -> Run {
+        let (program, args) = argv.split_first().expect("a command");
+        let mut command = Command::new(program);
+        command.args(args);
+        self.in_pod(&mut command);
+        Run::of(command, argv)
+    }
+
+    /// The supervisor's command line, started as [`Sandbox::in_pod`] says.
     fn command(&self, argv: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_openshell-sandbox"));
         command
@@ -249,7 +262,16 @@ impl Sandbox<'_> {
             .arg("--workdir")
             .arg(self.lab.dir())
             .args(["--log-format", "json", "--"])
-            .args(argv)
+            .args(argv);
+        self.in_pod(&mut command);
+        command
+    }
+
+    /// Starts `command` in the lab's scratch directory, inside the pod's network namespace and
+    /// a private mount namespace whose /etc/hosts and /etc/resolv.conf are the lab's, with only
+    /// this run's variables.
+    fn in_pod(&self, command: &mut Command) {
+        command
             .current_dir(self.lab.dir())
             // Nothing inherited: the agent must find /usr/bin tools, never a user's shims,
             // and the supervisor must see only the knobs this test sets.
@@ -257,8 +279,10 @@ impl Sandbox<'_> {
             .env("PATH", "/usr/bin:/bin")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let pod = File::open(self.lab.net.path(Side::Pod)).expect("pod namespace");
-        let hosts =
-            CString::new(self.lab.dir().join("hosts").as_os_str().as_bytes()).expect("hosts path");
+        let file = |name: &str| {
+            CString::new(self.lab.dir().join(name).as_os_str().as_bytes()).expect("lab file path")
+        };
+        let (hosts, resolv) = (file("hosts"), file("resolv.conf"));
         let nofile = self.nofile;
         // SAFETY: only async-signal-safe system calls on data prepared before fork; `pod`
         // is moved into the closure, so its fd stays open until exec (it is close-on-exec).
@@ -278,13 +302,15 @@ impl Sandbox<'_> {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
-                check(libc::mount(
-                    hosts.as_ptr(),
-                    c"/etc/hosts".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
+                for (source, target) in [(&hosts, c"/etc/hosts"), (&resolv, c"/etc/resolv.conf")] {
+                    check(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
+                }
                 if let Some(n) = nofile {
                     let mut limit = libc::rlimit {
                         rlim_cur: 0,
@@ -297,7 +323,6 @@ impl Sandbox<'_> {
                 Ok(())
             });
         }
-        command
     }
 }
 
@@ -332,6 +357,19 @@ pub struct Run {
 }
 
 impl Run {
+    /// Starts `command` (running `argv`) and collects its run.
+    fn of(mut command: Command, argv: &[&str]) -> Run {
+        let started = Instant::now();
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {:?} for {argv:?}: {e}", command.get_program())
+            });
+        Run::collect(Reaped(Some(child)), argv, started)
+    }
+
     fn collect(mut child: Reaped, argv: &[&str], started: Instant) -> Run {
         let process = child.0.as_mut().expect("child");
         let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {

@@ -25,6 +25,8 @@ pub const HOST_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 2);
 pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// The test host's IPv6 address (documentation prefix: public to the proxy's guard).
 pub const HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// The test host's nameserver address (the pod's `/etc/resolv.conf` names it).
+pub const NAMESERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
 
 /// Prefix of every namespace and scratch directory this suite creates.
 pub const PREFIX: &str = "osbt-";
@@ -103,6 +105,7 @@ impl Net {
             Side::Host,
             &format!(
                 "link set lo up\nlink set veth0 up\naddr add {HOST}/24 dev veth0\n\
+                 addr add {NAMESERVER}/32 dev veth0\n\
                  addr add {HOST_PRIVATE}/24 dev veth0\naddr add {METADATA}/32 dev veth0\n\
                  addr add {HOST_V6}/64 dev veth0 nodad\n"
             ),
@@ -147,6 +150,22 @@ impl Net {
             "ip -n {name} -batch failed: {}\n{commands}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `program` started inside `side`'s network namespace (a server of the test host).
+    pub fn command(&self, side: Side, program: &str) -> Command {
+        let ns = File::open(self.path(side)).expect("namespace file");
+        let mut command = Command::new(program);
+        // SAFETY: setns is async-signal-safe; `ns` is moved in and open until exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                match libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        command
     }
 
     /// Runs `f` on a thread inside `side`'s namespace: sockets it creates belong there for

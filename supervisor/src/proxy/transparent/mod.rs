@@ -1,0 +1,749 @@
+//! Transparent egress: the agent's own `connect()` calls meet the policy, and allowed ones get
+//! a real connection to the server, made from the pod's namespace.
+//!
+//! ```text
+//! agent: getaddrinfo ─► policy resolver (dns/) on the nameserver address, made local
+//!          └ eligible names only; answers remembered per sandbox (address → names)
+//! agent: connect(fd, 203.0.113.2:443)  ─► seccomp user notification ─► supervisor:
+//!   destination from the call, socket from pidfd_getfd, caller = the thread in the call
+//!   names this sandbox resolved to the address (or the address itself, for IP endpoints)
+//!   decide(Via::Transparent): endpoint × port × binary (exe now + credited lineage), pins
+//!   address guard → dial from the pod's namespace, the agent's socket options copied
+//!   SECCOMP_IOCTL_NOTIF_ADDFD: the connection replaces fd, connect() returns 0/EINPROGRESS
+//! ```
+//!
+//! From then on the agent talks to the server directly: no relay, no copy. A denial answers
+//! ECONNREFUSED at once and is logged with pid, exe, destination, the names tried and why.
+//! Connections to the sandbox's own addresses (loopback, the resolver, the proxy) are made by
+//! the supervisor on the agent's socket itself; those to the proxy and the resolver are
+//! recorded with their caller (caller/record.rs), which is whom the proxy then credits.
+//!
+//! Handed-out sockets belong to the pod's namespace, so the agent must be able to do nothing
+//! with one but talk to its server: `listen()` and `bind()` on one are refused (both are made
+//! by the supervisor, after looking at the socket), a second `connect()` gets what the kernel
+//! would say of a connected socket, interface ioctls are refused by the filter, and the TCP
+//! fence ([`fence`]) stops the races a let-through call would allow. `getsockname()` shows the
+//! pod's address (any server the agent reaches can tell it that, too); `SO_BINDTODEVICE` can
+//! only move the flow to another interface of the pod, towards the same server.
+//!
+//! Limits: an agent socket bound before `connect()` loses its binding (the connection is a
+//! new socket); an epoll registration made before `connect()` stays with the old socket (no
+//! event loop we know does that, except Netty's native transport); options set after
+//! `connect()` land on the real connection as usual; `SO_ATTACH_FILTER` programs are not
+//! copied. UDP leaves only as DNS to the resolver.
+
+pub mod fence;
+pub mod probe;
+pub mod socket;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::caller::PinError;
+use super::connection::Shared;
+use super::decision::{self, Decision, Process, Via};
+use super::dns::config::{ResolvConf, parse_hosts};
+use super::dns::names::Names;
+use super::dns::{self, Resolver};
+use super::ssrf;
+use crate::log::{self, Denial, Layer, RateLimit};
+use crate::policy::canonical_ip;
+use crate::procfs;
+use crate::seccomp::{Notice, sockaddr};
+use crate::workers;
+use socket::{Kind, State};
+
+/// How often a connection waited for on a caller's behalf checks that the caller still waits.
+const STILL_WAITING: Duration = Duration::from_secs(1);
+/// Descriptors kept in reserve for the agent's calls: out of descriptors, the supervisor
+/// still takes the agent's socket (and makes a connection) by giving these up for a moment,
+/// so that exhaustion slows the proxy down (its accept waits) instead of failing the agent's
+/// `connect()` with EMFILE.
+const SPARE_FDS: usize = 4;
+
+/// What the transparent path reads before the sandbox's namespace exists: the pod's resolver
+/// configuration and hosts file.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    resolv: ResolvConf,
+    hosts: Vec<(IpAddr, Vec<String>)>,
+}
+
+impl Plan {
+    /// Reads `/etc/resolv.conf` and `/etc/hosts` (either may be missing).
+    pub fn read() -> Plan {
+        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+        Plan {
+            resolv: ResolvConf::parse(&read("/etc/resolv.conf")),
+            hosts: parse_hosts(&read("/etc/hosts")),
+        }
+    }
+}
+
+/// The transparent path's sockets, made inside the sandbox's namespace.
+#[derive(Debug)]
+pub struct Bound {
+    plan: Plan,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    netns: u64,
+}
+
+/// In the sandbox's namespace (on the thread that made it): makes the nameserver addresses
+/// local and binds the resolver on each, UDP and TCP, port 53.
+pub fn bind(plan: Plan) -> io::Result<Bound> {
+    dns::local::add_to_loopback(&dns::local::to_add(&plan.resolv.nameservers))?;
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for server in &plan.resolv.nameservers {
+        let address = SocketAddr::new(*server, 53);
+        let socket = std::net::UdpSocket::bind(address)?;
+        socket.set_nonblocking(true)?;
+        udp.push(socket);
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        tcp.push(listener);
+    }
+    Ok(Bound {
+        plan,
+        udp,
+        tcp,
+        netns: socket::current_netns()?,
+    })
+}
+
+/// The network calls the transparent path answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `connect(fd, addr, len)`.
+    Connect,
+    /// `bind(fd, addr, len)`.
+    Bind,
+    /// `listen(fd, backlog)`.
+    Listen,
+    /// `sendto(fd, buf, len, flags, addr, len)` with an address.
+    SendTo,
+}
+
+impl Call {
+    /// The call for an x86_64 system call number.
+    pub fn of(nr: libc::c_long) -> Option<Call> {
+        match nr {
+            libc::SYS_connect => Some(Call::Connect),
+            libc::SYS_bind => Some(Call::Bind),
+            libc::SYS_listen => Some(Call::Listen),
+            libc::SYS_sendto => Some(Call::SendTo),
+            _ => None,
+        }
+    }
+}
+
+/// The transparent path of one sandbox.
+#[derive(Debug)]
+pub struct Transparent {
+    shared: Arc<Shared>,
+    names: Arc<Names>,
+    /// The sandbox's network namespace (sockets elsewhere were handed out by us).
+    netns: u64,
+    /// Addresses local to the sandbox besides loopback: the nameservers.
+    local: Vec<IpAddr>,
+    runtime: tokio::runtime::Handle,
+    limiter: RateLimit,
+    spare: std::sync::Mutex<Vec<OwnedFd>>,
+    /// The options of a new TCP socket, IPv4 and IPv6 (read once: see [`socket::Defaults`]).
+    defaults: [std::sync::OnceLock<socket::Defaults>; 2],
+}
+
+/// Starts the policy resolver on the current runtime and returns the path's handler.
+pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> {
+    let names = Arc::new(Names::default());
+    let udp = bound
+        .udp
+        .into_iter()
+        .map(tokio::net::UdpSocket::from_std)
+        .collect::<io::Result<Vec<_>>>()?;
+    let tcp = bound
+        .tcp
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<io::Result<Vec<_>>>()?;
+    let local: Vec<IpAddr> = bound
+        .plan
+        .resolv
+        .nameservers
+        .iter()
+        .map(|ip| canonical_ip(*ip))
+        .collect();
+    let resolver = Resolver::new(
+        shared.clone(),
+        bound.plan.resolv,
+        bound.plan.hosts,
+        names.clone(),
+    );
+    Arc::new(resolver).serve(udp, tcp);
+    Ok(Arc::new(Transparent {
+        shared,
+        names,
+        netns: bound.netns,
+        local,
+        runtime: tokio::runtime::Handle::current(),
+        limiter: RateLimit::new(50, Duration::from_secs(1)),
+        spare: std::sync::Mutex::new(Vec::new()),
+        defaults: Default::default(),
+    }))
+}
+
+/// Where a call's address points.
+enum Target {
+    /// IPv4 or IPv6.
+    Inet(SocketAddr),
+    /// `AF_UNSPEC` (for `connect`, a disconnect).
+    Unspec,
+    /// Any other family (unix, netlink...).
+    Other,
+}
+
+/// The caller: the thread in the call, its process, and the socket fd it named.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    tid: u32,
+    tgid: u32,
+    fd: i32,
+}
+
+impl Transparent {
+    /// Answers `notice`, a `call` of the agent (now, or later from a task).
+    pub fn handle(self: &Arc<Self>, call: Call, notice: Notice) {
+        let caller = Caller {
+            tid: notice.call.pid,
+            tgid: procfs::tgid(notice.call.pid).unwrap_or(notice.call.pid),
+            fd: notice.call.args[0] as i32,
+        };
+        match call {
+            Call::Connect => self.connect(notice, caller),
+            Call::Bind => self.bind(notice, caller),
+            Call::Listen => self.listen(notice, caller),
+            Call::SendTo => self.sendto(notice, caller),
+        }
+    }
+
+    /// The address argument `index` (with its length after it) of the call.
+    fn target(notice: &Notice, index: usize) -> Result<(Target, Vec<u8>), i32> {
+        let (address, len) = (
+            notice.call.args[index],
+            notice.call.args[index + 1] as usize,
+        );
+        if len < 2 {
+            return Err(libc::EINVAL);
+        }
+        let raw = notice.read(address, len.min(128)).ok_or(libc::EFAULT)?;
+        let family = i32::from(u16::from_ne_bytes([raw[0], raw[1]]));
+        let target = match family {
+            libc::AF_INET | libc::AF_INET6 => Target::Inet(sockaddr(&raw).ok_or(libc::EINVAL)?),
+            libc::AF_UNSPEC => Target::Unspec,
+            _ => Target::Other,
+        };
+        Ok((target, raw))
+    }
+
+    /// The caller's socket and what it is; the errno to answer when there is none.
+    fn socket(&self, caller: Caller) -> Result<(OwnedFd, Kind), i32> {
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
+        let fd = self
+            .with_room(|| socket::take(caller.tid, caller.tgid, caller.fd))
+            .map_err(errno)?;
+        let kind = Kind::of(fd.as_fd()).map_err(errno)?;
+        Ok((fd, kind))
+    }
+
+    /// Runs `make` (which opens descriptors); out of them, once more after giving up the
+    /// spare ones. The spares are topped up first, whenever there is room.
+    fn with_room<T>(&self, make: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        while spare.len() < SPARE_FDS {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => spare.push(file.into()),
+                Err(_) => break,
+            }
+        }
+        match make() {
+            Err(e) if super::caller::exhausted(&e) && !spare.is_empty() => {
+                spare.clear();
+                make()
+            }
+            other => other,
+        }
+    }
+
+    fn is_local(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip)
+    }
+
+    /// The proxy's listeners and the resolver: local services whose callers are recorded.
+    fn is_recorded_service(&self, to: SocketAddr) -> bool {
+        let ip = canonical_ip(to.ip());
+        (to.port() == super::PORT && ip.is_loopback())
+            || (to.port() == 53 && (self.local.contains(&ip) || ip.is_loopback()))
+    }
+
+    fn connect(self: &Arc<Self>, notice: Notice, caller: Caller) {
+        let (target, _) = match Self::target(&notice, 1) {
+            Ok(target) => target,
+            Err(errno) => return notice.fail(errno),
+        };
+        if let Target::Other = target {
+            // Unix sockets and the like: the kernel resolves their path as the agent.
+            return notice.proceed();
+        }
+        let (fd, kind) = match self.socket(caller) {
+            Ok(socket) => socket,
+            Err(errno) => return notice.fail(errno),
+        };
+        let ours = kind.netns != self.netns;
+        let to = match target {
+            Target::Inet(to) => to,
+            Target::Unspec if ours => {
+                return self.refuse(
+                    notice,
+                    caller,
+                    "disconnecting a connection the sandbox was handed",
+                );
+            }
+            Target::Unspec | Target::Other => {
+                return answer(notice, socket::disconnect(fd.as_fd()));
+            }
+        };
+        if kind.is_tcp() && (to.is_ipv4() != (kind.domain == libc::AF_INET)) && !is_mapped(to) {
+            return notice.fail(libc::EAFNOSUPPORT);
+        }
+        if ours {
+            // A handed-out connection asked to connect again: say what the kernel says of
+            // it; never let the kernel connect it (that would be from the pod's namespace).
+            return match socket::tcp_state(fd.as_fd()) {
+                State::Established => notice.fail(libc::EISCONN),
+                State::Connecting => notice.fail(libc::EALREADY),
+                State::Idle => self.remote(notice, caller, fd, kind, to),
+            };
+        }
+        if kind.kind == libc::SOCK_DGRAM && self.is_local(to.ip()) {
+            return self.local_datagram(notice, caller, fd, kind, to);
+        }
+        if !kind.is_tcp() {
+            self.log_direct(&notice, caller, "connect", to, kind);
+            return notice.fail(libc::ENETUNREACH);
+        }
+        if self.is_local(to.ip()) {
+            self.local_stream(notice, caller, fd, kind, to);
+        } else {
+            self.remote(notice, caller, fd, kind, to);
+        }
+    }
+
+    /// A UDP `connect()` to the sandbox's own addresses (the resolver): made on the agent's
+    /// socket, its caller recorded for the resolver's logs.
+    fn local_datagram(
+        &self,
+        notice: Notice,
+        caller: Caller,
+        fd: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+    ) {
+        let result = socket::connect(fd.as_fd(), &socket::for_domain(to, kind.domain));
+        if result.is_ok() && to.port() == 53 {
+            self.record(fd.as_fd(), caller, to);
+        }
+        answer(notice, result);
+    }
+
+    /// Records who connected the socket `fd` to `to`: for the proxy the whole chain the
+    /// policy credits, for the resolver (which only names who asked) the process alone.
+    fn record(&self, fd: BorrowedFd<'_>, caller: Caller, to: SocketAddr) {
+        if let Some(local) = socket::local_address(fd) {
+            let identifier = &self.shared.identifier;
+            let chain = match to.port() == super::PORT {
+                true => identifier.chain(caller.tgid),
+                false => identifier.process(caller.tgid),
+            };
+            identifier.records.record(local, chain);
+        }
+    }
+
+    /// A TCP `connect()` to the sandbox's own addresses, made on the agent's socket. For the
+    /// proxy and the resolver the socket is bound first, so that its caller is recorded
+    /// before the service can see the connection.
+    fn local_stream(
+        self: &Arc<Self>,
+        notice: Notice,
+        caller: Caller,
+        fd: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+    ) {
+        let address = socket::for_domain(to, kind.domain);
+        if self.is_recorded_service(to) {
+            let unbound = socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0);
+            if unbound {
+                let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
+                if let Err(e) = socket::bind(fd.as_fd(), &source) {
+                    return notice.fail(e as i32);
+                }
+            }
+            self.record(fd.as_fd(), caller, to);
+        }
+        let flags = socket::status_flags(fd.as_fd());
+        let blocking = flags & libc::O_NONBLOCK == 0;
+        // Never block this thread: connect without waiting, then wait (if the agent would
+        // have) in a task.
+        socket::set_status_flags(fd.as_fd(), flags | libc::O_NONBLOCK);
+        let result = socket::connect(fd.as_fd(), &address);
+        socket::set_status_flags(fd.as_fd(), flags);
+        match result {
+            Err(Errno::EINPROGRESS) if blocking => {
+                let this = self.clone();
+                self.runtime.spawn(async move {
+                    let Some(fd) = this.wait_writable(&notice, fd).await else {
+                        return;
+                    };
+                    // The attempt is over: connect again reports its outcome, and resets the
+                    // socket after a failure, as a blocking connect would have.
+                    answer(notice, socket::connect(fd.as_fd(), &address));
+                });
+            }
+            other => answer(notice, other),
+        }
+    }
+
+    /// Waits until `fd` is writable (the connection attempt ended), while the caller still
+    /// waits for it; `None` when the caller stopped waiting.
+    async fn wait_writable(&self, notice: &Notice, fd: OwnedFd) -> Option<OwnedFd> {
+        if socket::writable_now(fd.as_fd()) {
+            return Some(fd);
+        }
+        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until it
+        // is handed back by into_inner.
+        let watched = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.ok()?;
+        loop {
+            tokio::select! {
+                ready = watched.writable() => {
+                    if ready.is_ok() {
+                        return Some(watched.into_inner());
+                    }
+                    return None;
+                }
+                () = tokio::time::sleep(STILL_WAITING) => {
+                    if !notice.valid() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection out of the sandbox: decided, dialled from the pod, handed over.
+    fn remote(
+        self: &Arc<Self>,
+        notice: Notice,
+        caller: Caller,
+        agent: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+    ) {
+        let chain = self.shared.identifier.chain(caller.tgid);
+        let names = self.names.names_for(to.ip());
+        let address = canonical_ip(to.ip()).to_string();
+        let owners = [chain];
+        let mut reasons = Vec::new();
+        let mut allowed = None;
+        for host in names.iter().map(String::as_str).chain([address.as_str()]) {
+            match decision::decide(
+                &self.shared.rules,
+                host,
+                to.port(),
+                &owners,
+                Via::Transparent,
+            ) {
+                Decision::Allow {
+                    rule,
+                    endpoints,
+                    matched,
+                } => {
+                    allowed = Some((host.to_owned(), rule.name.clone(), endpoints, matched));
+                    break;
+                }
+                Decision::Deny(reason) => reasons.push(reason),
+            }
+        }
+        let [chain] = owners;
+        let Some((host, rule, endpoints, matched)) = allowed else {
+            let why = match names.is_empty() {
+                true => format!(
+                    "no name this sandbox resolved points to {address}, and {}",
+                    reasons.join("; ")
+                ),
+                false => reasons.join("; "),
+            };
+            return self.deny(notice, &chain, to, &names, &why);
+        };
+        if let Err(reason) = ssrf::permit(to.ip(), &endpoints) {
+            return self.deny(notice, &chain, to, &names, &reason);
+        }
+        let hashed = matched
+            .iter()
+            .all(|p| self.shared.identifier.pins.is_hashed(p.pid));
+        let this = self.clone();
+        let admitted = move |notice: Notice| {
+            for process in &matched {
+                match this.shared.identifier.pins.check(process) {
+                    Ok(()) => {}
+                    Err(PinError::Resources(e)) => {
+                        tracing::error!(layer = "transparent", "cannot pin a binary: {e}");
+                        return notice.fail(libc::ENOBUFS);
+                    }
+                    Err(e) => return this.deny(notice, &chain, to, &[host], &e.to_string()),
+                }
+            }
+            this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
+        };
+        // Hashing a binary seen for the first time reads all of it: not on this thread, but on
+        // one made before the agent ran (workers.rs); with none free, here, late not never.
+        if hashed {
+            admitted(notice);
+        } else if let Err(admitted) = workers::identify_detached(move || admitted(notice)) {
+            admitted();
+        }
+    }
+
+    /// Dials `to` from the pod's namespace with the agent's socket options, and hands the
+    /// connection over in place of the agent's socket.
+    #[allow(clippy::too_many_arguments)]
+    fn dial(
+        self: &Arc<Self>,
+        notice: Notice,
+        caller: Caller,
+        agent: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+        chain: &[Process],
+        host: &str,
+        rule: &str,
+    ) {
+        let ours = match self.with_room(|| socket::new_like(&kind)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(layer = "transparent", "cannot make a socket: {e}");
+                return notice.fail(e.raw_os_error().unwrap_or(libc::ENOBUFS));
+            }
+        };
+        let defaults = self.defaults[usize::from(kind.domain == libc::AF_INET6)]
+            .get_or_init(|| socket::Defaults::of(ours.as_fd()));
+        defaults.copy(agent.as_fd(), ours.as_fd());
+        let flags = socket::status_flags(agent.as_fd());
+        let blocking = flags & libc::O_NONBLOCK == 0;
+        let cloexec = socket::cloexec(caller.tid, caller.fd);
+        let process = chain.first();
+        tracing::info!(
+            event = "allowed",
+            layer = "transparent",
+            pid = process.map(|p| p.pid),
+            exe = process.map(|p| p.exe.as_str()),
+            host,
+            address = %to.ip(),
+            port = to.port(),
+            rule,
+            "allowed connect to {host} ({to}) by rule {rule}"
+        );
+        let result = socket::connect(ours.as_fd(), &socket::for_domain(to, kind.domain));
+        let target = caller.fd as u32;
+        match result {
+            Ok(()) => {
+                socket::set_status_flags(ours.as_fd(), flags);
+                notice.install(ours.as_fd(), target, cloexec, 0);
+            }
+            Err(Errno::EINPROGRESS) if !blocking => {
+                notice.install(ours.as_fd(), target, cloexec, libc::EINPROGRESS);
+            }
+            Err(Errno::EINPROGRESS) => {
+                let this = self.clone();
+                self.runtime.spawn(async move {
+                    let Some(ours) = this.wait_writable(&notice, ours).await else {
+                        return;
+                    };
+                    match socket::take_error(ours.as_fd()) {
+                        0 => {
+                            socket::set_status_flags(ours.as_fd(), flags);
+                            notice.install(ours.as_fd(), target, cloexec, 0);
+                        }
+                        errno => notice.fail(errno),
+                    }
+                });
+            }
+            Err(e) => notice.fail(e as i32),
+        }
+    }
+
+    fn bind(&self, notice: Notice, caller: Caller) {
+        let (target, raw) = match Self::target(&notice, 1) {
+            Ok(target) => target,
+            Err(errno) => return notice.fail(errno),
+        };
+        if let Target::Other = target {
+            // A unix socket's path is created as the agent, under its Landlock rules.
+            return notice.proceed();
+        }
+        let (fd, kind) = match self.socket(caller) {
+            Ok(socket) => socket,
+            Err(errno) => return notice.fail(errno),
+        };
+        if kind.netns != self.netns {
+            return self.refuse(
+                notice,
+                caller,
+                "binding a connection the sandbox was handed",
+            );
+        }
+        // The agent's own namespace: bind its socket to the address as it passed it.
+        // SAFETY: bind reads `raw.len()` bytes of the address copied from the caller.
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                raw.as_ptr().cast(),
+                raw.len() as libc::socklen_t,
+            )
+        };
+        answer(notice, Errno::result(rc).map(drop));
+    }
+
+    fn listen(&self, notice: Notice, caller: Caller) {
+        let (fd, kind) = match self.socket(caller) {
+            Ok(socket) => socket,
+            Err(errno) => return notice.fail(errno),
+        };
+        if kind.netns != self.netns {
+            return self.refuse(
+                notice,
+                caller,
+                "listening on a connection the sandbox was handed",
+            );
+        }
+        let backlog = notice.call.args[1] as i32;
+        // SAFETY: listen with scalar arguments on a socket we hold.
+        let rc = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), backlog) };
+        answer(notice, Errno::result(rc).map(drop));
+    }
+
+    /// A datagram with an address: to the resolver, its caller is recorded (the socket is
+    /// bound first if it is not yet); anywhere else it is logged and fails for want of a
+    /// route. The kernel then sends it as the agent asked: a datagram swapped to another
+    /// socket meanwhile reaches nothing more (UDP only leaves through the resolver, and TCP
+    /// ignores the address without `MSG_FASTOPEN`, which the filter refuses).
+    fn sendto(&self, notice: Notice, caller: Caller) {
+        let Ok((Target::Inet(to), _)) = Self::target(&notice, 4) else {
+            return notice.proceed();
+        };
+        if self.is_local(to.ip()) {
+            if to.port() == 53
+                && let Ok((fd, kind)) = self.socket(caller)
+                && kind.netns == self.netns
+            {
+                if socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0) {
+                    let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
+                    let _ = socket::bind(fd.as_fd(), &source);
+                }
+                self.record(fd.as_fd(), caller, to);
+            }
+            return notice.proceed();
+        }
+        let kind = self.socket(caller).map(|(_, kind)| kind).ok();
+        if let Some(kind) = kind {
+            self.log_direct(&notice, caller, "sendto", to, kind);
+        }
+        notice.fail(libc::ENETUNREACH);
+    }
+
+    /// A direct attempt the transparent path does not carry (UDP other than DNS): logged.
+    fn log_direct(&self, notice: &Notice, caller: Caller, call: &str, to: SocketAddr, kind: Kind) {
+        if !self.limiter.allow() || !notice.valid() {
+            return;
+        }
+        let why = if to.port() == 53 {
+            "direct DNS: the sandbox's resolver is the nameserver in /etc/resolv.conf"
+        } else if kind.kind == libc::SOCK_DGRAM {
+            "UDP leaves the sandbox only as DNS to its resolver (QUIC clients fall back to TCP)"
+        } else {
+            "only TCP leaves the sandbox"
+        };
+        let exe = log::exe_of(caller.tid);
+        let what = format!("{call} to {to}");
+        let host = to.ip().to_string();
+        log::denied(&Denial {
+            layer: Layer::Network,
+            pid: caller.tgid,
+            exe: &exe,
+            what: &what,
+            why,
+            target: Some((&host, to.port())),
+        });
+    }
+
+    /// A call on a handed-out connection that would use it for anything but talking to its
+    /// server: refused (EPERM) and logged.
+    fn refuse(&self, notice: Notice, caller: Caller, what: &str) {
+        if self.limiter.allow() && notice.valid() {
+            let exe = log::exe_of(caller.tid);
+            log::denied(&Denial {
+                layer: Layer::Network,
+                pid: caller.tgid,
+                exe: &exe,
+                what,
+                why: "a connection handed out by the supervisor belongs to the pod's network \
+                      and can only talk to its server",
+                target: None,
+            });
+        }
+        notice.fail(libc::EPERM);
+    }
+
+    /// A refused connection: ECONNREFUSED at once, logged with who, where, the names tried
+    /// and why.
+    fn deny(&self, notice: Notice, chain: &[Process], to: SocketAddr, names: &[String], why: &str) {
+        if self.limiter.allow() && notice.valid() {
+            let process = chain.first();
+            let tried = match names.is_empty() {
+                true => "no resolved name".to_owned(),
+                false => format!("names tried: {}", names.join(", ")),
+            };
+            let what = format!("connect to {to} ({tried})");
+            let host = to.ip().to_string();
+            log::denied(&Denial {
+                layer: Layer::Network,
+                pid: process.map_or(notice.call.pid, |p| p.pid),
+                exe: process.map_or("?", |p| p.exe.as_str()),
+                what: &what,
+                why,
+                target: Some((&host, to.port())),
+            });
+        }
+        notice.fail(libc::ECONNREFUSED);
+    }
+}
+
+fn is_mapped(to: SocketAddr) -> bool {
+    matches!(to.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// Answers a call the supervisor made on the agent's socket with its outcome.
+fn answer(notice: Notice, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => notice.succeed(),
+        Err(e) => notice.fail(e as i32),
+    }
+}

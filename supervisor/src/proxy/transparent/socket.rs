@@ -1,0 +1,371 @@
+//! The agent's socket, as the supervisor handles it: taken with `pidfd_getfd`, described,
+//! acted on, and its state copied onto the connection that replaces it.
+//!
+//! `pidfd_getfd` gives the supervisor the very socket the agent named (the same open file,
+//! not a copy), so a `connect()`, `bind()` or `listen()` made on it acts on the agent's
+//! socket, with the address the supervisor read and checked. The kernel never reads the
+//! agent's arguments again, so neither its memory nor its fd table can change under the
+//! check (the race a `CONTINUE` answer would allow).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::SockaddrStorage;
+
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, whose fd table may be its own.
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+/// `SO_NETNS_COOKIE` (Linux 5.14): the socket's network namespace, as a number.
+pub const SO_NETNS_COOKIE: i32 = 71;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
+
+/// Takes a duplicate of fd `fd` of thread `tid` (of process `tgid`).
+pub fn take(tid: u32, tgid: u32, fd: i32) -> io::Result<OwnedFd> {
+    let pidfd = pidfd_open(tid, PIDFD_THREAD).or_else(|e| match e.raw_os_error() {
+        // Before 6.9 only a process has a pidfd; its leader's fd table is the thread's unless
+        // the thread unshared it (CLONE_FILES), which is rare enough to accept.
+        Some(libc::EINVAL) => pidfd_open(tgid, 0),
+        _ => Err(e),
+    })?;
+    // SAFETY: pidfd_getfd with a pidfd we own; flags must be 0.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd (close-on-exec) that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+fn pidfd_open(pid: u32, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// An integer socket option.
+pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// The network namespace cookie of a socket (the kernel wants exactly 8 bytes).
+fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// The raw bytes of a socket option (at most 64).
+fn get_raw(fd: BorrowedFd<'_>, level: i32, name: i32) -> Option<Vec<u8>> {
+    let mut value = [0u8; 64];
+    let mut len = value.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| value[..len as usize].to_vec())
+}
+
+fn set_raw(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> bool {
+    // SAFETY: setsockopt reads `value.len()` bytes.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// What the supervisor needs to know about a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// `AF_INET`, `AF_INET6`...
+    pub domain: i32,
+    /// `SOCK_STREAM`, `SOCK_DGRAM`...
+    pub kind: i32,
+    /// `IPPROTO_TCP`...
+    pub protocol: i32,
+    /// Its network namespace.
+    pub netns: u64,
+}
+
+impl Kind {
+    /// Reads the socket's description; `ENOTSOCK` for anything else.
+    pub fn of(fd: BorrowedFd<'_>) -> io::Result<Kind> {
+        let netns = netns_cookie(fd)?;
+        Ok(Kind {
+            domain: get_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+            kind: get_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+            protocol: get_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+            netns,
+        })
+    }
+
+    /// A TCP socket (MPTCP included, which falls back to TCP).
+    pub fn is_tcp(&self) -> bool {
+        self.kind == libc::SOCK_STREAM
+            && matches!(self.protocol, 0 | libc::IPPROTO_TCP | libc::IPPROTO_MPTCP)
+            && matches!(self.domain, libc::AF_INET | libc::AF_INET6)
+    }
+}
+
+/// The network namespace of the calling thread, as a socket cookie.
+pub fn current_netns() -> io::Result<u64> {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    netns_cookie(std::os::fd::AsFd::as_fd(&probe))
+}
+
+/// Where a TCP socket stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connected.
+    Established,
+    /// Connecting.
+    Connecting,
+    /// Neither (never connected, failed, or closed).
+    Idle,
+}
+
+/// The state of TCP socket `fd`.
+pub fn tcp_state(fd: BorrowedFd<'_>) -> State {
+    if nix::sys::socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).is_ok() {
+        return State::Established;
+    }
+    match get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO).and_then(|i| i.first().copied()) {
+        Some(TCP_ESTABLISHED) => State::Established,
+        Some(TCP_SYN_SENT) => State::Connecting,
+        _ => State::Idle,
+    }
+}
+
+/// The socket's local address.
+pub fn local_address(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
+    let local: SockaddrStorage = nix::sys::socket::getsockname(fd.as_raw_fd()).ok()?;
+    to_std(&local)
+}
+
+fn to_std(address: &SockaddrStorage) -> Option<SocketAddr> {
+    address
+        .as_sockaddr_in()
+        .map(|a| SocketAddr::from(*a))
+        .or_else(|| address.as_sockaddr_in6().map(|a| SocketAddr::from(*a)))
+}
+
+/// `address` for a socket of `domain`: an IPv4 destination of an IPv6 socket is written
+/// v4-mapped, as the agent's own call would have it.
+pub fn for_domain(address: SocketAddr, domain: i32) -> SockaddrStorage {
+    match (address, domain) {
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SockaddrStorage::from(SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()))
+        }
+        _ => SockaddrStorage::from(address),
+    }
+}
+
+/// `connect()` on `fd`.
+pub fn connect(fd: BorrowedFd<'_>, address: &SockaddrStorage) -> Result<(), Errno> {
+    nix::sys::socket::connect(fd.as_raw_fd(), address)
+}
+
+/// `bind()` on `fd`.
+pub fn bind(fd: BorrowedFd<'_>, address: &SockaddrStorage) -> Result<(), Errno> {
+    nix::sys::socket::bind(fd.as_raw_fd(), address)
+}
+
+/// Disconnects `fd` (`connect()` with `AF_UNSPEC`).
+pub fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    // SAFETY: connect reads a sockaddr of the given size from the stack.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &unspec,
+            size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// The file status flags (O_NONBLOCK...) of the open file behind `fd`.
+pub fn status_flags(fd: BorrowedFd<'_>) -> i32 {
+    // SAFETY: F_GETFL takes no pointer.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }.max(0)
+}
+
+/// Sets the file status flags of the open file behind `fd`.
+pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) {
+    // SAFETY: F_SETFL takes an int.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+}
+
+/// Whether fd `fd` of thread `tid` is close-on-exec (from `/proc/TID/fdinfo/FD`).
+pub fn cloexec(tid: u32, fd: i32) -> bool {
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")) else {
+        return true;
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+        .is_none_or(|flags| flags & libc::O_CLOEXEC != 0)
+}
+
+/// The pending error of a socket (reading it clears it).
+pub fn take_error(fd: BorrowedFd<'_>) -> i32 {
+    get_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(libc::EIO)
+}
+
+/// Options an agent sets before `connect()` that change how the connection behaves: each is
+/// copied when the agent's value differs from a new socket's. Buffer sizes read back doubled
+/// (the kernel's bookkeeping) and are halved for setting.
+const COPIED: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_LINGER),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::SOL_SOCKET, libc::SO_TIMESTAMP),
+    (libc::SOL_SOCKET, libc::SO_ZEROCOPY),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::IPPROTO_TCP, libc::TCP_CORK),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+    (libc::IPPROTO_TCP, libc::TCP_SYNCNT),
+    (libc::IPPROTO_TCP, libc::TCP_MAXSEG),
+    (libc::IPPROTO_TCP, libc::TCP_QUICKACK),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+    (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP),
+    (libc::IPPROTO_TCP, libc::TCP_LINGER2),
+    (libc::IPPROTO_TCP, libc::TCP_CONGESTION),
+    (libc::IPPROTO_IP, libc::IP_TOS),
+    (libc::IPPROTO_IP, libc::IP_TTL),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+    (libc::IPPROTO_IP, libc::IP_RECVERR),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+];
+
+/// The copied options of a new socket, read once per family: only the agent's options
+/// that differ from them are set on the connection that replaces its socket.
+#[derive(Debug, Clone)]
+pub struct Defaults(Vec<Option<Vec<u8>>>);
+
+impl Defaults {
+    /// The options of `fresh`, a socket nothing has been set on.
+    pub fn of(fresh: BorrowedFd<'_>) -> Defaults {
+        Defaults(
+            COPIED
+                .iter()
+                .map(|&(level, name)| get_raw(fresh, level, name))
+                .collect(),
+        )
+    }
+
+    /// Sets on `to` (a new socket) the options of `from` (the agent's socket) that differ
+    /// from the defaults. Options the new socket refuses are left at its defaults.
+    pub fn copy(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+        for (&(level, name), default) in COPIED.iter().zip(&self.0) {
+            let Some(theirs) = get_raw(from, level, name) else {
+                continue;
+            };
+            if default.as_ref() == Some(&theirs) {
+                continue;
+            }
+            let mut value = theirs;
+            if level == libc::SOL_SOCKET
+                && matches!(name, libc::SO_RCVBUF | libc::SO_SNDBUF)
+                && let Ok(bytes) = <[u8; 4]>::try_from(value.as_slice())
+            {
+                value = (i32::from_ne_bytes(bytes) / 2).to_ne_bytes().to_vec();
+            }
+            if level == libc::IPPROTO_TCP && name == libc::TCP_CONGESTION {
+                // A name, NUL-padded: set up to the NUL.
+                let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
+                value.truncate(end);
+            }
+            if !set_raw(to, level, name, &value) {
+                tracing::debug!(
+                    level,
+                    name,
+                    "socket option of the agent not copied: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// A new socket of `kind` in the calling thread's namespace (the pod's), non-blocking.
+pub fn new_like(kind: &Kind) -> io::Result<OwnedFd> {
+    // SAFETY: socket with scalar arguments.
+    let rc = unsafe {
+        libc::socket(
+            kind.domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_TCP,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
+}
+
+/// Whether `fd` is writable now (a connection attempt finished).
+pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}

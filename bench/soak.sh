@@ -65,15 +65,27 @@ EOF
 
 echo "soak: $clients clients for ${seconds}s (at most $max requests); supervisor $supervisor"
 # nsenter and env exec (no shell function, which would fork): $! is the supervisor's pid. Its
-# log (denials included, rate-limited) goes to a file, as a pod's would go to the runtime.
-nsenter --net="/run/netns/$testhost_pod" env -i PATH=/usr/bin:/bin "$supervisor" --policy "$dir/policy.yaml" --workdir "$dir" \
-    --log-format json --log-file "$dir/supervisor.log" --timeout $((seconds + 120)) -- \
+# log (denials included, rate-limited) goes to a file, as a pod's would go to the runtime. The
+# clients start on a line on their stdin, a FIFO held open here.
+mkfifo "$dir/go"
+exec {go}<>"$dir/go"
+nsenter --net="/run/netns/$testhost_pod" env -i PATH=/usr/bin:/bin "$supervisor" \
+    --policy "$dir/policy.yaml" --workdir "$dir" --log-format json \
+    --log-file "$dir/supervisor.log" --timeout $((seconds + 120)) -- \
     ./proxy-load soak 203.0.113.2:80 203.0.113.2:81 "$clients" "$seconds" "$max" 127.0.0.1:3128 \
-    >"$dir/soak.json" 2>"$dir/agent.err" &
+    <"$dir/go" >"$dir/soak.json" 2>"$dir/agent.err" &
 supervisor_pid=$!
 sleep 0.5
 [[ $(readlink "/proc/$supervisor_pid/exe") == "$supervisor" ]] \
     || { echo "pid $supervisor_pid is not the supervisor" >&2; exit 1; }
+# The clients connect to the proxy over the sandbox's loopback, hundreds of new connections a
+# second for minutes: as bench/testhost.sh does for the pod's namespace, the sandbox's gets the
+# whole port range and TIME_WAIT reuse, or the clients run out of ports (EADDRINUSE), which
+# would measure the harness, not the supervisor. Its init is the supervisor's child.
+init=$(cat /proc/"$supervisor_pid"/task/*/children | awk '{ print $1; exit }')
+nsenter --net="/proc/$init/ns/net" sysctl -q -w net.ipv4.tcp_tw_reuse=1 \
+    net.ipv4.ip_local_port_range="1024 65535"
+echo go >&"$go"
 
 samples=$dir/samples
 started=$EPOCHREALTIME

@@ -4,6 +4,11 @@
 //! QUIT, USR1, USR2 and WINCH to init, which passes them to the agent's process group. On its
 //! own TERM, and when `--timeout` expires, it gives the agent a grace period and then kills
 //! init, which makes the kernel kill every process of the sandbox: nothing is left behind.
+//!
+//! Before init may fork the agent, the supervisor has every thread it needs (log writer,
+//! workers, seccomp, runtime) and has made the sandbox the OOM killer's first choice: what the
+//! agent does to the pod's pids and memory limits afterwards cannot take them away. Nothing
+//! here waits for a log line to be written (see `log/sink.rs`).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -148,8 +153,9 @@ const RUNTIME_THREADS: u64 = 2;
 /// Creates every thread the supervisor will have, before the agent runs (init waits for
 /// [`channel::go`]): the agent shares the pod's pids limit, and one that forks up to it must
 /// not leave the supervisor unable to log, answer refused calls or serve the proxy. Nothing
-/// after this creates a thread (see `workers.rs`). Returns the runtime and the seccomp
-/// thread's inbox for the listener the agent sends just before it runs.
+/// after this needs a new thread (see `workers.rs`; the seccomp handler's optional second
+/// thread is only a second, and it goes without when it cannot be made). Returns the runtime
+/// and the seccomp thread's inbox for the listener the agent sends just before it runs.
 fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, SyncSender<Listener>)> {
     log::start_writer()?;
     workers::start()?;

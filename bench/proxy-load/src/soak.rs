@@ -10,7 +10,8 @@
 //!   without using it; say nothing for 11 s (past the header timeout), then close.
 //!
 //! The first three kinds are well-behaved: every one must be served, and any that is not is an
-//! error. Prints one JSON line: counts, errors and latency percentiles per kind.
+//! error. Starts when a line arrives on stdin (the caller tunes the sandbox's network namespace
+//! first); prints one JSON line: counts, errors and latency percentiles per kind.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,6 +40,10 @@ pub fn run(
     let clients: usize = parse("CLIENTS", clients)?;
     let duration = Duration::from_secs(parse("SECONDS", seconds)?);
     let max: u64 = parse("MAX", max)?;
+    let mut go = String::new();
+    io::stdin()
+        .read_line(&mut go)
+        .map_err(|e| format!("waiting for the start line: {e}"))?;
     let soak = Soak {
         target,
         denied: denied.to_owned(),

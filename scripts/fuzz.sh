@@ -10,7 +10,8 @@
 # changes. What the fuzzer finds goes to build/fuzz/corpus/<target>/ (not the repository), and
 # is reused by later runs on the same machine.
 #
-# Needs the nightly toolchain and cargo-fuzz (scripts/setup-host.sh installs both).
+# Needs the nightly toolchain and cargo-fuzz (make setup-test, i.e. scripts/setup-host.sh
+# --agents, installs both).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,6 +21,8 @@ readonly WORK=build/fuzz
 fuzz() { cargo "+$TOOLCHAIN" fuzz "$@"; }
 say() { printf 'fuzz: %s\n' "$*"; }
 
+fuzz --version >/dev/null 2>&1 \
+  || { say "cargo fuzz with the $TOOLCHAIN toolchain missing; run: make setup-test"; exit 1; }
 mapfile -t targets < <(fuzz list --fuzz-dir fuzz)
 [[ ${#targets[@]} -gt 0 ]] || { say "no targets in fuzz/"; exit 1; }
 parallel=$(nproc)

@@ -21,8 +21,8 @@ SANDBOX_DEBUG := target/debug/openshell-sandbox
 # CI sets it to 1 so that tests needing a kernel feature fail instead of skipping.
 export OPENSHELL_REQUIRE_KERNEL
 
-.PHONY: help setup setup-test check-host binaries image agent-image demo test test-unit test-manifests \
-	test-policies test-fuzz test-e2e clean clean-images
+.PHONY: help setup setup-test check-host binaries image agent-image demo test test-unit \
+	test-manifests test-policies test-fuzz test-e2e test-kernels clean clean-images
 
 help:
 	@echo 'make setup       install podman, runc, the musl target and the validation venv (root; idempotent)'
@@ -31,7 +31,8 @@ help:
 	@echo 'make demo        setup + image + agent image, then play the pod with podman and show'
 	@echo '                 an allowed request, a denied one and the supervisor'"'"'s deny log line'
 	@echo 'make test        cargo test --workspace, offline manifest and policy checks, podman end-to-end'
-	@echo '                 (stages: test-unit, test-manifests, test-policies, test-fuzz, test-e2e)'
+	@echo '                 (stages: test-unit, test-manifests, test-policies, test-fuzz, test-e2e,'
+	@echo '                 test-kernels)'
 	@echo 'make clean       remove build/ (not target/); make clean-images removes the images'
 
 setup:
@@ -49,8 +50,10 @@ check-host:
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) \
 		|| { echo 'make: Rust target $(MUSL_TARGET) missing; run: make setup' >&2; exit 1; }
 
+# ring (TLS for L7 inspection) compiles C and assembly: with musl-gcc for the static target.
 binaries:
-	cargo build --release --target $(MUSL_TARGET) -p openshell-sandbox -p openshell-copier
+	CC_x86_64_unknown_linux_musl=musl-gcc \
+		cargo build --release --target $(MUSL_TARGET) -p openshell-sandbox -p openshell-copier
 
 image: binaries
 	scripts/build-image.sh $(MUSL_BIN) $(IMAGE) $(VERSION) $(REVISION) $(SOURCE)
@@ -63,7 +66,7 @@ demo: setup image
 
 # Every stage runs even when an earlier one fails, so one run shows every failure; the
 # target fails at the end, naming the stages that did.
-TEST_STAGES := test-unit test-manifests test-policies test-fuzz test-e2e
+TEST_STAGES := test-unit test-manifests test-policies test-fuzz test-e2e test-kernels
 # From a fresh machine: the idempotent host setup first (about a second once done).
 test: setup-test
 	@failed=(); \
@@ -99,6 +102,11 @@ test-fuzz:
 
 test-e2e: check-host image
 	tests/e2e/pod.sh $(IMAGE) "$$(scripts/build-agent-image.sh)"
+
+# The kernel matrix: Debian 12's 6.1 kernel under QEMU, as shipped (Landlock ABI 2) and
+# without Landlock, running the escape, behaviour and view suites (tests/kernels/).
+test-kernels: binaries
+	tests/kernels/matrix.sh $(MUSL_BIN)/openshell-sandbox
 
 clean:
 	rm -rf build

@@ -36,24 +36,14 @@ tunnels=${TUNNELS:-1000}
 case ${1:-} in
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 esac
-((EUID == 0)) || { echo "bench/proxy.sh: run as root (namespaces, nginx)" >&2; exit 2; }
 ((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
-for tool in nginx curl ip nsenter python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "bench/proxy.sh: $tool not found" >&2; exit 2; }
-done
-
-# shellcheck source=bench/testhost.sh
-source "$repo/bench/testhost.sh"
-bench_binaries "$repo"
-dir=$(mktemp -d /tmp/proxy-bench.XXXXXX)
-chmod 755 "$dir"
-cleanup() {
-    testhost_down
-    if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-testhost_up "$dir" "pbench-$$"
-pod=$testhost_pod
+# shellcheck source-path=SCRIPTDIR
+source "$repo/bench/lab.sh"
+bench_needs bench/proxy.sh nginx curl ip nsenter python3 cargo
+bench_supervisor
+bench_lab proxy-bench
+bench_load_generator
+bench_nginx
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
 chmod a+r "$dir/www/bulk"
 cat >"$dir/policy.yaml" <<EOF

@@ -8,7 +8,7 @@
 # allow: 403), slow (the CONNECT head in four pieces over a second), and abandoned (closed
 # after connecting, after half a head, after a CONNECT without reading the answer, after
 # opening a tunnel; or silent past the header timeout). The test host is a network namespace
-# of its own (bench/testhost.sh); nothing leaves the machine.
+# of its own (bench/lab.sh); nothing leaves the machine.
 #
 # The supervisor's RSS and open file descriptors are sampled every 2 s. After a warm-up (the
 # first fifth), the median of the first fifth after it is compared with the median of the last
@@ -29,28 +29,21 @@ case ${1:-} in
     *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 2 ;;
 esac
 max=${MAX:-5000000}
-((EUID == 0)) || { echo "bench/soak.sh: run as root (namespaces, nginx)" >&2; exit 2; }
-for tool in nginx ip nsenter python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "bench/soak.sh: $tool not found" >&2; exit 2; }
-done
+# shellcheck source-path=SCRIPTDIR
+source "$repo/bench/lab.sh"
+bench_needs bench/soak.sh nginx ip nsenter python3 cargo
 # Each client holds a socket, and the supervisor two plus two pipes per connection.
 if (($(ulimit -n) < clients * 8)); then
     ulimit -n $((clients * 8)) 2>/dev/null \
         || { echo "bench/soak.sh: raise the open-files limit to $((clients * 8))" >&2; exit 2; }
 fi
-
-# shellcheck source=bench/testhost.sh
-source "$repo/bench/testhost.sh"
-bench_binaries "$repo"
-dir=$(mktemp -d /tmp/soak-bench.XXXXXX)
-chmod 755 "$dir"
-cleanup() {
-    if [[ -n ${supervisor_pid:-} ]]; then kill "$supervisor_pid" 2>/dev/null || true; fi
-    testhost_down
-    if [[ ${KEEP:-} == 1 ]]; then echo "kept $dir"; else rm -rf "$dir"; fi
-}
-trap cleanup EXIT
-testhost_up "$dir" "soak-$$"
+bench_supervisor
+bench_lab soak-bench
+# The supervisor is stopped too if the run ends early.
+trap 'if [[ -n ${supervisor_pid:-} ]]; then kill "$supervisor_pid" 2>/dev/null || true; fi
+bench_cleanup' EXIT
+bench_load_generator
+bench_nginx
 cat >"$dir/policy.yaml" <<EOF
 version: 1
 filesystem_policy:
@@ -69,7 +62,7 @@ echo "soak: $clients clients for ${seconds}s (at most $max requests); supervisor
 # clients start on a line on their stdin, a FIFO held open here.
 mkfifo "$dir/go"
 exec {go}<>"$dir/go"
-nsenter --net="/run/netns/$testhost_pod" env -i PATH=/usr/bin:/bin "$supervisor" \
+nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin "$supervisor" \
     --policy "$dir/policy.yaml" --workdir "$dir" --log-format json \
     --log-file "$dir/supervisor.log" --timeout $((seconds + 120)) -- \
     ./proxy-load soak 203.0.113.2:80 203.0.113.2:81 "$clients" "$seconds" "$max" 127.0.0.1:3128 \
@@ -79,7 +72,7 @@ sleep 0.5
 [[ $(readlink "/proc/$supervisor_pid/exe") == "$supervisor" ]] \
     || { echo "pid $supervisor_pid is not the supervisor" >&2; exit 1; }
 # The clients connect to the proxy over the sandbox's loopback, hundreds of new connections a
-# second for minutes: as bench/testhost.sh does for the pod's namespace, the sandbox's gets the
+# second for minutes: as bench/lab.sh does for the pod's namespace, the sandbox's gets the
 # whole port range and TIME_WAIT reuse, or the clients run out of ports (EADDRINUSE), which
 # would measure the harness, not the supervisor. Its init is the supervisor's child.
 init=$(cat /proc/"$supervisor_pid"/task/*/children | awk '{ print $1; exit }')

@@ -2,7 +2,8 @@
 # The demo's agent: run by busybox sh INSIDE the sandbox, as
 #   /bin/sh -c "$(cat demo-agent.sh)" agent ALLOWED DENIED
 # Shows who it is, then makes one request the policy allows and one it does not, both with
-# plain `wget` through the proxy the supervisor set in http_proxy.
+# plain `wget` through the proxy the supervisor set in http_proxy; then a POST to the allowed
+# server, which its read-only L7 rule refuses (the response's status line and JSON body).
 allowed="$1"
 denied="$2"
 
@@ -11,4 +12,8 @@ echo "agent: GET http://$allowed/  (the policy allows it)"
 timeout 10 wget -q -O- "http://$allowed/" 2>&1 | sed 's/^/agent:   /'
 echo "agent: GET http://$denied/  (the policy does not name it)"
 timeout 10 wget -q -O- "http://$denied/" 2>&1 | sed 's/^/agent:   /'
+echo "agent: POST http://$allowed/  (read-only: GET yes, POST no)"
+# busybox wget sends GET through a proxy even with --post-data: the POST is written by hand.
+printf 'POST http://%s/ HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi' \
+  "$allowed" "$allowed" | timeout 10 nc 127.0.0.1 3128 | sed -n '1p;$p' | sed 's/^/agent:   /'
 echo "agent: done"

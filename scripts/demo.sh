@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the shipped pod (deploy/kubernetes, in its podman variant) runs a tiny agent
 # under openshell-sandbox next to two web servers of its own, and shows an allowed request
-# succeeding, a denied one refused, and the supervisor's log line for the denial.
+# succeeding, a denied one refused, and the supervisor's log line for the denial; and an L7
+# rule (read-only access): a GET allowed, a POST to the same server refused with its log line.
 #
 #   scripts/demo.sh SUPERVISOR_IMAGE AGENT_IMAGE       (make demo builds both first)
 #
@@ -46,11 +47,11 @@ landlock:
 network_policies:
   demo_upstream:
     endpoints:
-      - { host: "$OSB_ALLOWED_IP", port: $OSB_PORT }
+      - { host: "$OSB_ALLOWED_IP", port: $OSB_PORT, protocol: rest, access: read-only }
     binaries:
       - { path: /bin/busybox }
 EOF
-step "2. The policy (ConfigMap openshell-policy): only $ALLOWED, only for /bin/busybox"
+step "2. The policy (ConfigMap openshell-policy): only $ALLOWED, only for /bin/busybox, read-only (L7)"
 sed 's/^/   /' "$WORK/policy.yaml"
 
 step "3. podman kube play: init container verifies and installs the supervisor, agent runs under it"
@@ -76,7 +77,13 @@ if [[ -n $deny_lines ]]; then
 else
   missing+=("the supervisor's deny log line")
 fi
+l7_lines="$(grep -E 'denied POST / by l7' "$WORK/agent.log" || true)"
+if [[ -n $l7_lines ]]; then
+  sed 's/^/   /' <<<"$l7_lines"
+else
+  missing+=("the L7 deny log line for the POST")
+fi
 if [[ ${#missing[@]} -gt 0 ]]; then
   osb_die "the demo did not show: ${missing[*]}"
 fi
-step "Done: allowed request served, denied request refused with 403 and logged. Cleaning up."
+step "Done: allowed requests served; denied ones (another host, a POST under read-only) refused with 403 and logged. Cleaning up."

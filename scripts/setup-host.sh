@@ -28,8 +28,11 @@ readonly CONTAINERS_CONF="/etc/containers/containers.conf"
 # Transparent egress tests (issue 10): real servers on the test host for clients that speak no
 # HTTP, reached through `protocol: tcp` endpoints: sshd (openssh-server; git over ssh) and
 # redis-server (with redis-cli, for upstream's redis fixture).
+# L7 (issue 9): musl-tools gives musl-gcc, which builds ring's C and assembly for the static
+# musl binaries (see supervisor/src/proxy/l7/tls.rs); python3-requests is a real client the
+# L7 tests run in the sandbox; git runs `git http-backend` on the test host.
 readonly APT_PACKAGES=(podman runc catatonit python3-venv libcap2-bin iproute2 curl wget
-  openssh-server redis-server)
+  openssh-server redis-server musl-tools python3-requests git)
 
 # nofile/nproc: root here lacks CAP_SYS_RESOURCE, so podman's default limits of 1048576
 # make every container fail in setrlimit; nproc must stay <= 32768. runtime: see runc above.
@@ -113,6 +116,45 @@ python_venv() {
   say "Python venv $VENV has $(grep -c '==' "$REQUIREMENTS") pinned validation packages"
 }
 
+# FSVIEW (issue 12): a WebAssembly runtime from PyPI for the runtime tests, installed as a
+# plain directory (pip --target) that Debian's /usr/bin/python3 imports: it maps memfds, which
+# must keep working in the sandbox, where vm.memfd_noexec=2 forbids executing them.
+readonly WASM_REQUIREMENTS="$REPO/scripts/requirements-wasm.txt"
+readonly WASM_DIR="${OPENSHELL_WASM_DIR:-$REPO/build/wasmtime}"
+wasm_runtime() {
+  local want
+  want="$(grep -Eo '^wasmtime==[0-9.]+' "$WASM_REQUIREMENTS")"
+  if [[ -f $WASM_DIR/.installed ]] && [[ $(cat "$WASM_DIR/.installed") == "$want" ]]; then
+    say "$want present in $WASM_DIR"
+    return
+  fi
+  say "installing $want into $WASM_DIR"
+  rm -rf "$WASM_DIR"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --target "$WASM_DIR" \
+    -r "$WASM_REQUIREMENTS"
+  printf '%s\n' "$want" >"$WASM_DIR/.installed"
+}
+
+# FSVIEW (issue 12): the kernel matrix (tests/kernels/) boots Debian's 6.1 kernel under QEMU
+# with an initramfs of static binaries (busybox's among them), packed with cpio. Without
+# recommends: QEMU's would add a desktop's worth of packages to every CI run.
+readonly KERNEL_MATRIX_PACKAGES=(qemu-system-x86 busybox-static cpio)
+kernel_matrix_packages() {
+  local missing=() pkg
+  for pkg in "${KERNEL_MATRIX_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$pkg")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    say "kernel matrix packages present: ${KERNEL_MATRIX_PACKAGES[*]}"
+    return
+  fi
+  say "installing the kernel matrix's packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 # The version an npm package installed under $AGENTS_PREFIX declares, or nothing.
 installed_version() {
   sed -n 's/^  "version": "\(.*\)",\{0,1\}$/\1/p' \
@@ -184,10 +226,12 @@ fuzz_tools() {
 }
 
 install_packages
+kernel_matrix_packages
 configure_podman
 check_podman
 add_musl_target
 python_venv
+wasm_runtime
 if $WITH_AGENTS; then
   install_agent_clis
   fuzz_tools

@@ -65,7 +65,17 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         grace: grace_period()?,
         proxy: proxy::Settings::from_env().map_err(anyhow::Error::msg)?,
     };
-    let prepared = sandbox::prepare(&policy, &kernel, &workdir, &args.command, &[])?;
+    let java_options = std::env::var("JAVA_TOOL_OPTIONS").ok();
+    let inspection = proxy::l7::prepare(&policy, java_options.as_deref())?;
+    let provided = inspection.as_ref().map_or(&[][..], |i| &i.files[..]);
+    let prepared = sandbox::prepare(
+        &policy,
+        &kernel,
+        &workdir,
+        &args.command,
+        provided,
+        inspection.as_ref(),
+    )?;
     let running = sandbox::spawn(prepared)?;
     let outcome = supervise::run(running, policy.network, options);
     report(&outcome);

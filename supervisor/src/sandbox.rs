@@ -107,14 +107,26 @@ pub struct Prepared {
 
 /// Prepares every layer for `command` (empty: the user's shell) under `policy`. `provided` are
 /// the files the supervisor gives the agent, placed read-only under `/run/openshell` in its
-/// view.
+/// view; `inspection` is the L7 engine and the variables that make the agent trust it, when
+/// the policy has L7 endpoints.
 pub fn prepare(
     policy: &Policy,
     kernel: &Kernel,
     workdir: &Path,
     command: &[OsString],
     provided: &[ProvidedFile],
+    inspection: Option<&proxy::l7::Prepared>,
 ) -> Result<Prepared, SandboxError> {
+    let transparent = transparent_plan(policy, kernel)?;
+    let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
+    // The kernel takes a while to make a network namespace: its thread works while the other
+    // layers are prepared here.
+    let ports = if transparent.is_some() {
+        namespaces::Ports::Unprivileged
+    } else {
+        namespaces::Ports::Privileged
+    };
+    let network = namespaces::start_network(ports, move || proxy::bind(transparent))?;
     let (workdir, workdir_opened) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
     let resolved = filesystem::resolve(&policy.filesystem)?;
@@ -130,7 +142,7 @@ pub fn prepare(
             skipped.join(", ")
         );
     }
-    let view = view::prepare(&resolved, &workdir_opened, provided)?;
+    let (view, view_workdir) = view::prepare(&resolved, &workdir_opened, provided)?;
     let enforcement = filesystem::decide(
         policy.compatibility,
         &resolved,
@@ -156,9 +168,13 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
-    let transparent = transparent_plan(policy, kernel)?;
-    let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
-    let env = environment(&account, &workdir);
+    let mut env = environment(&account, &workdir);
+    if let Some(inspection) = inspection {
+        for (key, value) in &inspection.environment {
+            env.retain(|(k, _)| k != key);
+            env.push((key.into(), value.into()));
+        }
+    }
     let argv: Vec<OsString> = if command.is_empty() {
         vec![login_shell(&account)]
     } else {
@@ -174,8 +190,11 @@ pub fn prepare(
         .iter()
         .map(|c| fstatat(workdir_opened.fd.as_fd(), c.as_path(), AtFlags::empty()).is_ok())
         .collect();
-    let (netns, bound) = namespaces::create_network(move || proxy::bind(transparent))?;
-    let proxy = bound.map_err(SandboxError::Proxy)?;
+    let (netns, bound) = network.finish()?;
+    let mut proxy = bound.map_err(SandboxError::Proxy)?;
+    if let Some(inspection) = inspection {
+        proxy.inspect_with(inspection.engine.clone());
+    }
     let agent = child::Plan {
         argv: CStringArray::new(
             argv.iter()
@@ -197,6 +216,8 @@ pub fn prepare(
             .map(|c| cstring(c.as_os_str(), "the command path"))
             .collect::<Result<_, _>>()?,
         exists_outside,
+        workdir: view_workdir,
+        go: None,
         account: account.clone(),
         caps: caps::prepare(),
         landlock,
@@ -366,6 +387,22 @@ fn owns_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
+/// The thread count once joined threads are gone: a joined thread wakes its joiner as it
+/// exits (the kernel clears its tid), a moment before the kernel stops counting it, and on a
+/// slow machine (an emulated CPU) that moment is seen. A thread still running after this
+/// wait (100 ms) is a real second thread.
+fn settled_thread_count() -> usize {
+    let mut threads = thread_count();
+    for _ in 0..100 {
+        if threads == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        threads = thread_count();
+    }
+    threads
+}
+
 fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -402,7 +439,7 @@ pub struct Running {
 /// Forks init. The process must be single-threaded: the child allocates and takes locks, which
 /// is only safe when no other thread could have held them at fork time.
 pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
-    let threads = thread_count();
+    let threads = settled_thread_count();
     if threads != 1 {
         return Err(SandboxError::Threads(threads));
     }

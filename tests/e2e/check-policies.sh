@@ -2,8 +2,9 @@
 # Every shipped policy (policies/*.yaml) loads and can be enforced on this machine:
 # `openshell-sandbox check` exits 0 for it, and no network rule of it is inert (a rule
 # without endpoints or binaries allows nothing, which in a shipped policy is a mistake).
-# Then two broken copies prove that the check can fail: an L7 field, which this build
-# refuses, and a rule without binaries.
+# The five L7 policies among upstream's examples (supervisor/tests/fixtures) pass too, and `check`
+# says their endpoints are enforced by default. Then two broken copies prove that the check
+# can fail: a protocol this build does not inspect, and a rule without binaries.
 #
 #   tests/e2e/check-policies.sh SANDBOX_BINARY       (make test-policies)
 set -euo pipefail
@@ -45,14 +46,39 @@ for policy in "$REPO"/policies/*.yaml; do
   result "$rc" "${policy#"$REPO"/} can be enforced as written"
 done
 
+echo "== upstream's L7 policies"
+FIXTURES="$REPO/supervisor/tests/fixtures/upstream-policies"
+if [[ -d $FIXTURES ]]; then
+  for name in governance-interceptor_policy local-inference_sandbox-policy \
+    openshell-prover_testdata_policy openshell-supervisor-network_testdata_sandbox-policy \
+    sandbox-policy-quickstart_policy; do
+    rc=0
+    # Two of them run as user "sandbox", which this machine's /etc/passwd lacks: the ids come
+    # from the environment then, as the Kubernetes driver sets them.
+    OPENSHELL_SANDBOX_UID=1000 OPENSHELL_SANDBOX_GID=1000 \
+      "$SANDBOX" check --policy "$FIXTURES/$name.yaml" --workdir /tmp >"$WORK/out" 2>&1 || rc=$?
+    # Each writes enforcement: enforce, so check has no default to point out.
+    if grep -q 'no enforcement written' "$WORK/out"; then rc=1; fi
+    result "$rc" "$name.yaml loads and can be enforced"
+  done
+else
+  echo "  skipped: $FIXTURES is not here (only on the project's machines)"
+fi
+printf 'version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - { host: api.example.com, port: 443, protocol: rest, access: read-only }\n    binaries: [{ path: /usr/bin/curl }]\n' \
+  >"$WORK/default-enforce.yaml"
+rc=0
+enforceable "$WORK/default-enforce.yaml" || rc=1
+grep -q 'no enforcement written, so its L7 rules are enforced (upstream would only audit)' "$WORK/out" || rc=1
+result "$rc" "check says an endpoint without enforcement is enforced"
+
 echo "== the check can fail"
-# An L7 inspection field in the first endpoint of the Claude Code policy.
-sed '0,/- { host: api.anthropic.com, port: 443 }/s//- { host: api.anthropic.com, port: 443, protocol: rest }/' \
+# A protocol this build does not inspect in the first endpoint of the Claude Code policy.
+sed '0,/- { host: api.anthropic.com, port: 443 }/s//- { host: api.anthropic.com, port: 443, protocol: graphql, access: full }/' \
   "$REPO/policies/claude-code.yaml" >"$WORK/l7.yaml"
 rc=0
 if enforceable "$WORK/l7.yaml"; then rc=1; fi
 grep -q 'is not supported' "$WORK/out" || rc=1
-result "$rc" "a policy with protocol: rest is refused as not supported"
+result "$rc" "a policy with protocol: graphql is refused as not supported"
 
 # A rule with its binaries removed.
 printf 'version: 1\nnetwork_policies:\n  orphan:\n    endpoints:\n      - { host: example.com, port: 443 }\n' \

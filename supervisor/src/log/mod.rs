@@ -75,6 +75,8 @@ pub enum Layer {
     Seccomp,
     /// A connection refused by the egress proxy.
     Proxy,
+    /// An HTTP request refused by L7 inspection.
+    L7,
     /// A direct connection of the agent (refused by the transparent path, or with no route
     /// out of the sandbox).
     Network,
@@ -88,6 +90,7 @@ impl Layer {
         match self {
             Layer::Seccomp => "seccomp",
             Layer::Proxy => "proxy",
+            Layer::L7 => "l7",
             Layer::Network => "network",
             Layer::Dns => "dns",
         }

@@ -112,16 +112,149 @@ pub struct EndpointFile {
     pub allowed_ips: Vec<Spanned<String>>,
     /// Inspection mode; absent means a plain TCP tunnel.
     pub protocol: Option<Spanned<String>>,
-    /// `skip` (we never terminate TLS) or `terminate`.
+    /// `skip`, or upstream's deprecated `terminate` / `passthrough` (both automatic).
     pub tls: Option<Spanned<String>>,
-    /// L7 enforcement mode.
-    pub enforcement: Option<Spanned<IgnoredAny>>,
-    /// L7 access preset.
-    pub access: Option<Spanned<IgnoredAny>>,
+    /// L7: `enforce` or `audit`.
+    pub enforcement: Option<Spanned<String>>,
+    /// L7: `read-only`, `read-write` or `full`.
+    pub access: Option<Spanned<String>>,
     /// L7 allow rules.
-    pub rules: Option<Spanned<IgnoredAny>>,
+    pub rules: Option<Spanned<Vec<Spanned<AllowRuleFile>>>>,
     /// L7 deny rules.
-    pub deny_rules: Option<Spanned<IgnoredAny>>,
+    pub deny_rules: Option<Spanned<Vec<Spanned<RequestMatchFile>>>>,
+    /// L7: the requests (by path glob) this endpoint's rules apply to.
+    pub path: Option<Spanned<String>>,
+    /// L7: whether `%2F` may appear in request paths.
+    pub allow_encoded_slash: Option<Spanned<bool>>,
+    // Features of later versions (credential rewriting, request signing, GraphQL, JSON-RPC,
+    // MCP): parsed only to be refused by name, never ignored.
+    /// Not supported by this version: refused by name.
+    pub credential_binding: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub websocket_credential_rewrite: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub request_body_credential_rewrite: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub allow_uninspected_credentials: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub credential_signing: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub signing_service: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub signing_region: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub persisted_queries: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub graphql_persisted_queries: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub graphql_max_body_bytes: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub json_rpc: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub mcp: Option<Spanned<IgnoredAny>>,
+}
+
+impl EndpointFile {
+    /// The fields of features this build does not have, by name, when present.
+    pub fn unsupported(&self) -> impl Iterator<Item = (&'static str, &Spanned<IgnoredAny>)> {
+        [
+            ("credential_binding", &self.credential_binding),
+            (
+                "websocket_credential_rewrite",
+                &self.websocket_credential_rewrite,
+            ),
+            (
+                "request_body_credential_rewrite",
+                &self.request_body_credential_rewrite,
+            ),
+            (
+                "allow_uninspected_credentials",
+                &self.allow_uninspected_credentials,
+            ),
+            ("credential_signing", &self.credential_signing),
+            ("signing_service", &self.signing_service),
+            ("signing_region", &self.signing_region),
+            ("persisted_queries", &self.persisted_queries),
+            ("graphql_persisted_queries", &self.graphql_persisted_queries),
+            ("graphql_max_body_bytes", &self.graphql_max_body_bytes),
+            ("json_rpc", &self.json_rpc),
+            ("mcp", &self.mcp),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+}
+
+/// One entry of `rules`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRuleFile {
+    /// What the rule allows.
+    pub allow: Spanned<RequestMatchFile>,
+}
+
+/// A request matcher (`rules[].allow`, `deny_rules[]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMatchFile {
+    /// HTTP method or `*`.
+    pub method: Option<Spanned<String>>,
+    /// Path glob.
+    pub path: Option<Spanned<String>>,
+    /// Query keys and the glob (or `{any: [globs]}`) every value must match.
+    pub query: Option<BTreeMap<String, Spanned<QueryMatcherFile>>>,
+    // Matchers of protocols this build does not inspect (SQL, GraphQL, MCP): refused by name.
+    /// Not supported by this version: refused by name.
+    pub command: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub operation_type: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub operation_name: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub fields: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub tool: Option<Spanned<IgnoredAny>>,
+    /// Not supported by this version: refused by name.
+    pub params: Option<Spanned<IgnoredAny>>,
+}
+
+impl RequestMatchFile {
+    /// The matchers of protocols this build does not inspect, by name, when present.
+    pub fn unsupported(&self) -> impl Iterator<Item = (&'static str, &Spanned<IgnoredAny>)> {
+        [
+            ("command", &self.command),
+            ("operation_type", &self.operation_type),
+            ("operation_name", &self.operation_name),
+            ("fields", &self.fields),
+            ("tool", &self.tool),
+            ("params", &self.params),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+}
+
+/// A query value matcher: a glob, or `{any: [globs]}` (upstream also accepts `{glob: g}`).
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a glob, {glob: GLOB} or {any: [GLOB, ...]}"
+)]
+pub enum QueryMatcherFile {
+    /// One glob.
+    Glob(String),
+    /// An object form.
+    Object(QueryObjectFile),
+}
+
+/// `{glob: ...}` or `{any: [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryObjectFile {
+    /// One glob.
+    pub glob: Option<String>,
+    /// Any of these globs.
+    pub any: Option<Vec<String>>,
 }
 
 /// One entry of a rule's `binaries`.

@@ -10,6 +10,7 @@ mod error;
 mod file;
 mod glob;
 mod host;
+pub mod l7;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use error::{PolicyError, PolicyOrigin, Position};
 pub use file::PolicyFile;
 pub use glob::PathGlob;
 pub use host::{HostPattern, Label, normalize as normalize_host};
+pub use l7::L7Endpoint;
 pub use validate::validate;
 
 /// Where `openshell-sandbox` looks for a policy when none is given.
@@ -107,6 +109,8 @@ pub struct Endpoint {
     pub ports: Vec<u16>,
     /// Private ranges this endpoint may resolve to.
     pub allowed_ips: Vec<Cidr>,
+    /// HTTP inspection (`protocol: rest`); `None`: a plain tunnel.
+    pub l7: Option<L7Endpoint>,
     /// Which egress paths may reach it.
     pub reach: Reach,
 }
@@ -182,7 +186,7 @@ pub fn parse(text: &str, origin: &PolicyOrigin) -> Result<PolicyFile, PolicyErro
     let mut field = String::new();
     let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
-            field = e.path().to_string();
+            field = without_spans(&e.path().to_string());
             e.into_inner()
         })
     });
@@ -197,6 +201,15 @@ pub fn parse(text: &str, origin: &PolicyOrigin) -> Result<PolicyFile, PolicyErro
         },
         message: yaml_message(&err),
     })
+}
+
+/// A field path without the `.value` steps that [`serde_saphyr::Spanned`] wrappers add
+/// (`network_policies.api.value.endpoints[0].value.port` is `...api.endpoints[0].port`).
+fn without_spans(path: &str) -> String {
+    path.replace(".value[", "[")
+        .replace(".value.", ".")
+        .trim_end_matches(".value")
+        .to_owned()
 }
 
 /// The YAML error's own words, without the position (which [`PolicyError`] prints itself).

@@ -1,5 +1,6 @@
 //! [`PolicyFile`] → [`Policy`]: every value checked, every error placed in the file.
 
+mod l7;
 mod transparent;
 
 use std::collections::BTreeSet;
@@ -54,7 +55,7 @@ pub fn validate(
         None => {
             notes.push(
                 "no filesystem_policy: using the built-in default's paths \
-                 (system directories read-only, /tmp and the workdir read-write)"
+                 (system directories read-only, the workdir read-write, /tmp private)"
                     .to_owned(),
             );
             builtin_filesystem(workdir, &mut notes)?
@@ -77,12 +78,32 @@ pub fn validate(
         ));
     }
     let (mut endpoints, mut binaries) = (0, 0);
+    let mut positions = Vec::new();
     for (key, rule) in rules {
+        positions.extend(rule.value.endpoints.iter().enumerate().map(|(i, e)| {
+            (
+                format!("network_policies.{key}.endpoints[{i}]"),
+                Position::of(&e.referenced),
+            )
+        }));
         let rule = v.rule(&key, rule, &mut notes)?;
         writable_binaries(&rule, &filesystem, &mut notes);
         endpoints += rule.endpoints.len();
         binaries += rule.binaries.len();
         network.push(rule);
+    }
+    let placed: Vec<_> = positions
+        .into_iter()
+        .zip(network.iter().flat_map(|r| &r.endpoints))
+        .map(|((field, position), endpoint)| (field, position, endpoint))
+        .collect();
+    if let Some((field, position, message)) = l7::conflicts(&placed) {
+        return Err(PolicyError::Invalid {
+            origin: v.origin,
+            position,
+            field,
+            message,
+        });
     }
     if endpoints > MAX_ENDPOINTS || binaries > MAX_BINARIES {
         return Err(v.plain(
@@ -260,6 +281,18 @@ impl Validator {
             );
         }
         let name = file.name.unwrap_or_else(|| key.to_owned());
+        for (i, e) in endpoints.iter_mut().enumerate() {
+            let Some(l7) = e.l7.as_mut() else { continue };
+            l7.policy = name.clone();
+            if !l7.enforcement_written {
+                notes.push(format!(
+                    "network rule {key:?} endpoint {i} ({}): no enforcement written, so its L7 \
+                     rules are enforced (upstream would only audit); write enforcement: audit \
+                     to log without blocking",
+                    e.host
+                ));
+            }
+        }
         if endpoints.is_empty() {
             notes.push(format!(
                 "network rule {key:?} lists no endpoints, so it allows nothing"
@@ -281,46 +314,11 @@ impl Validator {
     fn endpoint(&self, raw: &Spanned<EndpointFile>, base: &str) -> Result<Endpoint, PolicyError> {
         let e = &raw.value;
         let reach = self.reach(raw, base)?;
-        if let Some(protocol) = e.protocol.as_ref().filter(|_| reach == Reach::Any) {
-            return Err(self.err(
-                protocol,
-                format!("{base}.protocol"),
-                format!(
-                    "protocol {:?} (L7 inspection) is not supported by this version of \
-                     openshell-sandbox, which enforces host, port and binary only; refusing \
-                     rather than allowing more than the policy says",
-                    protocol.value
-                ),
-            ));
-        }
-        if let Some(tls) = &e.tls
-            && tls.value != "skip"
-        {
-            return Err(self.err(
-                tls,
-                format!("{base}.tls"),
-                format!(
-                    "tls {:?} is not supported by this version of openshell-sandbox; \
-                     only \"skip\" (the proxy never terminates TLS)",
-                    tls.value
-                ),
-            ));
-        }
-        for (name, value) in [
-            ("enforcement", &e.enforcement),
-            ("access", &e.access),
-            ("rules", &e.rules),
-            ("deny_rules", &e.deny_rules),
-        ] {
-            if let Some(value) = value {
-                return Err(self.err(
-                    value,
-                    format!("{base}.{name}"),
-                    "is an L7 inspection setting, which this version of openshell-sandbox \
-                     does not enforce; refusing rather than ignoring it",
-                ));
-            }
-        }
+        // A protocol: tcp endpoint is never inspected; every other one may be.
+        let l7 = match reach {
+            Reach::Transparent => None,
+            Reach::Any => self.l7(raw, base)?,
+        };
         let host = HostPattern::parse(&e.host.value)
             .map_err(|m| self.err(&e.host, format!("{base}.host"), m))?;
         let mut ports = Vec::new();
@@ -351,6 +349,7 @@ impl Validator {
             host,
             ports,
             allowed_ips,
+            l7,
             reach,
         })
     }

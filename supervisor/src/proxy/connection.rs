@@ -15,9 +15,10 @@ use super::caller::{CallerError, Identifier, PinError};
 use super::decision::{self, Decision, Process, Via};
 use super::dial::{self, DialFailure};
 use super::http::{self, Body, Chunked, HttpError, Request, Target};
+use super::l7;
 use super::relay::{self, Activity, Pipe};
 use crate::log::{self, Denial, Layer, RateLimit};
-use crate::policy::NetworkRule;
+use crate::policy::{L7Endpoint, NetworkRule};
 use crate::workers;
 
 /// Largest request or response head accepted.
@@ -38,10 +39,17 @@ pub struct Shared {
     pub permits: Arc<Semaphore>,
     /// Splice pipes for reuse.
     pub pipes: relay::PipePool,
+    /// L7 inspection, when the policy has L7 endpoints.
+    pub l7: Option<Arc<l7::Engine>>,
 }
 
 /// Serves one client connection until it closes, is denied, or goes idle.
-pub async fn serve(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+pub async fn serve(
+    shared: &Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
     let _ = client.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
@@ -53,8 +61,8 @@ pub async fn serve(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, lo
                 return;
             }
         };
-        buf.drain(..request.head_len);
-        let keep_alive = match exchange(shared, &client, peer, local, &request, &mut buf).await {
+        let keep_alive = match exchange(shared, &mut client, peer, local, &request, &mut buf).await
+        {
             Ok(keep_alive) => keep_alive,
             Err(Refusal(response)) => {
                 let _ = write_all(&client, &response).await;
@@ -119,10 +127,11 @@ fn bad_request(e: &HttpError) -> Vec<u8> {
     http::error_response(400, "bad_request", "", &e.to_string())
 }
 
-/// Decides, dials and relays one request. Returns whether the client connection stays open.
+/// Decides, dials and relays one request, whose head is at the start of `buf`. Returns
+/// whether the client connection stays open.
 async fn exchange(
     shared: &Arc<Shared>,
-    client: &TcpStream,
+    client: &mut TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     request: &Request,
@@ -184,6 +193,40 @@ async fn exchange(
             Err(e) => return Err(denied(&callers, "binary_changed", &e.to_string())),
         }
     }
+    let inspected: Vec<&L7Endpoint> = endpoints.iter().filter_map(|e| e.l7.as_ref()).collect();
+    if !inspected.is_empty() {
+        let Some(engine) = shared.l7.as_deref() else {
+            // Prepared whenever the policy has L7 endpoints; never a plain tunnel instead.
+            return Err(denied(
+                &callers,
+                "policy_denied",
+                "L7 inspection is unavailable",
+            ));
+        };
+        let session = l7::Session {
+            host: host.to_owned(),
+            port,
+            caller: callers.first().and_then(|c| c.first()).cloned(),
+            policy: &rule.name,
+            l7: inspected,
+            endpoints,
+        };
+        tracing::debug!(layer = "proxy", what = %what, rule = %rule.name, "inspecting {what}");
+        return Ok(match &request.target {
+            Target::Connect { .. } => {
+                buf.drain(..request.head_len);
+                let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+                if write_all(client, established).await.is_ok() {
+                    l7::serve_tunnel(shared, engine, &session, client, std::mem::take(buf)).await;
+                }
+                false
+            }
+            Target::Forward { .. } => {
+                l7::serve_forward(shared, engine, &session, client, buf).await
+            }
+        });
+    }
+    buf.drain(..request.head_len);
     // Both splice pipes exist before the client hears anything: out of file descriptors is a
     // 503 now, not a "200 Connection Established" for a tunnel that then dies.
     let pipes = match (shared.pipes.take(), shared.pipes.take()) {

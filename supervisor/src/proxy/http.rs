@@ -9,10 +9,10 @@
 use std::fmt::Write as _;
 
 /// Most headers accepted in one head.
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus the proxy's own.
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "proxy-connection",
     "keep-alive",
@@ -107,7 +107,10 @@ pub struct Response {
     pub head_len: usize,
 }
 
-fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> impl Iterator<Item = &'h [u8]> {
+pub(crate) fn header<'h>(
+    headers: &'h [(String, Vec<u8>)],
+    name: &str,
+) -> impl Iterator<Item = &'h [u8]> {
     headers
         .iter()
         .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
@@ -115,7 +118,7 @@ fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> impl Iterator<Ite
 }
 
 /// Comma-separated tokens of every `name` header, lower-cased.
-fn tokens(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
+pub(crate) fn tokens(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
     header(headers, name)
         .flat_map(|v| v.split(|&b| b == b','))
         .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
@@ -123,7 +126,7 @@ fn tokens(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
         .collect()
 }
 
-fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
     headers
         .iter()
         .map(|h| (h.name.to_owned(), h.value.to_owned()))
@@ -187,7 +190,7 @@ fn forward_target(raw: &str) -> Result<Target, HttpError> {
 }
 
 /// Splits `host:port` (IPv6 in brackets); `default` applies when the port is absent.
-fn authority(raw: &str, default: Option<u16>) -> Result<(String, u16), HttpError> {
+pub(crate) fn authority(raw: &str, default: Option<u16>) -> Result<(String, u16), HttpError> {
     let bad = || HttpError::Malformed(format!("{raw:?} is not host:port"));
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad)?;
@@ -233,7 +236,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, HttpError> {
 
 /// Content-Length / Transfer-Encoding to a [`Body`]. `request` selects the RFC 9112 rule for
 /// a missing length (none for requests, until-close for responses).
-fn framing(headers: &[(String, Vec<u8>)], request: bool) -> Result<Body, HttpError> {
+pub(crate) fn framing(headers: &[(String, Vec<u8>)], request: bool) -> Result<Body, HttpError> {
     let encodings = tokens(headers, "transfer-encoding");
     let lengths: Vec<&[u8]> = header(headers, "content-length").collect();
     if !encodings.is_empty() {
@@ -339,6 +342,35 @@ impl Response {
     /// The head to send to the client, hop-by-hop headers dropped and the client's
     /// connection declared kept alive or closed.
     pub fn client_head(&self, keep_alive: bool) -> Vec<u8> {
+        let mut bytes = self.head_without_hop_by_hop();
+        if !self.is_interim() {
+            let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+            bytes.extend_from_slice(b"Connection: ");
+            bytes.extend_from_slice(connection);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"\r\n");
+        bytes
+    }
+
+    /// The head of a `101 Switching Protocols` to a websocket upgrade, for the client: the
+    /// upgrade itself kept, other hop-by-hop headers dropped.
+    pub fn switching_head(&self) -> Vec<u8> {
+        let mut bytes = self.head_without_hop_by_hop();
+        bytes.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        bytes
+    }
+
+    /// Whether the server keeps the connection open after this response.
+    pub fn keep_alive(&self) -> bool {
+        let connection = tokens(&self.headers, "connection");
+        match self.minor {
+            0 => connection.iter().any(|c| c == "keep-alive"),
+            _ => !connection.iter().any(|c| c == "close"),
+        }
+    }
+
+    fn head_without_hop_by_hop(&self) -> Vec<u8> {
         let mut bytes =
             format!("HTTP/1.{} {} {}\r\n", self.minor, self.status, self.reason).into_bytes();
         let dropped = tokens(&self.headers, "connection");
@@ -352,13 +384,6 @@ impl Response {
             bytes.extend_from_slice(value);
             bytes.extend_from_slice(b"\r\n");
         }
-        if !self.is_interim() {
-            let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
-            bytes.extend_from_slice(b"Connection: ");
-            bytes.extend_from_slice(connection);
-            bytes.extend_from_slice(b"\r\n");
-        }
-        bytes.extend_from_slice(b"\r\n");
         bytes
     }
 }

@@ -14,6 +14,7 @@ pub mod decision;
 pub mod dial;
 pub mod dns;
 pub mod http;
+pub mod l7;
 mod listener;
 pub mod relay;
 pub mod ssrf;
@@ -82,6 +83,14 @@ pub struct Bound {
     listeners: Vec<std::net::TcpListener>,
     diag: OwnedFd,
     transparent: Option<transparent::Bound>,
+    l7: Option<Arc<l7::Engine>>,
+}
+
+impl Bound {
+    /// Inspects connections to L7 endpoints with `engine`.
+    pub fn inspect_with(&mut self, engine: Arc<l7::Engine>) {
+        self.l7 = Some(engine);
+    }
 }
 
 /// Binds the listeners and opens the `sock_diag` socket, and with `transparent` the policy
@@ -109,6 +118,7 @@ pub fn bind(transparent: Option<transparent::Plan>) -> io::Result<Bound> {
         listeners,
         diag: caller::sock_diag::diag_socket()?,
         transparent,
+        l7: None,
     })
 }
 
@@ -146,6 +156,7 @@ pub fn start(
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         pipes: relay::PipePool::default(),
+        l7: bound.l7,
     });
     let listeners = bound
         .listeners

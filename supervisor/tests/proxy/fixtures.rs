@@ -1,7 +1,7 @@
 //! Upstream OpenShell's own policy files (tests/fixtures/upstream-policies, unchanged) behave
-//! as upstream documents them: the plain L4 ones load and allow nothing beyond what they say;
-//! the ones using L7 inspection are refused at load, before the agent runs. (The `protocol:
-//! tcp` one is served: tcp_endpoints.rs.)
+//! as upstream documents them: the plain L4 ones load and allow nothing beyond what they say.
+//! (The `protocol: tcp` one is served: tcp_endpoints.rs; the quickstart's L7 rule:
+//! l7_clients.rs.)
 
 use std::path::PathBuf;
 
@@ -98,50 +98,4 @@ fn plain_upstream_policies_load_and_allow_nothing_else() {
         2,
         "the control's connection and request only"
     );
-}
-
-/// L7 fixtures: where the first unsupported field is (file:line:column: field).
-const REFUSED: &[(&str, &str)] = &[
-    (
-        "governance-interceptor_policy.yaml",
-        "20:19: network_policies.my_api.endpoints[0].protocol",
-    ),
-    (
-        "local-inference_sandbox-policy.yaml",
-        "42:19: network_policies.nvidia_direct.endpoints[0].protocol",
-    ),
-    (
-        "openshell-prover_testdata_policy.yaml",
-        "38:19: network_policies.github_api.endpoints[0].protocol",
-    ),
-    (
-        "openshell-supervisor-network_testdata_sandbox-policy.yaml",
-        "47:19: network_policies.github_ssh_over_https.endpoints[0].protocol",
-    ),
-    (
-        "sandbox-policy-quickstart_policy.yaml",
-        "25:19: network_policies.github_api.endpoints[0].protocol",
-    ),
-];
-
-#[test]
-fn l7_upstream_policies_are_refused_at_load() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    for (name, location) in REFUSED {
-        let path = fixture(name);
-        let run = lab.sandbox(&path).agent(&FETCH);
-        assert_eq!(run.code, 125, "{name}: {run}");
-        assert!(run.stdout.is_empty(), "the agent ran: {run}");
-        let errors: Vec<&Value> = run.log.iter().filter(|l| l["level"] == "ERROR").collect();
-        let expected = format!("{}:{location}: ", path.display());
-        assert!(
-            errors.len() == 1
-                && errors[0]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(&expected) && m.contains("not supported")),
-            "{name}: one error line starting {expected:?} and saying \"not supported\": {run}"
-        );
-    }
-    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
 }

@@ -10,6 +10,8 @@ mod clients_direct;
 mod decisions;
 mod fixtures;
 mod identity;
+mod l7;
+mod l7_clients;
 mod load;
 mod support;
 mod tcp_endpoints;

@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::Validator;
 use crate::policy::file::EndpointFile;
-use crate::policy::{HostPattern, PolicyError, Reach};
+use crate::policy::{HostPattern, PolicyError, Position, Reach};
 
 impl Validator {
     /// The paths the endpoint `raw` may be reached through.
@@ -25,19 +25,21 @@ impl Validator {
         if !protocol.value.eq_ignore_ascii_case("tcp") {
             return Ok(Reach::Any);
         }
-        for (name, value) in [
-            ("enforcement", &e.enforcement),
-            ("access", &e.access),
-            ("rules", &e.rules),
-            ("deny_rules", &e.deny_rules),
+        for (name, at) in [
+            ("enforcement", e.enforcement.as_ref().map(|v| &v.referenced)),
+            ("access", e.access.as_ref().map(|v| &v.referenced)),
+            ("rules", e.rules.as_ref().map(|v| &v.referenced)),
+            ("deny_rules", e.deny_rules.as_ref().map(|v| &v.referenced)),
         ] {
-            if let Some(value) = value {
-                return Err(self.err(
-                    value,
-                    format!("{base}.{name}"),
-                    "is an L7 setting, and a protocol: tcp endpoint is never inspected; \
-                     remove it, or use protocol: rest",
-                ));
+            if let Some(at) = at {
+                return Err(PolicyError::Invalid {
+                    origin: self.origin.clone(),
+                    position: Position::of(at),
+                    field: format!("{base}.{name}"),
+                    message: "is an L7 setting, and a protocol: tcp endpoint is never \
+                              inspected; remove it, or use protocol: rest"
+                        .to_owned(),
+                });
             }
         }
         if let Ok(HostPattern::Ip(ip)) = HostPattern::parse(&e.host.value) {

@@ -496,6 +496,18 @@ impl Transparent {
         if let Err(reason) = ssrf::permit(to.ip(), &endpoints) {
             return self.deny(notice, &chain, to, &names, &reason);
         }
+        // An inspected (L7) endpoint is reached through the proxy, whose L7 engine decides
+        // each request; a direct connection handed out here would carry requests nobody
+        // checks. Refused until this path hands such connections to the engine
+        // (`proxy::l7::serve_tunnel`).
+        if endpoints.iter().any(|e| e.l7.is_some()) {
+            let why = format!(
+                "{host}:{} is an inspected (protocol: rest) endpoint of rule {rule}: it is \
+                 reached through the proxy (HTTPS_PROXY), not by a direct connection",
+                to.port()
+            );
+            return self.deny(notice, &chain, to, &names, &why);
+        }
         let hashed = matched
             .iter()
             .all(|p| self.shared.identifier.pins.is_hashed(p.pid));

@@ -3,6 +3,7 @@
 //! the hosts file), and the supervisor run inside the pod with that hosts file.
 
 pub mod dns;
+pub mod echo;
 pub mod net;
 pub mod upstream;
 
@@ -29,11 +30,14 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The client script run inside the sandbox.
 const AGENT_PY: &str = include_str!("agent.py");
+/// The raw HTTP client of the L7 tests.
+const L7AGENT_PY: &str = include_str!("l7agent.py");
 
 /// Names the proxy resolves from the hosts file bind-mounted over the supervisor's /etc/hosts.
 const HOSTS: &str = "\
 127.0.0.1 localhost loop.test.example
 203.0.113.2 test.example api.test.example a.b.test.example other.example nottest.example
+203.0.113.2 git.test.example api.github.com
 203.0.113.2 api.anthropic.com
 10.20.0.2 private.test.example db.test.example
 169.254.169.254 metadata.test.example
@@ -127,6 +131,7 @@ impl Lab {
             .expect("chmod scratch");
         let lab = Lab { net, dir };
         lab.write("agent.py", AGENT_PY);
+        lab.write("l7agent.py", L7AGENT_PY);
         lab.write("hosts", HOSTS);
         // The pod's resolver: the test host's nameserver, with a Kubernetes-like search list.
         lab.write(
@@ -174,6 +179,19 @@ impl Lab {
             &ports.iter().map(|p| any(*p)).collect::<Vec<_>>(),
             &[],
         )
+    }
+
+    /// The L7 test host (see [`echo`]) on the test host's addresses; its CA is written to
+    /// `upstream-ca.pem` for `OPENSHELL_UPSTREAM_CA_FILE`.
+    pub fn echo(
+        &self,
+        identity: &echo::Identity,
+        tls_ports: &[u16],
+        plain_ports: &[u16],
+        git: Option<echo::GitRoot>,
+    ) -> echo::EchoHost {
+        self.write("upstream-ca.pem", &identity.ca_pem);
+        echo::EchoHost::start(&self.net, identity, tls_ports, plain_ports, git)
     }
 
     /// A supervisor run under `policy`, to configure and start.

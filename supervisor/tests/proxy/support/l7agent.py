@@ -1,0 +1,206 @@
+"""The agent's side of the L7 tests: raw HTTP/1.1 over CONNECT tunnels (TLS or not), byte for
+byte, so that the tests control exactly what reaches the proxy (pipelining, smuggling shapes,
+a forged SNI, a websocket, a stream with an idle gap). Prints one JSON document.
+
+The TLS here does not verify the proxy's certificate on purpose: these tests are about what
+the proxy does with requests; trusting its CA through the environment alone is what the
+real-client tests check.
+
+Usage: l7agent.py COMMAND JSON
+"""
+
+import json
+import socket
+import ssl
+import sys
+import time
+
+PROXY = ("127.0.0.1", 3128)
+
+
+def tunnel(host, port, tls, sni=None, alpn=None, timeout=15):
+    sock = socket.create_connection(PROXY, timeout=timeout)
+    target = f"{host}:{port}"
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError(f"proxy closed during CONNECT: {head!r}")
+        head += chunk
+    status = int(head.split(b" ", 2)[1])
+    if status != 200:
+        raise ConnectionError(f"CONNECT answered {status}")
+    if not tls:
+        return sock
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context.wrap_socket(sock, server_hostname=sni or host)
+
+
+def read_response(sock, buf):
+    """One response; returns (response or None, rest). Handles Content-Length, chunked and
+    bodies that end with the connection."""
+    while b"\r\n\r\n" not in buf:
+        chunk = recv(sock)
+        if not chunk:
+            return None, buf
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if 100 <= status < 200 and status != 101:
+        response, rest = read_response(sock, rest)
+        if response is not None:
+            response.setdefault("interim", []).insert(0, status)
+        return response, rest
+    body = b""
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        while len(rest) < length:
+            chunk = recv(sock)
+            if not chunk:
+                break
+            rest += chunk
+        body, rest = rest[:length], rest[length:]
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            while b"\r\n" not in rest:
+                rest += recv(sock)
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                rest += recv(sock)
+            body += rest[:size]
+            rest = rest[size + 2 :]
+            if size == 0:
+                break
+    elif status != 101 and status != 204 and status != 304:
+        while True:
+            chunk = recv(sock)
+            if not chunk:
+                break
+            body += chunk
+        rest = b""
+    result = {"status": status, "headers": headers, "body": body.decode("utf-8", "replace")}
+    if headers.get("content-type") == "application/json" and body:
+        result["json"] = json.loads(body)
+    return result, rest
+
+
+def recv(sock):
+    try:
+        return sock.recv(65536)
+    except (ConnectionResetError, ssl.SSLError, socket.timeout):
+        return b""
+
+
+def closed(sock):
+    sock.settimeout(0.3)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    except (ConnectionResetError, ssl.SSLError, OSError):
+        return True
+
+
+def session(spec):
+    """spec: {host, port, tls, sni?, alpn?, requests: [raw request text], pipeline: bool}.
+    Sends the requests on one connection (all at once when pipelined, else one after the
+    other) and reports every response and whether the proxy closed the connection."""
+    try:
+        sock = tunnel(spec["host"], spec["port"], spec.get("tls", True), spec.get("sni"), spec.get("alpn"))
+    except (OSError, ssl.SSLError, ConnectionError) as e:
+        return {"error": repr(e), "responses": []}
+    result = {"responses": [], "alpn": getattr(sock, "selected_alpn_protocol", lambda: None)()}
+    requests = [r.encode("latin-1") for r in spec["requests"]]
+    buf = b""
+    try:
+        if spec.get("pipeline"):
+            sock.sendall(b"".join(requests))
+            for _ in requests:
+                response, buf = read_response(sock, buf)
+                if response is None:
+                    break
+                result["responses"].append(response)
+        else:
+            for request in requests:
+                sock.sendall(request)
+                response, buf = read_response(sock, buf)
+                if response is None:
+                    break
+                result["responses"].append(response)
+    except (OSError, ssl.SSLError) as e:
+        result["error"] = repr(e)
+    result["closed"] = closed(sock)
+    sock.close()
+    return result
+
+
+def sessions(specs):
+    return [session(s) for s in specs]
+
+
+def websocket(spec):
+    """Upgrades, sends a masked text frame, reads the bytes that come back (the test host
+    echoes them)."""
+    sock = tunnel(spec["host"], spec["port"], spec.get("tls", True))
+    sock.sendall(
+        (
+            f"GET {spec['path']} HTTP/1.1\r\nHost: {spec['host']}:{spec['port']}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ).encode()
+    )
+    response, rest = read_response(sock, b"")
+    if response is None or response["status"] != 101:
+        return {"upgrade": response}
+    mask = b"\x01\x02\x03\x04"
+    payload = b"hello frames"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(frame)
+    echoed = rest
+    while len(echoed) < len(frame):
+        chunk = recv(sock)
+        if not chunk:
+            break
+        echoed += chunk
+    sock.close()
+    return {"upgrade": response, "echoed": echoed == frame}
+
+
+def stream(spec):
+    """GETs spec['path'] (an event stream) and reports each event with the time it arrived,
+    relative to the request."""
+    sock = tunnel(spec["host"], spec["port"], spec.get("tls", True))
+    started = time.monotonic()
+    sock.sendall(f"GET {spec['path']} HTTP/1.1\r\nHost: {spec['host']}:{spec['port']}\r\n\r\n".encode())
+    data = b""
+    events = []
+    sock.settimeout(30)
+    while True:
+        chunk = recv(sock)
+        if not chunk:
+            break
+        data += chunk
+        for n in (b"data: 1", b"data: 2"):
+            if n in data and n.decode() not in [e["event"] for e in events]:
+                events.append({"event": n.decode(), "seconds": time.monotonic() - started})
+        if len(events) == 2 and (data.endswith(b"0\r\n\r\n") or b"chunked" not in data.lower()):
+            break
+    sock.close()
+    return {"events": events, "head": data.split(b"\r\n\r\n")[0].decode("latin-1")}
+
+
+COMMANDS = {"sessions": sessions, "websocket": websocket, "stream": stream}
+
+if __name__ == "__main__":
+    print(json.dumps(COMMANDS[sys.argv[1]](json.loads(sys.argv[2]))))

@@ -95,7 +95,7 @@ test-manifests: $(SANDBOX_DEBUG)
 test-policies: $(SANDBOX_DEBUG)
 	tests/e2e/check-policies.sh $(SANDBOX_DEBUG)
 
-# Every fuzz target (policy loader, proxy request heads, copier manifest) from the seeds in
+# Every fuzz target (policy loader, proxy and L7 request heads, DNS wire format, copier manifest)
 # fuzz/seeds, two at a time for 60 s in all; any crash fails. Build included, under 3 minutes.
 test-fuzz:
 	scripts/fuzz.sh

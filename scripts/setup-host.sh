@@ -5,7 +5,8 @@
 #   - the Rust musl target, for the static binaries the FROM-scratch image ships;
 #   - a Python venv (build/venv) with the pinned manifest-validation tools;
 #   - with --agents (what `make test` asks for): the agent CLIs the agent suite runs (Claude
-#     Code, Codex, Gemini CLI), pinned, from the npm registry (about 270 MB to download).
+#     Code, Codex, Gemini CLI), pinned, from the npm registry (about 270 MB to download), and
+#     the nightly Rust toolchain and cargo-fuzz for the fuzzing stage (make test-fuzz).
 # Idempotent: every step first checks whether it is already done, so running it again costs
 # a few seconds and changes nothing. CI (.ci/run) calls it before `make test`.
 set -euo pipefail
@@ -204,6 +205,26 @@ check_podman() {
   say "podman $(podman version --format '{{.Client.Version}}') uses runc"
 }
 
+# Fuzzing (scripts/fuzz.sh): cargo fuzz needs a nightly toolchain (libFuzzer's coverage
+# instrumentation). The toolchain is whatever nightly rustup has (kept once installed);
+# cargo-fuzz is pinned and built from crates.io, once.
+readonly FUZZ_TOOLCHAIN="nightly"
+readonly CARGO_FUZZ_VERSION="0.13.2"
+fuzz_tools() {
+  if rustup toolchain list | grep -q "^$FUZZ_TOOLCHAIN-"; then
+    say "Rust toolchain $FUZZ_TOOLCHAIN present"
+  else
+    say "installing the Rust toolchain $FUZZ_TOOLCHAIN (for cargo fuzz)"
+    rustup toolchain install "$FUZZ_TOOLCHAIN" --profile minimal
+  fi
+  if cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+    say "cargo-fuzz $CARGO_FUZZ_VERSION present"
+  else
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes)"
+    cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+  fi
+}
+
 install_packages
 kernel_matrix_packages
 configure_podman
@@ -213,5 +234,6 @@ python_venv
 wasm_runtime
 if $WITH_AGENTS; then
   install_agent_clis
+  fuzz_tools
 fi
 say "done"

@@ -50,6 +50,7 @@ Environment:
   OPENSHELL_POLICY            policy file (same as --policy)
   OPENSHELL_SANDBOX_UID/GID   the agent's uid/gid, overriding the policy
   OPENSHELL_GRACE_PERIOD      seconds between SIGTERM and SIGKILL (default 10)
+  OPENSHELL_LOG_FILE          log file (same as --log-file)
   OPENSHELL_* variables configure the supervisor and are not passed to the agent.
 
 Example:
@@ -116,6 +117,10 @@ pub struct LogArgs {
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
+    /// Append the supervisor's log lines to FILE instead of stderr: they stay off an
+    /// interactive agent's terminal, and the agent cannot write into them.
+    #[arg(long, env = "OPENSHELL_LOG_FILE", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Running an agent.

@@ -67,6 +67,13 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
         channel.failed("blocking signals in init", e);
         exit(SETUP_FAILED);
     }
+    // Every thread the supervisor will ever have exists before the agent can, and init is the
+    // OOM killer's first choice, which the agent inherits at the fork: an agent that forks up
+    // to the pod's pids limit must find the threads already there (workers.rs), and one that
+    // exhausts its memory must be the one killed (oom.rs).
+    if channel.wait_for_go().is_err() {
+        exit(SETUP_FAILED);
+    }
     // The agent's process sets itself up while init finishes the view; it runs the agent only
     // once init has written to this pipe.
     let (go_read, go_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {

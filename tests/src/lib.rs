@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 pub mod caps;
+pub mod cgroup;
 pub mod fake_api;
 pub mod run;
 pub mod scratch;

@@ -1,36 +1,63 @@
-//! Logging: `tracing` to stderr, as text or one JSON object per line.
+//! Logging: `tracing` events, as one readable text line or one JSON object per event, written
+//! by a thread of their own so that no log line can stop supervision (see [`sink`]).
 //!
 //! Every denial the supervisor can see goes through [`denied`], so that all of them carry the
-//! same fields whichever layer refused: `layer` (seccomp, proxy, network, landlock), `pid` and
-//! `exe` of the process that tried, `what` it tried and `why` it was refused (the rule).
+//! same fields whichever layer refused: `layer` (seccomp, proxy, network), `pid` and `exe` of
+//! the process that tried, `what` it tried and `why` it was refused (the rule). Denials a
+//! [`RateLimit`] holds back are counted and summarised (`denials_suppressed`), and lines the
+//! queue could not take are counted and reported (`log_lines_dropped`): the denial lines plus
+//! both counts add up to every refusal made.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+mod limit;
+pub mod sink;
+mod text;
+
+use std::path::Path;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
+
+pub use limit::{RateLimit, flush_summaries};
+pub use sink::{DRAIN_TIMEOUT, finish, start_writer};
+
+/// The `tracing` target of denial events (a child of this module's own target, so that a
+/// filter naming the module still covers it). The queue counts dropped denials by it.
+pub const DENIAL_TARGET: &str = "openshell_sandbox::log::denied";
+/// The `tracing` target of the log's own accounting lines (suppressed and dropped counts),
+/// which the queue never drops: they are what makes the other counts add up.
+pub const ACCOUNTING_TARGET: &str = "openshell_sandbox::log::accounting";
 
 /// Output format of the supervisor's own log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Human-readable lines.
+    /// One human-readable line per event: time, level, message, then only the fields the
+    /// message does not already say.
     Text,
     /// One JSON object per line.
     Json,
 }
 
-/// Installs the global subscriber. `level` is a tracing filter (`info`, `debug`,
-/// `openshell_sandbox::proxy=trace`...); an invalid one is reported by the caller.
-pub fn init(format: Format, level: &str) -> Result<(), String> {
+/// Installs the global subscriber writing to `file`, or to the supervisor's stderr when
+/// `None`. `level` is a tracing filter (`info`, `debug`, `openshell_sandbox::proxy=trace`...).
+/// Lines are queued until [`start_writer`] starts the thread that writes them (or [`finish`]
+/// writes them itself).
+pub fn init(format: Format, level: &str, file: Option<&Path>) -> Result<(), String> {
     let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
-    // A failed write (stderr closed, or EIO once the agent owns the terminal) must not make
-    // the logger report it with eprintln!, which panics on the same failure.
+    let destination = match file {
+        Some(path) => sink::Destination::open_file(path)
+            .map_err(|e| format!("--log-file {}: {e}", path.display()))?,
+        None => sink::Destination::stderr()
+            .map_err(|e| format!("cannot open stderr for the log: {e}"))?,
+    };
+    let writer = sink::install(destination).map_err(|e| format!("cannot set up the log: {e}"))?;
+    // The writer never fails (a line it cannot write is counted, not reported by panicking).
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_env_filter(filter)
         .with_target(false)
         .log_internal_errors(false);
     let result = match format {
-        Format::Text => builder.with_ansi(false).try_init(),
+        Format::Text => builder.event_format(text::Line).try_init(),
         Format::Json => builder
             .json()
             .flatten_event(true)
@@ -90,6 +117,7 @@ pub struct Denial<'a> {
 /// Logs a denial at `warn` with the common fields.
 pub fn denied(d: &Denial<'_>) {
     tracing::warn!(
+        target: DENIAL_TARGET,
         event = "denied",
         layer = d.layer.as_str(),
         pid = d.pid,
@@ -108,8 +136,7 @@ pub fn denied(d: &Denial<'_>) {
 }
 
 /// `text` with control characters escaped. Executable names are the agent's to choose, and a
-/// name holding a newline would otherwise forge whole log lines in the text format (the
-/// structured fields are escaped by the formatter; the message is not).
+/// name holding a newline would otherwise forge whole log lines in the text format.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(text);
@@ -123,74 +150,15 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-/// Bounds how many lines a noisy source can log: `burst` lines per `period`, then one summary
-/// line per period saying how many were dropped. A sandboxed process looping on a refused
-/// call must not be able to flood the pod's log.
-#[derive(Debug)]
-pub struct RateLimit {
-    burst: u32,
-    period: Duration,
-    state: Mutex<Window>,
-}
-
-#[derive(Debug)]
-struct Window {
-    start: Instant,
-    logged: u32,
-    dropped: u64,
-}
-
-impl RateLimit {
-    /// A limiter allowing `burst` lines per `period`.
-    pub fn new(burst: u32, period: Duration) -> RateLimit {
-        RateLimit {
-            burst,
-            period,
-            state: Mutex::new(Window {
-                start: Instant::now(),
-                logged: 0,
-                dropped: 0,
-            }),
-        }
-    }
-
-    /// True when the caller may log now. Reports the count dropped in the previous window.
-    pub fn allow(&self) -> bool {
-        let Ok(mut w) = self.state.lock() else {
-            return true;
-        };
-        if w.start.elapsed() >= self.period {
-            if w.dropped > 0 {
-                tracing::warn!(
-                    event = "denials_suppressed",
-                    count = w.dropped,
-                    "{} more denials in the last {:?} were not logged",
-                    w.dropped,
-                    self.period
-                );
-            }
-            *w = Window {
-                start: Instant::now(),
-                logged: 0,
-                dropped: 0,
-            };
-        }
-        if w.logged < self.burst {
-            w.logged += 1;
-            true
-        } else {
-            w.dropped += 1;
-            false
-        }
-    }
-}
-
 /// The executable of `pid` as the kernel resolved it, for logs; `?` when unreadable.
 pub fn exe_of(pid: u32) -> String {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "?".to_owned())
 }
+
+/// How often the writer flushes rate-limit summaries (and reports dropped lines).
+pub const SUMMARY_PERIOD: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

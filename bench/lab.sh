@@ -6,6 +6,8 @@
 #   bench_needs NAME TOOL...  exits with a message unless root and every TOOL is on PATH
 #   bench_supervisor          sets $supervisor: $SUPERVISOR, or the tree's release build
 #   bench_lab NAME            sets $pod, $host and $dir; defines in_pod and in_host
+#   bench_nginx               serves $dir/www (with `small`, 64 bytes) on the test host's port 80
+#   bench_load_generator      builds proxy-load and puts it at $dir/proxy-load, for the sandbox
 # KEEP=1 keeps the scratch directory (logs) for inspection.
 
 bench_needs() {
@@ -51,6 +53,42 @@ EOF
     # Tens of thousands of short connections per run: reuse TIME_WAIT ports rather than run out.
     in_pod sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
     in_host sysctl -q -w net.core.somaxconn=4096
+}
+
+# nginx with sendfile, no logging and two workers: the server is not what is measured.
+bench_nginx() {
+    mkdir -p "$dir/www" "$dir/nginx"
+    head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
+    chmod -R a+rX "$dir/www"
+    cat >"$dir/nginx.conf" <<EOF
+user root;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/nginx/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    client_body_temp_path $dir/nginx/body;
+    proxy_temp_path $dir/nginx/proxy;
+    fastcgi_temp_path $dir/nginx/fastcgi;
+    uwsgi_temp_path $dir/nginx/uwsgi;
+    scgi_temp_path $dir/nginx/scgi;
+    server {
+        listen 203.0.113.2:80 backlog=4096;
+        root $dir/www;
+    }
+}
+EOF
+    in_host nginx -c "$dir/nginx.conf"
+}
+
+bench_load_generator() {
+    cargo build --quiet --release --manifest-path "$repo/bench/proxy-load/Cargo.toml" \
+        --target-dir "$repo/target"
+    install -m 755 "$repo/target/release/proxy-load" "$dir/proxy-load"
 }
 
 in_pod() { nsenter --net="/run/netns/$pod" "$@"; }

@@ -41,41 +41,11 @@ esac
 source "$repo/bench/lab.sh"
 bench_needs bench/proxy.sh nginx curl ip nsenter python3 cargo
 bench_supervisor
-cargo build --quiet --release --manifest-path "$repo/bench/proxy-load/Cargo.toml" \
-    --target-dir "$repo/target"
-
 bench_lab proxy-bench
-
-mkdir -p "$dir/www" "$dir/nginx"
+bench_load_generator
+bench_nginx
 head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
-head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
-chmod -R a+rX "$dir/www"
-cat >"$dir/nginx.conf" <<EOF
-user root;
-worker_processes 2;
-pid $dir/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    client_body_temp_path $dir/nginx/body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    server {
-        listen 203.0.113.2:80 backlog=4096;
-        root $dir/www;
-    }
-}
-EOF
-in_host nginx -c "$dir/nginx.conf"
-
-cp "$repo/target/release/proxy-load" "$dir/proxy-load"
-chmod 755 "$dir/proxy-load"
+chmod a+r "$dir/www/bulk"
 cat >"$dir/policy.yaml" <<EOF
 version: 1
 filesystem_policy:

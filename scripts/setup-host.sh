@@ -5,7 +5,8 @@
 #   - the Rust musl target, for the static binaries the FROM-scratch image ships;
 #   - a Python venv (build/venv) with the pinned manifest-validation tools;
 #   - with --agents (what `make test` asks for): the agent CLIs the agent suite runs (Claude
-#     Code, Codex, Gemini CLI), pinned, from the npm registry (about 270 MB to download).
+#     Code, Codex, Gemini CLI), pinned, from the npm registry (about 270 MB to download), and
+#     the nightly Rust toolchain and cargo-fuzz for the fuzzing stage (make test-fuzz).
 # Idempotent: every step first checks whether it is already done, so running it again costs
 # a few seconds and changes nothing. CI (.ci/run) calls it before `make test`.
 set -euo pipefail
@@ -115,6 +116,45 @@ python_venv() {
   say "Python venv $VENV has $(grep -c '==' "$REQUIREMENTS") pinned validation packages"
 }
 
+# FSVIEW (issue 12): a WebAssembly runtime from PyPI for the runtime tests, installed as a
+# plain directory (pip --target) that Debian's /usr/bin/python3 imports: it maps memfds, which
+# must keep working in the sandbox, where vm.memfd_noexec=2 forbids executing them.
+readonly WASM_REQUIREMENTS="$REPO/scripts/requirements-wasm.txt"
+readonly WASM_DIR="${OPENSHELL_WASM_DIR:-$REPO/build/wasmtime}"
+wasm_runtime() {
+  local want
+  want="$(grep -Eo '^wasmtime==[0-9.]+' "$WASM_REQUIREMENTS")"
+  if [[ -f $WASM_DIR/.installed ]] && [[ $(cat "$WASM_DIR/.installed") == "$want" ]]; then
+    say "$want present in $WASM_DIR"
+    return
+  fi
+  say "installing $want into $WASM_DIR"
+  rm -rf "$WASM_DIR"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --target "$WASM_DIR" \
+    -r "$WASM_REQUIREMENTS"
+  printf '%s\n' "$want" >"$WASM_DIR/.installed"
+}
+
+# FSVIEW (issue 12): the kernel matrix (tests/kernels/) boots Debian's 6.1 kernel under QEMU
+# with an initramfs of static binaries (busybox's among them), packed with cpio. Without
+# recommends: QEMU's would add a desktop's worth of packages to every CI run.
+readonly KERNEL_MATRIX_PACKAGES=(qemu-system-x86 busybox-static cpio)
+kernel_matrix_packages() {
+  local missing=() pkg
+  for pkg in "${KERNEL_MATRIX_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$pkg")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    say "kernel matrix packages present: ${KERNEL_MATRIX_PACKAGES[*]}"
+    return
+  fi
+  say "installing the kernel matrix's packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 # The version an npm package installed under $AGENTS_PREFIX declares, or nothing.
 installed_version() {
   sed -n 's/^  "version": "\(.*\)",\{0,1\}$/\1/p' \
@@ -165,12 +205,35 @@ check_podman() {
   say "podman $(podman version --format '{{.Client.Version}}') uses runc"
 }
 
+# Fuzzing (scripts/fuzz.sh): cargo fuzz needs a nightly toolchain (libFuzzer's coverage
+# instrumentation). The toolchain is whatever nightly rustup has (kept once installed);
+# cargo-fuzz is pinned and built from crates.io, once.
+readonly FUZZ_TOOLCHAIN="nightly"
+readonly CARGO_FUZZ_VERSION="0.13.2"
+fuzz_tools() {
+  if rustup toolchain list | grep -q "^$FUZZ_TOOLCHAIN-"; then
+    say "Rust toolchain $FUZZ_TOOLCHAIN present"
+  else
+    say "installing the Rust toolchain $FUZZ_TOOLCHAIN (for cargo fuzz)"
+    rustup toolchain install "$FUZZ_TOOLCHAIN" --profile minimal
+  fi
+  if cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+    say "cargo-fuzz $CARGO_FUZZ_VERSION present"
+  else
+    say "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes)"
+    cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+  fi
+}
+
 install_packages
+kernel_matrix_packages
 configure_podman
 check_podman
 add_musl_target
 python_venv
+wasm_runtime
 if $WITH_AGENTS; then
   install_agent_clis
+  fuzz_tools
 fi
 say "done"

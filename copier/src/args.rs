@@ -35,7 +35,8 @@ OPTIONS:
                        Default: /usr/local/bin/openshell-sandbox
     --manifest FILE    sha256sum output listing the source; its entry is the line whose file
                        name (last path component) equals the source's. Accepts `*` (binary mode)
-                       and uppercase hex. Every non-blank line must be well-formed.
+                       and uppercase hex. Every non-blank line must be well-formed. A manifest
+                       named here must exist and list the source, pin or no pin.
                        Default: /usr/local/share/openshell/SHA256SUMS
     --sha256 HEX       Pin: the 64-hex-digit SHA-256 the installed file must have. Overrides
                        the environment variable OPENSHELL_SUPERVISOR_SHA256 (same meaning;
@@ -50,8 +51,9 @@ OPTIONS:
 
 WHAT IS VERIFIED:
     With a pin and a manifest entry, both must agree. With only one, that one is used; a missing
-    manifest file is fine when a pin is given. With neither, nothing is installed. A manifest
-    that exists must be readable and well-formed, even when a pin is given.
+    default manifest is fine when a pin is given (one named by --manifest is not). With neither,
+    nothing is installed. A manifest that exists must be readable and well-formed, even when a
+    pin is given.
     The digest is computed over the bytes written to the temporary file, read back, never over
     the source; only a match is made executable (mode 0555) and renamed over the destination.
 
@@ -63,8 +65,11 @@ HOW IT INSTALLS:
     NAME, and the directory fsynced. Any failure removes the temporary file. Temporary files
     left by killed runs are removed by the next run; concurrent copiers never remove each
     other's (each holds a lock on its own).
-    If the destination already is a mode-0555 regular file with the expected digest, nothing is
-    written (restarts are cheap and keep the same file). A symlink, directory or other
+    If the destination already is a regular file owned by the copier's user, with one link, mode
+    0555, the source's size and the expected digest, nothing is written (restarts are cheap and
+    keep the same file); anything else there is replaced (a file another user owns could be made
+    writable again by its owner). After the rename the destination must be the very file that
+    was verified, or it is removed and the run fails. A symlink, directory or other
     non-regular file at the destination is refused, not replaced: the copier never creates one,
     so one there means tampering or a misconfigured volume.
 
@@ -79,14 +84,15 @@ OUTPUT:
 EXIT STATUS:
     0  installed, or already current
     2  usage or configuration error, nothing touched: unknown option, bad --sha256 or
-       OPENSHELL_SUPERVISOR_SHA256, no pin and no manifest, no pin and no entry for the
-       source in the manifest, malformed manifest, conflicting manifest entries
+       OPENSHELL_SUPERVISOR_SHA256, no pin and no manifest, no entry for the source in the
+       manifest (without a pin, or in one named by --manifest), malformed manifest, conflicting
+       manifest entries
     3  digest mismatch, nothing installed: the pin and the manifest disagree, or the copied
        bytes do not hash to the expected digest
     4  I/O error, nothing partial left: missing or unreadable source or manifest, source or
        manifest not a regular file, no space, read-only or missing destination directory,
        permission denied, symlink (or other non-regular file) at the destination or as its
-       directory
+       directory, the file installed replaced by another before or as it was renamed into place
 
 POD SNIPPET:
     initContainers:
@@ -118,6 +124,8 @@ pub struct Options {
     pub source: PathBuf,
     /// The `sha256sum` manifest.
     pub manifest: PathBuf,
+    /// Whether `--manifest` named it (then it must exist and list the source).
+    pub manifest_given: bool,
     /// Where to install.
     pub dest: PathBuf,
     /// The pinned digest, from `--sha256` or the environment.
@@ -168,6 +176,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>, env_pin: Option<OsString>
         parser.pin(env_pin).map(|pin| {
             Command::Install(Options {
                 source: parser.source.unwrap_or_else(|| DEFAULT_SOURCE.into()),
+                manifest_given: parser.manifest.is_some(),
                 manifest: parser.manifest.unwrap_or_else(|| DEFAULT_MANIFEST.into()),
                 dest: parser.dest.unwrap_or_else(|| DEFAULT_DEST.into()),
                 pin,

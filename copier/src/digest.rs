@@ -36,6 +36,15 @@ impl Digest {
     pub fn of_file(file: &File) -> io::Result<(Self, u64)> {
         ReadBack::new().finish(file)
     }
+
+    /// Hashes at most the first `len` bytes of `file`; returns the digest and the number of
+    /// bytes hashed. Reading stops there whatever the file's size: a file planted to look like
+    /// ours may be 20 GiB (sparse, so it costs its planter nothing) or keep growing.
+    pub fn of_prefix(file: &File, len: u64) -> io::Result<(Self, u64)> {
+        let mut readback = ReadBack::new();
+        readback.advance(file, len)?;
+        Ok(readback.digest())
+    }
 }
 
 /// An incremental SHA-256 of a file read back front to back with `pread`, so it can trail a
@@ -84,7 +93,11 @@ impl ReadBack {
     /// bytes hashed in all.
     pub fn finish(mut self, file: &File) -> io::Result<(Digest, u64)> {
         self.advance(file, u64::MAX)?;
-        Ok((Digest(self.hasher.finalize().into()), self.offset))
+        Ok(self.digest())
+    }
+
+    fn digest(self) -> (Digest, u64) {
+        (Digest(self.hasher.finalize().into()), self.offset)
     }
 }
 
@@ -167,6 +180,17 @@ mod tests {
             Digest::of_file(&file).unwrap(),
             (Digest(expected), data.len() as u64)
         );
+    }
+
+    #[test]
+    fn a_prefix_hash_reads_no_further_than_asked() {
+        let scratch = Scratch::new();
+        let file = scratch.file("f", b"0123456789");
+        let (digest, len) = Digest::of_prefix(&file, 4).unwrap();
+        let expected: [u8; 32] = Sha256::digest(b"0123").into();
+        assert_eq!((digest, len), (Digest(expected), 4));
+        // A file shorter than asked: what there is.
+        assert_eq!(Digest::of_prefix(&file, 1 << 40).unwrap().1, 10);
     }
 
     #[test]

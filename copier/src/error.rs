@@ -69,6 +69,34 @@ pub enum Error {
         name: PathBuf,
     },
 
+    /// A manifest named with `--manifest` has no line for the source.
+    #[error(
+        "{}: no entry for {}; a manifest named with --manifest must list the source (a pin \
+         does not stand in for it)",
+        shown(.path),
+        shown(.name)
+    )]
+    GivenManifestNoEntry {
+        /// The manifest.
+        path: PathBuf,
+        /// The source's file name, which no entry matched.
+        name: PathBuf,
+    },
+
+    /// The file renamed into place is not the one that was verified: another user of the
+    /// directory put theirs at the temporary name or at the destination meanwhile.
+    #[error(
+        "{}: {when}, the file there was not the one just verified (another user of the \
+         directory replaced it); nothing installed",
+        shown(.path)
+    )]
+    Replaced {
+        /// The name that was replaced.
+        path: PathBuf,
+        /// When it was found out.
+        when: &'static str,
+    },
+
     /// The manifest lists the source twice with different digests.
     #[error(
         "{}: lines {first} and {second} give different digests for {}",
@@ -155,9 +183,13 @@ impl Error {
             | Self::NothingToVerifyAgainst { .. }
             | Self::ManifestSyntax { .. }
             | Self::ManifestNoEntry { .. }
+            | Self::GivenManifestNoEntry { .. }
             | Self::ManifestConflict { .. } => EXIT_USAGE,
             Self::PinMismatch { .. } | Self::DigestMismatch { .. } => EXIT_MISMATCH,
-            Self::Io { .. } | Self::Symlink { .. } | Self::NotRegular { .. } => EXIT_IO,
+            Self::Io { .. }
+            | Self::Symlink { .. }
+            | Self::NotRegular { .. }
+            | Self::Replaced { .. } => EXIT_IO,
         }
     }
 
@@ -170,7 +202,9 @@ impl Error {
             }
             Self::ManifestSyntax { path, .. }
             | Self::ManifestNoEntry { path, .. }
+            | Self::GivenManifestNoEntry { path, .. }
             | Self::ManifestConflict { path, .. }
+            | Self::Replaced { path, .. }
             | Self::Io { path, .. }
             | Self::Symlink { path, .. }
             | Self::NotRegular { path, .. } => Some(path),

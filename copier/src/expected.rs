@@ -6,6 +6,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use nix::errno::Errno;
 use nix::libc;
 
 use crate::digest::Digest;
@@ -57,10 +58,17 @@ pub struct Expected {
 
 /// Combines the pin and the manifest's entry for `source`'s file name.
 ///
-/// A missing manifest is fine when there is a pin: the pin alone is enough. A manifest that
-/// exists must be readable and well-formed even then, because an image whose manifest is
-/// damaged should not be trusted on the strength of the pod spec alone.
-pub fn resolve(pin: Option<Pin>, manifest: &Path, source: &Path) -> Result<Expected, Error> {
+/// A missing default manifest is fine when there is a pin: the pin alone is enough. A manifest
+/// that exists must be readable and well-formed even then, because an image whose manifest is
+/// damaged should not be trusted on the strength of the pod spec alone. One named by
+/// `--manifest` (`given`) is what the operator asked to be checked against: it must exist and
+/// list the source, pin or no pin, or a pin would silently stand in for a check that never ran.
+pub fn resolve(
+    pin: Option<Pin>,
+    manifest: &Path,
+    given: bool,
+    source: &Path,
+) -> Result<Expected, Error> {
     let name = source.file_name().ok_or_else(|| Error::Usage {
         arg: "--source".into(),
         reason: format!("{} does not name a file", source.display()),
@@ -80,6 +88,15 @@ pub fn resolve(pin: Option<Pin>, manifest: &Path, source: &Path) -> Result<Expec
             });
         }
         (Some(pin), Some(_)) => (pin.digest, Authority::PinAndManifest),
+        (Some(_), None) if given => {
+            return Err(match text {
+                None => Error::io(manifest, "open", Errno::ENOENT),
+                Some(_) => Error::GivenManifestNoEntry {
+                    path: manifest.to_owned(),
+                    name: name.into(),
+                },
+            });
+        }
         (Some(pin), None) => (pin.digest, Authority::Pin),
         (None, Some(listed)) => (listed, Authority::Manifest),
         (None, None) if text.is_none() => {
@@ -146,7 +163,7 @@ mod tests {
                 origin: "--sha256",
             });
             let source = Path::new("/usr/local/bin/openshell-sandbox");
-            resolve(pin, &self.scratch.join("SHA256SUMS"), source)
+            resolve(pin, &self.scratch.join("SHA256SUMS"), false, source)
         }
     }
 
@@ -201,6 +218,32 @@ mod tests {
     }
 
     #[test]
+    fn a_given_manifest_must_exist_and_list_the_source_even_with_a_pin() {
+        let source = Path::new("/usr/local/bin/openshell-sandbox");
+        let pin = Some(Pin {
+            digest: digest(A),
+            origin: "--sha256",
+        });
+        let other = Manifest::new(Some(&format!("{B}  other\n")));
+        let path = other.scratch.join("SHA256SUMS");
+        let err = resolve(pin, &path, true, source).unwrap_err();
+        assert!(matches!(err, Error::GivenManifestNoEntry { .. }), "{err}");
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        let missing = Manifest::new(None);
+        let err = resolve(pin, &missing.scratch.join("SHA256SUMS"), true, source).unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { op: "open", source, .. } if source.raw_os_error() == Some(libc::ENOENT)),
+            "{err}"
+        );
+        let listed = Manifest::new(Some(&entry(A)));
+        let path = listed.scratch.join("SHA256SUMS");
+        assert_eq!(
+            resolve(pin, &path, true, source).unwrap().authority,
+            Authority::PinAndManifest
+        );
+    }
+
+    #[test]
     fn refuses_when_nothing_vouches() {
         let none = Manifest::new(None);
         assert!(matches!(
@@ -227,7 +270,7 @@ mod tests {
     #[test]
     fn a_manifest_that_is_a_directory_is_refused() {
         let dir = std::env::temp_dir();
-        let err = resolve(None, &dir, Path::new("openshell-sandbox")).unwrap_err();
+        let err = resolve(None, &dir, false, Path::new("openshell-sandbox")).unwrap_err();
         assert!(
             matches!(
                 err,

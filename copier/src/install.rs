@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::libc;
-use nix::sys::stat::{Mode, SFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat};
+use nix::unistd::geteuid;
 
 use crate::copy::{self, Failure, Method};
 use crate::digest::{Digest, ReadBack};
@@ -67,16 +68,17 @@ pub fn install(source: &Path, dest: &Path, expected: &Expected) -> Result<Report
         authority: expected.authority,
         stale_removed,
     };
+    let (src, size) = open_source(source)?;
     // A restarted init container finds its own earlier work: leave it alone, same inode.
-    if let Some(bytes) = current_size(&dir, &expected.digest)? {
+    if let Some(bytes) = current_size(&dir, &expected.digest, size)? {
         return Ok(report(Action::AlreadyCurrent, bytes));
     }
-    let (src, size) = open_source(source)?;
     let temp = TempFile::create(&dir)?;
     let (bytes, method) = write_verified(&src, source, size, &temp, &expected.digest)?;
     // rename(2) is atomic: readers of the destination see the old file or the new one, never a
     // mix, and it replaces the name itself rather than writing through whatever it points to.
-    temp.rename_to_dest()?;
+    let renamed = temp.rename_to_dest()?;
+    confirm_installed(&dir, renamed, &expected.digest, size)?;
     // Without this a power loss could resurrect the previous entry (or none) after we said "done".
     dir.sync()?;
     Ok(report(Action::Installed(method), bytes))
@@ -170,12 +172,20 @@ fn start_writeback(file: &File, from: u64, to: u64) {
     };
 }
 
-/// The destination's size if it already is a regular file of mode 0555 holding `expected`.
+/// The destination's size if it already is the binary this copier would install: a regular
+/// file owned by our effective uid, with one link, mode 0555, `size` bytes (the source's) and
+/// the `expected` digest.
+///
+/// Anything less is replaced, not trusted. The directory may be writable by other users: a
+/// 0555 file another uid owns can be made writable again by its owner and rewritten after we
+/// vouched for it; a second link is a name someone else may hold; and a file of the wrong size
+/// is not ours, however long it would take to hash (a planted 20 GiB sparse file costs its
+/// planter nothing). Hashing reads at most `size` bytes.
 ///
 /// A symlink at the destination is refused rather than replaced: we never create one, so it was
 /// planted (or the volume is misconfigured), and failing loudly beats quietly papering over
 /// tampering. The atomic rename would never write through one anyway.
-fn current_size(dir: &DestDir, expected: &Digest) -> Result<Option<u64>, Error> {
+fn current_size(dir: &DestDir, expected: &Digest, size: u64) -> Result<Option<u64>, Error> {
     let path = || dir.path_of(dir.name());
     let st = match dir.stat_entry(dir.name()) {
         Ok(st) => st,
@@ -192,7 +202,7 @@ fn current_size(dir: &DestDir, expected: &Digest) -> Result<Option<u64>, Error> 
         }
         _ => return Err(Error::not_regular(path(), st.st_mode)),
     }
-    if st.st_mode & 0o7777 != INSTALLED_MODE {
+    if !installed_by_us(&st, size) {
         return Ok(None);
     }
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
@@ -202,12 +212,51 @@ fn current_size(dir: &DestDir, expected: &Digest) -> Result<Option<u64>, Error> 
         Err(Errno::ENOENT | Errno::ELOOP) => return Ok(None),
         Err(errno) => return Err(Error::io(path(), "open", errno)),
     };
-    let meta = file.metadata().map_err(|e| Error::io(path(), "fstat", e))?;
-    if !meta.file_type().is_file() || meta.mode() & 0o7777 != INSTALLED_MODE {
+    let opened = fstat(&file).map_err(|errno| Error::io(path(), "fstat", errno))?;
+    let same = (opened.st_dev, opened.st_ino) == (st.st_dev, st.st_ino);
+    if !same || !installed_by_us(&opened, size) {
         return Ok(None);
     }
-    let (digest, bytes) = Digest::of_file(&file).map_err(|e| Error::io(path(), "read", e))?;
-    Ok((digest == *expected).then_some(bytes))
+    let (digest, bytes) =
+        Digest::of_prefix(&file, size).map_err(|e| Error::io(path(), "read", e))?;
+    Ok((bytes == size && digest == *expected).then_some(bytes))
+}
+
+/// After the rename, the destination must be the very file verified (`renamed`: device and
+/// inode): another user of the directory could have renamed a file of theirs over the temp
+/// name just before our rename, or over the destination just after. A concurrent copier of
+/// ours finishing after us is fine: what it installed is verified like ours (checked again
+/// here). Anything else there was never verified: it is removed and the run fails.
+fn confirm_installed(
+    dir: &DestDir,
+    renamed: (u64, u64),
+    expected: &Digest,
+    size: u64,
+) -> Result<(), Error> {
+    let path = || dir.path_of(dir.name());
+    match dir.stat_entry(dir.name()) {
+        Ok(st) if (st.st_dev, st.st_ino) == renamed => return Ok(()),
+        Ok(_) | Err(Errno::ENOENT) => {}
+        Err(errno) => return Err(Error::io(path(), "stat", errno)),
+    }
+    if let Ok(Some(_)) = current_size(dir, expected, size) {
+        return Ok(());
+    }
+    // Best effort, as on every error path: the run fails either way.
+    let _ = dir.unlink(dir.name());
+    Err(Error::Replaced {
+        path: path(),
+        when: "after the rename",
+    })
+}
+
+/// Whether `st` is what this copier leaves behind: owned by our effective uid, nobody else's
+/// name for it, mode 0555, `size` bytes.
+fn installed_by_us(st: &FileStat, size: u64) -> bool {
+    st.st_uid == geteuid().as_raw()
+        && st.st_nlink == 1
+        && st.st_mode & 0o7777 == INSTALLED_MODE
+        && u64::try_from(st.st_size) == Ok(size)
 }
 
 /// Opens the source for reading and returns it with its size.
@@ -226,4 +275,134 @@ fn open_source(path: &Path) -> Result<(File, u64), Error> {
         return Err(Error::not_regular(path, meta.mode()));
     }
     Ok((file, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Scratch;
+
+    /// A source file, its digest, and the destination directory `out/` with `app` to install.
+    struct Setup {
+        scratch: Scratch,
+        size: u64,
+        digest: Digest,
+        dir: DestDir,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let scratch = Scratch::new();
+            let data = b"the verified binary ".repeat(1000);
+            let source = scratch.file("source", &data);
+            let digest = Digest::of_file(&source).unwrap().0;
+            std::fs::create_dir(scratch.join("out")).unwrap();
+            let dir = DestDir::open(&scratch.join("out/app")).unwrap();
+            Setup {
+                scratch,
+                size: data.len() as u64,
+                digest,
+                dir,
+            }
+        }
+
+        /// A temp file holding the verified copy, mode 0555, ready to be renamed.
+        fn verified(&self) -> TempFile<'_> {
+            let temp = TempFile::create(&self.dir).unwrap();
+            // Each copy reads its own descriptor (copying moves the file position).
+            let source_path = self.scratch.join("source");
+            let source = File::open(&source_path).unwrap();
+            write_verified(&source, &source_path, self.size, &temp, &self.digest).unwrap();
+            temp
+        }
+
+        /// Another user's file, renamed over `name` in `out/`.
+        fn plant_over(&self, name: &Path) {
+            let planted = self.scratch.join("out/planted");
+            std::fs::write(&planted, b"the attacker's bytes").unwrap();
+            std::fs::rename(&planted, name).unwrap();
+        }
+
+        fn out(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(self.scratch.join("out"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    #[test]
+    fn a_file_renamed_over_the_temp_name_after_verification_is_not_installed() {
+        let setup = Setup::new();
+        let temp = setup.verified();
+        setup.plant_over(&temp.path());
+        let err = temp.rename_to_dest().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Replaced {
+                    when: "before the rename",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), crate::error::EXIT_IO);
+        assert!(setup.out().is_empty(), "{:?}", setup.out());
+    }
+
+    #[test]
+    fn a_file_renamed_over_the_destination_after_the_rename_is_removed() {
+        let setup = Setup::new();
+        let renamed = setup.verified().rename_to_dest().unwrap();
+        setup.plant_over(&setup.scratch.join("out/app"));
+        let err = confirm_installed(&setup.dir, renamed, &setup.digest, setup.size).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Replaced {
+                    when: "after the rename",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(setup.out().is_empty(), "{:?}", setup.out());
+    }
+
+    #[test]
+    fn a_concurrent_copiers_verified_file_at_the_destination_is_accepted() {
+        let setup = Setup::new();
+        let (first, second) = (setup.verified(), setup.verified());
+        let renamed = first.rename_to_dest().unwrap();
+        second.rename_to_dest().unwrap();
+        confirm_installed(&setup.dir, renamed, &setup.digest, setup.size).unwrap();
+        assert_eq!(setup.out(), ["app"]);
+    }
+
+    #[test]
+    fn only_our_own_single_linked_0555_file_of_the_right_size_is_current() {
+        let setup = Setup::new();
+        setup.verified().rename_to_dest().unwrap();
+        let current = || current_size(&setup.dir, &setup.digest, setup.size).unwrap();
+        assert_eq!(current(), Some(setup.size));
+        let app = setup.scratch.join("out/app");
+        // A second name for it.
+        std::fs::hard_link(&app, setup.scratch.join("out/link")).unwrap();
+        assert_eq!(current(), None);
+        std::fs::remove_file(setup.scratch.join("out/link")).unwrap();
+        // Another owner (who could make it writable again).
+        std::os::unix::fs::lchown(&app, Some(65534), None).unwrap();
+        assert_eq!(current(), None);
+        std::os::unix::fs::lchown(&app, Some(geteuid().as_raw()), None).unwrap();
+        std::fs::set_permissions(&app, Permissions::from_mode(INSTALLED_MODE)).unwrap();
+        assert_eq!(current(), Some(setup.size));
+        // Another size: not even read.
+        assert_eq!(
+            current_size(&setup.dir, &setup.digest, setup.size - 1).unwrap(),
+            None
+        );
+    }
 }

@@ -23,6 +23,11 @@ pub use error::Error;
 
 /// Works out the expected digest and installs the source at the destination.
 pub fn run(options: &args::Options) -> Result<install::Report, Error> {
-    let expected = expected::resolve(options.pin, &options.manifest, &options.source)?;
+    let expected = expected::resolve(
+        options.pin,
+        &options.manifest,
+        options.manifest_given,
+        &options.source,
+    )?;
     install::install(&options.source, &options.dest, &expected)
 }

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, fstat};
 
 use crate::dir::DestDir;
 use crate::error::Error;
@@ -89,12 +89,32 @@ impl<'d> TempFile<'d> {
     }
 
     /// Renames the temp file over the destination; from then on it is no longer ours to remove.
-    pub fn rename_to_dest(mut self) -> Result<(), Error> {
+    /// Returns the device and inode of the file renamed, for the caller to find at the
+    /// destination (see `install`).
+    ///
+    /// The directory may be writable by other users (an `emptyDir` is 0777, and another
+    /// container of the pod may mount it read-write): one could rename a file of its own over
+    /// the temp name between our verification and our rename. So the temp name must still be
+    /// this very file (device and inode of the descriptor verified); if not, dropping `self`
+    /// removes the name, and what was put there with it.
+    pub fn rename_to_dest(mut self) -> Result<(u64, u64), Error> {
         let dir = self.entry.dir;
+        let ours = fstat(&self.file).map_err(|errno| Error::io(self.path(), "fstat", errno))?;
+        let ours = (ours.st_dev, ours.st_ino);
+        match dir.stat_entry(&self.entry.name) {
+            Ok(st) if (st.st_dev, st.st_ino) == ours => {}
+            Ok(_) | Err(Errno::ENOENT) => {
+                return Err(Error::Replaced {
+                    path: self.path(),
+                    when: "before the rename",
+                });
+            }
+            Err(errno) => return Err(Error::io(self.path(), "stat", errno)),
+        }
         dir.rename_to_dest(&self.entry.name)
             .map_err(|errno| Error::io(dir.path_of(dir.name()), "rename", errno))?;
         self.entry.name.clear();
-        Ok(())
+        Ok(ours)
     }
 }
 

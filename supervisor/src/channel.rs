@@ -25,6 +25,9 @@ const EXEC_FAILED: u32 = 5;
 const EXITED: u32 = 6;
 const SECCOMP_LISTENER: u32 = 7;
 const CAPABILITY_SURVIVED: u32 = 8;
+/// The one message the other way, supervisor to init: every supervisor thread exists, the
+/// agent may be started.
+const GO: u32 = 9;
 
 /// A message as the supervisor receives it.
 #[derive(Debug)]
@@ -77,7 +80,7 @@ pub fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     )
 }
 
-/// The sandbox end: send-only, allocation-free.
+/// The sandbox end: allocation-free; it sends, and receives only [`go`].
 #[derive(Debug, Clone, Copy)]
 pub struct Sender(pub RawFd);
 
@@ -136,6 +139,24 @@ impl Sender {
         self.send(EXITED, 0, i64::from(status), "");
     }
 
+    /// Waits for the supervisor's [`go`]. `Err` when the supervisor is gone or said anything
+    /// else: the agent must not start.
+    pub fn wait_for_go(self) -> Result<(), Errno> {
+        let mut buf = [0u8; HEADER];
+        loop {
+            // SAFETY: receives at most HEADER bytes into a stack buffer.
+            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            match Errno::result(n) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+                Ok(n) if n as usize == HEADER && u32::from_ne_bytes(array(&buf)) == GO => {
+                    return Ok(());
+                }
+                Ok(_) => return Err(Errno::EBADMSG),
+            }
+        }
+    }
+
     /// Passes the seccomp listener to the supervisor.
     pub fn seccomp_listener(self, listener: RawFd) -> Result<(), Errno> {
         let mut buf = [0u8; HEADER];
@@ -171,6 +192,13 @@ impl Sender {
         let rc = unsafe { libc::sendmsg(self.0, &msg, libc::MSG_NOSIGNAL) };
         Errno::result(rc).map(drop)
     }
+}
+
+/// Tells init (waiting in [`Sender::wait_for_go`]) that it may start the agent.
+pub fn go(fd: &OwnedFd) -> Result<(), Errno> {
+    let mut buf = [0u8; HEADER];
+    buf[0..4].copy_from_slice(&GO.to_ne_bytes());
+    nix::sys::socket::send(fd.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL).map(drop)
 }
 
 /// Receives one message on the supervisor end. `Ok(None)` when every sandbox end is closed.

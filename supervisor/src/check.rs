@@ -182,7 +182,7 @@ fn describe_filesystem(
         Err(e) => return problems.push(format!("workdir: {e}")),
     };
     let view = match view::prepare(&resolved, &workdir, &[]) {
-        Ok(view) => view,
+        Ok((view, _)) => view,
         Err(e) => return problems.push(e.to_string()),
     };
     match filesystem::decide(

@@ -1,22 +1,25 @@
 //! The agent's side of the fork: every layer in order, each one read back, then `execve`.
 //!
 //! ```text
-//! (init has made the view the root and entered the workdir: view/)
-//! signals reset, own process group (and the terminal, if we had it)
+//! (init has made the view the root: view/)
+//! the workdir entered (read back: the directory the supervisor vetted, nameable from the root)
+//! → signals reset, own process group (and the terminal, if we had it)
 //! → every inherited fd above 2 close-on-exec
-//! → /proc Landlock rules (needs the sandbox's procfs)  → cwd reachable from the root (read back)
+//! → /proc Landlock rules (needs the sandbox's procfs)
 //! → bounding + ambient sets emptied, securebits locked           (needs CAP_SETPCAP)
 //! → setgroups / setresgid / setresuid                            (clears the other sets)
 //! → effective, permitted, inheritable emptied; all five sets read back; setuid(0) must fail
 //! → RLIMIT_CORE 0, not dumpable
 //! → no_new_privs → Landlock enforced and proven
-//! → seccomp last (its listener handed to the supervisor)         → execve
+//! → seccomp last (its listener handed to the supervisor)
+//! → wait until init has verified the view                        → execve
 //! ```
 //!
 //! Everything here was prepared before fork; this code only makes system calls. A failure is
 //! reported on the control channel and the child exits 125 without running the agent.
 
 use std::ffi::{CString, c_char};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 
@@ -24,7 +27,7 @@ use crate::account::{Account, AccountFailure};
 use crate::caps::{self, CapsFailure};
 use crate::channel::Sender;
 use crate::proxy::transparent::fence;
-use crate::{landlock, seccomp};
+use crate::{landlock, seccomp, view};
 
 /// Exit status when set-up failed (the supervisor reports the reason it was sent).
 pub const SETUP_FAILED: i32 = 125;
@@ -72,6 +75,10 @@ pub struct Plan {
     /// For each candidate, whether it exists outside the sandbox: missing in the view, it lies
     /// outside the policy, which is a refusal rather than "not found".
     pub exists_outside: Vec<bool>,
+    /// Its working directory in the view.
+    pub workdir: view::Workdir,
+    /// The read end of init's start pipe (set by init before it forks the agent's process).
+    pub go: Option<OwnedFd>,
     /// Who it runs as.
     pub account: Account,
     /// Capability dropping.
@@ -121,11 +128,14 @@ fn exit(code: i32) -> ! {
 }
 
 fn confine(plan: &mut Plan, channel: Sender) -> Result<(), Failure> {
+    plan.workdir
+        .enter()
+        .map_err(|f| Failure::Step(f.what, f.errno))?;
+    verify_cwd_reachable()?;
     reset_signals()?;
     process_group(plan.take_terminal)?;
     close_inherited_on_exec()?;
     plan.landlock.apply().map_err(landlock_failure)?;
-    verify_cwd_reachable()?;
     plan.caps.drop_bounding_and_lock().map_err(caps_failure)?;
     plan.account.apply().map_err(account_failure)?;
     plan.caps.clear_and_verify().map_err(caps_failure)?;
@@ -170,7 +180,25 @@ fn confine(plan: &mut Plan, channel: Sender) -> Result<(), Failure> {
             .map_err(step("handing the seccomp listener to the supervisor"))?;
     }
     seccomp::verify()
-        .map_err(|_| Failure::Unverified("seccomp mode did not read back as filter", 0))
+        .map_err(|_| Failure::Unverified("seccomp mode did not read back as filter", 0))?;
+    wait_for_init(plan)
+}
+
+/// Blocks until init has detached the old root and verified the view. End of file means init
+/// died (it reported why), and nothing may run.
+fn wait_for_init(plan: &Plan) -> Result<(), Failure> {
+    let Some(go) = &plan.go else {
+        return Ok(());
+    };
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(go, &mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) => return Err(Failure::Step("waiting for init", Errno::EPIPE)),
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(Failure::Step("waiting for init", errno)),
+        }
+    }
 }
 
 /// The working directory init entered (the workdir, read back in the view) must be nameable

@@ -17,21 +17,24 @@ parent: it forwards signals, reaps orphans, logs every denial it can see and exi
 agent's status.
 
 Layers, applied in this order in the agent's process, each one read back before the next:
-  namespaces   own PID (a tiny init of ours is PID 1), mount (with its own /proc), IPC, UTS,
-               cgroup and network namespaces; the network namespace holds only loopback and
-               the proxy's listening socket
+  namespaces   own PID (a tiny init of ours is PID 1), mount, IPC, UTS, cgroup and network
+               namespaces; the network namespace holds only loopback and the proxy's
+               listening socket
+  view         the agent's root holds only the policy's paths, read-only ones mounted
+               read-only; private /tmp and /dev/shm, standard /dev, its own /proc; memfds
+               cannot be executed (vm.memfd_noexec=2, Linux 6.6+)
   identity     run_as_user / run_as_group from the policy, or OPENSHELL_SANDBOX_UID/GID, or the
                image's `sandbox` user, or 65534; never root
   capabilities all five sets emptied, securebits locked; setuid(0) must fail
-  Landlock     read_only / read_write paths at the kernel's highest ABI, plus signal and
-               abstract-socket scoping
+  Landlock     the same paths again at the kernel's highest ABI, plus signal and
+               abstract-socket scoping (without Landlock the view alone enforces the policy)
   seccomp      last: refuses ptrace, bpf, io_uring, keyrings, mounts, namespaces, kernel
                modules, raw and exotic sockets, 32-bit and x32 system calls...; each refusal is
                logged with pid, executable and call
 
 The policy (YAML, the upstream OpenShell v1 format) comes from --policy, else OPENSHELL_POLICY,
 else /etc/openshell/policy.yaml, else a built-in restrictive default (system paths read-only,
-/tmp and the workdir read-write, no network). A policy error names file, line, column and field.
+the workdir read-write, no network). A policy error names file, line, column and field.
 Run `openshell-sandbox check --policy FILE` to see what would be enforced on this machine.";
 
 const AFTER_HELP: &str = "\
@@ -47,6 +50,7 @@ Environment:
   OPENSHELL_POLICY            policy file (same as --policy)
   OPENSHELL_SANDBOX_UID/GID   the agent's uid/gid, overriding the policy
   OPENSHELL_GRACE_PERIOD      seconds between SIGTERM and SIGKILL (default 10)
+  OPENSHELL_LOG_FILE          log file (same as --log-file)
   OPENSHELL_* variables configure the supervisor and are not passed to the agent.
 
 Example:
@@ -113,6 +117,10 @@ pub struct LogArgs {
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
+    /// Append the supervisor's log lines to FILE instead of stderr: they stay off an
+    /// interactive agent's terminal, and the agent cannot write into them.
+    #[arg(long, env = "OPENSHELL_LOG_FILE", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Running an agent.

@@ -7,7 +7,7 @@
 //! trace init: different uid, no capabilities, Landlock's signal scope, and init is not
 //! dumpable.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal, kill};
@@ -55,7 +55,7 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
         channel.failed(f.what, f.errno);
         exit(SETUP_FAILED);
     }
-    filesystem(plan, channel);
+    let proc = build_view(plan, channel);
     // Blocked, the forwarded signals and SIGCHLD queue up for sigwaitinfo below. (Blocked
     // signals are never discarded, not even for a namespace's PID 1.)
     let mut waited = SigSet::empty();
@@ -67,15 +67,46 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
         channel.failed("blocking signals in init", e);
         exit(SETUP_FAILED);
     }
+    // Every thread the supervisor will ever have exists before the agent can, and init is the
+    // OOM killer's first choice, which the agent inherits at the fork: an agent that forks up
+    // to the pod's pids limit must find the threads already there (workers.rs), and one that
+    // exhausts its memory must be the one killed (oom.rs).
+    if channel.wait_for_go().is_err() {
+        exit(SETUP_FAILED);
+    }
+    // The agent's process sets itself up while init finishes the view; it runs the agent only
+    // once init has written to this pipe.
+    let (go_read, go_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            channel.failed("creating the start pipe", e);
+            exit(SETUP_FAILED);
+        }
+    };
+    plan.agent.go = Some(go_read);
     // SAFETY: init is single-threaded (forked from a single-threaded supervisor).
     let agent = match unsafe { fork() } {
-        Ok(ForkResult::Child) => child::run(&mut plan.agent, channel),
+        Ok(ForkResult::Child) => {
+            // Init's death must end the wait: only init may hold the write end.
+            drop(go_write);
+            child::run(&mut plan.agent, channel)
+        }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             channel.failed("forking the agent", e);
             exit(SETUP_FAILED);
         }
     };
+    plan.agent.go = None;
+    finish_view(plan, &proc, channel);
+    if let Err(e) = nix::unistd::write(go_write.as_fd(), b"1") {
+        channel.failed("starting the agent", e);
+        exit(SETUP_FAILED);
+    }
+    drop(go_write);
+    // After the agent is on its way: closing a procfs that is not in the view unmounts it,
+    // which waits for the kernel (an RCU grace period).
+    drop(proc);
     close_all_but(channel.0);
     channel.agent_spawned(agent.as_raw());
     loop {
@@ -91,9 +122,9 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
 }
 
 /// In the new mount namespace: the sandbox's procfs (for its PID namespace, so made here),
-/// the memfd sysctl written through it, then the view as init's root, read back. The agent
-/// inherits the root and the working directory.
-fn filesystem(plan: &Plan, channel: Sender) {
+/// the memfd sysctl written through it, then the view as init's root. The agent inherits the
+/// root. Returns the procfs, for [`finish_view`].
+fn build_view(plan: &Plan, channel: Sender) -> OwnedFd {
     let proc = match plan.view.new_proc() {
         Ok(proc) => proc,
         Err(f) => {
@@ -109,7 +140,17 @@ fn filesystem(plan: &Plan, channel: Sender) {
         channel.failed(f.what, f.errno);
         exit(SETUP_FAILED);
     }
-    if let Err(u) = plan.view.verify(&proc) {
+    proc
+}
+
+/// After the agent's process is forked (so the kernel's wait for the old root's detach
+/// overlaps its set-up): the old root detached and the view read back.
+fn finish_view(plan: &Plan, proc: &OwnedFd, channel: Sender) {
+    if let Err(f) = plan.view.detach_old_root() {
+        channel.failed(f.what, f.errno);
+        exit(SETUP_FAILED);
+    }
+    if let Err(u) = plan.view.verify(proc) {
         channel.unverified(u.as_str(), 0);
         exit(SETUP_FAILED);
     }

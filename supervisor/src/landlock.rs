@@ -96,9 +96,6 @@ pub enum LandlockError {
     /// The landlock crate refused the ruleset.
     #[error("cannot build the Landlock ruleset: {0}")]
     Ruleset(#[from] landlock::RulesetError),
-    /// A rule's descriptor could not be examined.
-    #[error("cannot build the Landlock ruleset: fstat of a rule's path: {0}")]
-    Stat(Errno),
 }
 
 /// A `/proc` rule added after the sandbox's procfs is mounted.
@@ -142,7 +139,7 @@ fn rights(abi: ABI, access: filesystem::Access) -> BitFlags<AccessFs> {
 /// Builds the ruleset for `resolved` and the view's own mounts, as root, before fork.
 pub fn prepare<'a>(
     resolved: &'a Resolved,
-    view_mounts: impl Iterator<Item = (BorrowedFd<'a>, filesystem::Access)>,
+    view_mounts: impl Iterator<Item = (BorrowedFd<'a>, filesystem::Access, bool)>,
     support: &Support,
 ) -> Result<Prepared, LandlockError> {
     let abi = match support {
@@ -184,11 +181,9 @@ pub fn prepare<'a>(
     let listed = resolved
         .entries
         .iter()
-        .map(|e| (e.opened.fd.as_fd(), e.access));
-    for (fd, access) in listed.chain(view_mounts) {
-        let access = prepared
-            .for_type(fd, rights(version, access))
-            .map_err(LandlockError::Stat)?;
+        .map(|e| (e.opened.fd.as_fd(), e.access, e.is_dir));
+    for (fd, access, is_dir) in listed.chain(view_mounts) {
+        let access = for_type(is_dir, rights(version, access), prepared.file_access);
         created = created.add_rule(PathBeneath::new(fd, access))?;
         prepared.rules += 1;
     }
@@ -213,20 +208,6 @@ impl Prepared {
         self.ruleset.is_some()
     }
 
-    /// The rights of `access` that apply to what `fd` is (a file gets no directory rights).
-    fn for_type(
-        &self,
-        fd: BorrowedFd<'_>,
-        access: BitFlags<AccessFs>,
-    ) -> Result<BitFlags<AccessFs>, Errno> {
-        let stat = fstat(fd)?;
-        Ok(if paths::has_type(&stat, SFlag::S_IFDIR) {
-            access
-        } else {
-            access & self.file_access
-        })
-    }
-
     /// In the agent's process, once the view is its root and still as root: adds the `/proc`
     /// rules. A path that does not exist there is skipped, as before fork.
     pub fn apply(&mut self) -> Result<(), Failure> {
@@ -238,11 +219,8 @@ impl Prepared {
                 continue;
             };
             let stat = fstat(fd.as_fd()).map_err(|e| Failure::Step("fstat of a /proc rule", e))?;
-            let access = if paths::has_type(&stat, SFlag::S_IFDIR) {
-                rule.access
-            } else {
-                rule.access & self.file_access
-            };
+            let is_dir = paths::has_type(&stat, SFlag::S_IFDIR);
+            let access = for_type(is_dir, rule.access, self.file_access);
             ruleset
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(|e| Failure::Step("adding a /proc Landlock rule", errno(&e)))?;
@@ -281,6 +259,16 @@ impl Prepared {
             Err(other) => Err(Failure::Step("probing a path outside every rule", other)),
         }
     }
+}
+
+/// The rights of `access` that apply to a directory or a file (a file gets none of the
+/// directory rights in `access`; `file` are the rights that apply to files).
+fn for_type(
+    is_dir: bool,
+    access: BitFlags<AccessFs>,
+    file: BitFlags<AccessFs>,
+) -> BitFlags<AccessFs> {
+    if is_dir { access } else { access & file }
 }
 
 /// The errno behind a crate error (EINVAL when it carries none).

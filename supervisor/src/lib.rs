@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod caps;
+pub mod cgroup;
 pub mod channel;
 pub mod check;
 pub mod child;
@@ -19,6 +20,7 @@ pub mod lineage;
 pub mod log;
 pub mod memfd;
 pub mod namespaces;
+pub mod oom;
 pub mod paths;
 pub mod policy;
 pub mod preflight;
@@ -28,3 +30,4 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod supervise;
 pub mod view;
+pub mod workers;

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => &args.log,
         None => &cli.run.log,
     };
-    if let Err(e) = log::init(log.log_format, &log.log_level) {
+    if let Err(e) = log::init(log.log_format, &log.log_level, log.log_file.as_deref()) {
         eprintln!("openshell-sandbox: {e}");
         return ExitCode::from(SETUP_FAILED);
     }
@@ -42,13 +42,16 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args.policy),
         None => run(cli.run),
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{}", one_line(&e));
-            ExitCode::from(SETUP_FAILED)
+            SETUP_FAILED
         }
-    }
+    };
+    // The last summaries, and a bounded time for every line still queued.
+    log::finish(log::DRAIN_TIMEOUT);
+    ExitCode::from(code)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -74,7 +77,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         &args.command,
         provided,
         inspection.as_ref(),
-        &credentials,
+        Some(&credentials),
     )?;
     let running = sandbox::spawn(prepared)?;
     let outcome = supervise::run(running, policy.network, options);
@@ -138,8 +141,14 @@ fn log_policy(policy: &policy::Policy) {
         network_rules = policy.network.len(),
         "policy loaded"
     );
-    for note in &policy.notes {
-        tracing::warn!(policy = %policy.origin, "{note}");
+    // Remarks about the policy itself are `check`'s to list; at every start they would only
+    // repeat themselves over the agent's output.
+    if !policy.notes.is_empty() {
+        tracing::warn!(
+            notes = policy.notes.len(),
+            "{} warnings about the policy itself: `openshell-sandbox check` lists them",
+            policy.notes.len()
+        );
     }
 }
 
@@ -152,6 +161,11 @@ fn report(outcome: &Outcome) {
         Outcome::Exited(code) => tracing::info!(status = code, "agent exited with status {code}"),
         Outcome::Signaled(signal) => tracing::info!(signal, "agent killed by signal {signal}"),
         Outcome::TimedOut => tracing::warn!("agent stopped: --timeout expired"),
+        Outcome::OomKilled => tracing::error!(
+            event = "oom_killed",
+            signal = libc::SIGKILL,
+            "agent killed by the kernel's OOM killer: the sandbox ran out of memory"
+        ),
         Outcome::SetupFailed(message) | Outcome::ExecFailed { message, .. } => {
             tracing::error!("{message}");
         }

@@ -14,7 +14,7 @@
 //! built in the new mount namespace, with a fresh `/proc` showing only the sandbox's processes.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -50,9 +50,38 @@ fn syscall(what: &'static str) -> impl FnOnce(Errno) -> NamespaceError {
     move |source| NamespaceError::Syscall { what, source }
 }
 
-/// Creates the agent's network namespace with `lo` up, runs `inside` in it, and returns a
-/// handle on the namespace with what `inside` returned.
-pub fn create_network<T, F>(inside: F) -> Result<(OwnedFd, T), NamespaceError>
+/// Who may bind ports below 1024 in the sandbox's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Only holders of CAP_NET_BIND_SERVICE (the kernel's default).
+    Privileged,
+    /// Everyone (`net.ipv4.ip_unprivileged_port_start = 0` there): the supervisor's own
+    /// services on the sandbox's loopback (the transparent path's DNS answerer on port 53)
+    /// then bind without CAP_NET_BIND_SERVICE, which pods do not grant. The namespace has
+    /// nothing but loopback, so a low port there reaches nothing outside it.
+    Unprivileged,
+}
+
+/// A network namespace being made by its thread (see [`start_network`]).
+#[derive(Debug)]
+pub struct PendingNetwork<T> {
+    thread: std::thread::JoinHandle<Result<(OwnedFd, T), NamespaceError>>,
+}
+
+impl<T> PendingNetwork<T> {
+    /// Waits for the thread: the namespace and what `inside` returned.
+    pub fn finish(self) -> Result<(OwnedFd, T), NamespaceError> {
+        self.thread
+            .join()
+            .map_err(|_| NamespaceError::Thread("panicked".into()))?
+    }
+}
+
+/// Creates the agent's network namespace with `lo` up and runs `inside` in it, in a thread of
+/// its own; [`PendingNetwork::finish`] returns a handle on the namespace with what `inside`
+/// returned. It returns at once: creating a namespace takes the kernel a few hundred
+/// microseconds, which the caller spends preparing the other layers.
+pub fn start_network<T, F>(ports: Ports, inside: F) -> Result<PendingNetwork<T>, NamespaceError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -62,6 +91,12 @@ where
         .spawn(move || -> Result<(OwnedFd, T), NamespaceError> {
             unshare(CloneFlags::CLONE_NEWNET).map_err(syscall("unshare(CLONE_NEWNET)"))?;
             loopback_up().map_err(syscall("bringing up lo in the sandbox network namespace"))?;
+            if ports == Ports::Unprivileged {
+                unprivileged_ports().map_err(syscall(
+                    "letting the sandbox's loopback services bind ports below 1024 \
+                     (net.ipv4.ip_unprivileged_port_start)",
+                ))?;
+            }
             let value = inside();
             let ns =
                 File::open("/proc/thread-self/ns/net").map_err(|e| NamespaceError::Syscall {
@@ -71,9 +106,35 @@ where
             Ok((ns.into(), value))
         })
         .map_err(|e| NamespaceError::Thread(e.to_string()))?;
-    thread
-        .join()
-        .map_err(|_| NamespaceError::Thread("panicked".into()))?
+    Ok(PendingNetwork { thread })
+}
+
+/// Sets `net.ipv4.ip_unprivileged_port_start` to 0 for the calling thread's network namespace
+/// (a network sysctl applies to the namespace of the thread that opens it): through the pod's
+/// /proc where it is writable, else through a procfs of our own (container runtimes mount
+/// /proc/sys read-only), whose unmount costs an RCU grace period.
+fn unprivileged_ports() -> Result<(), Errno> {
+    const SYSCTL: &str = "sys/net/ipv4/ip_unprivileged_port_start";
+    let write = |dir: &dyn AsFd| -> Result<(), Errno> {
+        let sysctl = nix::fcntl::openat(
+            dir.as_fd(),
+            SYSCTL,
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        nix::unistd::write(&sysctl, b"0").map(drop)
+    };
+    let pods = File::open("/proc").map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    match write(&pods) {
+        Err(Errno::EROFS | Errno::EACCES | Errno::EPERM) => {}
+        done => return done,
+    }
+    let own = crate::view::sys::new_filesystem(
+        c"proc",
+        &[],
+        crate::view::sys::NOSUID | crate::view::sys::NODEV | crate::view::sys::NOEXEC,
+    )?;
+    write(&own)
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.
@@ -131,7 +192,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Wraps the network namespace made by [`create_network`].
+    /// Wraps the network namespace made by [`start_network`].
     pub fn new(netns: OwnedFd) -> Prepared {
         Prepared { netns }
     }

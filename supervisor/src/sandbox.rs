@@ -117,8 +117,18 @@ pub fn prepare(
     command: &[OsString],
     provided: &[ProvidedFile],
     inspection: Option<&proxy::l7::Prepared>,
-    credentials: &credentials::Prepared,
+    credentials: Option<&credentials::Prepared>,
 ) -> Result<Prepared, SandboxError> {
+    let transparent = transparent_plan(policy, kernel)?;
+    let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
+    // The kernel takes a while to make a network namespace: its thread works while the other
+    // layers are prepared here.
+    let ports = if transparent.is_some() {
+        namespaces::Ports::Unprivileged
+    } else {
+        namespaces::Ports::Privileged
+    };
+    let network = namespaces::start_network(ports, move || proxy::bind(transparent))?;
     let (workdir, workdir_opened) = open_workdir(workdir)?;
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
     let resolved = filesystem::resolve(&policy.filesystem)?;
@@ -134,7 +144,7 @@ pub fn prepare(
             skipped.join(", ")
         );
     }
-    let view = view::prepare(&resolved, &workdir_opened, provided)?;
+    let (view, view_workdir) = view::prepare(&resolved, &workdir_opened, provided)?;
     let enforcement = filesystem::decide(
         policy.compatibility,
         &resolved,
@@ -160,8 +170,6 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
-    let transparent = transparent_plan(policy, kernel)?;
-    let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
     let mut env = environment(&account, &workdir);
     if let Some(inspection) = inspection {
         for (key, value) in &inspection.environment {
@@ -169,7 +177,9 @@ pub fn prepare(
             env.push((key.into(), value.into()));
         }
     }
-    credentials.agent.apply(&mut env);
+    if let Some(credentials) = credentials {
+        credentials.agent.apply(&mut env);
+    }
     let argv: Vec<OsString> = if command.is_empty() {
         vec![login_shell(&account)]
     } else {
@@ -185,14 +195,16 @@ pub fn prepare(
         .iter()
         .map(|c| fstatat(workdir_opened.fd.as_fd(), c.as_path(), AtFlags::empty()).is_ok())
         .collect();
-    let (netns, bound) = namespaces::create_network(move || proxy::bind(transparent))?;
+    let (netns, bound) = network.finish()?;
     let mut proxy = bound.map_err(SandboxError::Proxy)?;
     if let Some(inspection) = inspection {
         proxy.inspect_with(inspection.engine.clone());
     }
-    proxy
-        .add_credentials(credentials)
-        .map_err(SandboxError::Proxy)?;
+    if let Some(credentials) = credentials {
+        proxy
+            .add_credentials(credentials)
+            .map_err(SandboxError::Proxy)?;
+    }
     let agent = child::Plan {
         argv: CStringArray::new(
             argv.iter()
@@ -214,6 +226,8 @@ pub fn prepare(
             .map(|c| cstring(c.as_os_str(), "the command path"))
             .collect::<Result<_, _>>()?,
         exists_outside,
+        workdir: view_workdir,
+        go: None,
         account: account.clone(),
         caps: caps::prepare(),
         landlock,
@@ -383,6 +397,22 @@ fn owns_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
+/// The thread count once joined threads are gone: a joined thread wakes its joiner as it
+/// exits (the kernel clears its tid), a moment before the kernel stops counting it, and on a
+/// slow machine (an emulated CPU) that moment is seen. A thread still running after this
+/// wait (100 ms) is a real second thread.
+fn settled_thread_count() -> usize {
+    let mut threads = crate::procfs::thread_count();
+    for _ in 0..100 {
+        if threads == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        threads = crate::procfs::thread_count();
+    }
+    threads
+}
+
 /// The agent's command, for messages.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -408,7 +438,7 @@ pub struct Running {
 /// Forks init. The process must be single-threaded: the child allocates and takes locks, which
 /// is only safe when no other thread could have held them at fork time.
 pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
-    let threads = crate::procfs::thread_count();
+    let threads = settled_thread_count();
     if threads != 1 {
         return Err(SandboxError::Threads(threads));
     }

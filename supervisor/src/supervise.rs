@@ -4,9 +4,16 @@
 //! QUIT, USR1, USR2 and WINCH to init, which passes them to the agent's process group. On its
 //! own TERM, and when `--timeout` expires, it gives the agent a grace period and then kills
 //! init, which makes the kernel kill every process of the sandbox: nothing is left behind.
+//!
+//! Before init may fork the agent, the supervisor has every thread it needs (log writer,
+//! workers, seccomp, runtime) and has made the sandbox the OOM killer's first choice: what the
+//! agent does to the pod's pids and memory limits afterwards cannot take them away. Nothing
+//! here waits for a log line to be written (see `log/sink.rs`).
 
+use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -19,13 +26,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::cgroup::Cgroups;
 use crate::channel::{self, Message};
 use crate::child::{CANNOT_EXECUTE, NOT_FOUND, SETUP_FAILED};
 use crate::init::FORWARDED;
 use crate::lineage::Lineage;
 use crate::policy::NetworkRule;
 use crate::sandbox::{Command, Running};
-use crate::{caps, proxy, seccomp};
+use crate::{caps, log, oom, proxy, seccomp, workers};
 
 /// Exit status when `--timeout` expired.
 pub const TIMED_OUT: u8 = 124;
@@ -39,6 +47,8 @@ pub enum Outcome {
     Signaled(i32),
     /// `--timeout` expired.
     TimedOut,
+    /// The kernel's OOM killer killed the agent.
+    OomKilled,
     /// Set-up failed before the agent ran.
     SetupFailed(String),
     /// The command could not be executed.
@@ -57,6 +67,7 @@ impl Outcome {
             Outcome::Exited(code) => *code as u8,
             Outcome::Signaled(signal) => (128 + signal) as u8,
             Outcome::TimedOut => TIMED_OUT,
+            Outcome::OomKilled => (128 + libc::SIGKILL) as u8,
             Outcome::SetupFailed(_) => SETUP_FAILED as u8,
             Outcome::ExecFailed { code, .. } => *code as u8,
         }
@@ -100,26 +111,98 @@ fn forwarded_set() -> SigSet {
 /// Serves the egress proxy for `network` and supervises `running` to the end; returns how it
 /// ended.
 pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    match runtime {
-        Ok(rt) => {
-            let outcome = rt.block_on(supervise(running, network, options));
+    let lineage = Arc::new(Lineage::default());
+    let cgroups = Cgroups::own();
+    let started = start_threads(&cgroups)
+        .map_err(|e| format!("cannot start the supervisor's threads: {e}"))
+        .and_then(|threads| {
+            let preferred = oom::prefer(running.init).map_err(|e| {
+                format!("cannot make the sandbox the OOM killer's first choice: {e}")
+            })?;
+            Ok((threads, preferred))
+        });
+    match started {
+        Ok(((runtime, seccomp), preferred)) => {
+            // Init waits for this before it forks the agent. It fails only when init is gone
+            // already, having said why on the channel: supervision reports that.
+            if let Err(e) = channel::go(&running.channel) {
+                tracing::debug!("init did not wait for the start signal: {e}");
+            }
+            let context = Context {
+                lineage,
+                seccomp,
+                cgroups,
+                preferred,
+            };
+            let outcome = runtime.block_on(supervise(running, network, options, context));
             // Open tunnels and pending lookups end with the agent.
-            rt.shutdown_background();
+            runtime.shutdown_background();
             outcome
         }
         Err(e) => {
             let _ = kill(running.init, Signal::SIGKILL);
             let _ = waitpid(running.init, None);
-            Outcome::SetupFailed(format!("cannot start the supervisor's runtime: {e}"))
+            Outcome::SetupFailed(e)
         }
     }
 }
 
-async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options) -> Outcome {
+/// Threads of tokio's runtime.
+const RUNTIME_THREADS: u64 = 2;
+
+/// Creates every thread the supervisor will have, before the agent runs (init waits for
+/// [`channel::go`]): the agent shares the pod's pids limit, and one that forks up to it must
+/// not leave the supervisor unable to log, answer refused calls or serve the proxy. Nothing
+/// after this needs a new thread (see `workers.rs`; the seccomp handler's optional second
+/// thread is only a second, and it goes without when it cannot be made). Returns the runtime
+/// and the seccomp thread's inbox for the listener the agent sends just before it runs.
+fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, SyncSender<Listener>)> {
+    log::start_writer()?;
+    workers::start()?;
+    let (seccomp, listener) = std::sync::mpsc::sync_channel::<Listener>(1);
+    std::thread::Builder::new()
+        .name("seccomp".into())
+        .spawn(move || {
+            // No listener comes when the sandbox failed before its seccomp step.
+            if let Ok((listener, services)) = listener.recv() {
+                seccomp::serve(listener, services);
+            }
+        })?;
+    // tokio aborts the process when it cannot create its worker threads (it panics, and the
+    // release build aborts on panic): make sure the pids limit leaves room for them first.
+    if let Some(left) = cgroups.pids_left()
+        && left < RUNTIME_THREADS
+    {
+        return Err(io::Error::other(format!(
+            "the pids cgroup admits only {left} more tasks; the runtime needs {RUNTIME_THREADS}"
+        )));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RUNTIME_THREADS as usize)
+        .enable_all()
+        .build()?;
+    Ok((runtime, seccomp))
+}
+
+/// The seccomp listener and what its notifications are served with, for the thread started for
+/// them before the agent ran.
+type Listener = (OwnedFd, seccomp::Services);
+
+/// What supervision shares with the threads started before it.
+#[derive(Debug)]
+struct Context {
+    lineage: Arc<Lineage>,
+    seccomp: SyncSender<Listener>,
+    cgroups: Cgroups,
+    preferred: oom::Preferred,
+}
+
+async fn supervise(
+    running: Running,
+    network: Vec<NetworkRule>,
+    options: Options,
+    context: Context,
+) -> Outcome {
     let Running {
         init,
         channel,
@@ -127,13 +210,13 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         proxy,
     } = running;
     let mut state = State::default();
-    let lineage = Arc::new(Lineage::default());
+    let mut oom = oom::Watch::new(context.cgroups.clone());
     let transparent = match proxy::start(
         proxy,
         network,
         init.as_raw() as u32,
         options.proxy,
-        lineage.clone(),
+        context.lineage.clone(),
     ) {
         Ok(transparent) => transparent,
         Err(e) => {
@@ -147,7 +230,7 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         }
     };
     let services = seccomp::Services {
-        lineage: lineage.clone(),
+        lineage: context.lineage.clone(),
         transparent,
     };
     let (forward_tx, mut forwarded) = mpsc::unbounded_channel();
@@ -180,13 +263,14 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
         }
     };
     let timeout_at = options.timeout.map(|t| Instant::now() + t);
+    let mut oom_check = tokio::time::interval(oom::CHECK_PERIOD);
     // Checked once after the SIGCHLD handler exists, in case init exited before that.
     let mut exited = reap(init);
     while exited.is_none() {
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &services, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &context, &services, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -215,19 +299,34 @@ async fn supervise(running: Running, network: Vec<NetworkRule>, options: Options
                 let _ = kill(init, Signal::SIGKILL);
                 state.kill_at = None;
             }
+            _ = oom_check.tick() => oom.check(),
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &services, &mut state);
+        drain(fd.get_ref(), &command, &context, &services, &mut state);
     }
-    outcome(state, exited)
+    oom.check();
+    // The agent's own status (init's report), not init's: init killed is not the agent.
+    let agent_killed = state
+        .status
+        .is_some_and(|s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL);
+    match outcome(state, exited) {
+        Outcome::Signaled(libc::SIGKILL) if agent_killed && oom.killed_any() => Outcome::OomKilled,
+        outcome => outcome,
+    }
 }
 
 /// Handles every message waiting on the channel. Returns true at end of stream.
-fn drain(fd: &OwnedFd, command: &Command, services: &seccomp::Services, state: &mut State) -> bool {
+fn drain(
+    fd: &OwnedFd,
+    command: &Command,
+    context: &Context,
+    services: &seccomp::Services,
+    state: &mut State,
+) -> bool {
     loop {
         match channel::receive(fd) {
-            Ok(Some(message)) => handle(message, command, services, state),
+            Ok(Some(message)) => handle(message, command, context, services, state),
             Ok(None) => return true,
             Err(Errno::EAGAIN) => return false,
             Err(e) => {
@@ -238,21 +337,33 @@ fn drain(fd: &OwnedFd, command: &Command, services: &seccomp::Services, state: &
     }
 }
 
-fn handle(message: Message, command: &Command, services: &seccomp::Services, state: &mut State) {
+fn handle(
+    message: Message,
+    command: &Command,
+    context: &Context,
+    services: &seccomp::Services,
+    state: &mut State,
+) {
     match message {
         Message::AgentSpawned(pid) => {
             tracing::debug!(sandbox_pid = pid, "agent process created");
+            context.preferred.agent_spawned();
         }
         Message::Confined => {
             tracing::info!(command = ?command.argv, "agent confined, starting it");
         }
         Message::SeccompListener(listener) => {
-            let services = services.clone();
-            let spawned = std::thread::Builder::new()
-                .name("seccomp".into())
-                .spawn(move || seccomp::serve(listener, services));
-            if let Err(e) = spawned {
-                tracing::error!("cannot serve seccomp notifications: {e}");
+            // To the thread started for it before the agent ran.
+            if context
+                .seccomp
+                .try_send((listener, services.clone()))
+                .is_err()
+            {
+                tracing::error!(
+                    layer = "seccomp",
+                    "a second seccomp listener, or none to serve it: refused calls it \
+                     would report fail with ENOSYS"
+                );
             }
         }
         Message::Failed { step, errno } => {

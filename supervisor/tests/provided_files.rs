@@ -15,7 +15,7 @@ use std::time::Duration;
 use openshell_sandbox::policy::{self, PolicyOrigin};
 use openshell_sandbox::sandbox::{self, ProvidedFile};
 use openshell_sandbox::supervise::{self, Outcome};
-use openshell_sandbox::{credentials, preflight, proxy};
+use openshell_sandbox::{preflight, proxy};
 
 const AGENT: u32 = 65534;
 
@@ -41,7 +41,10 @@ fn main() {
     std::fs::create_dir_all(&workdir).expect("mkdir");
     std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::os::unix::fs::chown(&workdir, Some(AGENT), Some(AGENT)).expect("chown");
-    let result = std::panic::catch_unwind(|| run(&workdir));
+    let result = std::panic::catch_unwind(|| {
+        run_listing_run_whole(&workdir);
+        run(&workdir);
+    });
     let _ = std::fs::remove_dir_all(&scratch);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
@@ -49,15 +52,47 @@ fn main() {
     println!("provided files: ok");
 }
 
-fn run(workdir: &Path) {
+/// The test policy, with `extra` read-only paths.
+fn test_policy(workdir: &Path, extra: &str) -> policy::Policy {
     let text = format!(
         "version: 1\nfilesystem_policy:\n  include_workdir: true\n  read_only: [/usr, /bin, \
-         /lib, /lib64, /etc, /proc]\n  read_write: [/dev/null]\nprocess:\n  run_as_user: \
-         {AGENT}\n  run_as_group: {AGENT}\n"
+         /lib, /lib64, /etc, /proc{extra}]\n  read_write: [/dev/null]\nprocess:\n  \
+         run_as_user: {AGENT}\n  run_as_group: {AGENT}\n"
     );
     let origin = PolicyOrigin::File(PathBuf::from("provided-files.yaml"));
     let file = policy::parse(&text, &origin).expect("the test policy parses");
-    let policy = policy::validate(file, origin, workdir).expect("the test policy is valid");
+    policy::validate(file, origin, workdir).expect("the test policy is valid")
+}
+
+/// A policy that lists /run whole mounts the pod's /run, where the supervisor cannot add
+/// /run/openshell (the pod's files are never changed): the sandbox refuses to start, saying
+/// what to do, unless the image has an empty /run/openshell.
+fn run_listing_run_whole(workdir: &Path) {
+    if Path::new("/run/openshell").exists() {
+        println!("provided files: /run/openshell exists here, so listing /run is fine");
+        return;
+    }
+    let policy = test_policy(workdir, ", /run");
+    let files = [ProvidedFile {
+        path: "/run/openshell/tls/ca-bundle.pem".into(),
+        contents: b"bundle".to_vec(),
+        mode: 0o644,
+    }];
+    let command: Vec<OsString> = vec!["/bin/true".into()];
+    let kernel = preflight::probe();
+    let e = sandbox::prepare(&policy, &kernel, workdir, &command, &files, None, None)
+        .expect_err("/run/openshell cannot be placed inside the pod's /run");
+    assert_eq!(
+        e.to_string(),
+        "filesystem view: /run/openshell must exist inside /run (which the policy lists whole) \
+         to mount /run/openshell (the supervisor's files) there; list the entries of the parent \
+         the agent needs instead of the whole parent, or create an empty /run/openshell in the \
+         image"
+    );
+}
+
+fn run(workdir: &Path) {
+    let policy = test_policy(workdir, "");
     let bundle = b"-----BEGIN CERTIFICATE-----\nMIIB test\n-----END CERTIFICATE-----\n";
     let provided = [
         ProvidedFile {
@@ -73,17 +108,8 @@ fn run(workdir: &Path) {
     ];
     let command: Vec<OsString> = ["/bin/sh", "-c", SCRIPT].iter().map(Into::into).collect();
     let kernel = preflight::probe();
-    let credentials = credentials::prepare(&policy, &[]).expect("no credentials to prepare");
-    let prepared = sandbox::prepare(
-        &policy,
-        &kernel,
-        workdir,
-        &command,
-        &provided,
-        None,
-        &credentials,
-    )
-    .expect("the sandbox prepares");
+    let prepared = sandbox::prepare(&policy, &kernel, workdir, &command, &provided, None, None)
+        .expect("the sandbox prepares");
     let running = sandbox::spawn(prepared).expect("the sandbox starts");
     let options = supervise::Options {
         timeout: Some(Duration::from_secs(30)),

@@ -18,8 +18,10 @@ echo "pid1-argv0: $(tr '\0' '\n' </proc/1/cmdline | head -n1)"
 echo "supervisor-sha256: $(sha256sum /opt/openshell/bin/openshell-sandbox | cut -d' ' -f1)"
 echo "proxy-env: HTTP_PROXY=${HTTP_PROXY:-} HTTPS_PROXY=${HTTPS_PROXY:-} ALL_PROXY=${ALL_PROXY:-} http_proxy=${http_proxy:-} NO_PROXY=${NO_PROXY:-}"
 
-# Around the proxy (-Y off): the sandbox's network namespace has only loopback.
+# Around the proxy (-Y off): the supervisor intercepts connect() (transparent egress), so the
+# allowed upstream is reached directly and the other one is refused at once.
 echo "direct: $(timeout 5 wget -Y off -q -O- "http://$allowed/" 2>&1)"
+echo "direct-denied: $(timeout 5 wget -Y off -q -O- "http://$denied/" 2>&1)"
 
 # Through the proxy (http_proxy from the supervisor): an absolute-form GET, allowed.
 body="$(timeout 10 wget -q -O- "http://$allowed/" 2>&1)"

@@ -8,9 +8,10 @@
 #   the image: size budget, SHA256SUMS and policies inside it;
 #   the happy path: the init container installed exactly the verified binary; the agent ran
 #     under the supervisor (PID namespace with our init as PID 1, non-root, no capabilities,
-#     no_new_privs, seccomp); its exit code is the pod's; direct egress is impossible; the
-#     allowed upstream is reachable through the proxy; the other one is refused with 403 and
-#     a deny log line from the supervisor, and never sees a connection;
+#     no_new_privs, seccomp); its exit code is the pod's; the allowed upstream is reachable
+#     through the proxy and directly (transparent egress); the other one is refused (403
+#     through the proxy, ECONNREFUSED directly) with a deny log line from the supervisor for
+#     each, and never sees a connection;
 #   the faults: an image whose supervisor bytes do not match its SHA256SUMS, and a wrong
 #     pinned digest, each stop the pod in the init container (exit 3) before the agent
 #     starts; a policy with an error makes the agent container exit 125 with the reason
@@ -100,11 +101,12 @@ equals() {
 # value FILE KEY: the text after "KEY: " on the agent's output line for KEY.
 value() { sed -n "s/^$2: //p" "$1" | head -n1; }
 
-# The supervisor's JSON deny event for DESTINATION: event=denied, layer=proxy, pid, exe, what.
+# deny_logged FILE DESTINATION LAYER: the supervisor's JSON deny event for DESTINATION:
+# event=denied, layer=LAYER, pid, exe, what.
 deny_logged() {
-  "$OSB_PYTHON" - "$1" "$2" <<'EOF'
+  "$OSB_PYTHON" - "$1" "$2" "$3" <<'EOF'
 import json, sys
-path, dest = sys.argv[1], sys.argv[2]
+path, dest, layer = sys.argv[1], sys.argv[2], sys.argv[3]
 for line in open(path, encoding="utf-8", errors="replace"):
     # The agent's stdout and the supervisor's stderr share the log; a line the agent leaves
     # unterminated gets the next log event glued to its end.
@@ -113,11 +115,11 @@ for line in open(path, encoding="utf-8", errors="replace"):
         e = json.loads(line[start:]) if start >= 0 else None
     except ValueError:
         continue
-    if (isinstance(e, dict) and e.get("event") == "denied" and e.get("layer") == "proxy"
+    if (isinstance(e, dict) and e.get("event") == "denied" and e.get("layer") == layer
             and dest in str(e.get("what", "")) and e.get("pid") and e.get("exe")):
         print("found:", line.strip())
         sys.exit(0)
-print(f"no JSON line with event=denied, layer=proxy, pid, exe and what containing {dest}")
+print(f"no JSON line with event=denied, layer={layer}, pid, exe and what containing {dest}")
 sys.exit(1)
 EOF
 }
@@ -227,8 +229,10 @@ check "supervisor ran with no_new_privs (allowPrivilegeEscalation: false)" has <
 check "agent container holds exactly the capabilities pod.yaml adds" equals \
   "$(podman inspect --format '{{range .EffectiveCaps}}{{.}} {{end}}' "$pod-agent")" \
   "$(shipped_agent_caps)"
-check "a direct connection fails at once: no route out of the sandbox" \
-  has "$WORK/agent.log" '^direct: .*Network is unreachable'
+check "a direct connection to $ALLOWED is served (transparent egress, same policy)" \
+  has "$WORK/agent.log" '^direct: hello from the allowed upstream$'
+check "a direct connection to $DENIED is refused at once" \
+  has "$WORK/agent.log" '^direct-denied: .*Connection refused'
 
 section "the network, through the supervisor's proxy"
 check "agent's environment points at the proxy on 127.0.0.1:3128" has "$WORK/agent.log" \
@@ -244,11 +248,13 @@ check "CONNECT to $DENIED is refused with 403 Forbidden" \
 check "the refusal's body is the policy_denied JSON" \
   has "$WORK/agent.log" '^denied-response: \{.*"error": ?"policy_denied"'
 check "the supervisor logged the denial (event, layer, pid, exe, what)" \
-  deny_logged "$WORK/agent.log" "$DENIED"
+  deny_logged "$WORK/agent.log" "$DENIED" proxy
+check "the supervisor logged the direct attempt too (layer network)" \
+  deny_logged "$WORK/agent.log" "$DENIED" network
 podman logs "$PREFIX-allowed" >"$WORK/allowed.log" 2>&1
 podman logs "$PREFIX-denied" >"$WORK/denied.log" 2>&1
-check "the allowed upstream served both requests (absolute-form and tunnel)" \
-  equals "$(grep -c 'response:200' "$WORK/allowed.log")" 2
+check "the allowed upstream served the three requests (direct, absolute-form and tunnel)" \
+  equals "$(grep -c 'response:200' "$WORK/allowed.log")" 3
 check "the denied upstream saw no connection at all" lacks "$WORK/denied.log" '.'
 kube_down "$WORK/ok.yaml"
 

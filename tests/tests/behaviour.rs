@@ -191,8 +191,16 @@ fn check_passes_for_the_default_policy() {
     command.arg("check").arg("--policy").arg(default_policy());
     let out = run::run(&mut command, Stdin::Null);
     assert_eq!(out.code(), 0, "{out:#?}");
+    // The default policy needs nothing only Landlock can enforce: it runs on kernels without.
+    let landlock = if openshell_tests::landlock_abi() > 0 {
+        "  landlock: ABI "
+    } else {
+        "  landlock: not available ("
+    };
     for expected in [
-        "  landlock: ABI ",
+        "  view: ",
+        landlock,
+        "  memfd exec: ",
         "  seccomp: ",
         "  namespaces: pid, mount, ipc, uts, cgroup and network can be created",
         "  capabilities: every one the supervisor needs is present",
@@ -250,6 +258,9 @@ fn check_names_the_rules_only_landlock_can_enforce_where_it_is_missing() {
         );
     }
     // With Landlock, the same policy passes and says which layer enforces the rule.
+    if !openshell_tests::require_kernel(openshell_tests::landlock_abi() >= 1, "Landlock") {
+        return;
+    }
     let out = check_policy(&[], &policy);
     assert_eq!(out.code(), 0, "{out:#?}");
     assert!(
@@ -336,6 +347,34 @@ fn missing_capability_exits_125_before_the_agent_runs() {
         "{out:#?}"
     );
     assert!(!marker.exists(), "the agent ran");
+}
+
+/// Pods add only the capabilities the supervisor needs, and CAP_NET_BIND_SERVICE is not one:
+/// the transparent path's DNS answerer still binds port 53 on the sandbox's loopback.
+#[test]
+fn starts_without_cap_net_bind_service() {
+    let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let marker = sandbox.rw("agent-ran");
+    let probe = probe();
+    let launcher = [
+        probe.as_ref(),
+        "drop-bounding".as_ref(),
+        "10".as_ref(), // CAP_NET_BIND_SERVICE
+        "--".as_ref(),
+    ];
+    let mut command = run::sandbox_via(&launcher, &sandbox.policy, &sandbox.scratch.join("rw"));
+    command.args(["--", "/bin/touch"]).arg(&marker);
+    let out = run::run(&mut command, Stdin::Null);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(marker.exists(), "the agent did not run");
+    let transparent_off = out.log().iter().any(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("TRANSPARENT EGRESS OFF"))
+    });
+    if transparent_off {
+        eprintln!("note: transparent egress is off on this kernel; port 53 was not needed");
+    }
 }
 
 /// `run-with-landlock-blocked ERRNO --`, then the supervisor's command line.
@@ -458,15 +497,26 @@ fn best_effort_runs_without_landlock_and_says_so_loudly() {
     );
 }
 
+/// The longest a run that should take `expected` may take: `expected`, plus what starting and
+/// stopping a sandbox costs here (measured, so that an emulated CPU in the kernel matrix
+/// stretches the bound with it), plus 3 s of slack.
+fn at_most(sandbox: &Sandbox, expected: Duration) -> Duration {
+    let started = Instant::now();
+    let out = sandbox.run(&["--", "/bin/true"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    expected + 2 * started.elapsed() + Duration::from_secs(3)
+}
+
 #[test]
 fn timeout_stops_the_agent_with_124() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let limit = at_most(&sandbox, Duration::from_secs(1));
     let started = Instant::now();
     let out = sandbox.run(&["--timeout", "1", "--", "/bin/sleep", "30"]);
     assert_eq!(out.code(), 124, "{out:#?}");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
+        started.elapsed() < limit,
+        "{:?} (limit {limit:?})",
         started.elapsed()
     );
 }
@@ -480,14 +530,15 @@ fn timeout_kills_an_agent_that_ignores_term_after_the_grace_period() {
         .arg(&record)
         .arg("none")
         .env("OPENSHELL_GRACE_PERIOD", "1");
+    let limit = at_most(&sandbox, Duration::from_secs(2));
     let started = Instant::now();
     let out = run::run(&mut command, Stdin::Null);
     let elapsed = started.elapsed();
     assert_eq!(out.code(), 124, "{out:#?}");
     assert_eq!(contents(&record), "ready\nTERM\n");
     assert!(
-        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
-        "timeout 1 s + grace 1 s, took {elapsed:?}"
+        elapsed >= Duration::from_secs(2) && elapsed < limit,
+        "timeout 1 s + grace 1 s, took {elapsed:?} (limit {limit:?})"
     );
 }
 
@@ -542,6 +593,7 @@ fn signals_are_forwarded_to_the_agent() {
 #[test]
 fn sigterm_to_the_supervisor_gives_a_grace_period_then_kill() {
     let sandbox = Sandbox::new(RUN_AS_AGENT);
+    let limit = at_most(&sandbox, Duration::from_secs(1));
     let (running, record) = start_recorder(&sandbox, "none", "1");
     let started = Instant::now();
     signal(running.pid(), libc::SIGTERM);
@@ -554,8 +606,8 @@ fn sigterm_to_the_supervisor_gives_a_grace_period_then_kill() {
     );
     assert_eq!(out.code(), 128 + libc::SIGKILL, "{out:#?}");
     assert!(
-        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(5),
-        "grace period 1 s, took {elapsed:?}"
+        elapsed >= Duration::from_secs(1) && elapsed < limit,
+        "grace period 1 s, took {elapsed:?} (limit {limit:?})"
     );
 }
 

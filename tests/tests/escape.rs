@@ -17,6 +17,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::process::{Child, Command};
 use std::time::SystemTime;
 
@@ -68,6 +69,8 @@ enum Effect {
     TargetKilled,
     /// Input was injected into the terminal.
     TtyInput,
+    /// The fixture's listening unix socket at this path accepted a connection.
+    Connected(&'static str),
 }
 
 /// Extra fixture content or process state.
@@ -87,6 +90,9 @@ enum Prep {
     InheritableNetRaw,
     /// The baseline runs in a private mount namespace, so its mounts stay its own.
     PrivateMounts,
+    /// A unix socket listening at this fixture path, connectable by everyone (as a runtime's
+    /// or a sidecar's socket often is).
+    Listener(&'static str),
 }
 
 /// A kernel feature the attempt needs, and the baseline results that mean it is missing.
@@ -94,6 +100,15 @@ enum Prep {
 struct Needs {
     feature: &'static str,
     missing: &'static [&'static str],
+}
+
+/// A kernel feature the sandbox needs to refuse the attempt at all, and how to tell it is
+/// there. Where it is missing the attack works confined too, which the test reports as the
+/// kernel lacking the means rather than as a pass.
+#[derive(Debug, Clone, Copy)]
+struct Requires {
+    feature: &'static str,
+    present: fn() -> bool,
 }
 
 /// One attack.
@@ -112,6 +127,7 @@ struct Attempt {
     effect: Option<Effect>,
     prep: &'static [Prep],
     needs: Option<Needs>,
+    requires: Option<Requires>,
 }
 
 fn probe(args: &'static [&'static str]) -> Attempt {
@@ -124,6 +140,7 @@ fn probe(args: &'static [&'static str]) -> Attempt {
         effect: None,
         prep: &[],
         needs: None,
+        requires: None,
     }
 }
 
@@ -164,11 +181,31 @@ impl Attempt {
         }
     }
 
+    fn requires(self, feature: &'static str, present: fn() -> bool) -> Attempt {
+        Attempt {
+            requires: Some(Requires { feature, present }),
+            ..self
+        }
+    }
+
     fn has(&self, prep: Prep) -> bool {
         self.prep.contains(&prep)
     }
 
     fn check(self, name: &str) {
+        if let Some(requires) = self.requires
+            && !(requires.present)()
+        {
+            // The sandbox cannot refuse it here: show what the attack does confined, then
+            // skip (or fail, where the kernel is expected to have the feature).
+            let (line, _) = self.run_confined(name);
+            eprintln!(
+                "{name}: confined, this kernel gives {line:?} (it lacks {})",
+                requires.feature
+            );
+            require_kernel(false, requires.feature);
+            return;
+        }
         let Some(baseline) = self.unconfined(name) else {
             return;
         };
@@ -223,6 +260,14 @@ impl Attempt {
     }
 
     fn confined(&self, name: &str) {
+        let (line, out) = self.run_confined(name);
+        assert_eq!(line, self.confined, "{name}: confined\n{out:#?}");
+        self.check_denials(name, &out);
+    }
+
+    /// Runs the attempt as the confined agent; returns its result line and the run, once the
+    /// trace of the attack was checked against the result.
+    fn run_confined(&self, name: &str) -> (String, Output) {
         let fixture = Fixture::new(self);
         let probe = bin("escape-probe");
         let policy = fixture.scratch.policy(
@@ -243,9 +288,8 @@ impl Attempt {
         fixture.setup(self).apply(&mut command);
         let out = run::run(&mut command, fixture.stdin());
         let line = result_line(name, "confined", &out);
-        assert_eq!(line, self.confined, "{name}: confined\n{out:#?}");
-        self.check_denials(name, &out);
         self.check_effect(name, &fixture, &line, false);
+        (line, out)
     }
 
     /// A refusal by seccomp, or by the network namespace, comes with exactly one denial line
@@ -366,6 +410,7 @@ struct Fixture {
     originals: Vec<(&'static str, Vec<u8>, SystemTime)>,
     pty: Option<Pty>,
     leaked: Option<File>,
+    listeners: Vec<(&'static str, UnixListener)>,
 }
 
 impl Fixture {
@@ -420,11 +465,29 @@ impl Fixture {
         let leaked = attempt
             .has(Prep::LeakedFd)
             .then(|| File::open(scratch.join("out/secret")).expect("opening the leaked file"));
+        let listeners = attempt
+            .prep
+            .iter()
+            .filter_map(|p| match p {
+                Prep::Listener(path) => {
+                    let full = scratch.join(path);
+                    let listener = UnixListener::bind(&full).expect("binding the unix socket");
+                    listener
+                        .set_nonblocking(true)
+                        .expect("non-blocking listener");
+                    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o777))
+                        .expect("chmod of the socket");
+                    Some((*path, listener))
+                }
+                _ => None,
+            })
+            .collect();
         Fixture {
             scratch,
             originals,
             pty,
             leaked,
+            listeners,
         }
     }
 
@@ -433,7 +496,8 @@ impl Fixture {
         let dir = |d: &str| self.scratch.join(d).display().to_string();
         args.iter()
             .map(|a| {
-                a.replace("{ro}", &dir("ro"))
+                a.replace("{scratch}", &self.scratch.path().display().to_string())
+                    .replace("{ro}", &dir("ro"))
                     .replace("{rw}", &dir("rw"))
                     .replace("{out}", &dir("out"))
                     .replace("{init}", target)
@@ -474,6 +538,14 @@ impl Fixture {
             Effect::Missing(path) => self.scratch.join(path).symlink_metadata().is_err(),
             Effect::TargetKilled => target_killed,
             Effect::TtyInput => self.pty.as_ref().expect("a pty").pending_input() > 0,
+            Effect::Connected(path) => {
+                let (_, listener) = self
+                    .listeners
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .expect("a listener at that path");
+                listener.accept().is_ok()
+            }
         }
     }
 }
@@ -512,7 +584,7 @@ macro_rules! attempts {
 }
 
 use By::{Agent, AgentIfLegacyTiocsti};
-use Effect::{Changed, Exists, Missing, TargetKilled, TtyInput};
+use Effect::{Changed, Connected, Exists, Missing, TargetKilled, TtyInput};
 use Layer::{Kernel, Network, Seccomp, SeccompUnlogged, View};
 
 /// Unlisted paths do not exist in the agent's filesystem.
@@ -524,6 +596,23 @@ const OTHER_MOUNT: Layer = View("another mount of the view");
 const HIDDEN: Layer = Kernel("the sandbox's PID namespace does not contain the supervisor");
 const NOT_ROOT: Layer = Kernel("the agent has no uid 0 and no capabilities");
 const NO_NEW_PRIVS: Layer = Kernel("no_new_privs: exec cannot grant privileges");
+/// Executable memfds, refused by the kernel at the sandbox's request.
+const MEMFD_NOEXEC: Layer = Kernel("vm.memfd_noexec=2 in the sandbox's PID namespace");
+/// What refusing memfd execution needs: the sysctl, with Linux 6.6's meaning of 2 (on 6.3-6.5
+/// it refused every plain memfd_create, so the sandbox can only set 1 there).
+const MEMFD_NOEXEC_KERNEL: &str = "vm.memfd_noexec=2 (Linux 6.6)";
+
+fn memfd_noexec_present() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    std::path::Path::new("/proc/sys/vm/memfd_noexec").exists() && version >= (6, 6)
+}
+
+/// READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE.
+const MITIGATIONS_OFF: &str = "4456448";
 /// CLONE_NEWUTS, for the 32-bit and x32 unshare calls.
 const NEWUTS: &str = "67108864";
 
@@ -575,6 +664,18 @@ attempts! {
     exec_outside_policy:
         probe(&["exec", "{out}/probe", "noop"]).by(Agent).refused("err ENOENT", ABSENT)
             .prep(&[Prep::OutsideCopy]);
+    open_truncate_read_only_file:
+        probe(&["open-trunc", "{ro}/file"]).by(Agent).refused("err EROFS", READ_ONLY)
+            .effect(Changed("ro/file"));
+    stat_outside_policy:
+        probe(&["stat", "{out}/secret"]).by(Agent).refused("err ENOENT", ABSENT);
+    listing_shows_no_unlisted_path:
+        probe(&["list-has", "{scratch}", "out"]).by(Agent).refused("err ENOENT", ABSENT);
+    // A runtime's or a sidecar's socket (docker.sock): Landlock below ABI 9 does not mediate
+    // connect, the view has no such file.
+    unix_connect_outside_policy:
+        probe(&["unix-connect", "{out}/socket"]).by(Agent).prep(&[Prep::Listener("out/socket")])
+            .effect(Connected("out/socket")).refused("err ENOENT", ABSENT);
     create_in_read_write_dir_still_works:
         probe(&["create", "{rw}/new"]).by(Agent).effect(Exists("rw/new"));
 
@@ -707,8 +808,11 @@ attempts! {
     name_to_handle_at:
         probe(&["name-to-handle", "/etc/passwd"])
             .refused("err EPERM", Seccomp("name_to_handle_at"));
+    // Where /usr is not ext4 (tmpfs in the kernel matrix's VMs), the forged handle names
+    // nothing: the kernel's own check, past the permission check that matters.
     open_by_handle_at:
-        probe(&["open-by-handle", "/usr"]).refused("err EPERM", Seccomp("open_by_handle_at"));
+        probe(&["open-by-handle", "/usr"]).baseline(&["ok", "err ESTALE"])
+            .refused("err EPERM", Seccomp("open_by_handle_at"));
 
     // Other system call ABIs. x32 is off on this kernel, so its baselines reach only the
     // kernel's own ENOSYS ("ok" where x32 is on); the sandbox answers EPERM.
@@ -753,9 +857,32 @@ attempts! {
         probe(&["find-inherited-fd"]).by(Agent).prep(&[Prep::LeakedFd])
             .refused("err EBADF", Kernel("every fd above 2 is close-on-exec"));
 
+    // Programs from memory, which no Landlock rule covers.
+    memfd_exec_by_descriptor:
+        probe(&["memfd-exec", "fd"]).by(Agent).refused("err EACCES", MEMFD_NOEXEC)
+            .requires(MEMFD_NOEXEC_KERNEL, memfd_noexec_present);
+    memfd_exec_by_proc_path:
+        probe(&["memfd-exec", "path"]).by(Agent).refused("err EACCES", MEMFD_NOEXEC)
+            .requires(MEMFD_NOEXEC_KERNEL, memfd_noexec_present);
+    memfd_create_executable:
+        probe(&["memfd-create-exec"]).by(Agent).refused("err EACCES", MEMFD_NOEXEC)
+            .requires(MEMFD_NOEXEC_KERNEL, memfd_noexec_present);
+    personality_mitigations_off:
+        probe(&["personality", MITIGATIONS_OFF]).by(Agent)
+            .refused("err EPERM", Seccomp("personality"));
+
     // Allowed on purpose.
     memfd_create_still_works:
         probe(&["memfd"]);
+    memfd_mapped_executable_still_works:
+        probe(&["memfd-jit"]).by(Agent);
+    unix_connect_inside_policy_still_works:
+        probe(&["unix-connect", "{rw}/socket"]).by(Agent).prep(&[Prep::Listener("rw/socket")])
+            .effect(Connected("rw/socket"));
+    personality_query_still_works:
+        probe(&["personality", "4294967295"]).by(Agent);
+    personality_linux_still_works:
+        probe(&["personality", "0"]).by(Agent);
     clone3_answers_enosys:
         probe(&["clone3"]).refused("err ENOSYS", SeccompUnlogged);
     threads_still_start:

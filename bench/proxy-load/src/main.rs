@@ -9,6 +9,10 @@
 //! and keeps them open until its stdin closes (the caller samples memory meanwhile).
 //! `resolve`: WORKERS threads each look NAME up with the C library (getaddrinfo: an A and an
 //! AAAA query), COUNT lookups in all; prints the lookups per second and their latency.
+//! `soak`: many clients mixing allowed, denied, slow and abandoned requests for a while (see
+//! `soak.rs`; run by `bench/soak.sh`).
+
+mod soak;
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: proxy-load rate TARGET PATH WORKERS COUNT [PROXY]
        proxy-load hold TARGET COUNT PROXY
        proxy-load resolve NAME WORKERS COUNT
+       proxy-load soak TARGET DENIED CLIENTS SECONDS MAX PROXY
 TARGET and PROXY are ip:port (IPv6 in brackets); with PROXY, each connection goes through a
 CONNECT tunnel.";
 
@@ -35,6 +40,9 @@ fn main() -> ExitCode {
             measure(workers, count, move || {
                 std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80)).map(drop)
             })
+        }
+        ["soak", target, denied, clients, seconds, max, proxy] => {
+            soak::run(target, denied, clients, seconds, max, proxy)
         }
         _ => Err(USAGE.to_owned()),
     };

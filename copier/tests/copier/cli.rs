@@ -76,9 +76,11 @@ fn json_lines_are_single_objects_for_success_and_failure() {
     assert_eq!(v["message"], "--nope: unknown option (see --help)");
 
     let missing = scratch.join("missing");
+    let manifest = scratch.join("SHA256SUMS");
+    std::fs::write(&manifest, format!("{}  missing\n", fx.digest)).unwrap();
     let mut cmd = copier(["--log-format", "json", "--sha256", &fx.digest]);
     cmd.arg("--source").arg(&missing);
-    cmd.arg("--manifest").arg(&fx.manifest);
+    cmd.arg("--manifest").arg(&manifest);
     cmd.arg("--dest").arg(fx.out.join("other"));
     let r = run(&mut cmd);
     let v: serde_json::Value = serde_json::from_str(r.failure_line(4)).unwrap();

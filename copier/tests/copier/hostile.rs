@@ -1,9 +1,13 @@
 //! A directory someone else has been writing into: symlinks where our files go, leftovers of
-//! killed runs, a live concurrent copier's temp file. Nothing may be written outside the
-//! destination directory, and nothing that is not ours may be removed.
+//! killed runs, a live concurrent copier's temp file, a look-alike binary another user owns, a
+//! planted huge file. Nothing may be written outside the destination directory, nothing that
+//! is not ours may be removed, and nothing we did not write ourselves counts as installed. (A
+//! file renamed over ours between verification and rename: see the unit tests in install.rs,
+//! which can stop between the two steps.)
 
 use std::fs::{self, File};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::time::{Duration, Instant};
 
 use crate::common::{Fixture, Scratch, TEMP_PREFIX, identity, listing};
 
@@ -144,4 +148,75 @@ fn leftovers_of_killed_runs_are_swept_but_a_live_copiers_file_is_not() {
         "{line}"
     );
     assert!(!fx.out.join(&live_name).exists());
+}
+
+/// Runs `script` with `sh -c` as the unprivileged `uid` (another user of the volume).
+fn as_user(uid: u32, script: &str) -> std::process::ExitStatus {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .uid(uid)
+        .gid(uid)
+        .status()
+        .unwrap()
+}
+
+const OTHER_USER: u32 = 65534;
+
+#[test]
+fn the_right_bytes_in_a_file_another_user_owns_are_replaced_not_trusted() {
+    let scratch = Scratch::new();
+    let fx = Fixture::new(&scratch.join("x"), 100_000);
+    fs::set_permissions(scratch.join("x"), fs::Permissions::from_mode(0o755)).unwrap();
+    // An emptyDir: writable by every user of the pod.
+    fs::set_permissions(&fx.out, fs::Permissions::from_mode(0o777)).unwrap();
+    let plant = || {
+        let _ = fs::remove_file(&fx.dest);
+        fs::write(&fx.dest, &fx.data).unwrap();
+        fs::set_permissions(&fx.dest, fs::Permissions::from_mode(0o555)).unwrap();
+        lchown(&fx.dest, Some(OTHER_USER), Some(OTHER_USER)).unwrap();
+    };
+    // The attack: the owner of a 0555 file can make it writable again and rewrite it at will,
+    // long after a copier vouched for it.
+    plant();
+    let dest = fx.dest.display();
+    let rewrite = format!("chmod u+w '{dest}' && echo tampered > '{dest}'");
+    assert!(as_user(OTHER_USER, &rewrite).success());
+    assert_eq!(fs::read(&fx.dest).unwrap(), b"tampered\n");
+
+    plant();
+    let planted = identity(&fx.dest);
+    let line = fx.run(&[]).ok_line().to_owned();
+    assert!(line.contains(" installed "), "{line}");
+    fx.assert_installed();
+    assert_ne!(identity(&fx.dest), planted, "a new file");
+    let meta = fs::metadata(&fx.dest).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.nlink()),
+        (nix::unistd::geteuid().as_raw(), 1)
+    );
+    // Its former owner can no longer touch it.
+    assert!(!as_user(OTHER_USER, &rewrite).success());
+    assert_eq!(fs::read(&fx.dest).unwrap(), fx.data);
+}
+
+#[test]
+fn a_planted_20_gib_sparse_file_is_replaced_without_being_read() {
+    let scratch = Scratch::new();
+    let fx = Fixture::new(&scratch.join("x"), 100_000);
+    for owner in [nix::unistd::geteuid().as_raw(), OTHER_USER] {
+        let _ = fs::remove_file(&fx.dest);
+        let planted = File::create(&fx.dest).unwrap();
+        planted.set_len(20 << 30).unwrap();
+        drop(planted);
+        fs::set_permissions(&fx.dest, fs::Permissions::from_mode(0o555)).unwrap();
+        lchown(&fx.dest, Some(owner), None).unwrap();
+        let started = Instant::now();
+        let line = fx.run(&[]).ok_line().to_owned();
+        let took = started.elapsed();
+        assert!(line.contains(" installed "), "{line}");
+        // Hashing 20 GiB takes a minute; not reading it, milliseconds.
+        assert!(took < Duration::from_secs(5), "owner {owner}: {took:?}");
+        fx.assert_installed();
+    }
 }

@@ -1,6 +1,7 @@
 //! The install path: what gets installed, when, verified against what; and that a refused
 //! install leaves the destination exactly as it was.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
@@ -67,19 +68,50 @@ fn a_pin_alone_verifies_via_flag_or_environment() {
     let scratch = Scratch::new();
     let fx = Fixture::new(&scratch.join("x"), 50_000);
     fs::remove_file(&fx.manifest).unwrap();
-
-    let line = fx
-        .run(&["--sha256", &fx.digest.to_uppercase()])
+    // Without --manifest: the default manifest, absent here, may be missing when pinned.
+    let without_manifest = || {
+        crate::common::copier([
+            OsStr::new("--source"),
+            fx.source.as_os_str(),
+            OsStr::new("--dest"),
+            fx.dest.as_os_str(),
+        ])
+    };
+    let line = crate::common::run(without_manifest().args(["--sha256", &fx.digest.to_uppercase()]))
         .ok_line()
         .to_owned();
     assert!(line.contains("verified_by=pin "), "{line}");
     fx.assert_installed();
 
     fs::remove_file(&fx.dest).unwrap();
-    let mut cmd = crate::common::copier(fx.args());
-    let r = crate::common::run(cmd.env(PIN_ENV, &fx.digest));
+    let r = crate::common::run(without_manifest().env(PIN_ENV, &fx.digest));
     assert!(r.ok_line().contains("verified_by=pin "), "{r:?}");
     fx.assert_installed();
+}
+
+#[test]
+fn a_manifest_named_on_the_command_line_must_exist_and_list_the_source() {
+    let scratch = Scratch::new();
+    let fx = Fixture::new(&scratch.join("x"), 10_000);
+    // Listing other files only: a pin must not silently stand in for the check asked for.
+    fs::write(&fx.manifest, format!("{}  openshell-copier\n", fx.digest)).unwrap();
+    let line = fx.run(&["--sha256", &fx.digest]).failure_line(2).to_owned();
+    assert_eq!(
+        line,
+        format!(
+            "openshell-copier: {}: no entry for openshell-sandbox; a manifest named with \
+             --manifest must list the source (a pin does not stand in for it)",
+            fx.manifest.display()
+        )
+    );
+    assert!(listing(&fx.out).is_empty());
+    fs::remove_file(&fx.manifest).unwrap();
+    let line = fx.run(&["--sha256", &fx.digest]).failure_line(4).to_owned();
+    assert!(
+        line.ends_with("open: No such file or directory (os error 2)"),
+        "{line}"
+    );
+    assert!(listing(&fx.out).is_empty());
 }
 
 #[test]
@@ -148,13 +180,6 @@ fn a_manifest_that_cannot_vouch_is_refused_with_exit_2() {
         assert!(line.contains(expected), "{text:?}: {line}");
         assert!(listing(&fx.out).is_empty());
     }
-    // A pin covers a manifest without our entry.
-    fs::write(&fx.manifest, format!("{other}  openshell-copier\n")).unwrap();
-    assert!(
-        fx.run(&["--sha256", &fx.digest])
-            .ok_line()
-            .contains("verified_by=pin ")
-    );
 }
 
 #[test]

@@ -187,10 +187,10 @@ fn builtin_default_is_restrictive() {
     assert!(policy.network.is_empty());
     assert_eq!(policy.compatibility, Compatibility::HardRequirement);
     assert!(policy.filesystem.read_only.contains(&PathBuf::from("/usr")));
+    // /tmp is not listed: the sandbox's own is private (the view makes it).
     assert_eq!(
         policy.filesystem.read_write,
         [
-            Path::new("/tmp"),
             Path::new("/dev/null"),
             Path::new("/dev/tty"),
             Path::new("/work")

@@ -56,7 +56,7 @@ pub fn validate(
         None => {
             notes.push(
                 "no filesystem_policy: using the built-in default's paths \
-                 (system directories read-only, /tmp and the workdir read-write)"
+                 (system directories read-only, the workdir read-write, /tmp private)"
                     .to_owned(),
             );
             builtin_filesystem(workdir, &mut notes)?

@@ -20,6 +20,7 @@ use super::l7::credentials::tunnel::Ended;
 use super::relay::{self, Activity, Pipe};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::{L7Endpoint, NetworkRule};
+use crate::workers;
 
 /// Largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -153,13 +154,13 @@ async fn exchange(
     let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
         deny(shared, callers, &what, host, port, error, reason)
     };
-    // Usually a few dozen /proc reads, but proportional to the fds the sandbox holds: on the
-    // blocking pool, so a sandbox holding a million sockets slows only its own requests, not
-    // the runtime that also forwards signals.
+    // Usually a few dozen /proc reads, but proportional to the fds the sandbox holds: on a
+    // worker thread, so a sandbox holding a million sockets slows only its own requests, not
+    // the runtime that also forwards signals. The workers exist before the agent runs (an
+    // agent at its pids limit leaves no room for a thread made now): a full queue is a 503.
     let identifying = Arc::clone(shared);
-    let identified =
-        tokio::task::spawn_blocking(move || identifying.identifier.callers(peer, local)).await;
-    let callers = match identified.unwrap_or_else(|e| Err(CallerError::Scan(io::Error::other(e)))) {
+    let identified = workers::identify(move || identifying.identifier.callers(peer, local)).await;
+    let callers = match identified.unwrap_or_else(|e| Err(CallerError::Scan(e.into()))) {
         Ok(callers) => callers,
         Err(CallerError::Scan(e)) => return Err(overloaded(&what, &e)),
         Err(CallerError::Abandoned) => {
@@ -178,12 +179,16 @@ async fn exchange(
             Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
         };
     for process in &matched {
-        let check = || shared.identifier.pins.check(process);
         // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only
-        // then is the worker thread handed off.
+        // then does it go to a worker thread.
         let pinned = match shared.identifier.pins.is_hashed(process.pid) {
-            true => check(),
-            false => tokio::task::block_in_place(check),
+            true => shared.identifier.pins.check(process),
+            false => {
+                let (hashing, process) = (Arc::clone(shared), Process::clone(process));
+                workers::identify(move || hashing.identifier.pins.check(&process))
+                    .await
+                    .unwrap_or_else(|e| Err(PinError::Resources(e.into())))
+            }
         };
         match pinned {
             Ok(()) => {}

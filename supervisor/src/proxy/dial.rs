@@ -11,6 +11,7 @@ use tokio::time::timeout;
 
 use super::{caller, ssrf};
 use crate::policy::{Endpoint, normalize_host};
+use crate::workers;
 
 /// Why no upstream connection was made.
 #[derive(Debug)]
@@ -34,10 +35,8 @@ pub async fn dial(
     // The normalised name: "api.example.com." must resolve like "api.example.com", which
     // /etc/hosts (Kubernetes hostAliases) would not match with the dot.
     let name = normalize_host(host);
-    let lookup = timeout(
-        connect_timeout,
-        tokio::net::lookup_host((name.as_str(), port)),
-    );
+    // On a resolver thread made before the agent ran (workers.rs), not tokio's on-demand one.
+    let lookup = timeout(connect_timeout, workers::resolve(name, port));
     let addresses: Vec<SocketAddr> = lookup
         .await
         .map_err(|_| {
@@ -46,8 +45,8 @@ pub async fn dial(
                 connect_timeout
             ))
         })?
-        .map_err(|e| DialFailure::Unreachable(format!("cannot resolve {host}: {e}")))?
-        .collect();
+        .map_err(|e| DialFailure::Overloaded(e.into()))?
+        .map_err(|e| DialFailure::Unreachable(format!("cannot resolve {host}: {e}")))?;
     let mut refusals = Vec::new();
     let permitted: Vec<SocketAddr> = addresses
         .into_iter()

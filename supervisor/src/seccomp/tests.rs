@@ -196,6 +196,25 @@ fn tiocsti_is_refused_even_with_high_bits_set() {
 }
 
 #[test]
+fn personality_only_queries_and_plain_linux() {
+    // ADDR_NO_RANDOMIZE and READ_IMPLIES_EXEC; the kernel reads an unsigned int, so high bits
+    // do not hide the low ones.
+    // SAFETY (all closures): personality takes one integer; the filter decides first, and a
+    // change only affects the test's own short-lived thread.
+    let refused_personas: [fn() -> i64; 3] = [
+        || unsafe { libc::syscall(libc::SYS_personality, 0x0040000u64) },
+        || unsafe { libc::syscall(libc::SYS_personality, 0x0400000u64) },
+        || unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffff_0004_0000u64) },
+    ];
+    for (i, call) in refused_personas.into_iter().enumerate() {
+        assert!(refused(call), "persona {i}");
+    }
+    let query = filtered(|| unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffffu64) });
+    let linux = filtered(|| unsafe { libc::syscall(libc::SYS_personality, 0u64) });
+    assert!(query.0 >= 0 && linux.0 >= 0, "{query:?} {linux:?}");
+}
+
+#[test]
 fn other_abis_are_refused() {
     // x32 is off on this kernel, so unfiltered it fails with ENOSYS; filtered we answer first.
     // SAFETY: getpid with the x32 bit.

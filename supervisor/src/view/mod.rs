@@ -9,10 +9,11 @@
 //!   and /dev/shm, a private devpts, the standard devices, /run/openshell with the provided
 //!   files, sealed read-only
 //! apply (init, in its new mount namespace, private from the pod's):
-//!   the sandbox's procfs → root attached on / → pivot_root into it, old root detached →
-//!   each mount attached at its place, parents first (looked up without following symlinks)
-//!   → the workdir entered
-//! verify (init): /proc/self/mountinfo read back against the plan (mountinfo.rs)
+//!   the sandbox's procfs → root attached on / → pivot_root into it → each mount attached at
+//!   its place, parents first (looked up without following symlinks)
+//! then, while the agent's process sets itself up (entering the workdir, read back):
+//!   the old root detached → /proc/self/mountinfo read back against the plan (mountinfo.rs);
+//!   the agent runs only once init says the view is verified
 //! ```
 //!
 //! Everything is prepared on descriptors before fork; after fork init only attaches them, so
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag, fchmodat, fstat, mkdirat};
+use nix::sys::stat::{Mode, SFlag, fstat, mkdirat, mknodat};
 
 use crate::filesystem::{Access, Resolved};
 use crate::paths::{self, Opened};
@@ -191,11 +192,16 @@ pub struct Prepared {
     /// Rights on /proc when the view has one.
     proc: Option<Access>,
     expected: Vec<Expect>,
-    workdir: CString,
-    workdir_fd: OwnedFd,
-    workdir_bound: bool,
     /// What it holds.
     pub summary: Summary,
+}
+
+/// The agent's working directory in the view, entered by the agent's process.
+#[derive(Debug)]
+pub struct Workdir {
+    path: CString,
+    vetted: OwnedFd,
+    bound: bool,
 }
 
 /// A step that failed in init.
@@ -250,7 +256,7 @@ pub fn prepare(
     resolved: &Resolved,
     workdir: &Opened,
     provided: &[ProvidedFile],
-) -> Result<Prepared, ViewError> {
+) -> Result<(Prepared, Workdir), ViewError> {
     provided::validate(provided)?;
     let listed: Vec<Listed> = resolved
         .entries
@@ -262,13 +268,18 @@ pub fn prepare(
             links: e.opened.links.clone(),
         })
         .collect();
-    let device_paths: Vec<Option<OwnedFd>> = DEVICES
+    // The pod's standard devices, cloned from its /dev (one the pod lacks is left out).
+    let dev = paths::open(Path::new("/dev")).ok();
+    let mut device_trees: Vec<Option<OwnedFd>> = DEVICES
         .iter()
-        .map(|name| paths::open(&Path::new("/dev").join(name)).ok())
+        .map(|name| {
+            let name = CString::new(*name).ok()?;
+            sys::clone_entry(dev.as_ref()?.as_fd(), &name).ok()
+        })
         .collect();
     let mut devices = [false; DEVICES.len()];
-    for (present, fd) in devices.iter_mut().zip(&device_paths) {
-        *present = fd.is_some();
+    for (present, tree) in devices.iter_mut().zip(&device_trees) {
+        *present = tree.is_some();
     }
     let proc = resolved.proc.iter().map(|(_, a)| *a).max();
     let layout = plan::layout(&Request {
@@ -299,12 +310,10 @@ pub fn prepare(
                 )?)
             }
             Kind::Device(i) => {
-                let fd = device_paths[i].as_ref().ok_or(ViewError::Syscall {
-                    what: format!("opening /dev/{}", DEVICES[i]),
+                let tree = device_trees[i].take().ok_or(ViewError::Syscall {
+                    what: format!("cloning /dev/{}", DEVICES[i]),
                     errno: Errno::ENOENT,
                 })?;
-                let tree = sys::clone_tree(fd.as_fd())
-                    .map_err(syscall(format!("cloning /dev/{}", DEVICES[i])))?;
                 // Devices must open: no nodev here.
                 sys::set_attributes(tree.as_fd(), sys::NOSUID | sys::NOEXEC, true)
                     .map_err(syscall(format!("setting the flags of /dev/{}", DEVICES[i])))?;
@@ -355,9 +364,15 @@ pub fn prepare(
                 .map_or(root.as_fd(), |fd| fd.as_fd()),
         }
     };
-    for (holder, node) in &layout.nodes {
-        create(holder_fd(*holder), node)?;
-    }
+    // Exact modes, whatever the supervisor's umask. (The umask is the process's: the only other
+    // thread at this point, the network namespace's, creates no files.)
+    let umask = nix::sys::stat::umask(Mode::empty());
+    let created = layout
+        .nodes
+        .iter()
+        .try_for_each(|(holder, node)| create(holder_fd(*holder), node));
+    nix::sys::stat::umask(umask);
+    created?;
     for (holder, relative, is_dir) in &layout.existing {
         check_exists(holder_fd(*holder), relative, *is_dir).map_err(|_| {
             let base = match holder {
@@ -400,20 +415,23 @@ pub fn prepare(
             .map_err(syscall("sealing /run/openshell read-only"))?;
         }
     }
-    let workdir_fd = workdir
+    let vetted = workdir
         .fd
         .try_clone()
         .map_err(|e| syscall("duplicating the workdir's descriptor")(io_errno(&e)))?;
-    Ok(Prepared {
+    let prepared = Prepared {
         expected: expectations(&layout, &resolved.entries, proc),
         summary: summarize(&layout, resolved, proc, provided.len()),
         root,
         mounts,
         proc,
-        workdir: cstring(&workdir.physical),
-        workdir_fd,
-        workdir_bound: layout.workdir_bound,
-    })
+    };
+    let workdir = Workdir {
+        path: cstring(&workdir.physical),
+        vetted,
+        bound: layout.workdir_bound,
+    };
+    Ok((prepared, workdir))
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
@@ -464,27 +482,19 @@ fn describe(planned: &plan::Planned, entries: &[crate::filesystem::Entry]) -> St
     }
 }
 
-/// Creates `node` in the filesystem at `dir` (the view's own), with exact modes whatever the
-/// supervisor's umask.
+/// Creates `node` in the filesystem at `dir` (the view's own; the umask is 0).
 fn create(dir: BorrowedFd<'_>, node: &Node) -> Result<(), ViewError> {
     let fail = |path: &Path| syscall(format!("creating {} in the view", path.display()));
     match node {
-        Node::Dir(path) => {
-            mkdirat(dir, path, Mode::from_bits_truncate(0o755)).map_err(fail(path))?;
-            fchmodat(
-                dir,
-                path,
-                Mode::from_bits_truncate(0o755),
-                FchmodatFlags::FollowSymlink,
-            )
-            .map_err(fail(path))
-        }
-        Node::File(path) => {
-            let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
-            openat(dir, path, flags, Mode::from_bits_truncate(0o644))
-                .map(drop)
-                .map_err(fail(path))
-        }
+        Node::Dir(path) => mkdirat(dir, path, Mode::from_bits_truncate(0o755)).map_err(fail(path)),
+        Node::File(path) => mknodat(
+            dir,
+            path,
+            SFlag::S_IFREG,
+            Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .map_err(fail(path)),
         Node::Link(path, target) => {
             nix::unistd::symlinkat(target.as_path(), dir, path.as_path()).map_err(fail(path))
         }
@@ -601,14 +611,15 @@ impl Prepared {
     /// Landlock: the private /tmp and /dev/shm, devpts and the standard devices read-write,
     /// the provided files read-only. (Listed paths get their rules from their own
     /// descriptors; /proc from its path, once it exists.)
-    pub fn own_mounts(&self) -> impl Iterator<Item = (BorrowedFd<'_>, Access)> {
+    pub fn own_mounts(&self) -> impl Iterator<Item = (BorrowedFd<'_>, Access, bool)> {
         self.mounts.iter().filter_map(|m| {
             let access = match m.kind {
                 Kind::Tmp | Kind::Shm | Kind::Devpts | Kind::Device(_) => Access::ReadWrite,
                 Kind::Provided => Access::ReadOnly,
                 Kind::Bind(_) | Kind::Proc => return None,
             };
-            m.source.as_ref().map(|fd| (fd.as_fd(), access))
+            let is_dir = !matches!(m.kind, Kind::Device(_));
+            m.source.as_ref().map(|fd| (fd.as_fd(), access, is_dir))
         })
     }
 
@@ -619,8 +630,10 @@ impl Prepared {
             .map_err(failed("creating the sandbox's procfs"))
     }
 
-    /// In init, in its new, private mount namespace: makes the view init's root and enters
-    /// the workdir. Only attaches what [`prepare`] made.
+    /// In init, in its new, private mount namespace: makes the view init's root, its working
+    /// directory the view's root, and attaches every mount. Only attaches what [`prepare`]
+    /// made. The old root stays stacked on the new one, unreachable, until
+    /// [`detach_old_root`](Self::detach_old_root).
     pub fn apply(&self, proc: &OwnedFd) -> Result<(), Failure<'_>> {
         sys::attach(self.root.as_fd(), libc::AT_FDCWD, c"/")
             .map_err(failed("attaching the view's root"))?;
@@ -645,13 +658,17 @@ impl Prepared {
                 .map_err(failed(&mount.step))?;
             sys::attach(source, target.as_raw_fd(), c"").map_err(failed(&mount.step))?;
         }
-        let workdir = sys::open_no_symlinks(libc::AT_FDCWD, &self.workdir)
-            .map_err(failed("opening the workdir in the view"))?;
-        nix::unistd::fchdir(&workdir).map_err(failed("entering the workdir in the view"))
+        Ok(())
     }
 
-    /// In init, after [`apply`](Self::apply): the view's mounts, as the kernel reports them,
-    /// are the planned ones, and the working directory is the workdir the supervisor vetted.
+    /// In init, after [`apply`](Self::apply) (its working directory still the view's root):
+    /// detaches the old root.
+    pub fn detach_old_root(&self) -> Result<(), Failure<'static>> {
+        sys::detach_stacked_root().map_err(failed("detaching the old root"))
+    }
+
+    /// In init, after [`detach_old_root`](Self::detach_old_root): the view's mounts, as the
+    /// kernel reports them, are the planned ones.
     #[allow(
         clippy::result_large_err,
         reason = "the message is built on the stack: init allocates nothing"
@@ -674,15 +691,25 @@ impl Prepared {
             }
             Mismatch::Unplanned(mp) => Unverified::new(&[b"unplanned mount in the view: ", mp]),
             Mismatch::Missing(mp) => Unverified::new(&[b"planned view mount missing: ", mp]),
-        })?;
-        let here = nix::sys::stat::stat(".")
-            .map_err(|e| Unverified::new(&[b"stat of the workdir: ", e.desc().as_bytes()]))?;
-        let vetted = fstat(self.workdir_fd.as_fd())
-            .map_err(|e| Unverified::new(&[b"fstat of the workdir: ", e.desc().as_bytes()]))?;
-        if self.workdir_bound && (here.st_dev, here.st_ino) != (vetted.st_dev, vetted.st_ino) {
-            return Err(Unverified::new(&[
-                b"the working directory is not the workdir the supervisor opened",
-            ]));
+        })
+    }
+}
+
+impl Workdir {
+    /// In the agent's process, in the view: enters the workdir, looked up without following
+    /// symlinks, and reads back that it is the directory the supervisor vetted (when the view
+    /// shows it from the pod; an unlisted workdir is an empty directory of the view's own).
+    pub fn enter(&self) -> Result<(), Failure<'static>> {
+        let fd = sys::open_no_symlinks(libc::AT_FDCWD, &self.path)
+            .map_err(failed("opening the workdir in the view"))?;
+        nix::unistd::fchdir(&fd).map_err(failed("entering the workdir in the view"))?;
+        let here = fstat(fd.as_fd()).map_err(failed("fstat of the workdir in the view"))?;
+        let vetted = fstat(self.vetted.as_fd()).map_err(failed("fstat of the workdir"))?;
+        if self.bound && (here.st_dev, here.st_ino) != (vetted.st_dev, vetted.st_ino) {
+            return Err(Failure {
+                what: "the workdir in the view is not the one the supervisor opened",
+                errno: Errno::EXDEV,
+            });
         }
         Ok(())
     }

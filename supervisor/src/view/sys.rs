@@ -38,6 +38,16 @@ pub fn clone_tree(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     owned(unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) })
 }
 
+/// A detached copy of `name` in the directory `dir` (not following a symlink there).
+pub fn clone_entry(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | libc::AT_SYMLINK_NOFOLLOW as u32
+        | libc::AT_RECURSIVE as u32;
+    // SAFETY: an fd, a C string and flags.
+    owned(unsafe { libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), name.as_ptr(), flags) })
+}
+
 /// A new, detached filesystem of type `fstype` with `options` (key, value), mounted with
 /// `attributes`.
 pub fn new_filesystem(
@@ -149,13 +159,19 @@ pub fn open_no_symlinks(dir: libc::c_int, path: &CStr) -> Result<OwnedFd, Errno>
     })
 }
 
-/// Makes the working directory the root and detaches the old root: `pivot_root(".", ".")`
-/// stacks the old root on top of the new one, and the lazy unmount of "." removes it (the
-/// sequence runc uses; no directory for the old root is needed, so it works on a read-only
-/// root).
+/// Makes the working directory the root: `pivot_root(".", ".")` stacks the old root on top
+/// of the new one, where no path leads to it (the sequence runc uses; no directory for the old
+/// root is needed, so it works on a read-only root). [`detach_stacked_root`] removes it.
 pub fn pivot_to_cwd() -> Result<(), Errno> {
     // SAFETY: two C strings.
-    Errno::result(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) })?;
+    Errno::result(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) })
+        .map(drop)
+}
+
+/// Detaches the old root that [`pivot_to_cwd`] stacked on the new one (the working directory
+/// must still be the new root), then moves to "/". The kernel waits for an RCU grace period
+/// here, which is why init does it while the agent's process sets itself up.
+pub fn detach_stacked_root() -> Result<(), Errno> {
     // SAFETY: a C string and a flag.
     Errno::result(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
     // SAFETY: a C string.

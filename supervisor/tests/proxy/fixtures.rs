@@ -29,7 +29,7 @@ const FETCH: [&str; 2] = [
     r#"[{"mode": "connect", "host": "api.anthropic.com", "port": 443, "path": "/v1/messages"}]"#,
 ];
 
-/// Loadable fixtures: the refusal's reason, and the note the loader logs about the file.
+/// Loadable fixtures: the refusal's reason, and the note `check` prints about the file.
 const LOADABLE: &[(&str, &str, &str)] = &[
     (
         "policy-advisor_sandbox-policy.yaml",
@@ -74,10 +74,19 @@ fn plain_upstream_policies_load_and_allow_nothing_else() {
             denied.len() == 1 && denied[0]["why"] == why && denied[0]["port"] == PORT,
             "{name}: {run}"
         );
+        // The note itself is `check`'s to print; a start says only that there are notes.
         assert!(
-            !run.messages(note).is_empty(),
-            "{name}: the loader's note: {run}"
+            !run.messages("about the policy itself").is_empty(),
+            "{name}: the notes' one line: {run}"
         );
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_openshell-sandbox"))
+            .arg("check")
+            .arg("--policy")
+            .arg(fixture(name))
+            .output()
+            .expect("running check");
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(report.contains(note), "{name}: the loader's note: {report}");
     }
     assert_eq!(
         upstream.requests_on(PORT).len(),

@@ -5,7 +5,7 @@
 //! result, so a broken probe can never pass for a blocked attack.
 //!
 //! A few subcommands are helpers for the tests rather than attacks: `exec-with-pid`,
-//! `run-with-landlock-blocked`, `drop-bounding`, `record-signals` and `pause`.
+//! `run-with-landlock-blocked`, `drop-bounding`, `share-mount`, `record-signals` and `pause`.
 // A throw-away prober in the bubblewrap style: every unsafe block is one raw system call on
 // constants, locals or argument strings, and a malformed argument may panic (exit 101, which
 // the tests never read as a refusal).
@@ -32,6 +32,20 @@ fn main() -> ExitCode {
         ["write", path] => write(path),
         ["create", path] => create(path),
         ["truncate", path] => sys(unsafe { libc::truncate(c(path).as_ptr(), 0) }.into()),
+        // O_TRUNC on a read-only open still empties the file (Landlock below ABI 3 missed it).
+        ["open-trunc", path] => sys(unsafe {
+            libc::open(
+                c(path).as_ptr(),
+                libc::O_RDONLY | libc::O_TRUNC | libc::O_CLOEXEC,
+            )
+        }
+        .into()),
+        ["stat", path] => {
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            sys(unsafe { libc::stat(c(path).as_ptr(), &mut st) }.into())
+        }
+        ["list-has", dir, name] => list_has(dir, name),
+        ["unix-connect", path] => unix_connect(path),
         ["unlink", path] => sys(unsafe { libc::unlink(c(path).as_ptr()) }.into()),
         ["mkdir", path] => sys(unsafe { libc::mkdir(c(path).as_ptr(), 0o755) }.into()),
         ["symlink", target, link] => {
@@ -189,8 +203,17 @@ fn main() -> ExitCode {
         ["tiocsti"] => sys(unsafe { libc::ioctl(0, libc::TIOCSTI, c"x".as_ptr()) }.into()),
         // Inherited file descriptors.
         ["find-inherited-fd"] => find_inherited_fd(),
+        // Programs the policy never listed, run from memory.
+        ["memfd-exec", how] => memfd_exec(how),
+        ["memfd-create-exec"] => sys(unsafe {
+            libc::memfd_create(c"escape-probe".as_ptr(), libc::MFD_EXEC | libc::MFD_CLOEXEC)
+        }
+        .into()),
+        // Execution-domain flags that switch exploit mitigations off.
+        ["personality", persona] => personality(int(persona)),
         // Allowed on purpose: the sandbox must not break these.
         ["memfd"] => memfd(),
+        ["memfd-jit"] => memfd_jit(),
         ["clone3"] => clone3(),
         ["thread"] => std::thread::Builder::new()
             .spawn(|| ())
@@ -214,6 +237,20 @@ fn main() -> ExitCode {
                     .into(),
             )
             .expect("PR_CAPBSET_DROP");
+            exec(command)
+        }
+        // In a private mount namespace: DIR becomes a shared mount (as a pod's volumes are on
+        // hosts whose root is shared), so a mount made on a peer of it would show here.
+        ["share-mount", dir, "--", command @ ..] => {
+            let dir = c(dir);
+            let none = std::ptr::null();
+            let bind = unsafe {
+                libc::mount(dir.as_ptr(), dir.as_ptr(), none, libc::MS_BIND, none.cast())
+            };
+            sys(bind.into()).expect("bind mount");
+            let share =
+                unsafe { libc::mount(none, dir.as_ptr(), none, libc::MS_SHARED, none.cast()) };
+            sys(share.into()).expect("making the mount shared");
             exec(command)
         }
         ["record-signals", file, exit_on] => record_signals(file, exit_on),
@@ -270,6 +307,87 @@ fn write(path: &str) -> Attempt {
 fn create(path: &str) -> Attempt {
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
     sys(unsafe { libc::open(c(path).as_ptr(), flags, 0o644) }.into())
+}
+
+/// Succeeds when the directory lists an entry `name`; ENOENT when it does not.
+fn list_has(dir: &str, name: &str) -> Attempt {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        e.raw_os_error()
+            .map_or(Errno::UnknownErrno, Errno::from_raw)
+    })?;
+    if entries.flatten().any(|e| e.file_name() == name) {
+        Ok(())
+    } else {
+        Err(Errno::ENOENT)
+    }
+}
+
+fn unix_connect(path: &str) -> Attempt {
+    let fd = Errno::result(unsafe {
+        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+    })?;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    sys(unsafe { libc::connect(fd, (&raw const addr).cast(), len) }.into())
+}
+
+/// Copies this very program into a memfd (created as programs did before vm.memfd_noexec,
+/// without flags) and executes it from there with `noop`, by descriptor (`fd`: execveat with
+/// AT_EMPTY_PATH, as fexecve does) or by path (`path`: /proc/self/fd/N). Success prints the
+/// exec'd copy's "ok".
+fn memfd_exec(how: &str) -> Attempt {
+    let program = std::fs::read("/proc/self/exe").expect("reading /proc/self/exe");
+    let fd = Errno::result(unsafe { libc::memfd_create(c"payload".as_ptr(), 0) })?;
+    let mut written = 0;
+    while written < program.len() {
+        let n = Errno::result(unsafe {
+            libc::write(
+                fd,
+                program[written..].as_ptr().cast(),
+                program.len() - written,
+            )
+        })?;
+        written += n as usize;
+    }
+    let argv = [c"escape-probe".as_ptr(), c"noop".as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    match how {
+        "fd" => sys(unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        }),
+        "path" => {
+            let path = c(&format!("/proc/self/fd/{fd}"));
+            sys(unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) }.into())
+        }
+        other => panic!("memfd-exec: unknown way {other:?}"),
+    }
+}
+
+/// Sets the execution domain and reads it back (the query, 0xffffffff, only reads).
+fn personality(persona: u32) -> Attempt {
+    let previous = Errno::result(unsafe { libc::personality(persona as libc::c_ulong) })?;
+    if persona == 0xffff_ffff {
+        return Ok(());
+    }
+    let now = unsafe { libc::personality(0xffff_ffff) };
+    // Restore, so that nothing this process runs next inherits the flags.
+    unsafe { libc::personality(previous as libc::c_ulong) };
+    if now as u32 == persona {
+        Ok(())
+    } else {
+        Err(Errno::EINVAL)
+    }
 }
 
 fn ptrace_attach(pid: libc::pid_t) -> Attempt {
@@ -491,6 +609,29 @@ fn memfd() -> Attempt {
     let fd =
         Errno::result(unsafe { libc::memfd_create(c"escape-probe".as_ptr(), libc::MFD_CLOEXEC) })?;
     sys(unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) } as c_long)
+}
+
+/// What JIT compilers and wasm runtimes do with memfds: map one executable and call into it
+/// (here a single `ret`).
+fn memfd_jit() -> Attempt {
+    let fd = Errno::result(unsafe { libc::memfd_create(c"jit".as_ptr(), libc::MFD_CLOEXEC) })?;
+    sys(unsafe { libc::write(fd, [0xc3u8].as_ptr().cast(), 1) } as c_long)?;
+    let code = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if code == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    let function: extern "C" fn() = unsafe { std::mem::transmute(code) };
+    function();
+    Ok(())
 }
 
 /// `struct clone_args`, first version (64 bytes).

@@ -57,6 +57,7 @@ use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::canonical_ip;
 use crate::procfs;
 use crate::seccomp::{Notice, sockaddr};
+use crate::workers;
 use socket::{Kind, State};
 
 /// How often a connection waited for on a caller's behalf checks that the caller still waits.
@@ -524,11 +525,12 @@ impl Transparent {
             }
             this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
         };
-        // Hashing a binary seen for the first time reads all of it: not on this thread.
+        // Hashing a binary seen for the first time reads all of it: not on this thread, but on
+        // one made before the agent ran (workers.rs); with none free, here, late not never.
         if hashed {
             admitted(notice);
-        } else {
-            self.runtime.spawn_blocking(move || admitted(notice));
+        } else if let Err(admitted) = workers::identify_detached(move || admitted(notice)) {
+            admitted();
         }
     }
 

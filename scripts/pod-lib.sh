@@ -11,6 +11,8 @@ readonly OSB_REPO
 readonly OSB_SUBNET="10.89.177.0/24"
 readonly OSB_ALLOWED_IP="10.89.177.10"
 readonly OSB_DENIED_IP="10.89.177.11"
+# The fake model API of the credential demo and test (see osb_start_fake_api).
+readonly OSB_API_IP="10.89.177.12"
 readonly OSB_PORT=8080
 readonly OSB_PYTHON="${PYTHON:-$OSB_REPO/build/venv/bin/python}"
 
@@ -55,6 +57,47 @@ osb_start_upstreams() {
   done
 }
 
+# A fake model API at $OSB_API_IP:$OSB_PORT, "$prefix-api": for every request it logs the
+# x-api-key and Authorization it received (its own log: what really reached the API) and
+# answers with a JSON body echoing both, as an API's error message quoting a key would.
+# busybox nc runs the handler once per connection.
+osb_start_fake_api() {
+  local prefix="$1" agent_image="$2"
+  # shellcheck disable=SC2016 # expanded by the container's shell
+  local handler='key= auth=
+cr="$(printf "\r")"
+while IFS= read -r line; do
+  line="${line%"$cr"}"
+  [ -z "$line" ] && break
+  case "$line" in
+    [Xx]-[Aa][Pp][Ii]-[Kk][Ee][Yy]:*) key="${line#*: }" ;;
+    [Aa]uthorization:*) auth="${line#*: }" ;;
+  esac
+done
+echo "fake-api: received x-api-key: $key; authorization: $auth" >&2
+body="{\"message\":\"fake API: called\",\"x-api-key\":\"$key\",\"authorization\":\"$auth\"}"
+printf "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s" "${#body}" "$body"'
+  podman run --detach --name "$prefix-api" --network "$prefix-net" --ip "$OSB_API_IP" \
+    "$agent_image" /bin/sh -c \
+    'printf "%s\n" "$1" >/tmp/api.sh && chmod +x /tmp/api.sh && exec nc -ll -p "$2" -e /tmp/api.sh' \
+    api "#!/bin/sh
+$handler" "$OSB_PORT" >/dev/null
+  osb_wait_tcp "$OSB_API_IP" "$OSB_PORT" || osb_die "the fake API did not listen on $OSB_API_IP:$OSB_PORT"
+}
+
+# A podman secret "$prefix-$name" holding KEY=VALUE pairs, in the form podman 4.3's kube play
+# reads for `env: valueFrom: secretKeyRef` (a JSON map of base64 values, which is what a
+# Kubernetes Secret's `data` is).
+osb_secret() {
+  local prefix="$1" name="$2" json="{" sep="" pair
+  shift 2
+  for pair in "$@"; do
+    json+="$sep\"${pair%%=*}\":\"$(printf '%s' "${pair#*=}" | base64 -w0)\""
+    sep=","
+  done
+  printf '%s}' "$json" | podman secret create "$prefix-$name" - >/dev/null
+}
+
 osb_wait_tcp() {
   local ip="$1" port="$2"
   for _ in $(seq 50); do
@@ -78,6 +121,14 @@ osb_render() {
   done
   if [[ -n ${OSB_WITHOUT_CAP:-} ]]; then
     args+=(--without-cap "$OSB_WITHOUT_CAP")
+  fi
+  # OSB_SECRET_ENV="VAR=SECRET/KEY ...": agent variables from podman secrets (secretKeyRef).
+  for arg in ${OSB_SECRET_ENV:-}; do
+    args+=(--secret-env "$arg")
+  done
+  # OSB_SECRET_FILE="PATH=FILE": a read-only file at PATH in the agent container.
+  if [[ -n ${OSB_SECRET_FILE:-} ]]; then
+    args+=(--secret-file "$OSB_SECRET_FILE")
   fi
   "$OSB_PYTHON" "$OSB_REPO/tests/e2e/podman_variant.py" \
     --deploy-dir "$OSB_REPO/deploy/kubernetes" \
@@ -109,6 +160,9 @@ osb_cleanup() {
   for name in $(podman volume ls --format '{{.Name}}' | grep "^$prefix-" || true); do
     podman volume rm --force "$name" >/dev/null 2>&1 || true
   done
+  for name in $(podman secret ls --format '{{.Name}}' | grep "^$prefix-" || true); do
+    podman secret rm "$name" >/dev/null 2>&1 || true
+  done
   podman network rm --force "$prefix-net" >/dev/null 2>&1 || true
 }
 
@@ -120,5 +174,6 @@ osb_leftovers() {
     podman ps --all --format 'container {{.Names}}'
     podman volume ls --format 'volume {{.Name}}'
     podman network ls --format 'network {{.Name}}'
+    podman secret ls --format 'secret {{.Name}}'
   } | grep " $prefix-" || true
 }

@@ -258,6 +258,86 @@ check "the allowed upstream served the three requests (direct, absolute-form and
 check "the denied upstream saw no connection at all" lacks "$WORK/denied.log" '.'
 kube_down "$WORK/ok.yaml"
 
+section "credentials: a Secret's key reaches the API, never the agent"
+REAL_KEY="sk-ant-e2e-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
+REAL_TOKEN="tok-e2e-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
+readonly REAL_KEY REAL_TOKEN API="$OSB_API_IP:$OSB_PORT"
+osb_start_fake_api "$PREFIX" "$AGENT_IMAGE"
+osb_secret "$PREFIX" key "api-key=$REAL_KEY"
+printf '%s\n' "$REAL_TOKEN" >"$WORK/token"
+cat >"$WORK/credentials-policy.yaml" <<POLICY
+version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/bin, /usr, /etc, /proc, /opt/openshell/bin, /dev/urandom]
+  read_write: [/tmp, /dev/null]
+landlock:
+  compatibility: hard_requirement
+credentials:
+  anthropic:
+    variable: ANTHROPIC_API_KEY
+    placeholder: sk-ant-api03-OPENSHELL-RESOLVE-ENV-ANTHROPIC_API_KEY
+    endpoints: [{ host: "$OSB_API_IP", port: $OSB_PORT }]
+  token:
+    variable: FILE_TOKEN
+    source: { file: /var/run/secrets/openshell-test/token }
+    endpoints: [{ host: "$OSB_API_IP", port: $OSB_PORT }]
+network_policies:
+  api:
+    endpoints:
+      - { host: "$OSB_API_IP", port: $OSB_PORT, protocol: rest, access: full }
+      - { host: "$OSB_ALLOWED_IP", port: $OSB_PORT, protocol: rest, access: read-only }
+    binaries:
+      - { path: /bin/busybox }
+POLICY
+pod="$PREFIX-creds"
+podman logs "$PREFIX-allowed" >"$WORK/allowed-before.log" 2>&1
+OSB_SECRET_ENV="ANTHROPIC_API_KEY=$PREFIX-key/api-key" \
+  OSB_SECRET_FILE="/var/run/secrets/openshell-test/token=$WORK/token" \
+  osb_render "$WORK/creds.yaml" "$pod" "$SUPERVISOR_IMAGE" "$AGENT_IMAGE" "$SHA" \
+  "$WORK/credentials-policy.yaml" json "$OSB_REPO/tests/e2e/credentials-agent.sh" "$API" "$ALLOWED"
+check "podman kube play succeeds (the key from a secret, the token from a mounted file)" \
+  osb_play "$WORK/creds.yaml" "$PREFIX"
+for _ in $(seq 300); do
+  podman logs "$pod-agent" 2>&1 | grep -q '^waiting$' && break
+  sleep 0.1
+done
+# PID 1 of the agent container is the supervisor, which the pod gave the key.
+podman exec "$pod-agent" cat /proc/1/environ 2>&1 | tr '\0' '\n' >"$WORK/supervisor-environ.txt"
+code="$(osb_wait_exit "$pod-agent" 60 || echo timeout)"
+podman logs "$pod-agent" >"$WORK/creds.log" 2>&1
+podman logs "$PREFIX-api" >"$WORK/api.log" 2>&1
+podman logs "$PREFIX-allowed" >"$WORK/allowed-after.log" 2>&1
+check "the agent exited 0" equals "$code" 0
+check "podman inspect shows the key in the agent container's environment (the pod's Secret)" \
+  has <(podman inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$pod-agent") \
+  "^ANTHROPIC_API_KEY=$REAL_KEY\$"
+check "the agent's ANTHROPIC_API_KEY is the alias placeholder" \
+  equals "$(value "$WORK/creds.log" key-env)" sk-ant-api03-OPENSHELL-RESOLVE-ENV-ANTHROPIC_API_KEY
+check "the agent's FILE_TOKEN is the placeholder" \
+  equals "$(value "$WORK/creds.log" token-env)" openshell:resolve:env:FILE_TOKEN
+check "the agent cannot read the key file (not in its view)" \
+  has "$WORK/creds.log" '^secret-file: cat: can.t open .*No such file'
+check "the supervisor (the container's PID 1) keeps the variable, emptied" \
+  has "$WORK/supervisor-environ.txt" '^ANTHROPIC_API_KEY=$'
+check "the fake API received the real key and the real token" \
+  has "$WORK/api.log" "^fake-api: received x-api-key: $REAL_KEY; authorization: Bearer $REAL_TOKEN\$"
+check "the API's echo reached the agent as the placeholders" has "$WORK/creds.log" \
+  '^api-response: \{.*"x-api-key":"sk-ant-api03-OPENSHELL-RESOLVE-ENV-ANTHROPIC_API_KEY","authorization":"Bearer openshell:resolve:env:FILE_TOKEN"'
+check "the key sent to a host it is not bound to is refused (403)" \
+  has "$WORK/creds.log" '^other-response: HTTP/1\.1 403 '
+check "with credential_endpoint_mismatch" \
+  has "$WORK/creds.log" '^other-response: .*"error": ?"credential_endpoint_mismatch"'
+check "the supervisor logged that refusal" deny_logged "$WORK/creds.log" "GET /" l7
+check "that host saw no request" equals "$(grep -c 'response:' "$WORK/allowed-after.log")" \
+  "$(grep -c 'response:' "$WORK/allowed-before.log")"
+for value in "$REAL_KEY" "$REAL_TOKEN"; do
+  check "no real value in the agent container's output (agent and supervisor log)" \
+    lacks "$WORK/creds.log" "$value"
+  check "none in the supervisor's environment block" lacks "$WORK/supervisor-environ.txt" "$value"
+done
+kube_down "$WORK/creds.yaml"
+
 section "every capability the pod adds is needed"
 # The pod again with one capability left out at a time: either the supervisor refuses to
 # start (its start-up check names the capability) or the agent can no longer reach the

@@ -17,7 +17,12 @@ change listed in VARIANT_NOTE, which heads the output:
      `kube down` leaves behind and a later play would reuse: a unique name keeps runs apart);
   6. the agent's --log-format: the caller's choice;
   7. only when asked (--without-cap, for the test that each capability is needed): one
-     capability left out of the agent container's list.
+     capability left out of the agent container's list;
+  8. only when asked (the credential tests): agent variables taken from podman secrets with
+     `env: valueFrom: secretKeyRef` (--secret-env), as Kubernetes passes a Secret, and a key
+     file mounted read-only in the agent container (--secret-file) from a ConfigMap: podman
+     4.3's kube play crashes on `secret` volumes (nil pointer in VolumeFromSecret), and a
+     ConfigMap volume is mounted the same way (read-only files at a path of their own).
 Everything else passes through unchanged. podman ignores seccompProfile (it applies its
 own default profile, the equivalent of RuntimeDefault), serviceAccountName and the
 openshift.io annotation; it needs no change for them.
@@ -35,7 +40,8 @@ VARIANT_NOTE = """\
 # `podman kube play`. Differences from the shipped manifests: localhost/ image references,
 # the real supervisor digest in OPENSHELL_SUPERVISOR_SHA256, the podman annotation that keeps
 # the init container (and its log), the test's policy in the ConfigMap, the test's agent
-# command, pod name and ConfigMap name. Everything else (security context, volumes) is the shipped pod.
+# command, pod name and ConfigMap name; for credential tests, variables from secrets and a key
+# file. Everything else (security context, volumes) is the shipped pod.
 """
 
 
@@ -66,6 +72,9 @@ def main():
     p.add_argument("--agent-script", required=True, help="file: shell script run by /bin/sh -c")
     p.add_argument("--agent-arg", action="append", default=[], help="the script's $1, $2, ...")
     p.add_argument("--without-cap", help="leave this capability out of the agent's list")
+    p.add_argument("--secret-env", action="append", default=[],
+                   help="VAR=SECRET/KEY: the agent's VAR from a podman secret (secretKeyRef)")
+    p.add_argument("--secret-file", help="PATH=FILE: FILE's contents at PATH, read-only")
     a = p.parse_args()
 
     configmap = load(f"{a.deploy_dir}/configmap.yaml", "ConfigMap")
@@ -109,8 +118,27 @@ def main():
         script = "".join(l for l in f if l.strip() and not l.lstrip().startswith("#"))
     agent["args"] = head + ["--", "/bin/sh", "-c", script, "agent", *a.agent_arg]
 
+    documents = [configmap, pod]
+    for entry in a.secret_env:
+        var, _, ref = entry.partition("=")
+        secret, _, key = ref.partition("/")
+        agent.setdefault("env", []).append(
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    if a.secret_file:
+        path, _, source = a.secret_file.partition("=")
+        directory, _, name = path.rpartition("/")
+        with open(source, encoding="utf-8") as f:
+            contents = f.read()
+        files = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": f"{a.pod_name}-secret-file"}, "data": {name: contents}}
+        documents.insert(1, files)
+        spec["volumes"].append({"name": "secret-file",
+                                "configMap": {"name": f"{a.pod_name}-secret-file"}})
+        agent["volumeMounts"].append(
+            {"name": "secret-file", "mountPath": directory, "readOnly": True})
+
     sys.stdout.write(VARIANT_NOTE)
-    yaml.safe_dump_all([configmap, pod], sys.stdout, sort_keys=False, width=100)
+    yaml.safe_dump_all(documents, sys.stdout, sort_keys=False, width=100)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 # `openshell-sandbox check` exits 0 for it, and no network rule of it is inert (a rule
 # without endpoints or binaries allows nothing, which in a shipped policy is a mistake).
 # The five L7 policies among upstream's examples (supervisor/tests/fixtures) pass too, and `check`
-# says their endpoints are enforced by default. Then two broken copies prove that the check
-# can fail: a protocol this build does not inspect, and a rule without binaries.
+# says their endpoints are enforced by default. Then broken copies prove that the check can
+# fail: a protocol this build does not inspect, a credential file the agent could read, and a
+# rule without binaries.
 #
 #   tests/e2e/check-policies.sh SANDBOX_BINARY       (make test-policies)
 set -euo pipefail
@@ -73,12 +74,23 @@ result "$rc" "check says an endpoint without enforcement is enforced"
 
 echo "== the check can fail"
 # A protocol this build does not inspect in the first endpoint of the Claude Code policy.
-sed '0,/- { host: api.anthropic.com, port: 443 }/s//- { host: api.anthropic.com, port: 443, protocol: graphql, access: full }/' \
-  "$REPO/policies/claude-code.yaml" >"$WORK/l7.yaml"
+sed '0,/^\( *\)protocol: rest$/s//\1protocol: graphql/' "$REPO/policies/claude-code.yaml" \
+  >"$WORK/l7.yaml"
 rc=0
+cmp -s "$REPO/policies/claude-code.yaml" "$WORK/l7.yaml" && rc=1
 if enforceable "$WORK/l7.yaml"; then rc=1; fi
 grep -q 'is not supported' "$WORK/out" || rc=1
 result "$rc" "a policy with protocol: graphql is refused as not supported"
+
+# The model API's key in a file the agent could read (under /tmp, read-write for it).
+printf 'sk-ant-check\n' >"$WORK/key"
+sed "s#    variable: ANTHROPIC_API_KEY#    variable: ANTHROPIC_API_KEY\n    source: { file: $WORK/key }#" \
+  "$REPO/policies/claude-code.yaml" >"$WORK/exposed.yaml"
+sed -i 's#^  read_write:#  read_write:\n    - '"$WORK"'#' "$WORK/exposed.yaml"
+rc=0
+if enforceable "$WORK/exposed.yaml"; then rc=1; fi
+grep -q 'lies under' "$WORK/out" || rc=1
+result "$rc" "a credential whose source file the agent could read is refused"
 
 # A rule with its binaries removed.
 printf 'version: 1\nnetwork_policies:\n  orphan:\n    endpoints:\n      - { host: example.com, port: 443 }\n' \

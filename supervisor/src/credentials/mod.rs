@@ -257,7 +257,7 @@ pub fn describe(out: &mut String, problems: &mut Vec<String>, policy: &Policy) {
         let state = match (&status, c.optional) {
             (Ok(()), _) => "present".to_owned(),
             (Err(SourceError::Missing), true) => {
-                "missing (optional: the agent gets no variable)".to_owned()
+                "missing; optional, so the agent gets no variable".to_owned()
             }
             (Err(e), _) => {
                 problems.push(format!(

@@ -35,6 +35,7 @@ macro_rules! agent_tests {
 #[path = "../proxy/support/mod.rs"]
 mod support;
 
+mod credentials;
 mod developer;
 mod installed;
 mod layout;

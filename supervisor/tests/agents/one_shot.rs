@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::installed::Agent;
 use crate::support::Run;
-use crate::world::{EXFIL_HOST, KEY, World};
+use crate::world::{EXFIL_HOST, KEY, World, lists};
 
 const PROMPT: &str = "Say hello.";
 
@@ -111,10 +111,9 @@ pub fn last_tool_output(world: &World, api: Api, run: &Run) -> String {
 
 /// Hosts other than the model API that reached the test host must be listed by the policy.
 fn assert_policy_hosts_only(agent: Agent, extra: &[&String], run: &Run) {
-    let policy = std::fs::read_to_string(agent.policy()).expect("the shipped policy");
     for host in extra {
         assert!(
-            policy.contains(&format!("host: {host},")),
+            lists(&agent.policy(), host),
             "{host} reached the test host but {} does not list it:\n{run}",
             agent.policy().display()
         );

@@ -13,8 +13,8 @@ use openshell_tests::scratch::{AGENT_ID, give_to_agent};
 use crate::installed::{AGENT_PATH, Agent};
 use crate::support::{HOST, Lab, Run, Sandbox, Side};
 
-/// The API key the pod gives the agent container, and the one the API must receive. Until
-/// the supervisor keeps credentials from the agent (issue 11), the agent holds it too.
+/// The API key the pod gives the agent container, and the one the API must receive; the
+/// shipped policies' credentials keep it from the agent, which holds a placeholder.
 pub const KEY: &str = "sk-test-0penshell-agent-suite-key";
 
 /// A host outside every shipped policy (the fake API serves it too, so that an upload that
@@ -189,14 +189,26 @@ fn as_agent() -> Vec<String> {
 /// Whether `policy` gives `host` L7 rules (`protocol:` on one of its endpoints): then the
 /// supervisor terminates TLS to it, and the agent trusts the supervisor's CA, not the API's.
 pub fn inspects(policy: &Path, host: &str) -> bool {
+    endpoints(policy).any(|e| e["host"] == host && e.get("protocol").is_some())
+}
+
+/// Whether one of `policy`'s endpoints is `host`.
+pub fn lists(policy: &Path, host: &str) -> bool {
+    endpoints(policy).any(|e| e["host"] == host)
+}
+
+/// Every endpoint of every network rule of `policy`.
+fn endpoints(policy: &Path) -> impl Iterator<Item = Value> {
     let text = std::fs::read_to_string(policy).expect("the policy");
     let yaml: Value = serde_saphyr::from_str(&text).expect("the policy is YAML");
-    yaml["network_policies"]
+    let rules: Vec<Value> = yaml["network_policies"]
         .as_object()
         .into_iter()
-        .flat_map(|rules| rules.values())
-        .flat_map(|rule| rule["endpoints"].as_array().into_iter().flatten())
-        .any(|e| e["host"] == host && e.get("protocol").is_some())
+        .flat_map(|rules| rules.values().cloned())
+        .collect();
+    rules
+        .into_iter()
+        .flat_map(|rule| rule["endpoints"].as_array().cloned().unwrap_or_default())
 }
 
 #[test]

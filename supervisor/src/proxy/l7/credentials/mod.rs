@@ -288,3 +288,6 @@ pub fn encode(value: &[u8], encoding: Encoding) -> Vec<u8> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -41,49 +41,9 @@ bench_needs bench/l7.sh nginx curl openssl ip nsenter python3 cargo
 bench_supervisor
 bench_lab l7-bench
 
-# The test host's own CA and certificate (for its IP: the proxy dials what it was asked).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
-    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=203.0.113.2 \
-    -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:203.0.113.2\n' >"$dir/san.ext"
-openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
-    -days 2 -extfile "$dir/san.ext" -out "$dir/server.pem" 2>/dev/null
-
-mkdir -p "$dir/www" "$dir/nginx" "$dir/out"
+bench_https_nginx "$size_mb" 443 8443
+mkdir -p "$dir/out"
 chmod 777 "$dir/out"
-head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
-head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
-chmod -R a+rX "$dir/www"
-cat >"$dir/nginx.conf" <<EOF
-user root;
-worker_processes 2;
-pid $dir/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $dir/nginx/body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    ssl_session_cache shared:SSL:10m;
-    server {
-        listen 203.0.113.2:443 ssl backlog=4096;
-        listen 203.0.113.2:8443 ssl backlog=4096;
-        ssl_certificate $dir/server.pem;
-        ssl_certificate_key $dir/server.key;
-        ssl_protocols TLSv1.3;
-        root $dir/www;
-    }
-}
-EOF
-in_host nginx -c "$dir/nginx.conf"
 
 # Port 443: inspected (read-only). Port 8443: a plain tunnel, the L4 baseline.
 cat >"$dir/policy.yaml" <<EOF

@@ -7,6 +7,8 @@
 #   bench_supervisor          sets $supervisor: $SUPERVISOR, or the tree's release build
 #   bench_lab NAME            sets $pod, $host and $dir; defines in_pod and in_host
 #   bench_nginx               serves $dir/www (with `small`, 64 bytes) on the test host's port 80
+#   bench_https_nginx MB PORT...  a CA ($dir/ca.pem) and nginx serving `small` and `bulk` (MB MiB)
+#                             over TLS 1.3 on each PORT of the test host, keep-alive unlimited
 #   bench_load_generator      builds proxy-load and puts it at $dir/proxy-load, for the sandbox
 # KEEP=1 keeps the scratch directory (logs) for inspection.
 
@@ -57,9 +59,40 @@ EOF
 
 # nginx with sendfile, no logging and two workers: the server is not what is measured.
 bench_nginx() {
-    mkdir -p "$dir/www" "$dir/nginx"
+    mkdir -p "$dir/www"
     head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
     chmod -R a+rX "$dir/www"
+    bench_nginx_serve "    tcp_nopush on;" "        listen 203.0.113.2:80 backlog=4096;"
+}
+
+bench_https_nginx() {
+    local size_mb=$1 port listen=""
+    shift
+    # The test host's own CA and certificate (for its IP: the proxy dials what it was asked).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=bench-ca -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=203.0.113.2 \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:203.0.113.2\n' >"$dir/san.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.pem" 2>/dev/null
+    mkdir -p "$dir/www"
+    head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
+    head -c 64 /dev/zero | tr '\0' x >"$dir/www/small"
+    chmod -R a+rX "$dir/www"
+    for port in "$@"; do
+        listen+="        listen 203.0.113.2:$port ssl backlog=4096;"$'\n'
+    done
+    bench_nginx_serve "    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    ssl_session_cache shared:SSL:10m;" "$listen        ssl_certificate $dir/server.pem;
+        ssl_certificate_key $dir/server.key;
+        ssl_protocols TLSv1.3;"
+}
+
+# Writes $dir/nginx.conf with HTTP settings HTTP and the server's lines SERVER, and starts it.
+bench_nginx_serve() {
+    mkdir -p "$dir/nginx"
     cat >"$dir/nginx.conf" <<EOF
 user root;
 worker_processes 2;
@@ -69,15 +102,15 @@ events { worker_connections 8192; }
 http {
     access_log off;
     sendfile on;
-    tcp_nopush on;
     tcp_nodelay on;
+$1
     client_body_temp_path $dir/nginx/body;
     proxy_temp_path $dir/nginx/proxy;
     fastcgi_temp_path $dir/nginx/fastcgi;
     uwsgi_temp_path $dir/nginx/uwsgi;
     scgi_temp_path $dir/nginx/scgi;
     server {
-        listen 203.0.113.2:80 backlog=4096;
+$2
         root $dir/www;
     }
 }

@@ -466,7 +466,7 @@ async fn relay_response(
 }
 
 /// Reads what is available into `buf`; 0 at end of stream.
-async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub(crate) async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     buf.reserve(16 * 1024);
     loop {
         stream.readable().await?;

@@ -9,7 +9,6 @@
 //! which the proxy never reads). Bytes from the client are copied through the proxy's memory
 //! instead of spliced; the server's direction stays spliced.
 
-use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use tokio::net::TcpStream;
 use super::scan::Stream;
 use super::{Credentials, Encoding, Refused};
 use crate::policy::CredentialSet;
-use crate::proxy::connection::write_all;
+use crate::proxy::connection::{read_more, write_all};
 use crate::proxy::relay::{self, Activity, Pipe};
 
 /// Largest read from the client in one step.
@@ -96,15 +95,18 @@ impl Credentials {
     ) -> Result<(), Searched> {
         let mut forwarded = 0u64;
         let mut stream = Stream::default();
-        let mut buf = vec![0u8; READ];
+        let mut buf = Vec::with_capacity(READ);
         let mut pending = early.to_vec();
         loop {
             let at_end = pending.is_empty();
             let data: &[u8] = match at_end {
                 false => &pending,
                 true => {
-                    let n = read(client, &mut buf).await.map_err(|_| Searched::Broken)?;
-                    &buf[..n]
+                    buf.clear();
+                    read_more(client, &mut buf)
+                        .await
+                        .map_err(|_| Searched::Broken)?;
+                    &buf
                 }
             };
             let ended = at_end && data.is_empty();
@@ -141,15 +143,4 @@ enum Searched {
     Refused(Refused, u64),
     /// Either side failed.
     Broken,
-}
-
-async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }

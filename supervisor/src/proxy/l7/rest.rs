@@ -25,7 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::canon::{self, CanonError, Canonical};
-use super::credentials::body::{BUFFERED, Mode, PlaceholderFilter, Plan, RefusedError, set_length};
+use super::credentials::body::{
+    BUFFERED, Mode, PlaceholderFilter, Plan, RefusedError, Unservable, set_length,
+};
 use super::credentials::redact;
 use super::credentials::websocket::{self, Direction};
 use super::rules;
@@ -565,11 +567,8 @@ where
             cx.credential_denied(&head.method, path, plan.credentials, refused)
                 .send(client)
                 .await;
-        } else if e.kind() == io::ErrorKind::Other {
-            // A response that cannot be cleaned of values (see `credentials::redact`).
-            cx.unavailable(502, "upstream_response_refused", &e.to_string())
-                .send(client)
-                .await;
+        } else if let Some(u) = Unservable::of(e) {
+            cx.unavailable(u.status, u.error, u.why).send(client).await;
         }
     }
     result
@@ -660,10 +659,13 @@ where
         return Ok(Upload::Sent);
     }
     if head.minor == 0 {
-        return Err(io::Error::other(
-            "an HTTP/1.0 request body over 256 KiB cannot have credentials put in (its length \
-             would change, and HTTP/1.0 has no chunked bodies)",
-        ));
+        return Err(Unservable {
+            status: 413,
+            error: "credential_body_too_large",
+            why: "an HTTP/1.0 request body over 256 KiB cannot have credentials put in (its \
+                  length would change, and HTTP/1.0 has no chunked bodies)",
+        }
+        .error());
     }
     set_length(&mut sent.headers, None);
     upstream.write_all(&sent.encode(&cx.authority())).await?;

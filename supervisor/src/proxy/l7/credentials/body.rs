@@ -177,8 +177,38 @@ fn refused(r: Refused) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, RefusedError(r))
 }
 
+/// An exchange the credentials cannot serve safely, answered with `status` when nothing was
+/// sent to the client yet.
+#[derive(Debug, thiserror::Error)]
+#[error("{why}")]
+pub struct Unservable {
+    /// The status of the answer.
+    pub status: u16,
+    /// Its `error`.
+    pub error: &'static str,
+    /// Why, in words.
+    pub why: &'static str,
+}
+
+impl Unservable {
+    /// As an `io::Error`, to end the exchange.
+    pub fn error(self) -> io::Error {
+        io::Error::other(self)
+    }
+
+    /// The one inside `e`, when it is one.
+    pub fn of(e: &io::Error) -> Option<&Unservable> {
+        e.get_ref()?.downcast_ref::<Unservable>()
+    }
+}
+
 fn cannot_redact() -> io::Error {
-    io::Error::other("the credential values cannot be searched for; refusing the response")
+    Unservable {
+        status: 502,
+        error: "upstream_response_refused",
+        why: "the credential values cannot be searched for in the response",
+    }
+    .error()
 }
 
 /// Placeholders replaced (those bound) or refused (any other), as the bytes stream.

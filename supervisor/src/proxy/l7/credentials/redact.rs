@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::body::{BUFFERED, Plan, RedactFilter, set_length};
+use super::body::{BUFFERED, Plan, RedactFilter, Unservable, set_length};
 use crate::proxy::http::{self, Body, Response};
 use crate::proxy::l7::rest::RequestHead;
 use crate::proxy::l7::stream::{Buffered, Decoder, Filter, Framing, copy_filtered};
@@ -54,10 +54,13 @@ where
         .iter()
         .any(|c| c != "identity");
     if compressed && body != Body::Empty {
-        return Err(io::Error::other(
-            "the server compressed a response on an endpoint with credentials although \
-             identity was asked for; it cannot be searched for echoed values",
-        ));
+        return Err(Unservable {
+            status: 502,
+            error: "upstream_response_refused",
+            why: "the server compressed a response on an endpoint with credentials although \
+                  identity was asked for; it cannot be searched for echoed values",
+        }
+        .error());
     }
     let mut decoder = Decoder::new(body);
     let whole =

@@ -484,3 +484,82 @@ where
     }
     dst.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// Passes everything, upper-cased (a length-keeping change).
+    struct Upper;
+
+    impl Filter for Upper {
+        fn pass<'d>(&mut self, data: &'d [u8], _: bool) -> io::Result<Passed<'d>> {
+            Ok(Passed::Rewritten(data.to_ascii_uppercase()))
+        }
+    }
+
+    /// A chunked body (with an extension and a trailer) followed by the next message, read
+    /// with the body's bytes arriving in two reads cut anywhere: the data comes out whole,
+    /// re-framed chunked, and the next message stays buffered.
+    #[test]
+    fn chunked_bodies_are_decoded_across_any_split_and_reframed() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for cut in 0..wire.len() {
+            let (mut buffered, rest) = (Buffered::from(wire[..cut].to_vec()), &wire[cut..]);
+            let mut src: &[u8] = rest;
+            let mut out = Vec::new();
+            let mut decoder = Decoder::new(Body::Chunked);
+            block_on(copy_filtered(
+                &mut decoder,
+                Vec::new(),
+                false,
+                &mut buffered,
+                &mut src,
+                &mut out,
+                Framing::Chunked,
+                &Activity::new(),
+                &mut Upper,
+            ))
+            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            let mut data = Vec::new();
+            let mut reread = Decoder::new(Body::Chunked);
+            let mut framed = Buffered::from(out);
+            while !block_on(reread.next(&mut framed, &mut &b""[..], &mut data)).unwrap() {}
+            assert_eq!(data, b"HELLO WORLD", "cut at {cut}");
+            let mut left = buffered.bytes.clone();
+            left.extend_from_slice(src);
+            assert_eq!(left, b"NEXT", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_length_body_must_keep_its_length() {
+        struct Longer;
+        impl Filter for Longer {
+            fn pass<'d>(&mut self, data: &'d [u8], _: bool) -> io::Result<Passed<'d>> {
+                Ok(Passed::Rewritten([data, b"!"].concat()))
+            }
+        }
+        let mut src: &[u8] = b"abc";
+        let mut out = Vec::new();
+        let result = block_on(copy_filtered(
+            &mut Decoder::new(Body::Length(3)),
+            Vec::new(),
+            false,
+            &mut Buffered::default(),
+            &mut src,
+            &mut out,
+            Framing::Length(3),
+            &Activity::new(),
+            &mut Longer,
+        ));
+        assert!(result.is_err());
+    }
+}

@@ -24,13 +24,13 @@ echo
 echo "agent: my ANTHROPIC_API_KEY is ${ANTHROPIC_API_KEY:-(unset)}"
 # By hand again: busybox wget prints no body for an error status.
 call() {
-  printf 'POST http://%s/v1/messages HTTP/1.1\r\nHost: %s\r\nx-api-key: %s\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}' \
-    "$1" "$1" "$ANTHROPIC_API_KEY" | timeout 10 nc 127.0.0.1 3128 | tr -d '\r' | sed -n '1p;$p' |
-    sed 's/^/agent:   /'
+  printf '%s http://%s%s HTTP/1.1\r\nHost: %s\r\nx-api-key: %s\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}' \
+    "$1" "$2" "$3" "$2" "$ANTHROPIC_API_KEY" | timeout 10 nc 127.0.0.1 3128 | tr -d '\r' |
+    sed -n '1p;$p' | sed 's/^/agent:   /'
   echo
 }
 echo "agent: POST http://$api/v1/messages with x-api-key: \$ANTHROPIC_API_KEY  (the fake model API)"
-call "$api"
-echo "agent: the same key to http://$allowed/  (the key is not bound there)"
-call "$allowed"
+call POST "$api" /v1/messages
+echo "agent: GET http://$allowed/ with the same key  (allowed, but the key is not bound there)"
+call GET "$allowed" /
 echo "agent: done"

@@ -64,8 +64,10 @@ osb_start_upstreams() {
 osb_start_fake_api() {
   local prefix="$1" agent_image="$2"
   # shellcheck disable=SC2016 # expanded by the container's shell
+  # A connection without a request (the readiness probe below) is not logged.
   local handler='key= auth=
 cr="$(printf "\r")"
+IFS= read -r line || exit 0
 while IFS= read -r line; do
   line="${line%"$cr"}"
   [ -z "$line" ] && break

@@ -69,7 +69,7 @@ def node(script, *args):
         return {"status": 0, "text": out.stdout + out.stderr}
 
 
-def inject(with_fetch):
+def inject(_):
     """Every way a client sends a key, to the endpoint the credentials are bound to."""
     key, token = os.environ["API_KEY"], os.environ["BODY_TOKEN"]
     out = {
@@ -89,9 +89,16 @@ def inject(with_fetch):
         "requests_json": requests_call("POST", f"{API}/requests/json", json={"token": token}),
         "node_bearer": node(NODE_CONNECT, "/node/bearer"),
     }
-    if with_fetch:
-        out["fetch_header"] = node(NODE_FETCH, f"{API}/fetch/header")
     return out
+
+
+def fetch(_):
+    """Node's fetch, which ignores the proxy variables: direct connections (transparent
+    egress), to the bound host and to another one."""
+    return {
+        "bound": node(NODE_FETCH, f"{API}/fetch/header"),
+        "other": node(NODE_FETCH, f"{OTHER}/fetch/leak"),
+    }
 
 
 def refuse(_):
@@ -165,7 +172,7 @@ def search(xored):
     return {"found": found, "fds": fds, "pid1": open("/proc/1/cmdline", "rb").read().decode("latin-1")}
 
 
-COMMANDS = {"inject": inject, "refuse": refuse, "echo": echo, "search": search}
+COMMANDS = {"inject": inject, "fetch": fetch, "refuse": refuse, "echo": echo, "search": search}
 
 if __name__ == "__main__":
     print(json.dumps(COMMANDS[sys.argv[1]](sys.argv[2] if len(sys.argv) > 2 else None)))

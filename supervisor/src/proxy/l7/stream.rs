@@ -428,6 +428,30 @@ async fn read_into<R: AsyncRead + Unpin>(
     (&mut *src).take(limit).read_buf(out).await
 }
 
+/// Writes every byte of `parts`, in order, with as few writes as the stream takes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    parts: &mut [&[u8]],
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<io::IoSlice<'_>> =
+            parts[first..].iter().map(|p| io::IoSlice::new(p)).collect();
+        let mut n = dst.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while first < parts.len() && n >= parts[first].len() {
+            n -= parts[first].len();
+            first += 1;
+        }
+        if first < parts.len() {
+            parts[first] = &parts[first][n..];
+        }
+    }
+    Ok(())
+}
+
 /// Streams a body through `filter`: `first` (already read, `ended` if that was all), then
 /// the rest from `decoder`, each piece sent as it passes (flushed: streaming bodies are not
 /// held back) in the receiver's `framing`.
@@ -458,11 +482,11 @@ where
                 return Err(io::Error::other("filtered body longer than its length"));
             }
             match framing {
+                // One write for the chunk and its framing: over TLS, one run of records
+                // instead of two tiny ones around the data.
                 Framing::Chunked => {
-                    dst.write_all(format!("{:x}\r\n", bytes.len()).as_bytes())
-                        .await?;
-                    dst.write_all(bytes).await?;
-                    dst.write_all(b"\r\n").await?;
+                    let size = format!("{:x}\r\n", bytes.len());
+                    write_all_vectored(dst, &mut [size.as_bytes(), bytes, b"\r\n"]).await?;
                 }
                 Framing::Length(_) | Framing::UntilClose => dst.write_all(bytes).await?,
             }

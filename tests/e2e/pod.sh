@@ -172,17 +172,19 @@ section "upstream servers on $OSB_SUBNET"
 osb_start_upstreams "$PREFIX" "$AGENT_IMAGE"
 printf '  allowed %s, denied %s (busybox httpd)\n' "$ALLOWED" "$DENIED"
 
-# The policy the agent runs under: the test agent's needs, and the allowed upstream only,
-# for busybox (every applet's executable). The address is written out exactly, which is
-# what lets the proxy connect to a private address.
-cat >"$WORK/policy.yaml" <<EOF
-version: 1
+# The filesystem part of the test policies: the test agent's needs.
+readonly POLICY_HEAD="version: 1
 filesystem_policy:
   include_workdir: true
   read_only: [/bin, /usr, /etc, /proc, /opt/openshell/bin, /dev/urandom]
   read_write: [/tmp, /dev/null]
 landlock:
-  compatibility: hard_requirement
+  compatibility: hard_requirement"
+# The policy the agent runs under: the allowed upstream only, for busybox (every applet's
+# executable). The address is written out exactly, which is what lets the proxy connect to a
+# private address.
+cat >"$WORK/policy.yaml" <<EOF
+$POLICY_HEAD
 network_policies:
   e2e_upstream:
     endpoints:
@@ -266,13 +268,7 @@ osb_start_fake_api "$PREFIX" "$AGENT_IMAGE"
 osb_secret "$PREFIX" key "api-key=$REAL_KEY"
 printf '%s\n' "$REAL_TOKEN" >"$WORK/token"
 cat >"$WORK/credentials-policy.yaml" <<POLICY
-version: 1
-filesystem_policy:
-  include_workdir: true
-  read_only: [/bin, /usr, /etc, /proc, /opt/openshell/bin, /dev/urandom]
-  read_write: [/tmp, /dev/null]
-landlock:
-  compatibility: hard_requirement
+$POLICY_HEAD
 credentials:
   anthropic:
     variable: ANTHROPIC_API_KEY

@@ -158,7 +158,8 @@ pub fn prepare(
         Deny::RuleErrno
     };
     let seccomp = seccomp::prepare(deny)?;
-    let transparent = transparent_plan(policy, kernel)?;
+    let transparent =
+        transparent_plan(policy, kernel)?.map(|plan| plan.inspecting(inspection.is_some()));
     let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
     let mut env = environment(&account, &workdir);
     if let Some(inspection) = inspection {

@@ -14,6 +14,8 @@
 //!
 //! From then on the agent talks to the server directly: no relay, no copy. A denial answers
 //! ECONNREFUSED at once and is logged with pid, exe, destination, the names tried and why.
+//! A connection to an inspected (L7) endpoint is not dialled: the agent's socket is connected
+//! to the L7 engine instead, which decides each request as on the CONNECT path ([`handoff`]).
 //! Connections to the sandbox's own addresses (loopback, the resolver, the proxy) are made by
 //! the supervisor on the agent's socket itself; those to the proxy and the resolver are
 //! recorded with their caller (caller/record.rs), which is whom the proxy then credits.
@@ -33,6 +35,7 @@
 //! copied. UDP leaves only as DNS to the resolver.
 
 pub mod fence;
+pub mod handoff;
 pub mod probe;
 pub mod socket;
 
@@ -52,11 +55,13 @@ use super::decision::{self, Decision, Process, Via};
 use super::dns::config::{ResolvConf, parse_hosts};
 use super::dns::names::Names;
 use super::dns::{self, Resolver};
-use super::ssrf;
+use super::{listener, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::canonical_ip;
 use crate::procfs;
 use crate::seccomp::{Notice, sockaddr};
+use handoff::{Handoff, Pending};
+use nix::sys::socket::SockaddrStorage;
 use socket::{Kind, State};
 
 /// How often a connection waited for on a caller's behalf checks that the caller still waits.
@@ -68,11 +73,12 @@ const STILL_WAITING: Duration = Duration::from_secs(1);
 const SPARE_FDS: usize = 4;
 
 /// What the transparent path reads before the sandbox's namespace exists: the pod's resolver
-/// configuration and hosts file.
+/// configuration and hosts file; and whether the policy has inspected endpoints.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     resolv: ResolvConf,
     hosts: Vec<(IpAddr, Vec<String>)>,
+    inspect: bool,
 }
 
 impl Plan {
@@ -82,7 +88,15 @@ impl Plan {
         Plan {
             resolv: ResolvConf::parse(&read("/etc/resolv.conf")),
             hosts: parse_hosts(&read("/etc/hosts")),
+            inspect: false,
         }
+    }
+
+    /// With `inspect` (the policy has L7 endpoints), direct connections to inspected
+    /// endpoints are handed to the L7 engine, through a listener bound with the others.
+    pub fn inspecting(mut self, inspect: bool) -> Plan {
+        self.inspect = inspect;
+        self
     }
 }
 
@@ -92,11 +106,13 @@ pub struct Bound {
     plan: Plan,
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
+    handoff: Vec<std::net::TcpListener>,
     netns: u64,
 }
 
 /// In the sandbox's namespace (on the thread that made it): makes the nameserver addresses
-/// local and binds the resolver on each, UDP and TCP, port 53.
+/// local and binds the resolver on each, UDP and TCP, port 53; and the hand-off listener
+/// when the policy has inspected endpoints.
 pub fn bind(plan: Plan) -> io::Result<Bound> {
     dns::local::add_to_loopback(&dns::local::to_add(&plan.resolv.nameservers))?;
     let mut udp = Vec::new();
@@ -110,10 +126,15 @@ pub fn bind(plan: Plan) -> io::Result<Bound> {
         listener.set_nonblocking(true)?;
         tcp.push(listener);
     }
+    let handoff = match plan.inspect {
+        true => handoff::bind()?,
+        false => Vec::new(),
+    };
     Ok(Bound {
         plan,
         udp,
         tcp,
+        handoff,
         netns: socket::current_netns()?,
     })
 }
@@ -158,6 +179,8 @@ pub struct Transparent {
     spare: std::sync::Mutex<Vec<OwnedFd>>,
     /// The options of a new TCP socket, IPv4 and IPv6 (read once: see [`socket::Defaults`]).
     defaults: [std::sync::OnceLock<socket::Defaults>; 2],
+    /// Where connections to inspected endpoints go, when the policy has any.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// Starts the policy resolver on the current runtime and returns the path's handler.
@@ -187,6 +210,24 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         names.clone(),
     );
     Arc::new(resolver).serve(udp, tcp);
+    let handoff = match bound.handoff.is_empty() {
+        true => None,
+        false => {
+            let handoff = Arc::new(Handoff::new(&bound.handoff)?);
+            let listeners = bound
+                .handoff
+                .into_iter()
+                .map(tokio::net::TcpListener::from_std)
+                .collect::<io::Result<Vec<_>>>()?;
+            let serving = handoff.clone();
+            tokio::spawn(listener::accept_loop(
+                listeners,
+                shared.clone(),
+                move |shared, client, peer| handoff::serve(shared, serving.clone(), client, peer),
+            ));
+            Some(handoff)
+        }
+    };
     Ok(Arc::new(Transparent {
         shared,
         names,
@@ -196,6 +237,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         spare: std::sync::Mutex::new(Vec::new()),
         defaults: Default::default(),
+        handoff,
     }))
 }
 
@@ -340,6 +382,11 @@ impl Transparent {
             return notice.fail(libc::ENETUNREACH);
         }
         if self.is_local(to.ip()) {
+            if self.handoff.as_ref().is_some_and(|h| h.is_listener(to)) {
+                // Every connection the hand-off listener accepts must be one the supervisor
+                // made for a registered caller (handoff.rs).
+                return self.refuse_handoff(notice, caller, to);
+            }
             self.local_stream(notice, caller, fd, kind, to);
         } else {
             self.remote(notice, caller, fd, kind, to);
@@ -398,6 +445,19 @@ impl Transparent {
             }
             self.record(fd.as_fd(), caller, to);
         }
+        self.connect_here(notice, fd, address, || ());
+    }
+
+    /// Connects the agent's socket `fd` to `address` in the sandbox's namespace and answers
+    /// with the outcome, as the agent's own `connect()` would have ended; `failed` runs when
+    /// the connection is not made.
+    fn connect_here(
+        self: &Arc<Self>,
+        notice: Notice,
+        fd: OwnedFd,
+        address: SockaddrStorage,
+        failed: impl FnOnce() + Send + 'static,
+    ) {
         let flags = socket::status_flags(fd.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
         // Never block this thread: connect without waiting, then wait (if the agent would
@@ -414,10 +474,18 @@ impl Transparent {
                     };
                     // The attempt is over: connect again reports its outcome, and resets the
                     // socket after a failure, as a blocking connect would have.
-                    answer(notice, socket::connect(fd.as_fd(), &address));
+                    let result = socket::connect(fd.as_fd(), &address);
+                    if result.is_err() {
+                        failed();
+                    }
+                    answer(notice, result);
                 });
             }
-            other => answer(notice, other),
+            Ok(()) | Err(Errno::EINPROGRESS) => answer(notice, result),
+            Err(e) => {
+                failed();
+                notice.fail(e as i32);
+            }
         }
     }
 
@@ -447,7 +515,8 @@ impl Transparent {
         }
     }
 
-    /// A connection out of the sandbox: decided, dialled from the pod, handed over.
+    /// A connection out of the sandbox: decided, then dialled from the pod and handed over,
+    /// or, for an inspected endpoint, handed to the L7 engine.
     fn remote(
         self: &Arc<Self>,
         notice: Notice,
@@ -461,7 +530,7 @@ impl Transparent {
         let address = canonical_ip(to.ip()).to_string();
         let owners = [chain];
         let mut reasons = Vec::new();
-        let mut allowed = None;
+        let mut allowed = Vec::new();
         for host in names.iter().map(String::as_str).chain([address.as_str()]) {
             match decision::decide(
                 &self.shared.rules,
@@ -475,14 +544,18 @@ impl Transparent {
                     endpoints,
                     matched,
                 } => {
-                    allowed = Some((host.to_owned(), rule.name.clone(), endpoints, matched));
-                    break;
+                    allowed.push((host.to_owned(), rule, endpoints, matched));
+                    // Without inspected endpoints the first allowed name decides; with them,
+                    // every allowed name counts (one sharing the address may be inspected).
+                    if self.handoff.is_none() {
+                        break;
+                    }
                 }
                 Decision::Deny(reason) => reasons.push(reason),
             }
         }
         let [chain] = owners;
-        let Some((host, rule, endpoints, matched)) = allowed else {
+        let Some((host, rule, endpoints, _)) = allowed.first() else {
             let why = match names.is_empty() {
                 true => format!(
                     "no name this sandbox resolved points to {address}, and {}",
@@ -492,21 +565,28 @@ impl Transparent {
             };
             return self.deny(notice, &chain, to, &names, &why);
         };
-        if let Err(reason) = ssrf::permit(to.ip(), &endpoints) {
-            return self.deny(notice, &chain, to, &names, &reason);
+        let inspected = allowed
+            .iter()
+            .any(|(_, _, endpoints, _)| endpoints.iter().any(|e| e.l7.is_some()));
+        let (host, rule) = (host.clone(), rule.name.clone());
+        let mut matched: Vec<Process> = Vec::new();
+        for (_, _, _, processes) in &allowed {
+            for process in processes {
+                if !matched.contains(process) {
+                    matched.push(process.clone());
+                }
+            }
         }
-        // An inspected (L7) endpoint is reached through the proxy, whose L7 engine decides
-        // each request; a direct connection handed out here would carry requests nobody
-        // checks. Refused until this path hands such connections to the engine
-        // (`proxy::l7::serve_tunnel`).
-        if endpoints.iter().any(|e| e.l7.is_some()) {
-            let why = format!(
-                "{host}:{} is an inspected (protocol: rest) endpoint of rule {rule}: it is \
-                 reached through the proxy (HTTPS_PROXY), not by a direct connection",
-                to.port()
-            );
-            return self.deny(notice, &chain, to, &names, &why);
-        }
+        let next = if inspected {
+            // Dialled by the engine, by name, its addresses checked then.
+            let hosts = allowed.into_iter().map(|(host, ..)| host).collect();
+            Next::Inspect(hosts)
+        } else {
+            if let Err(reason) = ssrf::permit(to.ip(), endpoints) {
+                return self.deny(notice, &chain, to, &names, &reason);
+            }
+            Next::Dial { host, rule }
+        };
         let hashed = matched
             .iter()
             .all(|p| self.shared.identifier.pins.is_hashed(p.pid));
@@ -519,10 +599,15 @@ impl Transparent {
                         tracing::error!(layer = "transparent", "cannot pin a binary: {e}");
                         return notice.fail(libc::ENOBUFS);
                     }
-                    Err(e) => return this.deny(notice, &chain, to, &[host], &e.to_string()),
+                    Err(e) => return this.deny(notice, &chain, to, &names, &e.to_string()),
                 }
             }
-            this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
+            match next {
+                Next::Dial { host, rule } => {
+                    this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
+                }
+                Next::Inspect(hosts) => this.hand_off(notice, agent, kind, to, hosts, chain),
+            }
         };
         // Hashing a binary seen for the first time reads all of it: not on this thread.
         if hashed {
@@ -530,6 +615,52 @@ impl Transparent {
         } else {
             self.runtime.spawn_blocking(move || admitted(notice));
         }
+    }
+
+    /// Connects the agent's socket to the hand-off listener, its destination and caller
+    /// noted under its local address: the L7 engine serves it from there (handoff.rs).
+    fn hand_off(
+        self: &Arc<Self>,
+        notice: Notice,
+        agent: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+        hosts: Vec<String>,
+        chain: Vec<Process>,
+    ) {
+        let Some(handoff) = self.handoff.clone() else {
+            let why = "an inspected (L7) endpoint, and L7 inspection is unavailable";
+            return self.deny(notice, &chain, to, &hosts, why);
+        };
+        if kind.netns != self.netns {
+            let why = "a connection handed out for another destination cannot be reused for \
+                       an inspected (L7) endpoint";
+            return self.deny(notice, &chain, to, &hosts, why);
+        }
+        let listener = handoff.listener_for(kind.domain);
+        // The address the listener will see the connection from: the socket's own when the
+        // agent bound it, else one bound now.
+        let local = match socket::local_address(agent.as_fd()) {
+            Some(bound) if bound.port() != 0 && !bound.ip().is_unspecified() => bound,
+            Some(bound) if bound.port() != 0 => SocketAddr::new(listener.ip(), bound.port()),
+            _ => {
+                let source = SocketAddr::new(listener.ip(), 0);
+                if let Err(e) =
+                    socket::bind(agent.as_fd(), &socket::for_domain(source, kind.domain))
+                {
+                    return notice.fail(e as i32);
+                }
+                match socket::local_address(agent.as_fd()) {
+                    Some(local) => local,
+                    None => return notice.fail(libc::EADDRNOTAVAIL),
+                }
+            }
+        };
+        if let Err(e) = handoff.register(local, Pending::new(to, hosts, chain)) {
+            return notice.fail(e as i32);
+        }
+        let address = socket::for_domain(listener, kind.domain);
+        self.connect_here(notice, agent, address, move || handoff.cancel(local));
     }
 
     /// Dials `to` from the pod's namespace with the agent's socket options, and hands the
@@ -704,6 +835,26 @@ impl Transparent {
         });
     }
 
+    /// The agent's own connection to the hand-off listener: refused (ECONNREFUSED, as if
+    /// nothing listened there) and logged.
+    fn refuse_handoff(&self, notice: Notice, caller: Caller, to: SocketAddr) {
+        if self.limiter.allow() && notice.valid() {
+            let exe = log::exe_of(caller.tid);
+            let what = format!("connect to {to}");
+            let host = to.ip().to_string();
+            log::denied(&Denial {
+                layer: Layer::Network,
+                pid: caller.tgid,
+                exe: &exe,
+                what: &what,
+                why: "the supervisor's hand-off listener only takes the connections the \
+                      supervisor makes for the agent's calls",
+                target: Some((&host, to.port())),
+            });
+        }
+        notice.fail(libc::ECONNREFUSED);
+    }
+
     /// A call on a handed-out connection that would use it for anything but talking to its
     /// server: refused (EPERM) and logged.
     fn refuse(&self, notice: Notice, caller: Caller, what: &str) {
@@ -744,6 +895,14 @@ impl Transparent {
         }
         notice.fail(libc::ECONNREFUSED);
     }
+}
+
+/// What an allowed connection becomes.
+enum Next {
+    /// Dialled and handed over: the first allowed name, and its rule.
+    Dial { host: String, rule: String },
+    /// Handed to the L7 engine, with every allowed name.
+    Inspect(Vec<String>),
 }
 
 fn is_mapped(to: SocketAddr) -> bool {

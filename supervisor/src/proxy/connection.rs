@@ -175,13 +175,12 @@ async fn exchange(
             Decision::Deny(reason) => return Err(denied(&callers, "policy_denied", &reason)),
         };
     for process in &matched {
-        let check = || shared.identifier.pins.check(process);
+        let pins = &shared.identifier.pins;
         // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only
         // then is the worker thread handed off.
-        let pinned = match shared.identifier.pins.is_hashed(process.pid) {
-            true => check(),
-            false => tokio::task::block_in_place(check),
-        };
+        let pinned = pins
+            .check_hashed(process)
+            .unwrap_or_else(|| tokio::task::block_in_place(|| pins.check(process)));
         match pinned {
             Ok(()) => {}
             Err(PinError::Resources(e)) => return Err(overloaded(&what, &e)),

@@ -44,6 +44,10 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_CACHED: usize = 8192;
 /// TTL of answers from the hosts file.
 const HOSTS_TTL: u32 = 60;
+/// Upstream sockets kept idle per nameserver.
+const IDLE_UPSTREAMS: usize = 64;
+/// Queries one upstream socket carries before it is replaced (a new random source port).
+const UPSTREAM_USES: u32 = 128;
 
 /// The resolver's state, shared by its UDP and TCP loops.
 #[derive(Debug)]
@@ -56,6 +60,49 @@ pub struct Resolver {
     cache: Mutex<HashMap<(String, u16), Cached>>,
     inflight: Arc<Semaphore>,
     limiter: RateLimit,
+    upstreams: Upstreams,
+}
+
+/// Connected UDP sockets to the nameservers, kept for the next queries: making, binding,
+/// connecting and registering a socket for each query was most of what a forwarded query
+/// cost. Each has a random source port and carries at most [`UPSTREAM_USES`] queries, each
+/// with a random id; an answer is matched by id, name and type, so a late answer to an
+/// earlier query on the same socket is skipped, and a socket whose query failed is closed.
+#[derive(Debug, Default)]
+struct Upstreams {
+    idle: Mutex<HashMap<SocketAddr, Vec<(UdpSocket, u32)>>>,
+}
+
+impl Upstreams {
+    async fn take(&self, server: SocketAddr) -> io::Result<(UdpSocket, u32)> {
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&server)
+            .and_then(Vec::pop);
+        if let Some(reused) = reused {
+            return Ok(reused);
+        }
+        let bind: SocketAddr = match server {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(server).await?;
+        Ok((socket, 0))
+    }
+
+    fn give(&self, server: SocketAddr, socket: UdpSocket, uses: u32) {
+        if uses >= UPSTREAM_USES {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = idle.entry(server).or_default();
+        if kept.len() < IDLE_UPSTREAMS {
+            kept.push((socket, uses));
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +139,7 @@ impl Resolver {
             cache: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             limiter: RateLimit::new(50, Duration::from_secs(1)),
+            upstreams: Upstreams::default(),
         }
     }
 
@@ -335,7 +383,7 @@ impl Resolver {
     async fn forward(&self, name: &str, qtype: u16) -> (Rcode, Vec<Address>) {
         for server in &self.conf.nameservers {
             let server = SocketAddr::new(*server, 53);
-            match ask(server, name, qtype).await {
+            match self.ask(server, name, qtype).await {
                 Ok(response) if matches!(response.rcode, Rcode::NoError | Rcode::NxDomain) => {
                     return (response.rcode, response.addresses);
                 }
@@ -384,37 +432,46 @@ fn bare(id: u16, rcode: Rcode) -> Vec<u8> {
     out
 }
 
-/// One question to one nameserver, from the pod's namespace.
-async fn ask(server: SocketAddr, name: &str, qtype: u16) -> io::Result<wire::Response> {
-    let id = random_id();
-    let message = wire::query(id, name, qtype);
-    let bind: SocketAddr = match server {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(server).await?;
-    socket.send(&message).await?;
-    let mut buf = vec![0u8; wire::EDNS_UDP.max(4096)];
-    let response = timeout(UPSTREAM_TIMEOUT, async {
-        loop {
-            let n = socket.recv(&mut buf).await?;
-            // A stray datagram is not the answer; keep waiting for ours.
-            if let Ok(response) = wire::parse_response(&buf[..n], id, name, qtype) {
-                return Ok::<_, io::Error>(response);
+impl Resolver {
+    /// One question to one nameserver, from the pod's namespace.
+    async fn ask(&self, server: SocketAddr, name: &str, qtype: u16) -> io::Result<wire::Response> {
+        let id = random_id();
+        let message = wire::query(id, name, qtype);
+        let (socket, uses) = self.upstreams.take(server).await?;
+        let response = timeout(UPSTREAM_TIMEOUT, async {
+            socket.send(&message).await?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.recv(&mut buf).await?;
+                // A stray datagram is not the answer; keep waiting for ours.
+                if let Ok(response) = wire::parse_response(&buf[..n], id, name, qtype) {
+                    return Ok::<_, io::Error>(response);
+                }
             }
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+        self.upstreams.give(server, socket, uses + 1);
+        if !response.truncated {
+            return Ok(response);
         }
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
-    if !response.truncated {
-        return Ok(response);
+        ask_tcp(server, &message, id, name, qtype).await
     }
+}
+
+/// A question again over TCP (its UDP answer was truncated).
+async fn ask_tcp(
+    server: SocketAddr,
+    message: &[u8],
+    id: u16,
+    name: &str,
+    qtype: u16,
+) -> io::Result<wire::Response> {
     let mut stream = timeout(UPSTREAM_TIMEOUT, TcpStream::connect(server))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no TCP connection"))??;
     let mut framed = (message.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&message);
+    framed.extend_from_slice(message);
     timeout(UPSTREAM_TIMEOUT, async {
         stream.write_all(&framed).await?;
         let mut len = [0u8; 2];

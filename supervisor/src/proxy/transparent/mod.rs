@@ -58,7 +58,6 @@ use super::dns::{self, Resolver};
 use super::{listener, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::canonical_ip;
-use crate::procfs;
 use crate::seccomp::{Notice, sockaddr};
 use handoff::{Handoff, Pending};
 use nix::sys::socket::SockaddrStorage;
@@ -251,7 +250,8 @@ enum Target {
     Other,
 }
 
-/// The caller: the thread in the call, its process, and the socket fd it named.
+/// The caller: the thread in the call, its process (known once its socket is taken, the
+/// thread until then), and the socket fd it named.
 #[derive(Debug, Clone, Copy)]
 struct Caller {
     tid: u32,
@@ -264,7 +264,7 @@ impl Transparent {
     pub fn handle(self: &Arc<Self>, call: Call, notice: Notice) {
         let caller = Caller {
             tid: notice.call.pid,
-            tgid: procfs::tgid(notice.call.pid).unwrap_or(notice.call.pid),
+            tgid: notice.call.pid,
             fd: notice.call.args[0] as i32,
         };
         match call {
@@ -294,12 +294,15 @@ impl Transparent {
         Ok((target, raw))
     }
 
-    /// The caller's socket and what it is; the errno to answer when there is none.
-    fn socket(&self, caller: Caller) -> Result<(OwnedFd, Kind), i32> {
+    /// The caller's socket and what it is (and the caller's process, in `caller`); the
+    /// errno to answer when there is none.
+    fn socket(&self, caller: &mut Caller) -> Result<(OwnedFd, Kind), i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
-        let fd = self
-            .with_room(|| socket::take(caller.tid, caller.tgid, caller.fd))
+        let thread = self
+            .with_room(|| socket::Thread::open(caller.tid))
             .map_err(errno)?;
+        caller.tgid = thread.tgid;
+        let fd = self.with_room(|| thread.take(caller.fd)).map_err(errno)?;
         let kind = Kind::of(fd.as_fd()).map_err(errno)?;
         Ok((fd, kind))
     }
@@ -335,7 +338,7 @@ impl Transparent {
             || (to.port() == 53 && (self.local.contains(&ip) || ip.is_loopback()))
     }
 
-    fn connect(self: &Arc<Self>, notice: Notice, caller: Caller) {
+    fn connect(self: &Arc<Self>, notice: Notice, mut caller: Caller) {
         let (target, _) = match Self::target(&notice, 1) {
             Ok(target) => target,
             Err(errno) => return notice.fail(errno),
@@ -344,7 +347,7 @@ impl Transparent {
             // Unix sockets and the like: the kernel resolves their path as the agent.
             return notice.proceed();
         }
-        let (fd, kind) = match self.socket(caller) {
+        let (fd, kind) = match self.socket(&mut caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -587,19 +590,28 @@ impl Transparent {
             }
             Next::Dial { host, rule }
         };
-        let hashed = matched
-            .iter()
-            .all(|p| self.shared.identifier.pins.is_hashed(p.pid));
+        // Binaries already hashed are checked here; hashing one seen for the first time reads
+        // all of it: not on this thread.
+        let pins = &self.shared.identifier.pins;
+        let mut unhashed = Vec::new();
+        let mut notice = notice;
+        for process in matched {
+            match pins.check_hashed(&process) {
+                None => unhashed.push(process),
+                Some(verdict) => match self.pinned(notice, verdict, &chain, to, &names) {
+                    Some(passed) => notice = passed,
+                    None => return,
+                },
+            }
+        }
+        let hashed = unhashed.is_empty();
         let this = self.clone();
-        let admitted = move |notice: Notice| {
-            for process in &matched {
-                match this.shared.identifier.pins.check(process) {
-                    Ok(()) => {}
-                    Err(PinError::Resources(e)) => {
-                        tracing::error!(layer = "transparent", "cannot pin a binary: {e}");
-                        return notice.fail(libc::ENOBUFS);
-                    }
-                    Err(e) => return this.deny(notice, &chain, to, &names, &e.to_string()),
+        let admitted = move |mut notice: Notice| {
+            for process in &unhashed {
+                let verdict = this.shared.identifier.pins.check(process);
+                match this.pinned(notice, verdict, &chain, to, &names) {
+                    Some(passed) => notice = passed,
+                    None => return,
                 }
             }
             match next {
@@ -609,11 +621,34 @@ impl Transparent {
                 Next::Inspect(hosts) => this.hand_off(notice, agent, kind, to, hosts, chain),
             }
         };
-        // Hashing a binary seen for the first time reads all of it: not on this thread.
         if hashed {
             admitted(notice);
         } else {
             self.runtime.spawn_blocking(move || admitted(notice));
+        }
+    }
+
+    /// Passes `notice` on when a binary's pin held; otherwise answers it (a denial, or
+    /// ENOBUFS when the supervisor could not check) and returns `None`.
+    fn pinned(
+        &self,
+        notice: Notice,
+        verdict: Result<(), PinError>,
+        chain: &[Process],
+        to: SocketAddr,
+        names: &[String],
+    ) -> Option<Notice> {
+        match verdict {
+            Ok(()) => Some(notice),
+            Err(PinError::Resources(e)) => {
+                tracing::error!(layer = "transparent", "cannot pin a binary: {e}");
+                notice.fail(libc::ENOBUFS);
+                None
+            }
+            Err(e) => {
+                self.deny(notice, chain, to, names, &e.to_string());
+                None
+            }
         }
     }
 
@@ -712,18 +747,16 @@ impl Transparent {
             Err(Errno::EINPROGRESS) if !blocking => {
                 notice.install(ours.as_fd(), target, cloexec, libc::EINPROGRESS);
             }
+            // A nearby server (the same host, its network) has often answered by now: then
+            // no task.
+            Err(Errno::EINPROGRESS) if socket::writable_now(ours.as_fd()) => {
+                connected(notice, ours.as_fd(), target, cloexec, flags);
+            }
             Err(Errno::EINPROGRESS) => {
                 let this = self.clone();
                 self.runtime.spawn(async move {
-                    let Some(ours) = this.wait_writable(&notice, ours).await else {
-                        return;
-                    };
-                    match socket::take_error(ours.as_fd()) {
-                        0 => {
-                            socket::set_status_flags(ours.as_fd(), flags);
-                            notice.install(ours.as_fd(), target, cloexec, 0);
-                        }
-                        errno => notice.fail(errno),
+                    if let Some(ours) = this.wait_writable(&notice, ours).await {
+                        connected(notice, ours.as_fd(), target, cloexec, flags);
                     }
                 });
             }
@@ -731,7 +764,7 @@ impl Transparent {
         }
     }
 
-    fn bind(&self, notice: Notice, caller: Caller) {
+    fn bind(&self, notice: Notice, mut caller: Caller) {
         let (target, raw) = match Self::target(&notice, 1) {
             Ok(target) => target,
             Err(errno) => return notice.fail(errno),
@@ -740,7 +773,7 @@ impl Transparent {
             // A unix socket's path is created as the agent, under its Landlock rules.
             return notice.proceed();
         }
-        let (fd, kind) = match self.socket(caller) {
+        let (fd, kind) = match self.socket(&mut caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -763,8 +796,8 @@ impl Transparent {
         answer(notice, Errno::result(rc).map(drop));
     }
 
-    fn listen(&self, notice: Notice, caller: Caller) {
-        let (fd, kind) = match self.socket(caller) {
+    fn listen(&self, notice: Notice, mut caller: Caller) {
+        let (fd, kind) = match self.socket(&mut caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -786,13 +819,13 @@ impl Transparent {
     /// route. The kernel then sends it as the agent asked: a datagram swapped to another
     /// socket meanwhile reaches nothing more (UDP only leaves through the resolver, and TCP
     /// ignores the address without `MSG_FASTOPEN`, which the filter refuses).
-    fn sendto(&self, notice: Notice, caller: Caller) {
+    fn sendto(&self, notice: Notice, mut caller: Caller) {
         let Ok((Target::Inet(to), _)) = Self::target(&notice, 4) else {
             return notice.proceed();
         };
         if self.is_local(to.ip()) {
             if to.port() == 53
-                && let Ok((fd, kind)) = self.socket(caller)
+                && let Ok((fd, kind)) = self.socket(&mut caller)
                 && kind.netns == self.netns
             {
                 if socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0) {
@@ -803,7 +836,7 @@ impl Transparent {
             }
             return notice.proceed();
         }
-        let kind = self.socket(caller).map(|(_, kind)| kind).ok();
+        let kind = self.socket(&mut caller).map(|(_, kind)| kind).ok();
         if let Some(kind) = kind {
             self.log_direct(&notice, caller, "sendto", to, kind);
         }
@@ -907,6 +940,18 @@ enum Next {
 
 fn is_mapped(to: SocketAddr) -> bool {
     matches!(to.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// The end of a blocking connect made for the agent: the connection is installed in place
+/// of its socket (with the socket's status flags), or the connect's error answered.
+fn connected(notice: Notice, ours: BorrowedFd<'_>, target: u32, cloexec: bool, flags: i32) {
+    match socket::take_error(ours) {
+        0 => {
+            socket::set_status_flags(ours, flags);
+            notice.install(ours, target, cloexec, 0);
+        }
+        errno => notice.fail(errno),
+    }
 }
 
 /// Answers a call the supervisor made on the agent's socket with its outcome.

@@ -198,8 +198,25 @@ pub struct Services {
 /// first reads /proc for another caller (each notification goes to one of them).
 const SERVING_THREADS: usize = 2;
 
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` (Linux 6.6).
+const SECCOMP_IOCTL_NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`: the caller and the serving thread hand the CPU to
+/// each other at each notification and answer instead of waking each other on another CPU.
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
 /// Answers notifications on `listener` until every process under the filter has exited.
 pub fn serve(listener: OwnedFd, services: Services) {
+    // Every connect() of the agent waits for its answer: a notification is a synchronous
+    // call, and handing the CPU over (rather than waking a thread elsewhere) makes the round
+    // trip several times cheaper. Older kernels (before 6.6) lack it and keep the usual wake-up.
+    // SAFETY: SET_FLAGS takes the flags as its integer argument.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        )
+    };
     let listener = Arc::new(listener);
     let limiter = RateLimit::new(50, Duration::from_secs(1));
     std::thread::scope(|scope| {

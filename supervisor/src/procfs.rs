@@ -76,7 +76,10 @@ mod tests {
         // A thread's group is read from its status.
         let tid = std::thread::spawn(|| {
             // SAFETY: gettid has no preconditions.
-            (unsafe { libc::gettid() } as u32, super::tgid(unsafe { libc::gettid() } as u32))
+            (
+                unsafe { libc::gettid() } as u32,
+                super::tgid(unsafe { libc::gettid() } as u32),
+            )
         })
         .join()
         .unwrap();

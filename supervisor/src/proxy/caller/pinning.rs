@@ -91,13 +91,33 @@ impl Pins {
     /// one read of the process's `stat` (that it is still the same process: its pid was not
     /// reused while its executable was looked at).
     pub fn check_hashed(&self, process: &Process) -> Option<Result<(), PinError>> {
-        let meta = fs::metadata(format!("/proc/{}/exe", process.pid)).ok()?;
-        let digest = self.cached(&file_key(&meta))?;
+        let digest = self.hashed(process)?;
         Some(match alive(process) {
             Ok(true) => self.compare(process, digest),
             Ok(false) => Err(exited(process, "exited while its binary was checked")),
             Err(e) => Err(e),
         })
+    }
+
+    /// [`Pins::check_hashed`] for a process one of whose threads waits in a system call the
+    /// supervisor is answering: `waiting` says whether it still does (then its pid was not
+    /// reused), which costs less than reading its `stat`.
+    pub fn check_hashed_in_call(
+        &self,
+        process: &Process,
+        waiting: impl FnOnce() -> bool,
+    ) -> Option<Result<(), PinError>> {
+        let digest = self.hashed(process)?;
+        Some(match waiting() {
+            true => self.compare(process, digest),
+            false => Err(exited(process, "exited while its binary was checked")),
+        })
+    }
+
+    /// The digest of `process`'s executable, when it was hashed already.
+    fn hashed(&self, process: &Process) -> Option<[u8; 32]> {
+        let meta = fs::metadata(format!("/proc/{}/exe", process.pid)).ok()?;
+        self.cached(&file_key(&meta))
     }
 
     fn cached(&self, key: &FileKey) -> Option<[u8; 32]> {

@@ -46,8 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use super::caller::PinError;
 use super::connection::Shared;
@@ -58,18 +56,10 @@ use super::dns::{self, Resolver};
 use super::{listener, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::canonical_ip;
-use crate::seccomp::{Notice, sockaddr};
+use crate::seccomp::{Notice, sockaddr, wait};
 use handoff::{Handoff, Pending};
 use nix::sys::socket::SockaddrStorage;
 use socket::{Kind, State};
-
-/// How often a connection waited for on a caller's behalf checks that the caller still waits.
-const STILL_WAITING: Duration = Duration::from_secs(1);
-/// Descriptors kept in reserve for the agent's calls: out of descriptors, the supervisor
-/// still takes the agent's socket (and makes a connection) by giving these up for a moment,
-/// so that exhaustion slows the proxy down (its accept waits) instead of failing the agent's
-/// `connect()` with EMFILE.
-const SPARE_FDS: usize = 4;
 
 /// What the transparent path reads before the sandbox's namespace exists: the pod's resolver
 /// configuration and hosts file; and whether the policy has inspected endpoints.
@@ -173,9 +163,7 @@ pub struct Transparent {
     netns: u64,
     /// Addresses local to the sandbox besides loopback: the nameservers.
     local: Vec<IpAddr>,
-    runtime: tokio::runtime::Handle,
     limiter: RateLimit,
-    spare: std::sync::Mutex<Vec<OwnedFd>>,
     /// The options of a new TCP socket, IPv4 and IPv6 (read once: see [`socket::Defaults`]).
     defaults: [std::sync::OnceLock<socket::Defaults>; 2],
     /// Where connections to inspected endpoints go, when the policy has any.
@@ -232,9 +220,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         names,
         netns: bound.netns,
         local,
-        runtime: tokio::runtime::Handle::current(),
         limiter: RateLimit::new(50, Duration::from_secs(1)),
-        spare: std::sync::Mutex::new(Vec::new()),
         defaults: Default::default(),
         handoff,
     }))
@@ -260,7 +246,7 @@ struct Caller {
 }
 
 impl Transparent {
-    /// Answers `notice`, a `call` of the agent (now, or later from a task).
+    /// Answers `notice`, a `call` of the agent (now, or later from the waiter's threads).
     pub fn handle(self: &Arc<Self>, call: Call, notice: Notice) {
         let caller = Caller {
             tid: notice.call.pid,
@@ -298,32 +284,11 @@ impl Transparent {
     /// errno to answer when there is none.
     fn socket(&self, caller: &mut Caller) -> Result<(OwnedFd, Kind), i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
-        let thread = self
-            .with_room(|| socket::Thread::open(caller.tid))
-            .map_err(errno)?;
+        let thread = socket::Thread::open(caller.tid).map_err(errno)?;
         caller.tgid = thread.tgid;
-        let fd = self.with_room(|| thread.take(caller.fd)).map_err(errno)?;
+        let fd = thread.take(caller.fd).map_err(errno)?;
         let kind = Kind::of(fd.as_fd()).map_err(errno)?;
         Ok((fd, kind))
-    }
-
-    /// Runs `make` (which opens descriptors); out of them, once more after giving up the
-    /// spare ones. The spares are topped up first, whenever there is room.
-    fn with_room<T>(&self, make: impl Fn() -> io::Result<T>) -> io::Result<T> {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        while spare.len() < SPARE_FDS {
-            match std::fs::File::open("/dev/null") {
-                Ok(file) => spare.push(file.into()),
-                Err(_) => break,
-            }
-        }
-        match make() {
-            Err(e) if super::caller::exhausted(&e) && !spare.is_empty() => {
-                spare.clear();
-                make()
-            }
-            other => other,
-        }
     }
 
     fn is_local(&self, ip: IpAddr) -> bool {
@@ -464,17 +429,17 @@ impl Transparent {
         let flags = socket::status_flags(fd.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
         // Never block this thread: connect without waiting, then wait (if the agent would
-        // have) in a task.
+        // have) on the waiter's thread.
         socket::set_status_flags(fd.as_fd(), flags | libc::O_NONBLOCK);
         let result = socket::connect(fd.as_fd(), &address);
         socket::set_status_flags(fd.as_fd(), flags);
         match result {
             Err(Errno::EINPROGRESS) if blocking => {
-                let this = self.clone();
-                self.runtime.spawn(async move {
-                    let Some(fd) = this.wait_writable(&notice, fd).await else {
-                        return;
-                    };
+                let Some(waiter) = wait::current() else {
+                    failed();
+                    return notice.fail(libc::EAGAIN);
+                };
+                waiter.when_writable(fd, notice, move |fd, notice| {
                     // The attempt is over: connect again reports its outcome, and resets the
                     // socket after a failure, as a blocking connect would have.
                     let result = socket::connect(fd.as_fd(), &address);
@@ -488,32 +453,6 @@ impl Transparent {
             Err(e) => {
                 failed();
                 notice.fail(e as i32);
-            }
-        }
-    }
-
-    /// Waits until `fd` is writable (the connection attempt ended), while the caller still
-    /// waits for it; `None` when the caller stopped waiting.
-    async fn wait_writable(&self, notice: &Notice, fd: OwnedFd) -> Option<OwnedFd> {
-        if socket::writable_now(fd.as_fd()) {
-            return Some(fd);
-        }
-        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until it
-        // is handed back by into_inner.
-        let watched = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.ok()?;
-        loop {
-            tokio::select! {
-                ready = watched.writable() => {
-                    if ready.is_ok() {
-                        return Some(watched.into_inner());
-                    }
-                    return None;
-                }
-                () = tokio::time::sleep(STILL_WAITING) => {
-                    if !notice.valid() {
-                        return None;
-                    }
-                }
             }
         }
     }
@@ -596,7 +535,12 @@ impl Transparent {
         let mut unhashed = Vec::new();
         let mut notice = notice;
         for process in matched {
-            match pins.check_hashed(&process) {
+            // The caller's own process cannot be replaced while its thread waits for this.
+            let verdict = match process.pid == caller.tgid {
+                true => pins.check_hashed_in_call(&process, || notice.valid()),
+                false => pins.check_hashed(&process),
+            };
+            match verdict {
                 None => unhashed.push(process),
                 Some(verdict) => match self.pinned(notice, verdict, &chain, to, &names) {
                     Some(passed) => notice = passed,
@@ -622,9 +566,12 @@ impl Transparent {
             }
         };
         if hashed {
-            admitted(notice);
-        } else {
-            self.runtime.spawn_blocking(move || admitted(notice));
+            return admitted(notice);
+        }
+        match wait::current() {
+            // A job that cannot be queued is dropped with the notice it owns: EIO.
+            Some(waiter) => drop(waiter.blocking(move || admitted(notice))),
+            None => notice.fail(libc::EAGAIN),
         }
     }
 
@@ -712,7 +659,7 @@ impl Transparent {
         host: &str,
         rule: &str,
     ) {
-        let ours = match self.with_room(|| socket::new_like(&kind)) {
+        let ours = match socket::new_like(&kind) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::error!(layer = "transparent", "cannot make a socket: {e}");
@@ -748,18 +695,16 @@ impl Transparent {
                 notice.install(ours.as_fd(), target, cloexec, libc::EINPROGRESS);
             }
             // A nearby server (the same host, its network) has often answered by now: then
-            // no task.
+            // no wait.
             Err(Errno::EINPROGRESS) if socket::writable_now(ours.as_fd()) => {
                 connected(notice, ours.as_fd(), target, cloexec, flags);
             }
-            Err(Errno::EINPROGRESS) => {
-                let this = self.clone();
-                self.runtime.spawn(async move {
-                    if let Some(ours) = this.wait_writable(&notice, ours).await {
-                        connected(notice, ours.as_fd(), target, cloexec, flags);
-                    }
-                });
-            }
+            Err(Errno::EINPROGRESS) => match wait::current() {
+                Some(waiter) => waiter.when_writable(ours, notice, move |ours, notice| {
+                    connected(notice, ours.as_fd(), target, cloexec, flags);
+                }),
+                None => notice.fail(libc::EAGAIN),
+            },
             Err(e) => notice.fail(e as i32),
         }
     }

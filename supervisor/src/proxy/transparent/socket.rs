@@ -73,8 +73,7 @@ impl Thread {
     /// Takes a duplicate of its fd `fd` (the same open file).
     pub fn take(&self, fd: i32) -> io::Result<OwnedFd> {
         // SAFETY: pidfd_getfd with a pidfd we own; flags must be 0.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0u32) };
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0u32) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -219,7 +219,7 @@ impl Running {
         &self.waiter
     }
 
-    /// Ends the threads (within [`STILL_WAITING`]) and drops what they held, on this thread.
+    /// Ends the threads (within a second) and drops what they held, on this thread.
     pub fn stop(self) {
         self.waiter.stop.store(true, Ordering::Relaxed);
         self.waiter

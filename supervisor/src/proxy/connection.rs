@@ -150,13 +150,20 @@ async fn exchange(
     let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
         deny(shared, callers, &what, host, port, error, reason)
     };
-    // Usually a few dozen /proc reads, but proportional to the fds the sandbox holds: on the
-    // blocking pool, so a sandbox holding a million sockets slows only its own requests, not
-    // the runtime that also forwards signals.
-    let identifying = Arc::clone(shared);
-    let identified =
-        tokio::task::spawn_blocking(move || identifying.identifier.callers(peer, local)).await;
-    let callers = match identified.unwrap_or_else(|e| Err(CallerError::Scan(io::Error::other(e)))) {
+    // Recorded at connect(), the caller is a table lookup. Without records, usually a few
+    // dozen /proc reads, but proportional to the fds the sandbox holds: on the blocking pool,
+    // so a sandbox holding a million sockets slows only its own requests, not the runtime
+    // that also forwards signals.
+    let identified = match shared.identifier.is_recorded() {
+        true => shared.identifier.callers(peer, local),
+        false => {
+            let identifying = Arc::clone(shared);
+            tokio::task::spawn_blocking(move || identifying.identifier.callers(peer, local))
+                .await
+                .unwrap_or_else(|e| Err(CallerError::Scan(io::Error::other(e))))
+        }
+    };
+    let callers = match identified {
         Ok(callers) => callers,
         Err(CallerError::Scan(e)) => return Err(overloaded(&what, &e)),
         Err(CallerError::Abandoned) => {

@@ -126,6 +126,12 @@ impl Identifier {
         })
     }
 
+    /// Whether callers are read from the records (a table lookup that never blocks) rather
+    /// than found among the socket's holders (a scan of /proc).
+    pub fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+
     /// The callers behind the client socket `client` → `proxy`, each with its chain of
     /// ancestors: the process that connected it (recorded at `connect()`), or, without such
     /// records, every process holding it. Blocking: call from a blocking thread.

@@ -662,3 +662,40 @@ fn the_agent_cannot_connect_to_the_handoff_listener() {
         "{run}"
     );
 }
+
+/// An IPv6 client socket is handed over through the IPv6 side of the hand-off listener and
+/// decided the same way (the name resolves to IPv6 only): its GET arrives, its POST does not.
+#[test]
+fn an_ipv6_direct_connection_is_inspected_too() {
+    let Some(w) = world("") else { return };
+    let v6 = "v6.test.example";
+    let endpoint = format!("host: {v6}, port: {PLAIN_PORT}, {RULES}");
+    let policy = w
+        .lab
+        .policy("policy.yaml", &rule("api", &endpoint, &[&python()]));
+    let request = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: {v6}:{PLAIN_PORT}\r\nContent-Length: 0\r\n\r\n")
+    };
+    let spec = |r: String| json!({"host": v6, "port": PLAIN_PORT, "tls": false, "direct": true, "requests": [r]});
+    let specs = json!([
+        spec(request("GET", "/repos/v6")),
+        spec(request("POST", "/repos/v6")),
+    ]);
+    let run = w.lab.sandbox(&policy).run(&[
+        "/usr/bin/python3",
+        "l7agent.py",
+        "sessions",
+        &specs.to_string(),
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    if !transparent_on(&run) {
+        return;
+    }
+    let r = run.json();
+    assert_eq!(r[0]["responses"][0]["status"], 200, "{run}");
+    assert_eq!(r[1]["responses"][0]["status"], 403, "{run}");
+    let received = w.host.received();
+    assert_eq!(received.len(), 1, "{run}");
+    assert_eq!(received[0].line(), "GET /repos/v6");
+    assert_eq!(received[0].header("host"), Some("v6.test.example:8080"));
+}

@@ -26,6 +26,9 @@
 //! claim its entry. Entries are removed when claimed or when the connect fails; the table is
 //! bounded (stale entries, whose connection never arrived, go first when it is full).
 //!
+//! The caller's binaries are pinned at `connect()`, as for a connection dialled directly, and
+//! the engine dials upstream by name with the address guard, as for a CONNECT.
+//!
 //! Which name: when the agent connected to an address, the names it may have meant are those
 //! this sandbox resolved to that address (or the address itself, for an IP endpoint), as far
 //! as the policy allows them to this caller on this port. With one, the connection is that

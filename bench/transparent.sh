@@ -13,7 +13,8 @@
 #   connect      inside the sandbox through the proxy's CONNECT tunnel (for the record)
 #   baseline     with BASELINE=PATH (another supervisor binary, e.g. main's), its transparent
 #                and CONNECT figures in the same rounds, for before/after comparisons
-# Measures, interleaved round by round, medians of RUNS rounds:
+# Measures, interleaved round by round (every other round in reverse order), medians of RUNS
+# rounds:
 #   bulk   curl downloading SIZE_MB MiB by name (bench.test), MB/s      goal transparent >= 0.97 direct
 #   rate   proxy-load: connect + GET of 64 bytes + close, WORKERS threads, new connections/s
 #                                                                       goal transparent >= 0.5 direct
@@ -173,27 +174,44 @@ EOF
 }
 
 url=http://bench.test
+rate=(rate 203.0.113.2:80 /small "$workers" "$rate_count")
+resolve=(resolve bench.test "$workers" "$dns_count")
+step() { # one measurement, by name
+    case $1 in
+    bulk_direct) bulk direct in_pod "${curl_bulk[@]}" "$url/bulk" ;;
+    bulk_transparent) bulk transparent sandbox "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
+    bulk_connect) bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk" ;;
+    rate_direct) load rate_direct in_pod "$dir/proxy-load" "${rate[@]}" ;;
+    rate_transparent) load rate_transparent sandbox ./proxy-load "${rate[@]}" ;;
+    rate_connect) load rate_connect sandbox ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
+    dns_direct) load dns_direct in_pod "$dir/proxy-load" "${resolve[@]}" ;;
+    dns_policy) load dns_policy sandbox ./proxy-load "${resolve[@]}" ;;
+    bulk_transparent_baseline)
+        bulk transparent_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
+    bulk_connect_baseline) bulk connect_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" -p "$url/bulk" ;;
+    rate_transparent_baseline) load rate_transparent_baseline sandbox_with "$BASELINE" ./proxy-load "${rate[@]}" ;;
+    rate_connect_baseline)
+        load rate_connect_baseline sandbox_with "$BASELINE" ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
+    dns_policy_baseline) load dns_policy_baseline sandbox_with "$BASELINE" ./proxy-load "${resolve[@]}" ;;
+    esac
+}
+# Compared figures are measured next to each other, and every other round in reverse order:
+# a run measured second was seen to be 5-10% slower or faster than the same run measured first.
+steps=(bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy)
+if [[ -n ${BASELINE:-} ]]; then
+    steps=(bulk_direct bulk_transparent bulk_transparent_baseline bulk_connect bulk_connect_baseline
+        rate_direct rate_transparent rate_transparent_baseline rate_connect rate_connect_baseline
+        dns_direct dns_policy dns_policy_baseline)
+fi
 echo "rounds: $runs (bulk $size_mb MiB; $rate_count connections and $dns_count lookups per run; $workers workers)"
 for ((round = 1; round <= runs; round++)); do
     printf 'round %d/%d\r' "$round" "$runs"
-    bulk direct in_pod "${curl_bulk[@]}" "$url/bulk"
-    bulk transparent sandbox "${curl_bulk[@]}" --noproxy '*' "$url/bulk"
-    bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk"
-    load rate_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small "$workers" "$rate_count"
-    load rate_transparent sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count"
-    load rate_connect sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
-    load dns_direct in_pod "$dir/proxy-load" resolve bench.test "$workers" "$dns_count"
-    load dns_policy sandbox ./proxy-load resolve bench.test "$workers" "$dns_count"
-    if [[ -n ${BASELINE:-} ]]; then
-        bulk transparent_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" --noproxy '*' "$url/bulk"
-        bulk connect_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" -p "$url/bulk"
-        load rate_transparent_baseline sandbox_with "$BASELINE" ./proxy-load rate 203.0.113.2:80 \
-            /small "$workers" "$rate_count"
-        load rate_connect_baseline sandbox_with "$BASELINE" ./proxy-load rate 203.0.113.2:80 /small \
-            "$workers" "$rate_count" 127.0.0.1:3128
-        load dns_policy_baseline sandbox_with "$BASELINE" ./proxy-load resolve bench.test "$workers" \
-            "$dns_count"
+    order=("${steps[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#steps[@]} - 1; i >= 0; i--)); do order+=("${steps[i]}"); done
     fi
+    for name in "${order[@]}"; do step "$name"; done
 done
 echo
 

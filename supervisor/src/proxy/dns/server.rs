@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::timeout;
 
 use super::config::ResolvConf;
@@ -61,6 +61,64 @@ pub struct Resolver {
     inflight: Arc<Semaphore>,
     limiter: RateLimit,
     upstreams: Upstreams,
+    asking: Asking,
+}
+
+/// A forwarded answer.
+type Answer = (Rcode, Vec<Address>);
+/// A question: a name and a type.
+type Question = (String, u16);
+
+/// Questions being asked upstream, each with the identical questions that arrived meanwhile:
+/// those wait for its answer instead of asking again (agents open a burst of connections to
+/// one host, each looking it up first; answers with a TTL of 0 cannot be cached).
+#[derive(Debug, Default)]
+struct Asking {
+    waiting: Mutex<HashMap<Question, Vec<oneshot::Sender<Answer>>>>,
+}
+
+/// The question this task asks upstream; dropped without an answer (the task ended early),
+/// its waiters get SERVFAIL rather than wait forever.
+struct Asked<'a> {
+    asking: &'a Asking,
+    key: Question,
+    answer: Option<Answer>,
+}
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        let waiters = self
+            .asking
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key)
+            .unwrap_or_default();
+        let answer = self.answer.take().unwrap_or((Rcode::ServFail, Vec::new()));
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+}
+
+impl Asking {
+    /// `Ok`: this task asks (and answers the others through the guard); `Err`: the same
+    /// question is being asked, its answer comes through the receiver.
+    fn ask(&self, name: &str, qtype: u16) -> Result<Asked<'_>, oneshot::Receiver<Answer>> {
+        let key = (name.to_owned(), qtype);
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiters) = waiting.get_mut(&key) {
+            let (sender, receiver) = oneshot::channel();
+            waiters.push(sender);
+            return Err(receiver);
+        }
+        waiting.insert(key.clone(), Vec::new());
+        Ok(Asked {
+            asking: self,
+            key,
+            answer: None,
+        })
+    }
 }
 
 /// Connected UDP sockets to the nameservers, kept for the next queries: making, binding,
@@ -140,6 +198,7 @@ impl Resolver {
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             limiter: RateLimit::new(50, Duration::from_secs(1)),
             upstreams: Upstreams::default(),
+            asking: Asking::default(),
         }
     }
 
@@ -288,12 +347,17 @@ impl Resolver {
             return now;
         }
         let name = query.name.as_str();
+        let mut asked = match self.asking.ask(name, query.qtype) {
+            Ok(asked) => asked,
+            Err(answer) => return answer.await.unwrap_or((Rcode::ServFail, Vec::new())),
+        };
         let endpoints = decision::eligible(&self.shared.rules, name);
         let (rcode, found) = self.forward(name, query.qtype).await;
         let permitted = self.permitted(name, found, &endpoints);
         if rcode != Rcode::ServFail {
             self.cache(name, query.qtype, rcode, &permitted);
         }
+        asked.answer = Some((rcode, permitted.clone()));
         (rcode, permitted)
     }
 
@@ -490,4 +554,36 @@ fn random_id() -> u16 {
     // SAFETY: getrandom writes at most 2 bytes into the array.
     unsafe { libc::getrandom(id.as_mut_ptr().cast(), 2, 0) };
     u16::from_ne_bytes(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_questions_in_flight_share_one_answer() {
+        let asking = Asking::default();
+        let mut first = asking.ask("api.example.com", TYPE_A).expect("asks");
+        let Err(mut second) = asking.ask("api.example.com", TYPE_A) else {
+            panic!("the same question is asked once");
+        };
+        let Ok(other) = asking.ask("api.example.com", TYPE_AAAA) else {
+            panic!("another type is another question");
+        };
+        let answer = vec![Address {
+            ip: "203.0.113.2".parse().unwrap(),
+            ttl: 0,
+        }];
+        first.answer = Some((Rcode::NoError, answer.clone()));
+        drop(first);
+        assert_eq!(second.try_recv().unwrap(), (Rcode::NoError, answer));
+        // Asked again once answered.
+        assert!(asking.ask("api.example.com", TYPE_A).is_ok());
+        // A task that ends without an answer does not leave its waiters waiting.
+        let Err(mut waiter) = asking.ask("api.example.com", TYPE_AAAA) else {
+            panic!("in flight");
+        };
+        drop(other);
+        assert_eq!(waiter.try_recv().unwrap(), (Rcode::ServFail, Vec::new()));
+    }
 }

@@ -10,9 +10,11 @@
 #   direct       from the pod namespace, as root
 #   transparent  inside the sandbox (release build, started in the pod namespace), with no
 #                proxy: the connect() is intercepted and the real connection handed over
-#   connect      inside the sandbox through the proxy's CONNECT tunnel (for the record, and
-#                against BASELINE=PATH, another supervisor binary, e.g. main's, when given)
-# Measures, interleaved round by round, medians of RUNS rounds:
+#   connect      inside the sandbox through the proxy's CONNECT tunnel (for the record)
+#   baseline     with BASELINE=PATH (another supervisor binary, e.g. main's), its transparent
+#                and CONNECT figures in the same rounds, for before/after comparisons
+# Measures, interleaved round by round (every other round in reverse order), medians of RUNS
+# rounds:
 #   bulk   curl downloading SIZE_MB MiB by name (bench.test), MB/s      goal transparent >= 0.97 direct
 #   rate   proxy-load: connect + GET of 64 bytes + close, WORKERS threads, new connections/s
 #                                                                       goal transparent >= 0.5 direct
@@ -22,7 +24,7 @@
 # Usage: bench/transparent.sh            (as root; wrap in flock /tmp/openshell-bench.lock)
 # Environment: RUNS (5), SIZE_MB (512), RATE_COUNT (3000), DNS_COUNT (5000), WORKERS (4),
 #              BASELINE=PATH (a release openshell-sandbox to compare the CONNECT path with),
-#              KEEP=1 keeps the scratch directory.
+#              KEEP=1 keeps the scratch directory, SKIP_BULK=1 measures rates only.
 # Needs: nginx (nginx-light), dnsmasq (dnsmasq-base), curl, iproute2, util-linux, python3.
 set -euo pipefail
 
@@ -152,6 +154,7 @@ curl_bulk=(curl -sS -o /dev/null -w '%{size_download} %{speed_download}\n')
 bulk() { # NAME, then the command
     local name=$1 out size speed
     shift
+    [[ ${SKIP_BULK:-} == 1 ]] && return
     out=$("$@")
     read -r size speed <<<"$out"
     ((size == size_mb * 1024 * 1024)) || { echo "$name: downloaded $size bytes" >&2; exit 1; }
@@ -171,22 +174,44 @@ EOF
 }
 
 url=http://bench.test
+rate=(rate 203.0.113.2:80 /small "$workers" "$rate_count")
+resolve=(resolve bench.test "$workers" "$dns_count")
+step() { # one measurement, by name
+    case $1 in
+    bulk_direct) bulk direct in_pod "${curl_bulk[@]}" "$url/bulk" ;;
+    bulk_transparent) bulk transparent sandbox "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
+    bulk_connect) bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk" ;;
+    rate_direct) load rate_direct in_pod "$dir/proxy-load" "${rate[@]}" ;;
+    rate_transparent) load rate_transparent sandbox ./proxy-load "${rate[@]}" ;;
+    rate_connect) load rate_connect sandbox ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
+    dns_direct) load dns_direct in_pod "$dir/proxy-load" "${resolve[@]}" ;;
+    dns_policy) load dns_policy sandbox ./proxy-load "${resolve[@]}" ;;
+    bulk_transparent_baseline)
+        bulk transparent_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
+    bulk_connect_baseline) bulk connect_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" -p "$url/bulk" ;;
+    rate_transparent_baseline) load rate_transparent_baseline sandbox_with "$BASELINE" ./proxy-load "${rate[@]}" ;;
+    rate_connect_baseline)
+        load rate_connect_baseline sandbox_with "$BASELINE" ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
+    dns_policy_baseline) load dns_policy_baseline sandbox_with "$BASELINE" ./proxy-load "${resolve[@]}" ;;
+    esac
+}
+# Compared figures are measured next to each other, and every other round in reverse order:
+# a run measured second was seen to be 5-10% slower or faster than the same run measured first.
+steps=(bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy)
+if [[ -n ${BASELINE:-} ]]; then
+    steps=(bulk_direct bulk_transparent bulk_transparent_baseline bulk_connect bulk_connect_baseline
+        rate_direct rate_transparent rate_transparent_baseline rate_connect rate_connect_baseline
+        dns_direct dns_policy dns_policy_baseline)
+fi
 echo "rounds: $runs (bulk $size_mb MiB; $rate_count connections and $dns_count lookups per run; $workers workers)"
 for ((round = 1; round <= runs; round++)); do
     printf 'round %d/%d\r' "$round" "$runs"
-    bulk direct in_pod "${curl_bulk[@]}" "$url/bulk"
-    bulk transparent sandbox "${curl_bulk[@]}" --noproxy '*' "$url/bulk"
-    bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk"
-    load rate_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small "$workers" "$rate_count"
-    load rate_transparent sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count"
-    load rate_connect sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
-    load dns_direct in_pod "$dir/proxy-load" resolve bench.test "$workers" "$dns_count"
-    load dns_policy sandbox ./proxy-load resolve bench.test "$workers" "$dns_count"
-    if [[ -n ${BASELINE:-} ]]; then
-        bulk connect_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" -p "$url/bulk"
-        load rate_connect_baseline sandbox_with "$BASELINE" ./proxy-load rate 203.0.113.2:80 /small \
-            "$workers" "$rate_count" 127.0.0.1:3128
+    order=("${steps[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#steps[@]} - 1; i >= 0; i--)); do order+=("${steps[i]}"); done
     fi
+    for name in "${order[@]}"; do step "$name"; done
 done
 echo
 
@@ -201,8 +226,12 @@ for line in open(sys.argv[1]):
     values.setdefault(name, []).append(float(value))
 m = {name: statistics.median(v) for name, v in values.items()}
 def row(label, name, unit):
+    if name not in m:
+        return
     print(f"  {label:<34} {m[name]:>12.1f} {unit}")
 def ratio(label, a, b, goal=None):
+    if a not in m or b not in m:
+        return
     r = m[a] / m[b]
     verdict = "" if goal is None else ("  (goal >= %.2f: %s)" % (goal, "met" if r >= goal else "MISSED"))
     print(f"  {label:<34} {r:>12.2f}{verdict}")
@@ -222,6 +251,13 @@ ratio("lookups policy / direct", "dns_policy", "dns_direct", 0.5)
 ratio("bulk CONNECT / direct", "bulk_connect", "bulk_direct")
 ratio("connections CONNECT / direct", "rate_connect", "rate_direct")
 if "rate_connect_baseline" in m:
+    print("against the baseline binary (same rounds):")
+    row("bulk transparent, baseline", "bulk_transparent_baseline", "MB/s")
+    row("new connections transparent, baseline", "rate_transparent_baseline", "/s")
+    row("lookups policy resolver, baseline", "dns_policy_baseline", "/s")
+    ratio("transparent bulk: this / baseline", "bulk_transparent", "bulk_transparent_baseline")
+    ratio("transparent connections: this / baseline", "rate_transparent", "rate_transparent_baseline")
+    ratio("lookups: this / baseline", "dns_policy", "dns_policy_baseline")
     ratio("CONNECT connections: this / baseline", "rate_connect", "rate_connect_baseline", 0.9)
     ratio("CONNECT bulk: this / baseline", "bulk_connect", "bulk_connect_baseline", 0.9)
 EOF

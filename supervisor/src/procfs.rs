@@ -1,7 +1,24 @@
 //! `/proc/PID/stat`, read in one place: its second field, the command name, is the process's
 //! to choose and may hold spaces and parentheses, so fields are counted from the last `)`.
+//!
+//! These files are read for every connection the agent makes, so each is read with one
+//! `read()` into a buffer on the stack: open, read, close (`fs::read_to_string` adds a
+//! `statx` for its size hint and two more reads to find the end).
 
 use std::fs;
+use std::io::Read;
+
+/// Reads a small `/proc` file that the kernel writes in one go (`stat`, `status`, `fdinfo`:
+/// one read returns all of it when it fits in a page) and hands its text to `parse`; `None`
+/// when it cannot be read or fills the page.
+pub fn with_small<T>(path: &str, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+    let mut buf = [0u8; 4096];
+    let len = fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    if len == buf.len() {
+        return None;
+    }
+    parse(std::str::from_utf8(&buf[..len]).ok()?)
+}
 
 /// The fields of `/proc/PID/stat` the supervisor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,12 +33,15 @@ pub struct Stat {
 
 /// The stat of `pid`, or `None` when it is gone or unreadable.
 pub fn stat(pid: u32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
+    with_small(&format!("/proc/{pid}/stat"), |text| {
+        let mut fields = text[text.rfind(')')? + 1..].split_ascii_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        Some(Stat {
+            state,
+            ppid,
+            start: fields.nth(17)?.parse().ok()?,
+        })
     })
 }
 
@@ -58,13 +78,13 @@ pub fn tgid(tid: u32) -> Option<u32> {
         unsafe { libc::close(pidfd as i32) };
         return Some(tid);
     }
-    fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
+    with_small(&format!("/proc/{tid}/status"), |text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[cfg(test)]
@@ -77,5 +97,16 @@ mod tests {
         assert_eq!(super::tgid(std::process::id()), Some(std::process::id()));
         let (start, end) = super::env_block().unwrap();
         assert!(start > 0 && start <= end);
+        // A thread's group is read from its status.
+        let tid = std::thread::spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            (
+                unsafe { libc::gettid() } as u32,
+                super::tgid(unsafe { libc::gettid() } as u32),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(tid.1, Some(std::process::id()), "thread {}", tid.0);
     }
 }

@@ -119,7 +119,8 @@ pub fn prepare(
     inspection: Option<&proxy::l7::Prepared>,
     credentials: Option<&credentials::Prepared>,
 ) -> Result<Prepared, SandboxError> {
-    let transparent = transparent_plan(policy, kernel)?;
+    let transparent =
+        transparent_plan(policy, kernel)?.map(|plan| plan.inspecting(inspection.is_some()));
     let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
     // The kernel takes a while to make a network namespace: its thread works while the other
     // layers are prepared here.

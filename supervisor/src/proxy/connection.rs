@@ -154,13 +154,21 @@ async fn exchange(
     let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
         deny(shared, callers, &what, host, port, error, reason)
     };
-    // Usually a few dozen /proc reads, but proportional to the fds the sandbox holds: on a
-    // worker thread, so a sandbox holding a million sockets slows only its own requests, not
-    // the runtime that also forwards signals. The workers exist before the agent runs (an
-    // agent at its pids limit leaves no room for a thread made now): a full queue is a 503.
-    let identifying = Arc::clone(shared);
-    let identified = workers::identify(move || identifying.identifier.callers(peer, local)).await;
-    let callers = match identified.unwrap_or_else(|e| Err(CallerError::Scan(e.into()))) {
+    // Recorded at connect(), the caller is a table lookup. Without records, usually a few
+    // dozen /proc reads, but proportional to the fds the sandbox holds: on a worker thread, so
+    // a sandbox holding a million sockets slows only its own requests, not the runtime that
+    // also forwards signals. The workers exist before the agent runs (an agent at its pids
+    // limit leaves no room for a thread made now): a full queue is a 503.
+    let identified = match shared.identifier.is_recorded() {
+        true => shared.identifier.callers(peer, local),
+        false => {
+            let identifying = Arc::clone(shared);
+            workers::identify(move || identifying.identifier.callers(peer, local))
+                .await
+                .unwrap_or_else(|e| Err(CallerError::Scan(e.into())))
+        }
+    };
+    let callers = match identified {
         Ok(callers) => callers,
         Err(CallerError::Scan(e)) => return Err(overloaded(&what, &e)),
         Err(CallerError::Abandoned) => {
@@ -181,9 +189,9 @@ async fn exchange(
     for process in &matched {
         // Hashing a binary seen for the first time reads all of it (node is ~100 MB): only
         // then does it go to a worker thread.
-        let pinned = match shared.identifier.pins.is_hashed(process.pid) {
-            true => shared.identifier.pins.check(process),
-            false => {
+        let pinned = match shared.identifier.pins.check_hashed(process) {
+            Some(verdict) => verdict,
+            None => {
                 let (hashing, process) = (Arc::clone(shared), Process::clone(process));
                 workers::identify(move || hashing.identifier.pins.check(&process))
                     .await

@@ -1,19 +1,38 @@
-//! The accept loop: one loop over every listener, a permit per open connection.
+//! The accept loop: one loop over every listener, a permit per open connection. The proxy's
+//! listeners and the transparent path's hand-off listener (connections to inspected
+//! endpoints) share it, and the cap.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::connection::{self, Shared};
 use crate::log::RateLimit;
 
-/// Accepts connections on every listener forever. At the connection cap, accepting pauses
-/// (clients wait in the kernel's backlog); running out of file descriptors pauses it briefly.
-/// Neither ever stops the proxy. One loop serves all listeners, so that a permit is taken
-/// only by a connection that is actually there, whichever address it came to.
-pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
+/// Serves one proxy connection, then forgets who connected it.
+pub async fn serve_proxy(shared: Arc<Shared>, client: TcpStream, peer: SocketAddr) {
+    let Ok(local) = client.local_addr() else {
+        return;
+    };
+    let accepted = std::time::Instant::now();
+    connection::serve(&shared, client, peer, local).await;
+    shared.identifier.records.forget(peer, accepted);
+}
+
+/// Accepts connections on every listener forever and serves each with `serve` in a task of
+/// its own. At the connection cap, accepting pauses (clients wait in the kernel's backlog);
+/// running out of file descriptors pauses it briefly. Neither ever stops the loop. One loop
+/// serves all its listeners, so that a permit is taken only by a connection that is actually
+/// there, whichever address it came to.
+pub async fn accept_loop<S, F>(listeners: Vec<TcpListener>, shared: Arc<Shared>, serve: S)
+where
+    S: Fn(Arc<Shared>, TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let full = RateLimit::new(1, Duration::from_secs(10));
     loop {
         let permit = match shared.permits.clone().try_acquire_owned() {
@@ -44,16 +63,10 @@ pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
         .await;
         match accepted {
             Ok((client, peer)) => {
-                let shared = shared.clone();
+                let served = serve(shared.clone(), client, peer);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let local = match client.local_addr() {
-                        Ok(local) => local,
-                        Err(_) => return,
-                    };
-                    let accepted = std::time::Instant::now();
-                    connection::serve(&shared, client, peer, local).await;
-                    shared.identifier.records.forget(peer, accepted);
+                    served.await;
                 });
             }
             Err(e) => {

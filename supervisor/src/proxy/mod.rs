@@ -178,7 +178,11 @@ pub fn start(
         .into_iter()
         .map(tokio::net::TcpListener::from_std)
         .collect::<io::Result<Vec<_>>>()?;
-    tokio::spawn(listener::accept_loop(listeners, shared.clone()));
+    tokio::spawn(listener::accept_loop(
+        listeners,
+        shared.clone(),
+        listener::serve_proxy,
+    ));
     bound
         .transparent
         .map(|bound| transparent::start(bound, shared))

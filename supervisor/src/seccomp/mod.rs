@@ -8,6 +8,7 @@
 mod bpf;
 mod notify;
 pub mod rules;
+pub mod wait;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 

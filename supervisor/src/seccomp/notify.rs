@@ -4,11 +4,12 @@
 //! those that try to leave the sandbox around the proxy.
 //!
 //! A notification is answered exactly once, through [`Notice`]: now, from the serving thread,
-//! or later, from a task that waits for a connection on the caller's behalf. Waiting never
-//! happens on the serving thread, so one slow connection does not delay anyone else's calls.
+//! or later, from a thread that waits for a connection on the caller's behalf ([`wait`]).
+//! Waiting never happens on a serving thread, so one slow connection does not delay anyone
+//! else's calls. The serving threads have a descriptor table of their own ([`serve`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::rules::{self, When};
+use super::wait;
 use crate::lineage::Lineage;
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::procfs;
@@ -198,21 +200,121 @@ pub struct Services {
 /// first reads /proc for another caller (each notification goes to one of them).
 const SERVING_THREADS: usize = 2;
 
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` (Linux 6.6).
+const SECCOMP_IOCTL_NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`: the caller and the serving thread hand the CPU to
+/// each other at each notification and answer instead of waking each other on another CPU.
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
 /// Answers notifications on `listener` until every process under the filter has exited.
+///
+/// The serving threads have a descriptor table of their own. Each notification needs a few
+/// descriptors for a moment (a pidfd, the agent's socket, a `/proc` file, a new connection),
+/// and the proxy, which holds descriptors for every tunnel the agent opens, can use up the
+/// process's limit: with one table for all, the agent's own `connect()` to the proxy then
+/// failed with EMFILE instead of waiting in the proxy's backlog, and reserving descriptors in
+/// a shared table cannot work (a freed one goes to whichever thread asks first). Waits and
+/// hashing run on threads of that table too ([`wait`]): a descriptor of one table means
+/// nothing in the other, so nothing opened here is ever handed to the proxy's runtime.
 pub fn serve(listener: OwnedFd, services: Services) {
-    let listener = Arc::new(listener);
+    // Every connect() of the agent waits for its answer: a notification is a synchronous
+    // call, and handing the CPU over (rather than waking a thread elsewhere) makes the round
+    // trip several times cheaper. Older kernels (before 6.6) lack it and keep the usual wake-up.
+    // SAFETY: SET_FLAGS takes the flags as its integer argument.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        )
+    };
+    // The services are dropped here, in the shared table, after the serving threads are
+    // done: an object holding a descriptor of the shared table (the proxy's state) must never
+    // be dropped in the other one, where its number may name something else.
+    std::thread::scope(|scope| {
+        let apart = std::thread::Builder::new()
+            .name("seccomp".into())
+            .spawn_scoped(scope, || serve_apart(&listener, &services));
+        if let Err(e) = apart {
+            tracing::error!("cannot start the seccomp serving threads: {e}");
+        }
+    });
+}
+
+/// On a thread of its own: makes the descriptor table private, then serves.
+fn serve_apart(listener: &OwnedFd, services: &Services) {
+    // No signal handler may run on a thread of the other table (see wait.rs).
+    wait::block_signals();
+    let own = match own_table(listener) {
+        Ok(own) => own,
+        Err(e) => {
+            tracing::warn!(
+                "seccomp notifications served from the shared descriptor table ({e}): out of \
+                 descriptors, the proxy can make the agent's connect() fail"
+            );
+            match listener.try_clone() {
+                Ok(copy) => copy,
+                Err(e) => return tracing::error!("cannot serve seccomp notifications: {e}"),
+            }
+        }
+    };
+    let waiting = match wait::Waiter::start() {
+        Ok(running) => Some(running),
+        Err(e) => {
+            tracing::error!("no threads to wait on the agent's behalf: {e}");
+            None
+        }
+    };
+    let listener = Arc::new(own);
     let limiter = RateLimit::new(50, Duration::from_secs(1));
+    let serve = || {
+        if let Some(running) = &waiting {
+            wait::enter(running.waiter());
+        }
+        serve_loop(&listener, &limiter, services);
+    };
     std::thread::scope(|scope| {
         for _ in 1..SERVING_THREADS {
             let spawned = std::thread::Builder::new()
                 .name("seccomp".into())
-                .spawn_scoped(scope, || serve_loop(&listener, &limiter, &services));
+                .spawn_scoped(scope, serve);
             if let Err(e) = spawned {
                 tracing::warn!("a second seccomp serving thread could not start: {e}");
             }
         }
-        serve_loop(&listener, &limiter, &services);
+        serve();
     });
+    // Pending waits end with the agent; what they held is dropped here, before the services
+    // can be dropped in the shared table.
+    if let Some(running) = waiting {
+        running.stop();
+    }
+}
+
+/// `CLOSE_RANGE_UNSHARE`: unshare the descriptor table, then close the range in the copy.
+const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
+
+/// Gives the calling thread (and the threads it starts later) a descriptor table of its own
+/// holding stdin, stdout, stderr (the log) and a copy of `listener` only; returns the copy.
+fn own_table(listener: &OwnedFd) -> Result<OwnedFd, Errno> {
+    let keep = listener.as_raw_fd() as u32;
+    // SAFETY: close_range with scalar arguments; it closes descriptors of the new copy of
+    // the table only, so nothing another thread holds is closed under it.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            u32::MAX,
+            CLOSE_RANGE_UNSHARE,
+        )
+    })?;
+    if keep > 3 {
+        // SAFETY: as above, in the table now private to this thread.
+        Errno::result(unsafe { libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32) })?;
+    }
+    // SAFETY: this table's copy of `keep` is owned by nothing else in it (the original is
+    // the caller's, in the shared table): the OwnedFd closes that copy.
+    Ok(unsafe { OwnedFd::from_raw_fd(keep as i32) })
 }
 
 fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {

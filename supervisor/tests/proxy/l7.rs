@@ -1,12 +1,13 @@
 //! L7 inspection end to end: a TLS test host with its own CA (trusted by the supervisor
 //! through `OPENSHELL_UPSTREAM_CA_FILE`) records every request it receives; the agent sends
-//! raw HTTP through CONNECT tunnels. Every refusal is checked on the server's side: a denied
-//! request never arrives.
+//! raw HTTP through CONNECT tunnels, or over direct connections (the transparent path hands
+//! them to the same engine). Every refusal is checked on the server's side: a denied request
+//! never arrives.
 
 use serde_json::{Value, json};
 
 use crate::support::echo::{EchoHost, Identity};
-use crate::support::{Lab, Run, curl, python, rule};
+use crate::support::{Lab, Run, curl, python, require_kernel, rule};
 
 const TLS_PORT: u16 = 8443;
 const PLAIN_PORT: u16 = 8080;
@@ -50,15 +51,38 @@ impl World {
 
     /// Each request alone on its own TLS connection; the responses' statuses.
     fn singles(&self, requests: &[String]) -> (Run, Vec<Value>) {
+        self.singles_via(requests, Path::Connect)
+    }
+
+    /// [`World::singles`] through the proxy or over direct connections.
+    fn singles_via(&self, requests: &[String], path: Path) -> (Run, Vec<Value>) {
         let specs: Vec<Value> = requests
             .iter()
-            .map(|r| json!({"host": HOST, "port": TLS_PORT, "requests": [r]}))
+            .map(|r| json!({"host": HOST, "port": TLS_PORT, "requests": [r], "direct": path == Path::Direct}))
             .collect();
         let run = self.run("sessions", &json!(specs));
         assert_eq!(run.code, 0, "{run}");
         let results = run.json().as_array().expect("array").clone();
         (run, results)
     }
+}
+
+/// How the agent reaches the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// A CONNECT tunnel through the proxy.
+    Connect,
+    /// A plain `connect()` to the server, with no proxy (the transparent path).
+    Direct,
+}
+
+/// Whether the transparent path is on in `run` (it needs kernel features; without them a
+/// direct connection has no route at all).
+fn transparent_on(run: &Run) -> bool {
+    require_kernel(
+        run.messages("TRANSPARENT EGRESS OFF").is_empty(),
+        "transparent egress",
+    )
 }
 
 fn get(path: &str) -> String {
@@ -78,6 +102,17 @@ fn status(result: &Value) -> Option<u64> {
 /// denied resource differently; the server receives the canonical form or nothing.
 #[test]
 fn each_request_is_decided_on_its_canonical_form() {
+    decided_on_the_canonical_form(Path::Connect);
+}
+
+/// The same table over direct connections (no proxy, no CONNECT): the transparent path hands
+/// them to the engine, which gives the same answers, bodies and log lines.
+#[test]
+fn direct_connections_are_decided_like_connect_tunnels() {
+    decided_on_the_canonical_form(Path::Direct);
+}
+
+fn decided_on_the_canonical_form(path: Path) {
     let Some(w) = world("") else { return };
     let cases: &[(String, u64, Option<&str>)] = &[
         (get("/repos/a"), 200, Some("GET /repos/a")),
@@ -110,7 +145,10 @@ fn each_request_is_decided_on_its_canonical_form() {
         (get(&format!("/repos/{}", "a".repeat(4090))), 400, None),
     ];
     let requests: Vec<String> = cases.iter().map(|(r, _, _)| r.clone()).collect();
-    let (run, results) = w.singles(&requests);
+    let (run, results) = w.singles_via(&requests, path);
+    if path == Path::Direct && !transparent_on(&run) {
+        return;
+    }
     let wrong: Vec<String> = cases
         .iter()
         .zip(&results)
@@ -178,6 +216,16 @@ fn each_request_is_decided_on_its_canonical_form() {
 /// denied one ends the connection and nothing after it is read.
 #[test]
 fn a_denied_request_after_allowed_ones_on_one_connection() {
+    denied_after_allowed_on_one_connection(Path::Connect);
+}
+
+/// The same on one direct connection.
+#[test]
+fn a_denied_request_after_allowed_ones_on_one_direct_connection() {
+    denied_after_allowed_on_one_connection(Path::Direct);
+}
+
+fn denied_after_allowed_on_one_connection(path: Path) {
     let Some(w) = world("") else { return };
     let requests = [
         get("/repos/1"),
@@ -185,12 +233,16 @@ fn a_denied_request_after_allowed_ones_on_one_connection() {
         post("/repos/3"),
         get("/repos/4"),
     ];
+    let direct = path == Path::Direct;
     let specs = json!([
-        {"host": HOST, "port": TLS_PORT, "requests": requests, "pipeline": true},
-        {"host": HOST, "port": TLS_PORT, "requests": [get("/repos/5"), get("/repos/6"), post("/repos/7/issues")]},
+        {"host": HOST, "port": TLS_PORT, "requests": requests, "pipeline": true, "direct": direct},
+        {"host": HOST, "port": TLS_PORT, "requests": [get("/repos/5"), get("/repos/6"), post("/repos/7/issues")], "direct": direct},
     ]);
     let run = w.run("sessions", &specs);
     assert_eq!(run.code, 0, "{run}");
+    if direct && !transparent_on(&run) {
+        return;
+    }
     let results = run.json();
     let statuses = |i: usize| -> Vec<u64> {
         results[i]["responses"]
@@ -414,42 +466,236 @@ fn forward_and_plain_requests_meet_the_same_rules() {
     assert_eq!(received[2].body_len, 2 << 20);
 }
 
-/// An inspected endpoint cannot be reached around its rules: a direct connection (the
-/// transparent path, which serves plain endpoints) is refused and logged, and nothing
-/// arrives; the same request through the proxy is decided and served.
+/// A direct connection to an inspected endpoint cannot go around its rules or its name:
+/// plain HTTP is decided like HTTPS; a TLS server name or `Host` naming another host that
+/// resolved to the same address (here other.example, which the policy does not allow) is
+/// refused; the certificate the client gets is the sandbox CA's, for the host's name. Only
+/// the allowed requests arrive, each logged with the client's pid and exe.
 #[test]
-fn a_direct_connection_cannot_bypass_the_rules() {
+fn a_direct_connection_meets_the_rules_of_its_name() {
     let Some(w) = world("") else { return };
-    let policy = w.lab.dir().join("policy.yaml");
+    let plain = |request: String| json!({"host": HOST, "port": PLAIN_PORT, "tls": false, "direct": true, "requests": [request]});
+    let h = format!("Host: {HOST}:{PLAIN_PORT}");
+    let specs = json!([
+        plain(format!("GET /repos/plain HTTP/1.1\r\n{h}\r\n\r\n")),
+        plain(format!("POST /repos/plain HTTP/1.1\r\n{h}\r\nContent-Length: 2\r\n\r\nhi")),
+        plain(format!("GET /repos/fronted HTTP/1.1\r\nHost: other.example:{PLAIN_PORT}\r\n\r\n")),
+        {"host": HOST, "port": TLS_PORT, "direct": true, "sni": "other.example", "requests": [get("/repos/fronted")]},
+        {"host": HOST, "port": TLS_PORT, "direct": true, "requests": [format!("GET /repos/fronted HTTP/1.1\r\nHost: other.example:{TLS_PORT}\r\n\r\n")]},
+        {"host": HOST, "port": TLS_PORT, "direct": true, "verify": "/run/openshell/tls/ca-bundle.pem", "requests": [get("/repos/verified")]},
+    ]);
+    let run = w.run("sessions", &specs);
+    assert_eq!(run.code, 0, "{run}");
+    if !transparent_on(&run) {
+        return;
+    }
+    let r = run.json();
+    assert_eq!(r[0]["responses"][0]["status"], 200, "{run}");
+    assert_eq!(r[1]["responses"][0]["status"], 403, "{run}");
+    let body = &r[1]["responses"][0]["json"];
+    assert_eq!(body["error"], "policy_denied", "{run}");
+    assert_eq!(
+        body["detail"],
+        "POST /repos/plain not permitted by policy api"
+    );
+    assert_eq!(body["port"], PLAIN_PORT);
+    assert_eq!(
+        r[2]["responses"][0]["json"]["error"],
+        "request_authority_mismatch"
+    );
+    assert!(
+        r[3]["error"].is_string() || r[3]["responses"] == json!([]),
+        "a forged TLS server name: {run}"
+    );
+    assert_eq!(
+        r[4]["responses"][0]["json"]["error"],
+        "request_authority_mismatch"
+    );
+    assert_eq!(
+        r[5]["responses"][0]["status"], 200,
+        "verified with the sandbox CA: {run}"
+    );
+    assert_eq!(w.host.lines(PLAIN_PORT), ["GET /repos/plain"], "{run}");
+    assert_eq!(w.host.lines(TLS_PORT), ["GET /repos/verified"], "{run}");
+    let allowed = run.events("allowed", "l7");
+    assert_eq!(allowed.len(), 2, "{run}");
+    let denied = run.events("denied", "l7");
+    assert_eq!(denied.len(), 4, "{run}");
+    for event in allowed.iter().chain(&denied) {
+        assert_eq!(event["exe"], python().as_str(), "{event}");
+        assert!(event["pid"].as_u64().is_some_and(|p| p > 1), "{event}");
+    }
+    assert_eq!(denied[0]["what"], "POST /repos/plain");
+    assert!(
+        run.events("denied", "network").is_empty(),
+        "nothing refused at connect(): {run}"
+    );
+}
+
+/// Names sharing an address (a CDN): the name the client gives picks the rules. An allowed
+/// name without L7 rules gets a plain tunnel (the server's own certificate reaches the
+/// client), the inspected one is inspected (the sandbox's certificate), a name the policy
+/// does not allow and a connection naming none are refused; nothing of those arrives.
+#[test]
+fn names_sharing_an_address_each_keep_their_rules() {
+    let Some(w) = world("") else { return };
+    let network = [
+        rule(
+            "api",
+            &format!("host: {HOST}, port: {TLS_PORT}, {RULES}"),
+            &[&python()],
+        ),
+        rule(
+            "plain",
+            &format!("host: test.example, port: {TLS_PORT}"),
+            &[&python()],
+        ),
+    ]
+    .concat();
+    let policy = w.lab.policy("policy.yaml", &network);
+    let upstream_ca = w.lab.dir().join("upstream-ca.pem");
+    let upstream_ca = upstream_ca.to_str().expect("utf-8");
+    let bundle = "/run/openshell/tls/ca-bundle.pem";
+    // By address: the agent connects to 203.0.113.2, which both names (and others the policy
+    // does not allow) resolved to.
+    let direct = |sni: &str, verify: &str, request: String| {
+        json!({"host": crate::support::HOST.to_string(), "port": TLS_PORT, "direct": true,
+               "sni": sni, "verify": verify, "requests": [request]})
+    };
+    let plain_get = format!("GET /plain HTTP/1.1\r\nHost: test.example:{TLS_PORT}\r\n\r\n");
+    let specs = json!([
+        direct("test.example", upstream_ca, plain_get.clone()),
+        direct(HOST, bundle, get("/repos/inspected")),
+        direct(HOST, bundle, post("/repos/inspected")),
+        direct("other.example", upstream_ca, plain_get.clone()),
+        direct("", upstream_ca, plain_get),
+    ]);
     let ca = w.lab.dir().join("upstream-ca.pem");
     let run = w
         .lab
         .sandbox(&policy)
         .env("OPENSHELL_UPSTREAM_CA_FILE", ca.to_str().expect("utf-8"))
         .run(&[
-            "/bin/sh",
-            "-c",
-            &format!(
-                "python3 agent.py directs_get {HOST}:{PLAIN_PORT}/repos/direct && \
-                 python3 agent.py batch '[{{\"mode\": \"forward\", \"host\": \"{HOST}\", \
-                 \"port\": {PLAIN_PORT}, \"path\": \"/repos/proxied\"}}]'"
-            ),
+            "/usr/bin/python3",
+            "l7agent.py",
+            "sessions",
+            &specs.to_string(),
         ]);
     assert_eq!(run.code, 0, "{run}");
-    let lines = run.json_lines();
-    if !run.messages("TRANSPARENT EGRESS OFF").is_empty() {
-        // Without the transparent path a direct connection has no route at all.
-        assert!(lines[0][0]["error"].is_string(), "{run}");
-    } else {
-        assert_eq!(lines[0][0]["error"], "ECONNREFUSED", "{run}");
-        let denied = run.events("denied", "network");
+    if !transparent_on(&run) {
+        return;
+    }
+    let r = run.json();
+    assert_eq!(r[0]["responses"][0]["status"], 200, "a plain tunnel: {run}");
+    assert_eq!(r[1]["responses"][0]["status"], 200, "inspected: {run}");
+    assert_eq!(r[2]["responses"][0]["status"], 403, "inspected: {run}");
+    for refused in [&r[3], &r[4]] {
         assert!(
-            denied.iter().any(|d| d["why"]
-                .as_str()
-                .is_some_and(|w| w.contains("inspected (protocol: rest) endpoint"))),
-            "{run}"
+            refused["error"].is_string() || refused["responses"] == json!([]),
+            "{refused}\n{run}"
         );
     }
-    assert_eq!(lines[1][0]["status"], 200, "{run}");
-    assert_eq!(w.host.lines(PLAIN_PORT), ["GET /repos/proxied"], "{run}");
+    assert_eq!(
+        w.host.lines(TLS_PORT),
+        ["GET /plain", "GET /repos/inspected"],
+        "{run}"
+    );
+    let refused: Vec<String> = run
+        .events("denied", "network")
+        .iter()
+        .map(|d| d["why"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(refused.len(), 2, "{run}");
+    assert!(refused[0].contains("\"other.example\""), "{refused:?}");
+    assert!(refused[1].contains("names no server"), "{refused:?}");
+    let tunnels = run.events("allowed", "transparent");
+    assert!(
+        tunnels.len() == 1 && tunnels[0]["host"] == "test.example",
+        "{run}"
+    );
+}
+
+/// The hand-off listener takes only the connections the supervisor makes for the agent's
+/// calls: the agent finds it in /proc/net/tcp, and its own connection there is refused and
+/// logged (a connection of its own could otherwise claim another socket's destination).
+#[test]
+fn the_agent_cannot_connect_to_the_handoff_listener() {
+    let Some(w) = world("") else { return };
+    let script = "import json, socket\n\
+        found = {}\n\
+        for table, family in (('/proc/net/tcp', socket.AF_INET), ('/proc/net/tcp6', socket.AF_INET6)):\n\
+        \x20   for line in open(table).read().splitlines()[1:]:\n\
+        \x20       local, state = line.split()[1], line.split()[3]\n\
+        \x20       port = int(local.split(':')[1], 16)\n\
+        \x20       if state != '0A' or port in (53, 3128):\n\
+        \x20           continue\n\
+        \x20       host = '127.0.0.1' if family == socket.AF_INET else '::1'\n\
+        \x20       s = socket.socket(family, socket.SOCK_STREAM)\n\
+        \x20       try:\n\
+        \x20           s.connect((host, port))\n\
+        \x20           found[f'{host}:{port}'] = 'connected'\n\
+        \x20       except OSError as e:\n\
+        \x20           found[f'{host}:{port}'] = e.strerror\n\
+        print(json.dumps(found))\n";
+    w.lab.write("probe.py", script);
+    let policy = w.lab.dir().join("policy.yaml");
+    let run = w
+        .lab
+        .sandbox(&policy)
+        .run(&["/usr/bin/python3", "probe.py"]);
+    assert_eq!(run.code, 0, "{run}");
+    if !transparent_on(&run) {
+        return;
+    }
+    let found = run.json();
+    let found = found.as_object().expect("listeners");
+    assert!(!found.is_empty(), "the hand-off listener is listed: {run}");
+    for (address, outcome) in found {
+        assert_eq!(outcome, "Connection refused", "{address}: {run}");
+    }
+    let denied = run.events("denied", "network");
+    assert_eq!(denied.len(), found.len(), "{run}");
+    assert!(
+        denied[0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("hand-off listener")),
+        "{run}"
+    );
+}
+
+/// An IPv6 client socket is handed over through the IPv6 side of the hand-off listener and
+/// decided the same way (the name resolves to IPv6 only): its GET arrives, its POST does not.
+#[test]
+fn an_ipv6_direct_connection_is_inspected_too() {
+    let Some(w) = world("") else { return };
+    let v6 = "v6.test.example";
+    let endpoint = format!("host: {v6}, port: {PLAIN_PORT}, {RULES}");
+    let policy = w
+        .lab
+        .policy("policy.yaml", &rule("api", &endpoint, &[&python()]));
+    let request = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: {v6}:{PLAIN_PORT}\r\nContent-Length: 0\r\n\r\n")
+    };
+    let spec = |r: String| json!({"host": v6, "port": PLAIN_PORT, "tls": false, "direct": true, "requests": [r]});
+    let specs = json!([
+        spec(request("GET", "/repos/v6")),
+        spec(request("POST", "/repos/v6")),
+    ]);
+    let run = w.lab.sandbox(&policy).run(&[
+        "/usr/bin/python3",
+        "l7agent.py",
+        "sessions",
+        &specs.to_string(),
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+    if !transparent_on(&run) {
+        return;
+    }
+    let r = run.json();
+    assert_eq!(r[0]["responses"][0]["status"], 200, "{run}");
+    assert_eq!(r[1]["responses"][0]["status"], 403, "{run}");
+    let received = w.host.received();
+    assert_eq!(received.len(), 1, "{run}");
+    assert_eq!(received[0].line(), "GET /repos/v6");
+    assert_eq!(received[0].header("host"), Some("v6.test.example:8080"));
 }

@@ -124,6 +124,129 @@ fn real_clients_trust_the_ca_through_the_environment() {
     assert_eq!(seen, expected, "POST never arrives: {out}");
 }
 
+/// Clients that ignore proxies, with no proxy variables at all: Node 20's built-in `fetch()`
+/// and python's urllib connect straight to the server; the transparent path hands their
+/// connections to the L7 engine, which terminates TLS with the sandbox's CA (trusted through
+/// the environment alone) and decides each request as for a CONNECT. The GETs are served,
+/// the POSTs answered with the JSON 403, only the GETs arrive, and each log line credits the
+/// client that made the request.
+#[test]
+fn clients_without_a_proxy_meet_the_rules() {
+    let Some(lab) = Lab::start() else { return };
+    let Some(node) = executable("/usr/bin/node") else {
+        openshell_tests::require_kernel(false, "node (Node.js 20, the machine's own)");
+        return;
+    };
+    let identity = Identity::new();
+    let host = lab.echo(&identity, &[PORT], &[], None);
+    let endpoint = format!(
+        "host: {HOST}, port: {PORT}, protocol: rest, enforcement: enforce, access: read-only"
+    );
+    let policy = lab.policy("policy.yaml", &rule("api", &endpoint, &[&node, &python()]));
+    let url = format!("https://{HOST}:{PORT}");
+    lab.write(
+        "fetch.js",
+        &format!(
+            "(async () => {{\n\
+               const get = await fetch('{url}/node');\n\
+               const post = await fetch('{url}/node', {{method: 'POST', body: 'x'}});\n\
+               console.log(JSON.stringify({{get: get.status, post: post.status, body: await post.json()}}));\n\
+             }})().catch(e => console.log(JSON.stringify({{error: String(e.cause || e)}})));\n"
+        ),
+    );
+    lab.write(
+        "fetch.py",
+        &format!(
+            "import json, urllib.request, urllib.error\n\
+             opener = urllib.request.build_opener(urllib.request.ProxyHandler({{}}))\n\
+             out = {{'get': opener.open('{url}/python').status}}\n\
+             try:\n    opener.open('{url}/python', data=b'x')\n\
+             except urllib.error.HTTPError as e:\n    out['post'] = e.code\n    out['body'] = json.load(e)\n\
+             print(json.dumps(out))\n"
+        ),
+    );
+    let unset = "HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy grpc_proxy \
+                 NO_PROXY no_proxy NODE_USE_ENV_PROXY";
+    let out = run(
+        &lab,
+        &policy,
+        &format!("unset {unset}; env | grep -ci proxy; node fetch.js; python3 fetch.py"),
+    );
+    if !out.messages("TRANSPARENT EGRESS OFF").is_empty() {
+        openshell_tests::require_kernel(false, "transparent egress");
+        return;
+    }
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"0"), "no proxy variable left: {out}");
+    let results: Vec<serde_json::Value> = lines[1..]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}\n{out}")))
+        .collect();
+    for (result, client, exe) in [
+        (&results[0], "node", &node),
+        (&results[1], "python", &python()),
+    ] {
+        assert_eq!(result["get"], 200, "{client}: {out}");
+        assert_eq!(result["post"], 403, "{client}: {out}");
+        let body = &result["body"];
+        assert_eq!(body["error"], "policy_denied", "{client}: {out}");
+        assert_eq!(body["policy"], "api");
+        assert_eq!(
+            body["detail"],
+            format!("POST /{client} not permitted by policy api")
+        );
+        assert_eq!(body["binary"], exe.as_str(), "{client}: {out}");
+    }
+    assert_eq!(host.lines(PORT), ["GET /node", "GET /python"], "{out}");
+    let credited = |event: &str| -> Vec<(String, String)> {
+        out.events(event, "l7")
+            .iter()
+            .map(|e| {
+                assert!(e["pid"].as_u64().is_some_and(|p| p > 1), "{e}");
+                (
+                    e["exe"].as_str().unwrap_or("").to_owned(),
+                    format!(
+                        "{} {}",
+                        e["method"].as_str().unwrap_or(""),
+                        e["path"].as_str().unwrap_or("")
+                    ),
+                )
+            })
+            .collect()
+    };
+    let python = python();
+    assert_eq!(
+        credited("allowed"),
+        [
+            (node.clone(), "GET /node".to_owned()),
+            (python.clone(), "GET /python".to_owned())
+        ],
+        "{out}"
+    );
+    let denied: Vec<(String, String)> = out
+        .events("denied", "l7")
+        .iter()
+        .map(|e| {
+            (
+                e["exe"].as_str().unwrap_or("").to_owned(),
+                e["what"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            (node, "POST /node".to_owned()),
+            (python, "POST /python".to_owned())
+        ],
+        "{out}"
+    );
+    assert!(
+        out.events("allowed", "proxy").is_empty(),
+        "not through the proxy: {out}"
+    );
+}
+
 /// Git over smart HTTP under the upstream fixture's rules (its `github_ssh_over_https`
 /// endpoint: GET `/**/info/refs*`, POST `/**/git-upload-pack`): clone works, push is refused
 /// and the repository on the server is unchanged. Shown first without the sandbox, where the

@@ -126,6 +126,12 @@ impl Identifier {
         })
     }
 
+    /// Whether callers are read from the records (a table lookup that never blocks) rather
+    /// than found among the socket's holders (a scan of /proc).
+    pub fn is_recorded(&self) -> bool {
+        self.recorded
+    }
+
     /// The callers behind the client socket `client` → `proxy`, each with its chain of
     /// ancestors: the process that connected it (recorded at `connect()`), or, without such
     /// records, every process holding it. Blocking: call from a blocking thread.
@@ -241,13 +247,19 @@ impl Identifier {
         }
     }
 
-    /// `pid` and its ancestors inside the sandbox, nearest first; an ancestor only when the
-    /// program it runs now started the line below it (lineage.rs), so that forking first and
-    /// then making the parent exec an allowed binary borrows nothing.
+    /// `pid` (a process of the sandbox: a caller in a system call under its filter, or a
+    /// socket owner found among its processes) and its ancestors inside the sandbox, nearest
+    /// first; an ancestor only when the program it runs now started the line below it
+    /// (lineage.rs), so that forking first and then making the parent exec an allowed binary
+    /// borrows nothing.
     pub fn chain(&self, pid: u32) -> Vec<Process> {
         let mut chain = Vec::new();
         let (mut current, mut below) = (pid, None);
-        while current > 1 && current != self.init && chain.len() < 64 && self.in_sandbox(current) {
+        while current > 1
+            && current != self.init
+            && chain.len() < 64
+            && (below.is_none() || self.in_sandbox(current))
+        {
             let (Some(exe), Some(stat)) = (exe_of(current), procfs::stat(current)) else {
                 break;
             };

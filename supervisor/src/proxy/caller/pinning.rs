@@ -51,10 +51,7 @@ impl Pins {
     /// Blocking (may hash the file).
     pub fn check(&self, process: &Process) -> Result<(), PinError> {
         if !alive(process)? {
-            return Err(PinError::Unreadable(format!(
-                "{} (pid {}) has exited: its binary cannot be checked",
-                process.exe, process.pid
-            )));
+            return Err(exited(process, "has exited: its binary cannot be checked"));
         }
         let digest = self.digest(process.pid).map_err(|e| match exhausted(&e) {
             true => PinError::Resources(e),
@@ -65,11 +62,13 @@ impl Pins {
         })?;
         // Hashed the same process, not a successor that took its pid meanwhile.
         if !alive(process)? {
-            return Err(PinError::Unreadable(format!(
-                "{} (pid {}) exited while its binary was checked",
-                process.exe, process.pid
-            )));
+            return Err(exited(process, "exited while its binary was checked"));
         }
+        self.compare(process, digest)
+    }
+
+    /// Pins `digest` for `process`'s executable on first use; refuses another one later.
+    fn compare(&self, process: &Process, digest: [u8; 32]) -> Result<(), PinError> {
         let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         match pins.get(&process.exe) {
             None => {
@@ -87,10 +86,38 @@ impl Pins {
         }
     }
 
-    /// Whether `pid`'s executable was hashed already, so pinning it costs a stat, not a read:
-    /// the caller then need not move off the async runtime.
-    pub fn is_hashed(&self, pid: u32) -> bool {
-        fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| self.cached(&file_key(&m)).is_some())
+    /// [`Pins::check`] without reading the binary: `None` when its content was not hashed
+    /// yet (then `check`, off the async threads), else the verdict, for the cost of a stat and
+    /// one read of the process's `stat` (that it is still the same process: its pid was not
+    /// reused while its executable was looked at).
+    pub fn check_hashed(&self, process: &Process) -> Option<Result<(), PinError>> {
+        let digest = self.hashed(process)?;
+        Some(match alive(process) {
+            Ok(true) => self.compare(process, digest),
+            Ok(false) => Err(exited(process, "exited while its binary was checked")),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// [`Pins::check_hashed`] for a process one of whose threads waits in a system call the
+    /// supervisor is answering: `waiting` says whether it still does (then its pid was not
+    /// reused), which costs less than reading its `stat`.
+    pub fn check_hashed_in_call(
+        &self,
+        process: &Process,
+        waiting: impl FnOnce() -> bool,
+    ) -> Option<Result<(), PinError>> {
+        let digest = self.hashed(process)?;
+        Some(match waiting() {
+            true => self.compare(process, digest),
+            false => Err(exited(process, "exited while its binary was checked")),
+        })
+    }
+
+    /// The digest of `process`'s executable, when it was hashed already.
+    fn hashed(&self, process: &Process) -> Option<[u8; 32]> {
+        let meta = fs::metadata(format!("/proc/{}/exe", process.pid)).ok()?;
+        self.cached(&file_key(&meta))
     }
 
     fn cached(&self, key: &FileKey) -> Option<[u8; 32]> {
@@ -126,6 +153,10 @@ impl Pins {
             .insert(key, digest);
         Ok(digest)
     }
+}
+
+fn exited(process: &Process, what: &str) -> PinError {
+    PinError::Unreadable(format!("{} (pid {}) {what}", process.exe, process.pid))
 }
 
 /// Whether `process` still runs (the same process: its pid with its start time). A stat that

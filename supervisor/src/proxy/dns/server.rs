@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::timeout;
 
 use super::config::ResolvConf;
@@ -44,6 +44,10 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_CACHED: usize = 8192;
 /// TTL of answers from the hosts file.
 const HOSTS_TTL: u32 = 60;
+/// Upstream sockets kept idle per nameserver.
+const IDLE_UPSTREAMS: usize = 64;
+/// Queries one upstream socket carries before it is replaced (a new random source port).
+const UPSTREAM_USES: u32 = 128;
 
 /// The resolver's state, shared by its UDP and TCP loops.
 #[derive(Debug)]
@@ -56,6 +60,107 @@ pub struct Resolver {
     cache: Mutex<HashMap<(String, u16), Cached>>,
     inflight: Arc<Semaphore>,
     limiter: RateLimit,
+    upstreams: Upstreams,
+    asking: Asking,
+}
+
+/// A forwarded answer.
+type Answer = (Rcode, Vec<Address>);
+/// A question: a name and a type.
+type Question = (String, u16);
+
+/// Questions being asked upstream, each with the identical questions that arrived meanwhile:
+/// those wait for its answer instead of asking again (agents open a burst of connections to
+/// one host, each looking it up first; answers with a TTL of 0 cannot be cached).
+#[derive(Debug, Default)]
+struct Asking {
+    waiting: Mutex<HashMap<Question, Vec<oneshot::Sender<Answer>>>>,
+}
+
+/// The question this task asks upstream; dropped without an answer (the task ended early),
+/// its waiters get SERVFAIL rather than wait forever.
+struct Asked<'a> {
+    asking: &'a Asking,
+    key: Question,
+    answer: Option<Answer>,
+}
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        let waiters = self
+            .asking
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key)
+            .unwrap_or_default();
+        let answer = self.answer.take().unwrap_or((Rcode::ServFail, Vec::new()));
+        for waiter in waiters {
+            let _ = waiter.send(answer.clone());
+        }
+    }
+}
+
+impl Asking {
+    /// `Ok`: this task asks (and answers the others through the guard); `Err`: the same
+    /// question is being asked, its answer comes through the receiver.
+    fn ask(&self, name: &str, qtype: u16) -> Result<Asked<'_>, oneshot::Receiver<Answer>> {
+        let key = (name.to_owned(), qtype);
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiters) = waiting.get_mut(&key) {
+            let (sender, receiver) = oneshot::channel();
+            waiters.push(sender);
+            return Err(receiver);
+        }
+        waiting.insert(key.clone(), Vec::new());
+        Ok(Asked {
+            asking: self,
+            key,
+            answer: None,
+        })
+    }
+}
+
+/// Connected UDP sockets to the nameservers, kept for the next queries: making, binding,
+/// connecting and registering a socket for each query was most of what a forwarded query
+/// cost. Each has a random source port and carries at most [`UPSTREAM_USES`] queries, each
+/// with a random id; an answer is matched by id, name and type, so a late answer to an
+/// earlier query on the same socket is skipped, and a socket whose query failed is closed.
+#[derive(Debug, Default)]
+struct Upstreams {
+    idle: Mutex<HashMap<SocketAddr, Vec<(UdpSocket, u32)>>>,
+}
+
+impl Upstreams {
+    async fn take(&self, server: SocketAddr) -> io::Result<(UdpSocket, u32)> {
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&server)
+            .and_then(Vec::pop);
+        if let Some(reused) = reused {
+            return Ok(reused);
+        }
+        let bind: SocketAddr = match server {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(server).await?;
+        Ok((socket, 0))
+    }
+
+    fn give(&self, server: SocketAddr, socket: UdpSocket, uses: u32) {
+        if uses >= UPSTREAM_USES {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = idle.entry(server).or_default();
+        if kept.len() < IDLE_UPSTREAMS {
+            kept.push((socket, uses));
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +197,8 @@ impl Resolver {
             cache: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             limiter: RateLimit::new(50, Duration::from_secs(1)),
+            upstreams: Upstreams::default(),
+            asking: Asking::default(),
         }
     }
 
@@ -240,12 +347,17 @@ impl Resolver {
             return now;
         }
         let name = query.name.as_str();
+        let mut asked = match self.asking.ask(name, query.qtype) {
+            Ok(asked) => asked,
+            Err(answer) => return answer.await.unwrap_or((Rcode::ServFail, Vec::new())),
+        };
         let endpoints = decision::eligible(&self.shared.rules, name);
         let (rcode, found) = self.forward(name, query.qtype).await;
         let permitted = self.permitted(name, found, &endpoints);
         if rcode != Rcode::ServFail {
             self.cache(name, query.qtype, rcode, &permitted);
         }
+        asked.answer = Some((rcode, permitted.clone()));
         (rcode, permitted)
     }
 
@@ -335,7 +447,7 @@ impl Resolver {
     async fn forward(&self, name: &str, qtype: u16) -> (Rcode, Vec<Address>) {
         for server in &self.conf.nameservers {
             let server = SocketAddr::new(*server, 53);
-            match ask(server, name, qtype).await {
+            match self.ask(server, name, qtype).await {
                 Ok(response) if matches!(response.rcode, Rcode::NoError | Rcode::NxDomain) => {
                     return (response.rcode, response.addresses);
                 }
@@ -384,37 +496,46 @@ fn bare(id: u16, rcode: Rcode) -> Vec<u8> {
     out
 }
 
-/// One question to one nameserver, from the pod's namespace.
-async fn ask(server: SocketAddr, name: &str, qtype: u16) -> io::Result<wire::Response> {
-    let id = random_id();
-    let message = wire::query(id, name, qtype);
-    let bind: SocketAddr = match server {
-        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(server).await?;
-    socket.send(&message).await?;
-    let mut buf = vec![0u8; wire::EDNS_UDP.max(4096)];
-    let response = timeout(UPSTREAM_TIMEOUT, async {
-        loop {
-            let n = socket.recv(&mut buf).await?;
-            // A stray datagram is not the answer; keep waiting for ours.
-            if let Ok(response) = wire::parse_response(&buf[..n], id, name, qtype) {
-                return Ok::<_, io::Error>(response);
+impl Resolver {
+    /// One question to one nameserver, from the pod's namespace.
+    async fn ask(&self, server: SocketAddr, name: &str, qtype: u16) -> io::Result<wire::Response> {
+        let id = random_id();
+        let message = wire::query(id, name, qtype);
+        let (socket, uses) = self.upstreams.take(server).await?;
+        let response = timeout(UPSTREAM_TIMEOUT, async {
+            socket.send(&message).await?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.recv(&mut buf).await?;
+                // A stray datagram is not the answer; keep waiting for ours.
+                if let Ok(response) = wire::parse_response(&buf[..n], id, name, qtype) {
+                    return Ok::<_, io::Error>(response);
+                }
             }
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+        self.upstreams.give(server, socket, uses + 1);
+        if !response.truncated {
+            return Ok(response);
         }
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
-    if !response.truncated {
-        return Ok(response);
+        ask_tcp(server, &message, id, name, qtype).await
     }
+}
+
+/// A question again over TCP (its UDP answer was truncated).
+async fn ask_tcp(
+    server: SocketAddr,
+    message: &[u8],
+    id: u16,
+    name: &str,
+    qtype: u16,
+) -> io::Result<wire::Response> {
     let mut stream = timeout(UPSTREAM_TIMEOUT, TcpStream::connect(server))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no TCP connection"))??;
     let mut framed = (message.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(&message);
+    framed.extend_from_slice(message);
     timeout(UPSTREAM_TIMEOUT, async {
         stream.write_all(&framed).await?;
         let mut len = [0u8; 2];
@@ -433,4 +554,36 @@ fn random_id() -> u16 {
     // SAFETY: getrandom writes at most 2 bytes into the array.
     unsafe { libc::getrandom(id.as_mut_ptr().cast(), 2, 0) };
     u16::from_ne_bytes(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_questions_in_flight_share_one_answer() {
+        let asking = Asking::default();
+        let mut first = asking.ask("api.example.com", TYPE_A).expect("asks");
+        let Err(mut second) = asking.ask("api.example.com", TYPE_A) else {
+            panic!("the same question is asked once");
+        };
+        let Ok(other) = asking.ask("api.example.com", TYPE_AAAA) else {
+            panic!("another type is another question");
+        };
+        let answer = vec![Address {
+            ip: "203.0.113.2".parse().unwrap(),
+            ttl: 0,
+        }];
+        first.answer = Some((Rcode::NoError, answer.clone()));
+        drop(first);
+        assert_eq!(second.try_recv().unwrap(), (Rcode::NoError, answer));
+        // Asked again once answered.
+        assert!(asking.ask("api.example.com", TYPE_A).is_ok());
+        // A task that ends without an answer does not leave its waiters waiting.
+        let Err(mut waiter) = asking.ask("api.example.com", TYPE_AAAA) else {
+            panic!("in flight");
+        };
+        drop(other);
+        assert_eq!(waiter.try_recv().unwrap(), (Rcode::ServFail, Vec::new()));
+    }
 }

@@ -14,6 +14,8 @@
 //!
 //! From then on the agent talks to the server directly: no relay, no copy. A denial answers
 //! ECONNREFUSED at once and is logged with pid, exe, destination, the names tried and why.
+//! A connection to an inspected (L7) endpoint is not dialled: the agent's socket is connected
+//! to the L7 engine instead, which decides each request as on the CONNECT path ([`handoff`]).
 //! Connections to the sandbox's own addresses (loopback, the resolver, the proxy) are made by
 //! the supervisor on the agent's socket itself; those to the proxy and the resolver are
 //! recorded with their caller (caller/record.rs), which is whom the proxy then credits.
@@ -33,6 +35,7 @@
 //! copied. UDP leaves only as DNS to the resolver.
 
 pub mod fence;
+pub mod handoff;
 pub mod probe;
 pub mod socket;
 
@@ -43,8 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use super::caller::PinError;
 use super::connection::Shared;
@@ -52,28 +53,21 @@ use super::decision::{self, Decision, Process, Via};
 use super::dns::config::{ResolvConf, parse_hosts};
 use super::dns::names::Names;
 use super::dns::{self, Resolver};
-use super::ssrf;
+use super::{listener, ssrf};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::canonical_ip;
-use crate::procfs;
-use crate::seccomp::{Notice, sockaddr};
-use crate::workers;
+use crate::seccomp::{Notice, sockaddr, wait};
+use handoff::{Handoff, Pending};
+use nix::sys::socket::SockaddrStorage;
 use socket::{Kind, State};
 
-/// How often a connection waited for on a caller's behalf checks that the caller still waits.
-const STILL_WAITING: Duration = Duration::from_secs(1);
-/// Descriptors kept in reserve for the agent's calls: out of descriptors, the supervisor
-/// still takes the agent's socket (and makes a connection) by giving these up for a moment,
-/// so that exhaustion slows the proxy down (its accept waits) instead of failing the agent's
-/// `connect()` with EMFILE.
-const SPARE_FDS: usize = 4;
-
 /// What the transparent path reads before the sandbox's namespace exists: the pod's resolver
-/// configuration and hosts file.
+/// configuration and hosts file; and whether the policy has inspected endpoints.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     resolv: ResolvConf,
     hosts: Vec<(IpAddr, Vec<String>)>,
+    inspect: bool,
 }
 
 impl Plan {
@@ -83,7 +77,15 @@ impl Plan {
         Plan {
             resolv: ResolvConf::parse(&read("/etc/resolv.conf")),
             hosts: parse_hosts(&read("/etc/hosts")),
+            inspect: false,
         }
+    }
+
+    /// With `inspect` (the policy has L7 endpoints), direct connections to inspected
+    /// endpoints are handed to the L7 engine, through a listener bound with the others.
+    pub fn inspecting(mut self, inspect: bool) -> Plan {
+        self.inspect = inspect;
+        self
     }
 }
 
@@ -93,11 +95,13 @@ pub struct Bound {
     plan: Plan,
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
+    handoff: Vec<std::net::TcpListener>,
     netns: u64,
 }
 
 /// In the sandbox's namespace (on the thread that made it): makes the nameserver addresses
-/// local and binds the resolver on each, UDP and TCP, port 53.
+/// local and binds the resolver on each, UDP and TCP, port 53; and the hand-off listener
+/// when the policy has inspected endpoints.
 pub fn bind(plan: Plan) -> io::Result<Bound> {
     dns::local::add_to_loopback(&dns::local::to_add(&plan.resolv.nameservers))?;
     let mut udp = Vec::new();
@@ -111,10 +115,15 @@ pub fn bind(plan: Plan) -> io::Result<Bound> {
         listener.set_nonblocking(true)?;
         tcp.push(listener);
     }
+    let handoff = match plan.inspect {
+        true => handoff::bind()?,
+        false => Vec::new(),
+    };
     Ok(Bound {
         plan,
         udp,
         tcp,
+        handoff,
         netns: socket::current_netns()?,
     })
 }
@@ -154,11 +163,11 @@ pub struct Transparent {
     netns: u64,
     /// Addresses local to the sandbox besides loopback: the nameservers.
     local: Vec<IpAddr>,
-    runtime: tokio::runtime::Handle,
     limiter: RateLimit,
-    spare: std::sync::Mutex<Vec<OwnedFd>>,
     /// The options of a new TCP socket, IPv4 and IPv6 (read once: see [`socket::Defaults`]).
     defaults: [std::sync::OnceLock<socket::Defaults>; 2],
+    /// Where connections to inspected endpoints go, when the policy has any.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// Starts the policy resolver on the current runtime and returns the path's handler.
@@ -188,15 +197,32 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         names.clone(),
     );
     Arc::new(resolver).serve(udp, tcp);
+    let handoff = match bound.handoff.is_empty() {
+        true => None,
+        false => {
+            let handoff = Arc::new(Handoff::new(&bound.handoff)?);
+            let listeners = bound
+                .handoff
+                .into_iter()
+                .map(tokio::net::TcpListener::from_std)
+                .collect::<io::Result<Vec<_>>>()?;
+            let serving = handoff.clone();
+            tokio::spawn(listener::accept_loop(
+                listeners,
+                shared.clone(),
+                move |shared, client, peer| handoff::serve(shared, serving.clone(), client, peer),
+            ));
+            Some(handoff)
+        }
+    };
     Ok(Arc::new(Transparent {
         shared,
         names,
         netns: bound.netns,
         local,
-        runtime: tokio::runtime::Handle::current(),
         limiter: RateLimit::new(50, Duration::from_secs(1)),
-        spare: std::sync::Mutex::new(Vec::new()),
         defaults: Default::default(),
+        handoff,
     }))
 }
 
@@ -210,7 +236,8 @@ enum Target {
     Other,
 }
 
-/// The caller: the thread in the call, its process, and the socket fd it named.
+/// The caller: the thread in the call, its process (known once its socket is taken, the
+/// thread until then), and the socket fd it named.
 #[derive(Debug, Clone, Copy)]
 struct Caller {
     tid: u32,
@@ -219,11 +246,11 @@ struct Caller {
 }
 
 impl Transparent {
-    /// Answers `notice`, a `call` of the agent (now, or later from a task).
+    /// Answers `notice`, a `call` of the agent (now, or later from the waiter's threads).
     pub fn handle(self: &Arc<Self>, call: Call, notice: Notice) {
         let caller = Caller {
             tid: notice.call.pid,
-            tgid: procfs::tgid(notice.call.pid).unwrap_or(notice.call.pid),
+            tgid: notice.call.pid,
             fd: notice.call.args[0] as i32,
         };
         match call {
@@ -253,33 +280,15 @@ impl Transparent {
         Ok((target, raw))
     }
 
-    /// The caller's socket and what it is; the errno to answer when there is none.
-    fn socket(&self, caller: Caller) -> Result<(OwnedFd, Kind), i32> {
+    /// The caller's socket and what it is (and the caller's process, in `caller`); the
+    /// errno to answer when there is none.
+    fn socket(&self, caller: &mut Caller) -> Result<(OwnedFd, Kind), i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
-        let fd = self
-            .with_room(|| socket::take(caller.tid, caller.tgid, caller.fd))
-            .map_err(errno)?;
+        let thread = socket::Thread::open(caller.tid).map_err(errno)?;
+        caller.tgid = thread.tgid;
+        let fd = thread.take(caller.fd).map_err(errno)?;
         let kind = Kind::of(fd.as_fd()).map_err(errno)?;
         Ok((fd, kind))
-    }
-
-    /// Runs `make` (which opens descriptors); out of them, once more after giving up the
-    /// spare ones. The spares are topped up first, whenever there is room.
-    fn with_room<T>(&self, make: impl Fn() -> io::Result<T>) -> io::Result<T> {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        while spare.len() < SPARE_FDS {
-            match std::fs::File::open("/dev/null") {
-                Ok(file) => spare.push(file.into()),
-                Err(_) => break,
-            }
-        }
-        match make() {
-            Err(e) if super::caller::exhausted(&e) && !spare.is_empty() => {
-                spare.clear();
-                make()
-            }
-            other => other,
-        }
     }
 
     fn is_local(&self, ip: IpAddr) -> bool {
@@ -294,7 +303,7 @@ impl Transparent {
             || (to.port() == 53 && (self.local.contains(&ip) || ip.is_loopback()))
     }
 
-    fn connect(self: &Arc<Self>, notice: Notice, caller: Caller) {
+    fn connect(self: &Arc<Self>, notice: Notice, mut caller: Caller) {
         let (target, _) = match Self::target(&notice, 1) {
             Ok(target) => target,
             Err(errno) => return notice.fail(errno),
@@ -303,7 +312,7 @@ impl Transparent {
             // Unix sockets and the like: the kernel resolves their path as the agent.
             return notice.proceed();
         }
-        let (fd, kind) = match self.socket(caller) {
+        let (fd, kind) = match self.socket(&mut caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -341,6 +350,11 @@ impl Transparent {
             return notice.fail(libc::ENETUNREACH);
         }
         if self.is_local(to.ip()) {
+            if self.handoff.as_ref().is_some_and(|h| h.is_listener(to)) {
+                // Every connection the hand-off listener accepts must be one the supervisor
+                // made for a registered caller (handoff.rs).
+                return self.refuse_handoff(notice, caller, to);
+            }
             self.local_stream(notice, caller, fd, kind, to);
         } else {
             self.remote(notice, caller, fd, kind, to);
@@ -399,56 +413,52 @@ impl Transparent {
             }
             self.record(fd.as_fd(), caller, to);
         }
+        self.connect_here(notice, fd, address, || ());
+    }
+
+    /// Connects the agent's socket `fd` to `address` in the sandbox's namespace and answers
+    /// with the outcome, as the agent's own `connect()` would have ended; `failed` runs when
+    /// the connection is not made.
+    fn connect_here(
+        self: &Arc<Self>,
+        notice: Notice,
+        fd: OwnedFd,
+        address: SockaddrStorage,
+        failed: impl FnOnce() + Send + 'static,
+    ) {
         let flags = socket::status_flags(fd.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
         // Never block this thread: connect without waiting, then wait (if the agent would
-        // have) in a task.
+        // have) on the waiter's thread.
         socket::set_status_flags(fd.as_fd(), flags | libc::O_NONBLOCK);
         let result = socket::connect(fd.as_fd(), &address);
         socket::set_status_flags(fd.as_fd(), flags);
         match result {
             Err(Errno::EINPROGRESS) if blocking => {
-                let this = self.clone();
-                self.runtime.spawn(async move {
-                    let Some(fd) = this.wait_writable(&notice, fd).await else {
-                        return;
-                    };
+                let Some(waiter) = wait::current() else {
+                    failed();
+                    return notice.fail(libc::EAGAIN);
+                };
+                waiter.when_writable(fd, notice, move |fd, notice| {
                     // The attempt is over: connect again reports its outcome, and resets the
                     // socket after a failure, as a blocking connect would have.
-                    answer(notice, socket::connect(fd.as_fd(), &address));
+                    let result = socket::connect(fd.as_fd(), &address);
+                    if result.is_err() {
+                        failed();
+                    }
+                    answer(notice, result);
                 });
             }
-            other => answer(notice, other),
-        }
-    }
-
-    /// Waits until `fd` is writable (the connection attempt ended), while the caller still
-    /// waits for it; `None` when the caller stopped waiting.
-    async fn wait_writable(&self, notice: &Notice, fd: OwnedFd) -> Option<OwnedFd> {
-        if socket::writable_now(fd.as_fd()) {
-            return Some(fd);
-        }
-        // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open and the same until it
-        // is handed back by into_inner.
-        let watched = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }.ok()?;
-        loop {
-            tokio::select! {
-                ready = watched.writable() => {
-                    if ready.is_ok() {
-                        return Some(watched.into_inner());
-                    }
-                    return None;
-                }
-                () = tokio::time::sleep(STILL_WAITING) => {
-                    if !notice.valid() {
-                        return None;
-                    }
-                }
+            Ok(()) | Err(Errno::EINPROGRESS) => answer(notice, result),
+            Err(e) => {
+                failed();
+                notice.fail(e as i32);
             }
         }
     }
 
-    /// A connection out of the sandbox: decided, dialled from the pod, handed over.
+    /// A connection out of the sandbox: decided, then dialled from the pod and handed over,
+    /// or, for an inspected endpoint, handed to the L7 engine.
     fn remote(
         self: &Arc<Self>,
         notice: Notice,
@@ -462,7 +472,7 @@ impl Transparent {
         let address = canonical_ip(to.ip()).to_string();
         let owners = [chain];
         let mut reasons = Vec::new();
-        let mut allowed = None;
+        let mut allowed = Vec::new();
         for host in names.iter().map(String::as_str).chain([address.as_str()]) {
             match decision::decide(
                 &self.shared.rules,
@@ -476,14 +486,18 @@ impl Transparent {
                     endpoints,
                     matched,
                 } => {
-                    allowed = Some((host.to_owned(), rule.name.clone(), endpoints, matched));
-                    break;
+                    allowed.push((host.to_owned(), rule, endpoints, matched));
+                    // Without inspected endpoints the first allowed name decides; with them,
+                    // every allowed name counts (one sharing the address may be inspected).
+                    if self.handoff.is_none() {
+                        break;
+                    }
                 }
                 Decision::Deny(reason) => reasons.push(reason),
             }
         }
         let [chain] = owners;
-        let Some((host, rule, endpoints, matched)) = allowed else {
+        let Some((host, rule, endpoints, _)) = allowed.first() else {
             let why = match names.is_empty() {
                 true => format!(
                     "no name this sandbox resolved points to {address}, and {}",
@@ -493,45 +507,142 @@ impl Transparent {
             };
             return self.deny(notice, &chain, to, &names, &why);
         };
-        if let Err(reason) = ssrf::permit(to.ip(), &endpoints) {
-            return self.deny(notice, &chain, to, &names, &reason);
-        }
-        // An inspected (L7) endpoint is reached through the proxy, whose L7 engine decides
-        // each request; a direct connection handed out here would carry requests nobody
-        // checks. Refused until this path hands such connections to the engine
-        // (`proxy::l7::serve_tunnel`).
-        if endpoints.iter().any(|e| e.l7.is_some()) {
-            let why = format!(
-                "{host}:{} is an inspected (protocol: rest) endpoint of rule {rule}: it is \
-                 reached through the proxy (HTTPS_PROXY), not by a direct connection",
-                to.port()
-            );
-            return self.deny(notice, &chain, to, &names, &why);
-        }
-        let hashed = matched
+        let inspected = allowed
             .iter()
-            .all(|p| self.shared.identifier.pins.is_hashed(p.pid));
-        let this = self.clone();
-        let admitted = move |notice: Notice| {
-            for process in &matched {
-                match this.shared.identifier.pins.check(process) {
-                    Ok(()) => {}
-                    Err(PinError::Resources(e)) => {
-                        tracing::error!(layer = "transparent", "cannot pin a binary: {e}");
-                        return notice.fail(libc::ENOBUFS);
-                    }
-                    Err(e) => return this.deny(notice, &chain, to, &[host], &e.to_string()),
+            .any(|(_, _, endpoints, _)| endpoints.iter().any(|e| e.l7.is_some()));
+        let (host, rule) = (host.clone(), rule.name.clone());
+        let mut matched: Vec<Process> = Vec::new();
+        for (_, _, _, processes) in &allowed {
+            for process in processes {
+                if !matched.contains(process) {
+                    matched.push(process.clone());
                 }
             }
-            this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
-        };
-        // Hashing a binary seen for the first time reads all of it: not on this thread, but on
-        // one made before the agent ran (workers.rs); with none free, here, late not never.
-        if hashed {
-            admitted(notice);
-        } else if let Err(admitted) = workers::identify_detached(move || admitted(notice)) {
-            admitted();
         }
+        let next = if inspected {
+            // Dialled by the engine, by name, its addresses checked then.
+            let hosts = allowed.into_iter().map(|(host, ..)| host).collect();
+            Next::Inspect(hosts)
+        } else {
+            if let Err(reason) = ssrf::permit(to.ip(), endpoints) {
+                return self.deny(notice, &chain, to, &names, &reason);
+            }
+            Next::Dial { host, rule }
+        };
+        // Binaries already hashed are checked here; hashing one seen for the first time reads
+        // all of it: not on this thread.
+        let pins = &self.shared.identifier.pins;
+        let mut unhashed = Vec::new();
+        let mut notice = notice;
+        for process in matched {
+            // The caller's own process cannot be replaced while its thread waits for this.
+            let verdict = match process.pid == caller.tgid {
+                true => pins.check_hashed_in_call(&process, || notice.valid()),
+                false => pins.check_hashed(&process),
+            };
+            match verdict {
+                None => unhashed.push(process),
+                Some(verdict) => match self.pinned(notice, verdict, &chain, to, &names) {
+                    Some(passed) => notice = passed,
+                    None => return,
+                },
+            }
+        }
+        let hashed = unhashed.is_empty();
+        let this = self.clone();
+        let admitted = move |mut notice: Notice| {
+            for process in &unhashed {
+                let verdict = this.shared.identifier.pins.check(process);
+                match this.pinned(notice, verdict, &chain, to, &names) {
+                    Some(passed) => notice = passed,
+                    None => return,
+                }
+            }
+            match next {
+                Next::Dial { host, rule } => {
+                    this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
+                }
+                Next::Inspect(hosts) => this.hand_off(notice, agent, kind, to, hosts, chain),
+            }
+        };
+        if hashed {
+            return admitted(notice);
+        }
+        match wait::current() {
+            // A job that cannot be queued is dropped with the notice it owns: EIO.
+            Some(waiter) => drop(waiter.blocking(move || admitted(notice))),
+            None => notice.fail(libc::EAGAIN),
+        }
+    }
+
+    /// Passes `notice` on when a binary's pin held; otherwise answers it (a denial, or
+    /// ENOBUFS when the supervisor could not check) and returns `None`.
+    fn pinned(
+        &self,
+        notice: Notice,
+        verdict: Result<(), PinError>,
+        chain: &[Process],
+        to: SocketAddr,
+        names: &[String],
+    ) -> Option<Notice> {
+        match verdict {
+            Ok(()) => Some(notice),
+            Err(PinError::Resources(e)) => {
+                tracing::error!(layer = "transparent", "cannot pin a binary: {e}");
+                notice.fail(libc::ENOBUFS);
+                None
+            }
+            Err(e) => {
+                self.deny(notice, chain, to, names, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Connects the agent's socket to the hand-off listener, its destination and caller
+    /// noted under its local address: the L7 engine serves it from there (handoff.rs).
+    fn hand_off(
+        self: &Arc<Self>,
+        notice: Notice,
+        agent: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+        hosts: Vec<String>,
+        chain: Vec<Process>,
+    ) {
+        let Some(handoff) = self.handoff.clone() else {
+            let why = "an inspected (L7) endpoint, and L7 inspection is unavailable";
+            return self.deny(notice, &chain, to, &hosts, why);
+        };
+        if kind.netns != self.netns {
+            let why = "a connection handed out for another destination cannot be reused for \
+                       an inspected (L7) endpoint";
+            return self.deny(notice, &chain, to, &hosts, why);
+        }
+        let listener = handoff.listener_for(kind.domain);
+        // The address the listener will see the connection from: the socket's own when the
+        // agent bound it, else one bound now.
+        let local = match socket::local_address(agent.as_fd()) {
+            Some(bound) if bound.port() != 0 && !bound.ip().is_unspecified() => bound,
+            Some(bound) if bound.port() != 0 => SocketAddr::new(listener.ip(), bound.port()),
+            _ => {
+                let source = SocketAddr::new(listener.ip(), 0);
+                if let Err(e) =
+                    socket::bind(agent.as_fd(), &socket::for_domain(source, kind.domain))
+                {
+                    return notice.fail(e as i32);
+                }
+                match socket::local_address(agent.as_fd()) {
+                    Some(local) => local,
+                    None => return notice.fail(libc::EADDRNOTAVAIL),
+                }
+            }
+        };
+        if let Err(e) = handoff.register(local, Pending::new(to, hosts, chain)) {
+            return notice.fail(e as i32);
+        }
+        let address = socket::for_domain(listener, kind.domain);
+        self.connect_here(notice, agent, address, move || handoff.cancel(local));
     }
 
     /// Dials `to` from the pod's namespace with the agent's socket options, and hands the
@@ -548,7 +659,7 @@ impl Transparent {
         host: &str,
         rule: &str,
     ) {
-        let ours = match self.with_room(|| socket::new_like(&kind)) {
+        let ours = match socket::new_like(&kind) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::error!(layer = "transparent", "cannot make a socket: {e}");
@@ -583,26 +694,22 @@ impl Transparent {
             Err(Errno::EINPROGRESS) if !blocking => {
                 notice.install(ours.as_fd(), target, cloexec, libc::EINPROGRESS);
             }
-            Err(Errno::EINPROGRESS) => {
-                let this = self.clone();
-                self.runtime.spawn(async move {
-                    let Some(ours) = this.wait_writable(&notice, ours).await else {
-                        return;
-                    };
-                    match socket::take_error(ours.as_fd()) {
-                        0 => {
-                            socket::set_status_flags(ours.as_fd(), flags);
-                            notice.install(ours.as_fd(), target, cloexec, 0);
-                        }
-                        errno => notice.fail(errno),
-                    }
-                });
+            // A nearby server (the same host, its network) has often answered by now: then
+            // no wait.
+            Err(Errno::EINPROGRESS) if socket::writable_now(ours.as_fd()) => {
+                connected(notice, ours.as_fd(), target, cloexec, flags);
             }
+            Err(Errno::EINPROGRESS) => match wait::current() {
+                Some(waiter) => waiter.when_writable(ours, notice, move |ours, notice| {
+                    connected(notice, ours.as_fd(), target, cloexec, flags);
+                }),
+                None => notice.fail(libc::EAGAIN),
+            },
             Err(e) => notice.fail(e as i32),
         }
     }
 
-    fn bind(&self, notice: Notice, caller: Caller) {
+    fn bind(&self, notice: Notice, mut caller: Caller) {
         let (target, raw) = match Self::target(&notice, 1) {
             Ok(target) => target,
             Err(errno) => return notice.fail(errno),
@@ -611,7 +718,7 @@ impl Transparent {
             // A unix socket's path is created as the agent, under its Landlock rules.
             return notice.proceed();
         }
-        let (fd, kind) = match self.socket(caller) {
+        let (fd, kind) = match self.socket(&mut caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -634,8 +741,8 @@ impl Transparent {
         answer(notice, Errno::result(rc).map(drop));
     }
 
-    fn listen(&self, notice: Notice, caller: Caller) {
-        let (fd, kind) = match self.socket(caller) {
+    fn listen(&self, notice: Notice, mut caller: Caller) {
+        let (fd, kind) = match self.socket(&mut caller) {
             Ok(socket) => socket,
             Err(errno) => return notice.fail(errno),
         };
@@ -657,13 +764,13 @@ impl Transparent {
     /// route. The kernel then sends it as the agent asked: a datagram swapped to another
     /// socket meanwhile reaches nothing more (UDP only leaves through the resolver, and TCP
     /// ignores the address without `MSG_FASTOPEN`, which the filter refuses).
-    fn sendto(&self, notice: Notice, caller: Caller) {
+    fn sendto(&self, notice: Notice, mut caller: Caller) {
         let Ok((Target::Inet(to), _)) = Self::target(&notice, 4) else {
             return notice.proceed();
         };
         if self.is_local(to.ip()) {
             if to.port() == 53
-                && let Ok((fd, kind)) = self.socket(caller)
+                && let Ok((fd, kind)) = self.socket(&mut caller)
                 && kind.netns == self.netns
             {
                 if socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0) {
@@ -674,7 +781,7 @@ impl Transparent {
             }
             return notice.proceed();
         }
-        let kind = self.socket(caller).map(|(_, kind)| kind).ok();
+        let kind = self.socket(&mut caller).map(|(_, kind)| kind).ok();
         if let Some(kind) = kind {
             self.log_direct(&notice, caller, "sendto", to, kind);
         }
@@ -704,6 +811,26 @@ impl Transparent {
             why,
             target: Some((&host, to.port())),
         });
+    }
+
+    /// The agent's own connection to the hand-off listener: refused (ECONNREFUSED, as if
+    /// nothing listened there) and logged.
+    fn refuse_handoff(&self, notice: Notice, caller: Caller, to: SocketAddr) {
+        if self.limiter.allow() && notice.valid() {
+            let exe = log::exe_of(caller.tid);
+            let what = format!("connect to {to}");
+            let host = to.ip().to_string();
+            log::denied(&Denial {
+                layer: Layer::Network,
+                pid: caller.tgid,
+                exe: &exe,
+                what: &what,
+                why: "the supervisor's hand-off listener only takes the connections the \
+                      supervisor makes for the agent's calls",
+                target: Some((&host, to.port())),
+            });
+        }
+        notice.fail(libc::ECONNREFUSED);
     }
 
     /// A call on a handed-out connection that would use it for anything but talking to its
@@ -748,8 +875,28 @@ impl Transparent {
     }
 }
 
+/// What an allowed connection becomes.
+enum Next {
+    /// Dialled and handed over: the first allowed name, and its rule.
+    Dial { host: String, rule: String },
+    /// Handed to the L7 engine, with every allowed name.
+    Inspect(Vec<String>),
+}
+
 fn is_mapped(to: SocketAddr) -> bool {
     matches!(to.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// The end of a blocking connect made for the agent: the connection is installed in place
+/// of its socket (with the socket's status flags), or the connect's error answered.
+fn connected(notice: Notice, ours: BorrowedFd<'_>, target: u32, cloexec: bool, flags: i32) {
+    match socket::take_error(ours) {
+        0 => {
+            socket::set_status_flags(ours, flags);
+            notice.install(ours, target, cloexec, 0);
+        }
+        errno => notice.fail(errno),
+    }
 }
 
 /// Answers a call the supervisor made on the agent's socket with its outcome.

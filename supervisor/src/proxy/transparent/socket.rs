@@ -21,21 +21,74 @@ pub const SO_NETNS_COOKIE: i32 = 71;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 
-/// Takes a duplicate of fd `fd` of thread `tid` (of process `tgid`).
-pub fn take(tid: u32, tgid: u32, fd: i32) -> io::Result<OwnedFd> {
-    let pidfd = pidfd_open(tid, PIDFD_THREAD).or_else(|e| match e.raw_os_error() {
-        // Before 6.9 only a process has a pidfd; its leader's fd table is the thread's unless
-        // the thread unshared it (CLONE_FILES), which is rare enough to accept.
-        Some(libc::EINVAL) => pidfd_open(tgid, 0),
-        _ => Err(e),
-    })?;
-    // SAFETY: pidfd_getfd with a pidfd we own; flags must be 0.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+/// `PIDFD_GET_INFO` (Linux 6.13): a pidfd's pid, thread group and parent, in one ioctl.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+
+/// `struct pidfd_info`, its first version (64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ids: [u32; 8],
+    spare: u32,
+}
+
+/// A thread in a system call: a pidfd that reaches its descriptor table, and its process.
+#[derive(Debug)]
+pub struct Thread {
+    pidfd: OwnedFd,
+    /// Its thread group (the process).
+    pub tgid: u32,
+}
+
+impl Thread {
+    /// Opens thread `tid`: a pidfd for the thread itself (Linux 6.9), whose process comes
+    /// from the pidfd (6.13) or `/proc`; before 6.9 a pidfd for its process, whose leader's
+    /// descriptor table is the thread's unless the thread unshared it (`CLONE_FILES`), which
+    /// is rare enough to accept.
+    pub fn open(tid: u32) -> io::Result<Thread> {
+        match pidfd_open(tid, PIDFD_THREAD) {
+            Ok(pidfd) => {
+                let tgid = pidfd_tgid(&pidfd)
+                    .or_else(|| crate::procfs::tgid(tid))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+                Ok(Thread { pidfd, tgid })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let tgid = crate::procfs::tgid(tid)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+                Ok(Thread {
+                    pidfd: pidfd_open(tgid, 0)?,
+                    tgid,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
-    // SAFETY: the kernel returned a new fd (close-on-exec) that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+
+    /// Takes a duplicate of its fd `fd` (the same open file).
+    pub fn take(&self, fd: i32) -> io::Result<OwnedFd> {
+        // SAFETY: pidfd_getfd with a pidfd we own; flags must be 0.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0u32) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new fd (close-on-exec) that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+    }
+}
+
+/// The thread group of the task behind `pidfd`, when the kernel says (6.13).
+fn pidfd_tgid(pidfd: &OwnedFd) -> Option<u32> {
+    let mut info = PidfdInfo::default();
+    // SAFETY: PIDFD_GET_INFO writes at most size_of::<PidfdInfo>() (encoded in the request
+    // number) into `info`.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+    (rc == 0 && info.tgid != 0).then_some(info.tgid)
 }
 
 fn pidfd_open(pid: u32, flags: u32) -> io::Result<OwnedFd> {
@@ -245,13 +298,12 @@ pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) {
 
 /// Whether fd `fd` of thread `tid` is close-on-exec (from `/proc/TID/fdinfo/FD`).
 pub fn cloexec(tid: u32, fd: i32) -> bool {
-    let Ok(info) = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")) else {
-        return true;
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
-        .is_none_or(|flags| flags & libc::O_CLOEXEC != 0)
+    crate::procfs::with_small(&format!("/proc/{tid}/fdinfo/{fd}"), |info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+    })
+    .is_none_or(|flags| flags & libc::O_CLOEXEC != 0)
 }
 
 /// The pending error of a socket (reading it clears it).
@@ -298,9 +350,10 @@ const COPIED: &[(i32, i32)] = &[
 ];
 
 /// The copied options of a new socket, read once per family: only the agent's options
-/// that differ from them are set on the connection that replaces its socket.
+/// that differ from them are set on the connection that replaces its socket. Options a new
+/// socket of the family does not have (IPv6 ones on an IPv4 socket) are not read at all.
 #[derive(Debug, Clone)]
-pub struct Defaults(Vec<Option<Vec<u8>>>);
+pub struct Defaults(Vec<((i32, i32), Vec<u8>)>);
 
 impl Defaults {
     /// The options of `fresh`, a socket nothing has been set on.
@@ -308,7 +361,7 @@ impl Defaults {
         Defaults(
             COPIED
                 .iter()
-                .map(|&(level, name)| get_raw(fresh, level, name))
+                .filter_map(|&(level, name)| Some(((level, name), get_raw(fresh, level, name)?)))
                 .collect(),
         )
     }
@@ -316,11 +369,12 @@ impl Defaults {
     /// Sets on `to` (a new socket) the options of `from` (the agent's socket) that differ
     /// from the defaults. Options the new socket refuses are left at its defaults.
     pub fn copy(&self, from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
-        for (&(level, name), default) in COPIED.iter().zip(&self.0) {
+        for ((level, name), default) in &self.0 {
+            let (level, name) = (*level, *name);
             let Some(theirs) = get_raw(from, level, name) else {
                 continue;
             };
-            if default.as_ref() == Some(&theirs) {
+            if *default == theirs {
                 continue;
             }
             let mut value = theirs;

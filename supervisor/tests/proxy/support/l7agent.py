@@ -18,27 +18,39 @@ import time
 PROXY = ("127.0.0.1", 3128)
 
 
-def tunnel(host, port, tls, sni=None, alpn=None, timeout=15):
-    sock = socket.create_connection(PROXY, timeout=timeout)
-    target = f"{host}:{port}"
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError(f"proxy closed during CONNECT: {head!r}")
-        head += chunk
-    status = int(head.split(b" ", 2)[1])
-    if status != 200:
-        raise ConnectionError(f"CONNECT answered {status}")
+def tunnel(host, port, tls, sni=None, alpn=None, timeout=15, direct=False, verify=None):
+    """A connection to host:port through a CONNECT tunnel, or with DIRECT a plain connect()
+    (the transparent path), TLS on top when asked. VERIFY names a CA file the server's
+    certificate must chain to (for the host's name); without it nothing is verified."""
+    if direct:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    else:
+        sock = socket.create_connection(PROXY, timeout=timeout)
+        target = f"{host}:{port}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)
+            if not chunk:
+                raise ConnectionError(f"proxy closed during CONNECT: {head!r}")
+            head += chunk
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            raise ConnectionError(f"CONNECT answered {status}")
     if not tls:
         return sock
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    if verify:
+        context.load_verify_locations(verify)
+        if sni == "":
+            context.check_hostname = False
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     if alpn:
         context.set_alpn_protocols(alpn)
-    return context.wrap_socket(sock, server_hostname=sni or host)
+    # An empty SNI sends none (server_hostname=None).
+    return context.wrap_socket(sock, server_hostname=None if sni == "" else (sni or host))
 
 
 def read_response(sock, buf):
@@ -113,11 +125,20 @@ def closed(sock):
 
 
 def session(spec):
-    """spec: {host, port, tls, sni?, alpn?, requests: [raw request text], pipeline: bool}.
+    """spec: {host, port, tls, sni?, alpn?, direct?, verify?, requests: [raw request text],
+    pipeline: bool}.
     Sends the requests on one connection (all at once when pipelined, else one after the
     other) and reports every response and whether the proxy closed the connection."""
     try:
-        sock = tunnel(spec["host"], spec["port"], spec.get("tls", True), spec.get("sni"), spec.get("alpn"))
+        sock = tunnel(
+            spec["host"],
+            spec["port"],
+            spec.get("tls", True),
+            spec.get("sni"),
+            spec.get("alpn"),
+            direct=spec.get("direct", False),
+            verify=spec.get("verify"),
+        )
     except (OSError, ssl.SSLError, ConnectionError) as e:
         return {"error": repr(e), "responses": []}
     result = {"responses": [], "alpn": getattr(sock, "selected_alpn_protocol", lambda: None)()}

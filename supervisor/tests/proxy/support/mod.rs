@@ -372,6 +372,8 @@ pub struct Run {
     pub stderr: Vec<String>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// The supervisor's peak resident set (`VmHWM`), in KiB, as last read while it ran.
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl Run {
@@ -401,7 +403,12 @@ impl Run {
         };
         let stdout = read(process.stdout.take().map(|p| Box::new(p) as _));
         let stderr = read(process.stderr.take().map(|p| Box::new(p) as _));
+        let status_file = format!("/proc/{}/status", process.id());
+        let mut peak_rss_kib = None;
         let status = loop {
+            // Read before each check: the last value read is the peak of the whole run (the
+            // high-water mark only grows), up to the final few milliseconds.
+            peak_rss_kib = high_water_mark(&status_file).or(peak_rss_kib);
             if let Some(status) = process.try_wait().expect("try_wait") {
                 break status;
             }
@@ -427,6 +434,7 @@ impl Run {
             log: log.into_iter().filter_map(|(v, _)| v).collect(),
             stderr: other.into_iter().map(|(_, l)| l.to_owned()).collect(),
             elapsed: started.elapsed(),
+            peak_rss_kib,
         }
     }
 
@@ -465,12 +473,19 @@ impl Run {
     }
 }
 
+/// `VmHWM` (peak resident set, KiB) from a `/proc/PID/status` file.
+fn high_water_mark(status_file: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "sandbox run {:?}: exit {} after {:?}",
-            self.argv, self.code, self.elapsed
+            "sandbox run {:?}: exit {} after {:?}, supervisor peak RSS {:?} KiB",
+            self.argv, self.code, self.elapsed, self.peak_rss_kib
         )?;
         writeln!(f, "--- agent stdout:\n{}", self.stdout)?;
         writeln!(f, "--- agent stderr:")?;

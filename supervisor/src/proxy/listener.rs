@@ -14,7 +14,9 @@ use crate::log::RateLimit;
 /// Neither ever stops the proxy. One loop serves all listeners, so that a permit is taken
 /// only by a connection that is actually there, whichever address it came to.
 pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
-    let full = RateLimit::new(1, Duration::from_secs(10));
+    // Operational lines, not denials: their own limiters, summarised as such.
+    let full = RateLimit::lines(1, Duration::from_secs(10), "connection limit reached");
+    let failed = RateLimit::lines(5, Duration::from_secs(10), "accept failed");
     loop {
         let permit = match shared.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -57,7 +59,7 @@ pub async fn accept_loop(listeners: Vec<TcpListener>, shared: Arc<Shared>) {
                 });
             }
             Err(e) => {
-                if shared.limiter.allow() {
+                if failed.allow() {
                     tracing::error!(layer = "proxy", "accept failed: {e}; retrying shortly");
                 }
                 // EMFILE/ENFILE: wait for connections to close instead of spinning.

@@ -60,10 +60,10 @@ fn unterminated_heads_cannot_grow_the_supervisor() {
     let upstream = lab.upstream(&[PORT]);
     let endpoint = format!("host: api.test.example, port: {PORT}");
     let policy = lab.policy("policy.yaml", &rule("web", &endpoint, &[&python()]));
-    let run = lab.sandbox(&policy).agent(&[
+    let run = lab.sandbox(&policy).env("MALLOC_ARENA_MAX", &std::env::var("ARENAS").unwrap_or("8".into())).env("OPENSHELL_PROXY_BUFFER_BUDGET_MIB", &std::env::var("BUDGET_MIB").unwrap_or("64".into())).agent(&[
         "heads",
         &FLOOD.to_string(),
-        &HEAD.to_string(),
+        &std::env::var("HEAD").unwrap_or(HEAD.to_string()),
         "api.test.example",
         &PORT.to_string(),
         "plain",

@@ -27,6 +27,7 @@ use super::canon::{self, CanonError, Canonical};
 use super::rules;
 use super::stream::{Buffered, Upstream, copy_body};
 use super::{Context, Refusal};
+use crate::proxy::budget::OverBudget;
 use crate::policy::l7::Enforcement;
 use crate::policy::normalize_host;
 use crate::proxy::http::{self, Body, HOP_BY_HOP, MAX_HEADERS};
@@ -323,7 +324,7 @@ where
                 None => cx.connect().await,
             };
             match attempt {
-                Ok(up) => upstream = Some((up, Buffered::default())),
+                Ok(up) => upstream = Some((up, Buffered::new(&cx.session.account))),
                 Err(refusal) => {
                     refusal.send(client).await;
                     return Ending::Close;
@@ -395,7 +396,17 @@ where
                 settings.header_timeout.saturating_sub(since)
             }
         };
-        match timeout(limit, buffered.fill(client)).await {
+        // Made to give way to an older connection while the head is incomplete: 503.
+        let account = buffered.account().clone();
+        let filled = tokio::select! {
+            biased;
+            filled = timeout(limit, buffered.fill(client)) => filled,
+            () = account.evicted() => Ok(Err(OverBudget::of(&account).into())),
+        };
+        match filled {
+            Ok(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return Err(cx.over_budget(&OverBudget::of(&account)));
+            }
             Ok(Ok(0)) | Ok(Err(_)) => {
                 return match buffered.bytes.is_empty() {
                     true => Ok(None),

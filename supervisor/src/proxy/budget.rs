@@ -569,7 +569,10 @@ mod tests {
         assert!(accounts.iter().all(|a| !a.is_evicted()));
         assert_eq!(newest.held(), 0);
         // The oldest asks for 150 KiB more: the two newer ones give way (one would not do).
-        let more = accounts[0].hold(150 * KIB).await.expect("the newer ones gave way");
+        let more = accounts[0]
+            .hold(150 * KIB)
+            .await
+            .expect("the newer ones gave way");
         let evicted: Vec<bool> = accounts.iter().map(Account::is_evicted).collect();
         assert_eq!(evicted, [false, true, true]);
         assert_eq!(budget.drawn(), 250 * KIB, "what the evicted held is gone");
@@ -642,7 +645,10 @@ mod tests {
             async move { new.until_evicted(std::future::pending::<()>()).await }
         });
         tokio::task::yield_now().await;
-        let _older = old.hold(FLOOR + 10 * KIB).await.expect("the newer one gave way");
+        let _older = old
+            .hold(FLOOR + 10 * KIB)
+            .await
+            .expect("the newer one gave way");
         let ended = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert!(matches!(ended, Ok(Ok(None))), "{ended:?}");
         // Evicted before anyone waits: completes at once.

@@ -77,7 +77,14 @@ async fn serve_requests(
         };
         // The exchange's state (identification, dialling, relaying) is boxed: allocated for
         // a request whose head is complete, not carried by every connection reading one.
-        let exchanged = Box::pin(exchange(shared, &mut client, peer, local, &request, &mut buf));
+        let exchanged = Box::pin(exchange(
+            shared,
+            &mut client,
+            peer,
+            local,
+            &request,
+            &mut buf,
+        ));
         let keep_alive = match exchanged.await {
             Ok(keep_alive) => keep_alive,
             Err(Refusal(response)) => {
@@ -102,19 +109,24 @@ async fn read_request(
 ) -> Result<Option<Request>, Vec<u8>> {
     let account = buf.account().clone();
     let read = async {
+        // Parsed from the first bytes (garbage is refused at once), then again only when
+        // what came since may have completed the head.
+        let mut parsed: Option<usize> = None;
         loop {
-            match http::parse_request(&buf.bytes) {
-                Ok(Some(request)) => return Ok(Some(request)),
-                Ok(None) if buf.bytes.len() >= MAX_HEAD => {
-                    return Err(http::error_response(
-                        431,
-                        "bad_request",
-                        "",
-                        "request head larger than 64 KiB",
-                    ));
+            if parsed.is_none_or(|from| http::may_complete_head(&buf.bytes, from)) {
+                match http::parse_request(&buf.bytes) {
+                    Ok(Some(request)) => return Ok(Some(request)),
+                    Ok(None) => parsed = (!buf.bytes.is_empty()).then_some(buf.bytes.len()),
+                    Err(e) => return Err(bad_request(&e)),
                 }
-                Ok(None) => {}
-                Err(e) => return Err(bad_request(&e)),
+            }
+            if buf.bytes.len() >= MAX_HEAD {
+                return Err(http::error_response(
+                    431,
+                    "bad_request",
+                    "",
+                    "request head larger than 64 KiB",
+                ));
             }
             match read_more(client, buf).await {
                 Ok(0) if buf.bytes.is_empty() => return Ok(None),
@@ -373,7 +385,14 @@ async fn forward(
         write_all(upstream, &request.upstream_head()).await?;
         send_body(client, upstream, body, buf, up_pipe, &activity).await
     };
-    let down = relay_response(upstream, client, request, &mut response, down_pipe, &activity);
+    let down = relay_response(
+        upstream,
+        client,
+        request,
+        &mut response,
+        down_pipe,
+        &activity,
+    );
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|((), keep)| keep),
         () = activity.idle_for(idle) => Ok(false),
@@ -411,9 +430,7 @@ async fn send_body(
         Body::Chunked => {
             let mut scanner = Chunked::default();
             loop {
-                let consumed = scanner
-                    .advance(&buffered.bytes)
-                    .map_err(io::Error::other)?;
+                let consumed = scanner.advance(&buffered.bytes).map_err(io::Error::other)?;
                 write_all(dst, &buffered.bytes[..consumed]).await?;
                 buffered.consume(consumed);
                 activity.touch();

@@ -183,7 +183,10 @@ async fn serve_tls(
     }
     // The client's TLS session lives as long as this call.
     let Ok(_state) = session.account.hold(tls::SESSION_STATE).await else {
-        return tracing::debug!(layer = "l7", "no budget for a TLS session: connection closed");
+        return tracing::debug!(
+            layer = "l7",
+            "no budget for a TLS session: connection closed"
+        );
     };
     let limit = shared.settings.header_timeout;
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(

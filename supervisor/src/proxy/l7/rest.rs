@@ -27,9 +27,9 @@ use super::canon::{self, CanonError, Canonical};
 use super::rules;
 use super::stream::{Buffered, Upstream, copy_body};
 use super::{Context, Refusal};
-use crate::proxy::budget::OverBudget;
 use crate::policy::l7::Enforcement;
 use crate::policy::normalize_host;
+use crate::proxy::budget::OverBudget;
 use crate::proxy::http::{self, Body, HOP_BY_HOP, MAX_HEADERS};
 use crate::proxy::relay::Activity;
 
@@ -376,16 +376,20 @@ where
 {
     let settings = &cx.shared.settings;
     let mut started: Option<Instant> = None;
+    // Parsed from the first bytes, then again only when what came since may have completed
+    // the head (see `http::may_complete_head`).
+    let mut parsed: Option<usize> = None;
     loop {
-        if !buffered.bytes.is_empty() {
+        let complete = |from| http::may_complete_head(&buffered.bytes, from);
+        if !buffered.bytes.is_empty() && parsed.is_none_or(complete) {
             match parse_head(&buffered.bytes, &cx.destination, allow_encoded_slash) {
                 Ok(Some(head)) => return Ok(Some(head)),
-                Ok(None) if buffered.bytes.len() >= MAX_HEAD => {
-                    return Err(cx.malformed("request head larger than 64 KiB"));
-                }
-                Ok(None) => {}
+                Ok(None) => parsed = Some(buffered.bytes.len()),
                 Err(e) => return Err(cx.refuse_head(&e, &buffered.bytes)),
             }
+        }
+        if buffered.bytes.len() >= MAX_HEAD {
+            return Err(cx.malformed("request head larger than 64 KiB"));
         }
         // Between requests a kept-alive connection may idle; once a head has begun, it
         // must be complete within the header timeout (slowloris).

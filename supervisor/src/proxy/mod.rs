@@ -161,6 +161,16 @@ pub fn start(
     settings: Settings,
     lineage: Arc<Lineage>,
 ) -> io::Result<Option<Arc<transparent::Transparent>>> {
+    tracing::info!(
+        layer = "proxy",
+        max_connections = settings.max_connections,
+        buffer_budget_mib = settings.buffer_budget >> 20,
+        "proxy: at most {} connections; what they buffer beyond {} KiB each shares {} MiB \
+         (the newest give way beyond it)",
+        settings.max_connections,
+        budget::FLOOR >> 10,
+        settings.buffer_budget >> 20
+    );
     let recorded = bound.transparent.is_some();
     let shared = Arc::new(connection::Shared {
         rules,

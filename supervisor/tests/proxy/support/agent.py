@@ -437,6 +437,9 @@ async def timed_get(client, host, port, tls, path):
     return {"status": status, "seconds": time.monotonic() - started}
 
 
+PADDING = memoryview(b"a" * (1 << 20))
+
+
 async def hold_head(host, port, tls, size, release, outcome):
     """Sends SIZE bytes of a request head that never ends and holds the connection until
     release; outcome["state"] says how it ended: held, answered STATUS-LINE, closed (without
@@ -444,10 +447,12 @@ async def hold_head(host, port, tls, size, release, outcome):
     writer = None
     try:
         reader, writer = await open_client(host, port, tls)
-        line = request_line(host, port, tls, "/flood").encode()
-        padding = b"a" * max(0, size - len(line) - 9)
+        line = request_line(host, port, tls, "/flood").encode() + b"X-Pad: "
         outcome["state"] = "sending"
-        writer.write(line + b"X-Pad: " + padding + b"\r\n")
+        # One padding for all: the agent's own memory stays small, whatever the flood.
+        writer.write(line)
+        writer.write(PADDING[: max(0, size - len(line) - 2)])
+        writer.write(b"\r\n")
         await writer.drain()
         outcome["state"] = "held"
         outcome["held_at"] = time.monotonic()
@@ -512,6 +517,17 @@ def heads(count, size, host, port, tls):
     each make a request (timed). Reports how the flooding connections ended."""
     raise_fd_limit()
     return asyncio.run(heads_async(int(count), int(size), host, int(port), tls == "tls"))
+
+
+def heads_then_hog(count, size, host, port, tls):
+    """heads, its result printed as one line; then the agent's own memory grows, 8 MiB at a
+    time (touched), each step printed, until it is killed (at most 4 GiB)."""
+    print(json.dumps(heads(count, size, host, port, tls)), flush=True)
+    hog = []
+    while len(hog) < 512:
+        hog.append(b"\x01" * (8 << 20))
+        print(json.dumps({"hogged_mib": 8 * len(hog)}), flush=True)
+    return {"hogged_mib": 8 * len(hog), "not_killed": True}
 
 
 def spawn(*argv):
@@ -683,6 +699,7 @@ COMMANDS = {
     "exhaust": exhaust,
     "abandon": abandon,
     "heads": heads,
+    "heads_then_hog": heads_then_hog,
     "spawn": spawn,
 }
 

@@ -201,6 +201,7 @@ impl Lab {
             policy: policy.to_owned(),
             env: Vec::new(),
             nofile: None,
+            cgroup: None,
         }
     }
 }
@@ -229,6 +230,7 @@ pub struct Sandbox<'a> {
     policy: PathBuf,
     env: Vec<(String, String)>,
     nofile: Option<u64>,
+    cgroup: Option<CString>,
 }
 
 impl Sandbox<'_> {
@@ -242,6 +244,16 @@ impl Sandbox<'_> {
     /// may raise its own again).
     pub fn nofile(mut self, n: u64) -> Self {
         self.nofile = Some(n);
+        self
+    }
+
+    /// Starts the supervisor in `cgroup` (it joins before it runs), with all it starts.
+    // The budget tests run the supervisor in a memory cgroup; the agent suite, which shares
+    // this module, does not.
+    #[allow(dead_code)]
+    pub fn cgroup(mut self, cgroup: &openshell_tests::cgroup::Cgroup) -> Self {
+        let procs = cgroup.procs();
+        self.cgroup = Some(CString::new(procs.as_os_str().as_bytes()).expect("cgroup path"));
         self
     }
 
@@ -301,7 +313,7 @@ impl Sandbox<'_> {
             CString::new(self.lab.dir().join(name).as_os_str().as_bytes()).expect("lab file path")
         };
         let (hosts, resolv) = (file("hosts"), file("resolv.conf"));
-        let nofile = self.nofile;
+        let (nofile, cgroup) = (self.nofile, self.cgroup.clone());
         // SAFETY: only async-signal-safe system calls on data prepared before fork; `pod`
         // is moved into the closure, so its fd stays open until exec (it is close-on-exec).
         unsafe {
@@ -310,6 +322,18 @@ impl Sandbox<'_> {
                     0 => Ok(()),
                     _ => Err(std::io::Error::last_os_error()),
                 };
+                if let Some(procs) = &cgroup {
+                    // "0": the writing process.
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    let joined = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
+                    let error = std::io::Error::last_os_error();
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                    if !joined {
+                        return Err(error);
+                    }
+                }
                 check(libc::setns(pod.as_raw_fd(), libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 // Private, so the bind below never propagates to the machine's /etc/hosts.

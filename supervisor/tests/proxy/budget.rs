@@ -198,15 +198,15 @@ fn the_agent_not_the_supervisor_pays_for_a_flood() {
         run.peak_rss_kib.unwrap_or(0) / 1024,
         cgroup.peak_memory() >> 20
     );
-    assert!(
-        run.log.iter().any(|l| l["buffer_budget_mib"] == 25),
-        "the default budget is an eighth of the cgroup's limit: {run}"
-    );
     let lines = run.json_lines();
     let flood = lines
         .first()
         .filter(|l| l.get("states").is_some())
         .unwrap_or_else(|| panic!("the agent was killed during the flood: {run}"));
+    assert!(
+        run.log.iter().any(|l| l["buffer_budget_mib"] == 25),
+        "the default budget is an eighth of the cgroup's limit: {run}"
+    );
     report("heads in a 200 MiB cgroup", &run, flood);
     assert_bounded(&run, flood);
     assert_eq!(flood["new"]["status"], 200, "{flood}");

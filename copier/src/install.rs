@@ -202,23 +202,42 @@ fn current_size(dir: &DestDir, expected: &Digest, size: u64) -> Result<Option<u6
         }
         _ => return Err(Error::not_regular(path(), st.st_mode)),
     }
-    if !installed_by_us(&st, size) {
-        return Ok(None);
+    // Judged by what is opened now (a copier finishing meanwhile may have replaced it).
+    match open_dest(dir)? {
+        None => Ok(None),
+        Some((file, opened)) => verified_size(dir, &file, &opened, expected, size),
     }
+}
+
+/// Opens the destination without following a link; `None` when there is nothing (or a link)
+/// there by now. Returns the file and its `fstat`: what was opened, not whatever the name
+/// points to a moment later.
+fn open_dest(dir: &DestDir) -> Result<Option<(File, FileStat)>, Error> {
+    let path = || dir.path_of(dir.name());
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
     let file = match dir.open_entry(dir.name(), flags, Mode::empty()) {
         Ok(file) => file,
-        // Replaced since the stat: whatever it is now, it is not known to be current.
         Err(Errno::ENOENT | Errno::ELOOP) => return Ok(None),
         Err(errno) => return Err(Error::io(path(), "open", errno)),
     };
     let opened = fstat(&file).map_err(|errno| Error::io(path(), "fstat", errno))?;
-    let same = (opened.st_dev, opened.st_ino) == (st.st_dev, st.st_ino);
-    if !same || !installed_by_us(&opened, size) {
+    Ok(Some((file, opened)))
+}
+
+/// `Some(size)` when the open `file` (whose `fstat` is `opened`) is one this copier would have
+/// left: ours by [`installed_by_us`], with the expected digest. Reads at most `size` bytes.
+fn verified_size(
+    dir: &DestDir,
+    file: &File,
+    opened: &FileStat,
+    expected: &Digest,
+    size: u64,
+) -> Result<Option<u64>, Error> {
+    if !installed_by_us(opened, size) {
         return Ok(None);
     }
     let (digest, bytes) =
-        Digest::of_prefix(&file, size).map_err(|e| Error::io(path(), "read", e))?;
+        Digest::of_prefix(file, size).map_err(|e| Error::io(dir.path_of(dir.name()), "read", e))?;
     Ok((bytes == size && digest == *expected).then_some(bytes))
 }
 
@@ -234,12 +253,12 @@ fn confirm_installed(
     size: u64,
 ) -> Result<(), Error> {
     let path = || dir.path_of(dir.name());
-    match dir.stat_entry(dir.name()) {
-        Ok(st) if (st.st_dev, st.st_ino) == renamed => return Ok(()),
-        Ok(_) | Err(Errno::ENOENT) => {}
-        Err(errno) => return Err(Error::io(path(), "stat", errno)),
-    }
-    if let Ok(Some(_)) = current_size(dir, expected, size) {
+    // Opened, then judged by its descriptor: with several copiers renaming over the
+    // destination at once, a stat followed by an open could see two different files.
+    if let Some((file, opened)) = open_dest(dir)?
+        && ((opened.st_dev, opened.st_ino) == renamed
+            || verified_size(dir, &file, &opened, expected, size)?.is_some())
+    {
         return Ok(());
     }
     // Best effort, as on every error path: the run fails either way.

@@ -24,7 +24,10 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o ptmxmode=0666,mode=0620 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# Not a mount of its own: the root is a tmpfs already, and the repository's files staged here
+# (the shipped policies, at the path the tests were compiled with) may live under /tmp, as in
+# a CI clone made in a temporary directory.
+mkdir -p /tmp && chmod 1777 /tmp
 # The host's / is shared on systemd machines, which is what the view must not propagate into.
 mount --make-rshared /
 hostname matrix

@@ -153,21 +153,14 @@ const RUNTIME_THREADS: u64 = 2;
 /// Creates every thread the supervisor will have, before the agent runs (init waits for
 /// [`channel::go`]): the agent shares the pod's pids limit, and one that forks up to it must
 /// not leave the supervisor unable to log, answer refused calls or serve the proxy. Nothing
-/// after this needs a new thread (see `workers.rs`; the seccomp handler's optional second
-/// thread is only a second, and it goes without when it cannot be made). Returns the runtime
-/// and the seccomp thread's inbox for the listener the agent sends just before it runs.
-fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, SyncSender<Listener>)> {
+/// after this needs a new thread (see `workers.rs`). Returns the runtime and the seccomp
+/// threads' inbox for the listener the agent sends just before it runs.
+fn start_threads(
+    cgroups: &Cgroups,
+) -> io::Result<(tokio::runtime::Runtime, SyncSender<seccomp::Delivery>)> {
     log::start_writer()?;
     workers::start()?;
-    let (seccomp, listener) = std::sync::mpsc::sync_channel::<Listener>(1);
-    std::thread::Builder::new()
-        .name("seccomp".into())
-        .spawn(move || {
-            // No listener comes when the sandbox failed before its seccomp step.
-            if let Ok((listener, services)) = listener.recv() {
-                seccomp::serve(listener, services);
-            }
-        })?;
+    let seccomp = seccomp::start_serving()?;
     // tokio aborts the process when it cannot create its worker threads (it panics, and the
     // release build aborts on panic): make sure the pids limit leaves room for them first.
     if let Some(left) = cgroups.pids_left()
@@ -184,15 +177,11 @@ fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, Sync
     Ok((runtime, seccomp))
 }
 
-/// The seccomp listener and what its notifications are served with, for the thread started for
-/// them before the agent ran.
-type Listener = (OwnedFd, seccomp::Services);
-
 /// What supervision shares with the threads started before it.
 #[derive(Debug)]
 struct Context {
     lineage: Arc<Lineage>,
-    seccomp: SyncSender<Listener>,
+    seccomp: SyncSender<seccomp::Delivery>,
     cgroups: Cgroups,
     preferred: oom::Preferred,
 }

@@ -16,7 +16,9 @@ use nix::errno::Errno;
 
 pub use bpf::Deny;
 pub(crate) use notify::sockaddr;
-pub use notify::{Egress, Notice, Notification, Services, Verdict, classify, serve};
+pub use notify::{
+    Delivery, Egress, Notice, Notification, Services, Verdict, classify, start_serving,
+};
 
 /// Why the filter could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -198,21 +199,41 @@ pub struct Services {
 /// first reads /proc for another caller (each notification goes to one of them).
 const SERVING_THREADS: usize = 2;
 
-/// Answers notifications on `listener` until every process under the filter has exited.
-pub fn serve(listener: OwnedFd, services: Services) {
-    let listener = Arc::new(listener);
-    let limiter = RateLimit::new(50, Duration::from_secs(1));
-    std::thread::scope(|scope| {
-        for _ in 1..SERVING_THREADS {
-            let spawned = std::thread::Builder::new()
-                .name("seccomp".into())
-                .spawn_scoped(scope, || serve_loop(&listener, &limiter, &services));
-            if let Err(e) = spawned {
-                tracing::warn!("a second seccomp serving thread could not start: {e}");
+/// The listener and what its notifications are served with, for the serving threads.
+pub type Delivery = (OwnedFd, Services);
+
+/// Starts the threads that answer notifications, every one of them before the agent runs: the
+/// agent shares the pod's pids limit, and one that forks up to it leaves no room for a thread
+/// made once the listener arrives. They wait for the listener, which the returned sender
+/// delivers, then answer until every process under the filter has exited; dropping the sender
+/// unsent (the sandbox failed before its seccomp step) ends them.
+pub fn start_serving() -> std::io::Result<SyncSender<Delivery>> {
+    let thread = || std::thread::Builder::new().name("seccomp".into());
+    let mut shares = Vec::new();
+    for _ in 1..SERVING_THREADS {
+        let (share, shared) = sync_channel::<Arc<(Arc<OwnedFd>, RateLimit, Services)>>(1);
+        thread().spawn(move || {
+            if let Ok(serving) = shared.recv() {
+                let (listener, limiter, services) = &*serving;
+                serve_loop(listener, limiter, services);
             }
+        })?;
+        shares.push(share);
+    }
+    let (deliver, delivered) = sync_channel::<Delivery>(1);
+    thread().spawn(move || {
+        let Ok((listener, services)) = delivered.recv() else {
+            return;
+        };
+        let limiter = RateLimit::new(50, Duration::from_secs(1));
+        let serving = Arc::new((Arc::new(listener), limiter, services));
+        for share in shares {
+            let _ = share.send(Arc::clone(&serving));
         }
-        serve_loop(&listener, &limiter, &services);
-    });
+        let (listener, limiter, services) = &*serving;
+        serve_loop(listener, limiter, services);
+    })?;
+    Ok(deliver)
 }
 
 fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {

@@ -153,6 +153,8 @@ fn log_policy(policy: &policy::Policy) {
 }
 
 fn report(outcome: &Outcome) {
+    // What rate limits held back comes before the status line, which stays the last one.
+    log::flush_summaries();
     tracing::debug!(
         peak_rss_kib = peak_rss_kib(),
         "supervisor peak resident memory (its own, not the agent's)"

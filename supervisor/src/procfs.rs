@@ -67,6 +67,22 @@ pub fn thread_count() -> usize {
         .unwrap_or(0)
 }
 
+/// The thread count once joined threads are gone: a joined thread wakes its joiner as it
+/// exits (the kernel clears its tid), a moment before the kernel stops counting it, and on a
+/// slow machine (an emulated CPU) that moment is seen. A thread still running after this
+/// wait (up to a second) is a real second thread.
+pub fn settled_thread_count() -> usize {
+    let mut threads = thread_count();
+    for _ in 0..1000 {
+        if threads == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        threads = thread_count();
+    }
+    threads
+}
+
 /// The thread group (process) of the thread `tid`: `tid` itself when it leads its group (a
 /// pidfd opens only for a leader: two system calls for the common single-threaded case),
 /// else from `/proc/TID/status`.

@@ -398,22 +398,6 @@ fn owns_terminal() -> bool {
     unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
 }
 
-/// The thread count once joined threads are gone: a joined thread wakes its joiner as it
-/// exits (the kernel clears its tid), a moment before the kernel stops counting it, and on a
-/// slow machine (an emulated CPU) that moment is seen. A thread still running after this
-/// wait (100 ms) is a real second thread.
-fn settled_thread_count() -> usize {
-    let mut threads = crate::procfs::thread_count();
-    for _ in 0..100 {
-        if threads == 1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-        threads = crate::procfs::thread_count();
-    }
-    threads
-}
-
 /// The agent's command, for messages.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -439,7 +423,7 @@ pub struct Running {
 /// Forks init. The process must be single-threaded: the child allocates and takes locks, which
 /// is only safe when no other thread could have held them at fork time.
 pub fn spawn(prepared: Prepared) -> Result<Running, SandboxError> {
-    let threads = settled_thread_count();
+    let threads = crate::procfs::settled_thread_count();
     if threads != 1 {
         return Err(SandboxError::Threads(threads));
     }

@@ -13,7 +13,6 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -130,7 +129,7 @@ pub fn run(running: Running, network: Vec<NetworkRule>, options: Options) -> Out
             }
             let context = Context {
                 lineage,
-                seccomp,
+                seccomp: Some(seccomp),
                 cgroups,
                 preferred,
             };
@@ -153,21 +152,12 @@ const RUNTIME_THREADS: u64 = 2;
 /// Creates every thread the supervisor will have, before the agent runs (init waits for
 /// [`channel::go`]): the agent shares the pod's pids limit, and one that forks up to it must
 /// not leave the supervisor unable to log, answer refused calls or serve the proxy. Nothing
-/// after this needs a new thread (see `workers.rs`; the seccomp handler's optional second
-/// thread is only a second, and it goes without when it cannot be made). Returns the runtime
-/// and the seccomp thread's inbox for the listener the agent sends just before it runs.
-fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, SyncSender<Listener>)> {
+/// after this needs a new thread (see `workers.rs`). Returns the runtime and the seccomp
+/// threads' inbox for the listener the agent sends just before it runs.
+fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, seccomp::Serving)> {
     log::start_writer()?;
     workers::start()?;
-    let (seccomp, listener) = std::sync::mpsc::sync_channel::<Listener>(1);
-    std::thread::Builder::new()
-        .name("seccomp".into())
-        .spawn(move || {
-            // No listener comes when the sandbox failed before its seccomp step.
-            if let Ok((listener, services)) = listener.recv() {
-                seccomp::serve(listener, services);
-            }
-        })?;
+    let seccomp = seccomp::start_serving()?;
     // tokio aborts the process when it cannot create its worker threads (it panics, and the
     // release build aborts on panic): make sure the pids limit leaves room for them first.
     if let Some(left) = cgroups.pids_left()
@@ -184,15 +174,12 @@ fn start_threads(cgroups: &Cgroups) -> io::Result<(tokio::runtime::Runtime, Sync
     Ok((runtime, seccomp))
 }
 
-/// The seccomp listener and what its notifications are served with, for the thread started for
-/// them before the agent ran.
-type Listener = (OwnedFd, seccomp::Services);
-
 /// What supervision shares with the threads started before it.
 #[derive(Debug)]
 struct Context {
     lineage: Arc<Lineage>,
-    seccomp: SyncSender<Listener>,
+    /// The seccomp serving threads until the listener is delivered to them.
+    seccomp: Option<seccomp::Serving>,
     cgroups: Cgroups,
     preferred: oom::Preferred,
 }
@@ -201,7 +188,7 @@ async fn supervise(
     running: Running,
     network: Vec<NetworkRule>,
     options: Options,
-    context: Context,
+    mut context: Context,
 ) -> Outcome {
     let Running {
         init,
@@ -270,7 +257,7 @@ async fn supervise(
         tokio::select! {
             ready = async { channel.as_ref()?.readable().await.ok() }, if channel.is_some() => {
                 if let (Some(mut guard), Some(fd)) = (ready, channel.as_ref()) {
-                    let closed = drain(fd.get_ref(), &command, &context, &services, &mut state);
+                    let closed = drain(fd.get_ref(), &command, &mut context, &services, &mut state);
                     guard.clear_ready();
                     if closed {
                         // Every sandbox end is closed: init is gone or going.
@@ -303,7 +290,7 @@ async fn supervise(
         }
     }
     if let Some(fd) = &channel {
-        drain(fd.get_ref(), &command, &context, &services, &mut state);
+        drain(fd.get_ref(), &command, &mut context, &services, &mut state);
     }
     oom.check();
     // The agent's own status (init's report), not init's: init killed is not the agent.
@@ -320,7 +307,7 @@ async fn supervise(
 fn drain(
     fd: &OwnedFd,
     command: &Command,
-    context: &Context,
+    context: &mut Context,
     services: &seccomp::Services,
     state: &mut State,
 ) -> bool {
@@ -340,7 +327,7 @@ fn drain(
 fn handle(
     message: Message,
     command: &Command,
-    context: &Context,
+    context: &mut Context,
     services: &seccomp::Services,
     state: &mut State,
 ) {
@@ -354,14 +341,14 @@ fn handle(
         }
         Message::SeccompListener(listener) => {
             // To the thread started for it before the agent ran.
-            if context
-                .seccomp
-                .try_send((listener, services.clone()))
-                .is_err()
-            {
+            let delivered = match context.seccomp.take() {
+                Some(serving) => serving.deliver(listener, services.clone()),
+                None => Err(Errno::EEXIST),
+            };
+            if let Err(e) = delivered {
                 tracing::error!(
                     layer = "seccomp",
-                    "a second seccomp listener, or none to serve it: refused calls it \
+                    "a second seccomp listener, or none to serve it ({e}): refused calls it \
                      would report fail with ENOSYS"
                 );
             }

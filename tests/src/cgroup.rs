@@ -36,6 +36,37 @@ impl Cgroup {
         Some(Cgroup { dir })
     }
 
+    /// A new memory cgroup (as [`Cgroup::new`]) limited to `limit_mib` MiB, without swap.
+    pub fn memory(tag: &str, limit_mib: u64) -> Option<Cgroup> {
+        let cgroup = Cgroup::new("memory", tag)?;
+        let limit = (limit_mib << 20).to_string();
+        if cgroup.is_v1() {
+            cgroup.set("memory.limit_in_bytes", &limit);
+        } else {
+            cgroup.set("memory.max", &limit);
+            cgroup.set("memory.swap.max", "0");
+        }
+        Some(cgroup)
+    }
+
+    /// The most memory the cgroup has used, in bytes (v1 `memory.max_usage_in_bytes`, v2
+    /// `memory.peak`).
+    pub fn peak_memory(&self) -> u64 {
+        let file = match self.is_v1() {
+            true => "memory.max_usage_in_bytes",
+            false => "memory.peak",
+        };
+        self.read(file)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+    }
+
+    /// The file a process writes `0` to to join the cgroup.
+    pub fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
     /// Writes `value` to the cgroup's `file` (e.g. `pids.max`).
     pub fn set(&self, file: &str, value: &str) {
         std::fs::write(self.dir.join(file), value)
@@ -57,7 +88,7 @@ impl Cgroup {
     /// A launcher (see `run::sandbox_via`) that moves itself into this cgroup, then runs the
     /// command that follows it: what it starts is counted here from its first instruction.
     pub fn launcher(&self) -> Vec<OsString> {
-        let procs = self.dir.join("cgroup.procs");
+        let procs = self.procs();
         vec![
             "/bin/sh".into(),
             "-c".into(),

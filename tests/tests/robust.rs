@@ -267,20 +267,6 @@ fn too_few_pids_for_the_supervisors_threads_is_a_clean_failure() {
     }
 }
 
-/// Memory a memfd holds is charged to the cgroup but shows in no process's resident set, so
-/// the OOM killer's usual choice (the largest resident set) misses the process that holds it.
-fn memory_cgroup(limit_mib: u64) -> Option<Cgroup> {
-    let cgroup = Cgroup::new("memory", "memory")?;
-    let limit = (limit_mib << 20).to_string();
-    if cgroup.is_v1() {
-        cgroup.set("memory.limit_in_bytes", &limit);
-    } else {
-        cgroup.set("memory.max", &limit);
-        cgroup.set("memory.swap.max", "0");
-    }
-    Some(cgroup)
-}
-
 fn in_cgroup(cgroup: &Cgroup, program: &str, args: &[&str]) -> Command {
     let launcher = cgroup.launcher();
     let mut command = Command::new(&launcher[0]);
@@ -288,14 +274,16 @@ fn in_cgroup(cgroup: &Cgroup, program: &str, args: &[&str]) -> Command {
     command
 }
 
-/// The agent fills a memfd past the memory cgroup's limit. Unconfined, next to a bystander with
+/// The agent fills a memfd past the memory cgroup's limit. Memory a memfd holds is charged to
+/// the cgroup but shows in no process's resident set, so the OOM killer's usual choice (the
+/// largest resident set) misses the process that holds it. Unconfined, next to a bystander with
 /// a larger resident set, the bystander is what the OOM killer kills. Confined, the bystander
 /// is the supervisor: the agent, which volunteered (`oom_score_adj` 1000), is killed instead,
 /// and the supervisor says so and exits 137.
 #[test]
 fn the_oom_killer_takes_the_agent_not_the_supervisor() {
     // The baseline: the bystander dies for the memfd's owner.
-    let Some(cgroup) = memory_cgroup(96) else {
+    let Some(cgroup) = Cgroup::memory("memory", 96) else {
         return;
     };
     let mut bystander = in_cgroup(&cgroup, &hostile(), &["hold", "48"])
@@ -322,7 +310,7 @@ fn the_oom_killer_takes_the_agent_not_the_supervisor() {
     );
     drop(cgroup);
 
-    let Some(cgroup) = memory_cgroup(96) else {
+    let Some(cgroup) = Cgroup::memory("memory", 96) else {
         return;
     };
     let (scratch, policy) = sandbox_files("");

@@ -39,7 +39,8 @@ pub fn take<R>(
     names: &[&str],
     keep: impl FnOnce(&[Option<&[u8]>]) -> R,
 ) -> Result<R, EnvironError> {
-    let threads = crate::procfs::thread_count();
+    // Start-up probes run in threads of their own, joined before this.
+    let threads = crate::procfs::settled_thread_count();
     if threads > 1 {
         return Err(EnvironError::Threads(threads));
     }

@@ -26,7 +26,18 @@ pub struct RateLimit {
 struct Inner {
     burst: u32,
     period: Duration,
+    held: Held,
     state: Mutex<Counts>,
+}
+
+/// What a limiter holds back, which says how its summary is reported.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// Denial lines: summarised as `denials_suppressed`, which the denial accounting adds up.
+    Denials,
+    /// Operational lines of the named source (not refusals of anything the agent tried):
+    /// summarised as `lines_suppressed`, so that they never count as denials.
+    Lines(&'static str),
 }
 
 #[derive(Debug)]
@@ -40,9 +51,20 @@ struct Counts {
 impl RateLimit {
     /// A limiter allowing `burst` lines per `period`, whose held-back lines count as denials.
     pub fn new(burst: u32, period: Duration) -> RateLimit {
+        RateLimit::holding(burst, period, Held::Denials)
+    }
+
+    /// A limiter for operational lines of `source` (e.g. `accept failed`), which are not
+    /// denials: what it holds back is summarised as `lines_suppressed`, naming the source.
+    pub fn lines(burst: u32, period: Duration, source: &'static str) -> RateLimit {
+        RateLimit::holding(burst, period, Held::Lines(source))
+    }
+
+    fn holding(burst: u32, period: Duration, held: Held) -> RateLimit {
         let inner = Arc::new(Inner {
             burst,
             period,
+            held,
             state: Mutex::new(Counts {
                 window_start: Instant::now(),
                 logged: 0,
@@ -84,15 +106,27 @@ impl Inner {
 
     fn flush(&self) {
         let count = std::mem::take(&mut self.lock().unreported);
-        if count > 0 {
-            tracing::warn!(
+        if count == 0 {
+            return;
+        }
+        match self.held {
+            Held::Denials => tracing::warn!(
                 target: ACCOUNTING_TARGET,
                 event = "denials_suppressed",
                 count,
                 "{count} more denials were not logged (at most {} per {:?} are)",
                 self.burst,
                 self.period
-            );
+            ),
+            Held::Lines(source) => tracing::warn!(
+                target: ACCOUNTING_TARGET,
+                event = "lines_suppressed",
+                source,
+                count,
+                "{count} more {source:?} lines were not logged (at most {} per {:?} are)",
+                self.burst,
+                self.period
+            ),
         }
     }
 }
@@ -141,6 +175,56 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         assert!(limit.allow() && limit.allow() && !limit.allow());
         assert_eq!(limit.inner.lock().unreported, 2);
+    }
+
+    /// The summary lines a limiter's flush writes, as JSON objects.
+    fn summaries(limit: &RateLimit) -> Vec<serde_json::Value> {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                let mut captured = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                captured.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || limit.flush());
+        let text = captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Held-back operational lines (an accept that failed, a connection over the memory
+    /// budget) are summarised apart: counted as denials, they would make the denial accounting
+    /// report refusals the agent never made.
+    #[test]
+    fn operational_lines_are_not_summarised_as_denials() {
+        let denials = RateLimit::new(1, Duration::from_secs(3600));
+        let lines = RateLimit::lines(1, Duration::from_secs(3600), "accept failed");
+        for limit in [&denials, &lines] {
+            assert_eq!((0..4).filter(|_| limit.allow()).count(), 1);
+        }
+        let denied = summaries(&denials);
+        assert_eq!(denied.len(), 1, "{denied:?}");
+        assert_eq!(denied[0]["event"], "denials_suppressed");
+        assert_eq!(denied[0]["count"], 3);
+        let held = summaries(&lines);
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0]["event"], "lines_suppressed");
+        assert_eq!(held[0]["source"], "accept failed");
+        assert_eq!(held[0]["count"], 3);
     }
 
     #[test]

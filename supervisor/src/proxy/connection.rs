@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
 use super::Settings;
+use super::budget::{Account, Budget, Buffered, OverBudget};
 use super::caller::{CallerError, Identifier, PinError};
 use super::decision::{self, Decision, Process, Via};
 use super::dial::{self, DialFailure};
@@ -38,6 +39,8 @@ pub struct Shared {
     pub limiter: RateLimit,
     /// One permit per open connection.
     pub permits: Arc<Semaphore>,
+    /// What the connections' buffers may hold together.
+    pub budget: Arc<Budget>,
     /// Splice pipes for reuse.
     pub pipes: relay::PipePool,
     /// L7 inspection, when the policy has L7 endpoints.
@@ -46,15 +49,26 @@ pub struct Shared {
     pub credentials: Option<Arc<l7::credentials::Credentials>>,
 }
 
-/// Serves one client connection until it closes, is denied, or goes idle.
-pub async fn serve(
+/// Serves one client connection until it closes, is denied, goes idle, or is made to give way
+/// to older connections over the memory budget (then dropped with every buffer it holds; a
+/// head it was reading is answered 503 first).
+pub async fn serve(shared: &Arc<Shared>, client: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let account = shared.budget.open();
+    let served = serve_requests(shared, &account, client, peer, local);
+    if account.until_evicted(served).await.is_none() {
+        tracing::debug!(layer = "proxy", %peer, "connection closed for the memory budget");
+    }
+}
+
+async fn serve_requests(
     shared: &Arc<Shared>,
+    account: &Account,
     mut client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
 ) {
     let _ = client.set_nodelay(true);
-    let mut buf = Vec::new();
+    let mut buf = Buffered::new(account);
     loop {
         let request = match read_request(&client, &mut buf, shared.settings.header_timeout).await {
             Ok(Some(request)) => request,
@@ -64,8 +78,17 @@ pub async fn serve(
                 return;
             }
         };
-        let keep_alive = match exchange(shared, &mut client, peer, local, &request, &mut buf).await
-        {
+        // The exchange's state (identification, dialling, relaying) is boxed: allocated for
+        // a request whose head is complete, not carried by every connection reading one.
+        let exchanged = Box::pin(exchange(
+            shared,
+            &mut client,
+            peer,
+            local,
+            &request,
+            &mut buf,
+        ));
+        let keep_alive = match exchanged.await {
             Ok(keep_alive) => keep_alive,
             Err(Refusal(response)) => {
                 let _ = write_all(&client, &response).await;
@@ -84,39 +107,56 @@ struct Refusal(Vec<u8>);
 /// Reads one request head. `Ok(None)`: the client closed between requests.
 async fn read_request(
     client: &TcpStream,
-    buf: &mut Vec<u8>,
+    buf: &mut Buffered,
     limit: Duration,
 ) -> Result<Option<Request>, Vec<u8>> {
+    let account = buf.account().clone();
     let read = async {
+        // Parsed from the first bytes (garbage is refused at once), then again only when
+        // what came since may have completed the head.
+        let mut parsed: Option<usize> = None;
         loop {
-            match http::parse_request(buf) {
-                Ok(Some(request)) => return Ok(Some(request)),
-                Ok(None) if buf.len() >= MAX_HEAD => {
-                    return Err(http::error_response(
-                        431,
-                        "bad_request",
-                        "",
-                        "request head larger than 64 KiB",
-                    ));
+            if parsed.is_none_or(|from| http::may_complete_head(&buf.bytes, from)) {
+                match http::parse_request(&buf.bytes) {
+                    Ok(Some(request)) => return Ok(Some(request)),
+                    Ok(None) => parsed = (!buf.bytes.is_empty()).then_some(buf.bytes.len()),
+                    Err(e) => return Err(bad_request(&e)),
                 }
-                Ok(None) => {}
-                Err(e) => return Err(bad_request(&e)),
+            }
+            if buf.bytes.len() >= MAX_HEAD {
+                return Err(http::error_response(
+                    431,
+                    "bad_request",
+                    "",
+                    "request head larger than 64 KiB",
+                ));
             }
             match read_more(client, buf).await {
-                Ok(0) if buf.is_empty() => return Ok(None),
+                Ok(0) if buf.bytes.is_empty() => return Ok(None),
                 Ok(0) => {
                     return Err(bad_request(&HttpError::Malformed(
                         "incomplete request head".into(),
                     )));
                 }
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Err(over_budget(&OverBudget::of(&account)));
+                }
                 Err(_) => return Ok(None),
             }
         }
     };
+    // Made to give way to an older connection while the head is incomplete: 503.
+    let read = async {
+        tokio::select! {
+            biased;
+            read = read => read,
+            () = account.evicted() => Err(over_budget(&OverBudget::of(&account))),
+        }
+    };
     match timeout(limit, read).await {
         Ok(result) => result,
-        Err(_) if buf.is_empty() => Ok(None),
+        Err(_) if buf.bytes.is_empty() => Ok(None),
         Err(_) => Err(http::error_response(
             408,
             "bad_request",
@@ -130,6 +170,11 @@ fn bad_request(e: &HttpError) -> Vec<u8> {
     http::error_response(400, "bad_request", "", &e.to_string())
 }
 
+/// Over the memory budget (the budget logs it): 503, and the connection closes.
+fn over_budget(e: &OverBudget) -> Vec<u8> {
+    http::error_response(503, "proxy_overloaded", "", &e.to_string())
+}
+
 /// Decides, dials and relays one request, whose head is at the start of `buf`. Returns
 /// whether the client connection stays open.
 async fn exchange(
@@ -138,7 +183,7 @@ async fn exchange(
     peer: SocketAddr,
     local: SocketAddr,
     request: &Request,
-    buf: &mut Vec<u8>,
+    buf: &mut Buffered,
 ) -> Result<bool, Refusal> {
     // A body the proxy cannot delimit is refused before anything is decided or dialled.
     request.body().map_err(|e| Refusal(bad_request(&e)))?;
@@ -221,23 +266,27 @@ async fn exchange(
             policy: &rule.name,
             l7: inspected,
             endpoints,
+            account: buf.account().clone(),
         };
         tracing::debug!(layer = "proxy", what = %what, rule = %rule.name, "inspecting {what}");
+        // Inspection's state (TLS, both sides' heads) is boxed: allocated by the connections
+        // that are inspected, not made part of every connection's task.
         return Ok(match &request.target {
             Target::Connect { .. } => {
-                buf.drain(..request.head_len);
+                buf.consume(request.head_len);
                 let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
                 if write_all(client, established).await.is_ok() {
-                    l7::serve_tunnel(shared, engine, &session, client, std::mem::take(buf)).await;
+                    let early = buf.take();
+                    Box::pin(l7::serve_tunnel(shared, engine, &session, client, early)).await;
                 }
                 false
             }
             Target::Forward { .. } => {
-                l7::serve_forward(shared, engine, &session, client, buf).await
+                Box::pin(l7::serve_forward(shared, engine, &session, client, buf)).await
             }
         });
     }
-    buf.drain(..request.head_len);
+    buf.consume(request.head_len);
     // Both splice pipes exist before the client hears anything: out of file descriptors is a
     // 503 now, not a "200 Connection Established" for a tunnel that then dies.
     let pipes = match (shared.pipes.take(), shared.pipes.take()) {
@@ -283,9 +332,9 @@ async fn exchange(
             let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
             if let Some(credentials) = searched {
                 if write_all(client, established).await.is_ok() {
-                    let early = std::mem::take(buf);
+                    let early = buf.take();
                     let ended = credentials
-                        .tunnel(client, &upstream, &early, &pipes[1], idle)
+                        .tunnel(client, &upstream, &early, buf.account(), &pipes[1], idle)
                         .await;
                     if let Ended::Refused { refused, forwarded } = ended {
                         let why = credentials.describe(refused, &authority);
@@ -298,8 +347,9 @@ async fn exchange(
                     }
                 }
             } else if write_all(client, established).await.is_ok()
-                && write_all(&upstream, buf).await.is_ok()
+                && write_all(&upstream, &buf.bytes).await.is_ok()
             {
+                // A tunnel holds no buffer of the proxy's: it is spliced.
                 buf.clear();
                 let _ = relay::tunnel(client, &upstream, &pipes, idle).await;
             }
@@ -366,17 +416,25 @@ async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
     request: &Request,
-    buf: &mut Vec<u8>,
+    buf: &mut Buffered,
     [up_pipe, down_pipe]: &[Pipe; 2],
     idle: Duration,
 ) -> io::Result<bool> {
     let body = request.body().map_err(io::Error::other)?;
     let activity = Activity::new();
+    let mut response = Buffered::new(buf.account());
     let up = async {
         write_all(upstream, &request.upstream_head()).await?;
         send_body(client, upstream, body, buf, up_pipe, &activity).await
     };
-    let down = relay_response(upstream, client, request, down_pipe, &activity);
+    let down = relay_response(
+        upstream,
+        client,
+        request,
+        &mut response,
+        down_pipe,
+        &activity,
+    );
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => result.map(|((), keep)| keep),
         () = activity.idle_for(idle) => Ok(false),
@@ -389,16 +447,16 @@ async fn send_body(
     src: &TcpStream,
     dst: &TcpStream,
     framing: Body,
-    buffered: &mut Vec<u8>,
+    buffered: &mut Buffered,
     pipe: &Pipe,
     activity: &Activity,
 ) -> io::Result<()> {
     match framing {
         Body::Empty => Ok(()),
         Body::Length(length) => {
-            let ready = (buffered.len() as u64).min(length) as usize;
-            write_all(dst, &buffered[..ready]).await?;
-            buffered.drain(..ready);
+            let ready = (buffered.bytes.len() as u64).min(length) as usize;
+            write_all(dst, &buffered.bytes[..ready]).await?;
+            buffered.consume(ready);
             let rest = length - ready as u64;
             if rest > 0 {
                 let moved = relay::copy(src, dst, pipe, Some(rest), activity).await?;
@@ -414,9 +472,9 @@ async fn send_body(
         Body::Chunked => {
             let mut scanner = Chunked::default();
             loop {
-                let consumed = scanner.advance(buffered).map_err(io::Error::other)?;
-                write_all(dst, &buffered[..consumed]).await?;
-                buffered.drain(..consumed);
+                let consumed = scanner.advance(&buffered.bytes).map_err(io::Error::other)?;
+                write_all(dst, &buffered.bytes[..consumed]).await?;
+                buffered.consume(consumed);
                 activity.touch();
                 if scanner == Chunked::Done {
                     return Ok(());
@@ -433,34 +491,34 @@ async fn send_body(
     }
 }
 
-/// Relays interim responses and the final response. Returns whether the client connection
-/// may stay open.
+/// Relays interim responses and the final response, read through `buf`. Returns whether the
+/// client connection may stay open.
 async fn relay_response(
     upstream: &TcpStream,
     client: &TcpStream,
     request: &Request,
+    buf: &mut Buffered,
     pipe: &Pipe,
     activity: &Activity,
 ) -> io::Result<bool> {
-    let mut buf = Vec::new();
     loop {
         let response = loop {
-            match http::parse_response(&buf) {
+            match http::parse_response(&buf.bytes) {
                 Ok(Some(response)) => break response,
-                Ok(None) if buf.len() >= MAX_HEAD => {
+                Ok(None) if buf.bytes.len() >= MAX_HEAD => {
                     return Err(io::Error::other("upstream response head too large"));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(io::Error::other(e)),
             }
-            if read_more(upstream, &mut buf).await? == 0 {
+            if read_more(upstream, buf).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "upstream closed",
                 ));
             }
         };
-        buf.drain(..response.head_len);
+        buf.consume(response.head_len);
         if response.is_interim() {
             write_all(client, &response.client_head(false)).await?;
             continue;
@@ -468,17 +526,19 @@ async fn relay_response(
         let body = response.body(&request.method).map_err(io::Error::other)?;
         let keep_alive = request.keep_alive() && body != Body::UntilClose;
         write_all(client, &response.client_head(keep_alive)).await?;
-        send_body(upstream, client, body, &mut buf, pipe, activity).await?;
+        send_body(upstream, client, body, buf, pipe, activity).await?;
         return Ok(keep_alive);
     }
 }
 
-/// Reads what is available into `buf`; 0 at end of stream.
-pub(crate) async fn read_more(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.reserve(16 * 1024);
+/// Reads what is available into `buf`; 0 at end of stream. Room is made only once there is
+/// something to read (an idle connection holds no buffer), and over the memory budget it is
+/// an error of kind `OutOfMemory`.
+pub(crate) async fn read_more(stream: &TcpStream, buf: &mut Buffered) -> io::Result<usize> {
     loop {
         stream.readable().await?;
-        match stream.try_read_buf(buf) {
+        buf.make_room().await?;
+        match stream.try_read_buf(&mut buf.bytes) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),

@@ -133,6 +133,16 @@ pub(crate) fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> 
         .collect()
 }
 
+/// Whether the bytes of `buf` from `from` on may have completed a head (a line end followed
+/// by an empty line; the three bytes before `from` are looked at too, where it may have
+/// begun). A head being read is parsed again only then: parsing it after every read would cost
+/// the proxy time in the square of its length (a 64 KiB head dribbled in small pieces), which
+/// thousands of such heads turn into seconds for every other client.
+pub fn may_complete_head(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3).min(buf.len())..];
+    memchr::memmem::find(tail, b"\n\r\n").is_some() || memchr::memmem::find(tail, b"\n\n").is_some()
+}
+
 /// Parses a request head from the start of `buf`; `Ok(None)` when incomplete.
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

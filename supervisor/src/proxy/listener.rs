@@ -33,7 +33,9 @@ where
     S: Fn(Arc<Shared>, TcpStream, SocketAddr) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let full = RateLimit::new(1, Duration::from_secs(10));
+    // Operational lines, not denials: their own limiters, summarised as such.
+    let full = RateLimit::lines(1, Duration::from_secs(10), "connection limit reached");
+    let failed = RateLimit::lines(5, Duration::from_secs(10), "accept failed");
     loop {
         let permit = match shared.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -70,7 +72,7 @@ where
                 });
             }
             Err(e) => {
-                if shared.limiter.allow() {
+                if failed.allow() {
                     tracing::error!(layer = "proxy", "accept failed: {e}; retrying shortly");
                 }
                 // EMFILE/ENFILE: wait for connections to close instead of spinning.

@@ -8,6 +8,7 @@
 //! destination and the calling executable (see [`decision`]), the resolved address passes the
 //! guard (see [`ssrf`]), and the executable still has the content it had on first use.
 
+pub mod budget;
 pub mod caller;
 pub(crate) mod connection;
 pub mod decision;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::cgroup::Cgroups;
 use crate::lineage::Lineage;
 use crate::log::RateLimit;
 use crate::policy::NetworkRule;
@@ -51,12 +53,16 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Time to establish the upstream connection.
     pub connect_timeout: Duration,
+    /// Bytes the connections' buffers may hold beyond each one's first few KiB, together
+    /// (see [`budget`]).
+    pub buffer_budget: usize,
 }
 
 impl Settings {
     /// Defaults, overridden by `OPENSHELL_PROXY_MAX_CONNECTIONS`,
-    /// `OPENSHELL_PROXY_HEADER_TIMEOUT`, `OPENSHELL_PROXY_IDLE_TIMEOUT` and
-    /// `OPENSHELL_PROXY_CONNECT_TIMEOUT`.
+    /// `OPENSHELL_PROXY_HEADER_TIMEOUT`, `OPENSHELL_PROXY_IDLE_TIMEOUT`,
+    /// `OPENSHELL_PROXY_CONNECT_TIMEOUT` and `OPENSHELL_PROXY_BUFFER_BUDGET_MIB` (whose default
+    /// is an eighth of the pod's memory limit, between 4 and 64 MiB).
     pub fn from_env() -> Result<Settings, String> {
         let number = |var: &str, default: u64| match std::env::var(var) {
             Err(_) => Ok(default),
@@ -72,6 +78,13 @@ impl Settings {
             header_timeout: Duration::from_secs(number("OPENSHELL_PROXY_HEADER_TIMEOUT", 10)?),
             idle_timeout: Duration::from_secs(number("OPENSHELL_PROXY_IDLE_TIMEOUT", 300)?),
             connect_timeout: Duration::from_secs(number("OPENSHELL_PROXY_CONNECT_TIMEOUT", 10)?),
+            buffer_budget: match std::env::var_os("OPENSHELL_PROXY_BUFFER_BUDGET_MIB") {
+                Some(_) => number("OPENSHELL_PROXY_BUFFER_BUDGET_MIB", 0)?
+                    .checked_mul(1 << 20)
+                    .and_then(|bytes| usize::try_from(bytes).ok())
+                    .ok_or("OPENSHELL_PROXY_BUFFER_BUDGET_MIB: too large")?,
+                None => budget::default_for(Cgroups::own().memory_limit()),
+            },
         })
     }
 }
@@ -162,6 +175,16 @@ pub fn start(
     settings: Settings,
     lineage: Arc<Lineage>,
 ) -> io::Result<Option<Arc<transparent::Transparent>>> {
+    tracing::info!(
+        layer = "proxy",
+        max_connections = settings.max_connections,
+        buffer_budget_mib = settings.buffer_budget >> 20,
+        "proxy: at most {} connections; what they buffer beyond {} KiB each shares {} MiB \
+         (the newest give way beyond it)",
+        settings.max_connections,
+        budget::FLOOR >> 10,
+        settings.buffer_budget >> 20
+    );
     let recorded = bound.transparent.is_some();
     let shared = Arc::new(connection::Shared {
         rules,
@@ -169,6 +192,7 @@ pub fn start(
         settings,
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
+        budget: budget::Budget::new(settings.buffer_budget),
         pipes: relay::PipePool::default(),
         l7: bound.l7,
         credentials: bound.credentials,

@@ -17,7 +17,9 @@ use nix::errno::Errno;
 
 pub use bpf::Deny;
 pub(crate) use notify::sockaddr;
-pub use notify::{Egress, Notice, Notification, Services, Verdict, classify, serve};
+pub use notify::{
+    Egress, Notice, Notification, Services, Serving, Verdict, classify, start_serving,
+};
 
 /// Why the filter could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -6,15 +6,21 @@
 //! A notification is answered exactly once, through [`Notice`]: now, from the serving thread,
 //! or later, from a thread that waits for a connection on the caller's behalf ([`wait`]).
 //! Waiting never happens on a serving thread, so one slow connection does not delay anyone
-//! else's calls. The serving threads have a descriptor table of their own ([`serve`]).
+//! else's calls. The serving threads have a descriptor table of their own ([`start_serving`]).
 
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 
 use super::rules::{self, When};
 use super::wait;
@@ -206,58 +212,88 @@ const SECCOMP_IOCTL_NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
 /// each other at each notification and answer instead of waking each other on another CPU.
 const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
 
-/// Answers notifications on `listener` until every process under the filter has exited.
-///
-/// The serving threads have a descriptor table of their own. Each notification needs a few
-/// descriptors for a moment (a pidfd, the agent's socket, a `/proc` file, a new connection),
-/// and the proxy, which holds descriptors for every tunnel the agent opens, can use up the
-/// process's limit: with one table for all, the agent's own `connect()` to the proxy then
-/// failed with EMFILE instead of waiting in the proxy's backlog, and reserving descriptors in
-/// a shared table cannot work (a freed one goes to whichever thread asks first). Waits and
-/// hashing run on threads of that table too ([`wait`]): a descriptor of one table means
-/// nothing in the other, so nothing opened here is ever handed to the proxy's runtime.
-pub fn serve(listener: OwnedFd, services: Services) {
-    // Every connect() of the agent waits for its answer: a notification is a synchronous
-    // call, and handing the CPU over (rather than waking a thread elsewhere) makes the round
-    // trip several times cheaper. Older kernels (before 6.6) lack it and keep the usual wake-up.
-    // SAFETY: SET_FLAGS takes the flags as its integer argument.
-    unsafe {
-        libc::ioctl(
-            listener.as_raw_fd(),
-            SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
-            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
-        )
-    };
-    // The services are dropped here, in the shared table, after the serving threads are
-    // done: an object holding a descriptor of the shared table (the proxy's state) must never
-    // be dropped in the other one, where its number may name something else.
-    std::thread::scope(|scope| {
-        let apart = std::thread::Builder::new()
-            .name("seccomp".into())
-            .spawn_scoped(scope, || serve_apart(&listener, &services));
-        if let Err(e) = apart {
-            tracing::error!("cannot start the seccomp serving threads: {e}");
-        }
-    });
+/// The serving threads, started by [`start_serving`] and waiting for the listener.
+#[derive(Debug)]
+pub struct Serving {
+    /// The supervisor's end of the socket that carries the listener into the serving threads'
+    /// descriptor table.
+    socket: OwnedFd,
+    services: SyncSender<Services>,
 }
 
-/// On a thread of its own: makes the descriptor table private, then serves.
-fn serve_apart(listener: &OwnedFd, services: &Services) {
+impl Serving {
+    /// Hands the serving threads the listener and what its notifications are served with.
+    /// Dropping a `Serving` undelivered (the sandbox failed before its seccomp step) ends them.
+    pub fn deliver(self, listener: OwnedFd, services: Services) -> Result<(), Errno> {
+        self.services.try_send(services).map_err(|_| Errno::EPIPE)?;
+        let fds = [listener.as_raw_fd()];
+        sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &[IoSlice::new(&[0])],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+    }
+}
+
+/// Starts the threads that answer notifications, every one of them before the agent runs: the
+/// agent shares the pod's pids limit, and one that forks up to it leaves no room for a thread
+/// made once the listener arrives (the calls it would answer then wait forever).
+///
+/// They have a descriptor table of their own. Each notification needs a few descriptors for a
+/// moment (a pidfd, the agent's socket, a `/proc` file, a new connection), and the proxy, which
+/// holds descriptors for every tunnel the agent opens, can use up the process's limit: with one
+/// table for all, the agent's own `connect()` to the proxy then failed with EMFILE instead of
+/// waiting in the proxy's backlog, and reserving descriptors in a shared table cannot work (a
+/// freed one goes to whichever thread asks first). Waits and hashing run on threads of that
+/// table too ([`wait`]): a descriptor of one table means nothing in the other, so nothing
+/// opened there is ever handed to the proxy's runtime, and the listener, which arrives later,
+/// comes in through a socket of both tables ([`Serving::deliver`]).
+pub fn start_serving() -> std::io::Result<Serving> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let number = theirs.as_raw_fd();
+    let (services, delivered) = sync_channel::<Services>(1);
+    let (ready, apart) = sync_channel::<bool>(1);
+    std::thread::Builder::new()
+        .name("seccomp".into())
+        .spawn(move || serve_apart(theirs, &ready, &delivered))?;
+    // The thread's `theirs` names its own table's copy once it has one; the shared table's copy
+    // then belongs to nobody, and is closed here.
+    if apart.recv() == Ok(true) {
+        // SAFETY: `number` is open in this table and no object of this table owns it (the
+        // OwnedFd moved to the thread now names the copy in that thread's own table).
+        drop(unsafe { OwnedFd::from_raw_fd(number) });
+    }
+    Ok(Serving {
+        socket: ours,
+        services,
+    })
+}
+
+/// On the thread started for it: makes the descriptor table private (keeping `socket`), starts
+/// the other threads in it, then serves the listener that `socket` brings. `ready` says whether
+/// the table is private.
+fn serve_apart(socket: OwnedFd, ready: &SyncSender<bool>, delivered: &Receiver<Services>) {
     // No signal handler may run on a thread of the other table (see wait.rs).
     wait::block_signals();
-    let own = match own_table(listener) {
-        Ok(own) => own,
+    let apart = match own_table(&socket) {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(
                 "seccomp notifications served from the shared descriptor table ({e}): out of \
                  descriptors, the proxy can make the agent's connect() fail"
             );
-            match listener.try_clone() {
-                Ok(copy) => copy,
-                Err(e) => return tracing::error!("cannot serve seccomp notifications: {e}"),
-            }
+            false
         }
     };
+    let _ = ready.send(apart);
     let waiting = match wait::Waiter::start() {
         Ok(running) => Some(running),
         Err(e) => {
@@ -265,39 +301,103 @@ fn serve_apart(listener: &OwnedFd, services: &Services) {
             None
         }
     };
-    let listener = Arc::new(own);
-    let limiter = RateLimit::new(50, Duration::from_secs(1));
-    let serve = || {
+    let serve = |listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services| {
         if let Some(running) = &waiting {
             wait::enter(running.waiter());
         }
-        serve_loop(&listener, &limiter, services);
+        serve_loop(listener, limiter, services);
     };
     std::thread::scope(|scope| {
+        let mut shares = Vec::new();
         for _ in 1..SERVING_THREADS {
+            let (share, shared) = sync_channel::<Arc<(Arc<OwnedFd>, RateLimit, Services)>>(1);
             let spawned = std::thread::Builder::new()
                 .name("seccomp".into())
-                .spawn_scoped(scope, serve);
-            if let Err(e) = spawned {
-                tracing::warn!("a second seccomp serving thread could not start: {e}");
+                .spawn_scoped(scope, move || {
+                    if let Ok(serving) = shared.recv() {
+                        let (listener, limiter, services) = &*serving;
+                        serve(listener, limiter, services);
+                    }
+                });
+            match spawned {
+                Ok(_) => shares.push(share),
+                Err(e) => tracing::warn!("a second seccomp serving thread could not start: {e}"),
             }
         }
-        serve();
+        // Nothing comes when the sandbox failed before its seccomp step.
+        let Some((listener, services)) = receive_listener(&socket, delivered) else {
+            return;
+        };
+        // Every connect() of the agent waits for its answer: a notification is a synchronous
+        // call, and handing the CPU over (rather than waking a thread elsewhere) makes the
+        // round trip several times cheaper. Older kernels (before 6.6) lack it and keep the
+        // usual wake-up.
+        // SAFETY: SET_FLAGS takes the flags as its integer argument.
+        unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+                SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+            )
+        };
+        let limiter = RateLimit::new(50, Duration::from_secs(1));
+        let serving = Arc::new((Arc::new(listener), limiter, services));
+        for share in shares {
+            let _ = share.send(Arc::clone(&serving));
+        }
+        let (listener, limiter, services) = &*serving;
+        serve(listener, limiter, services);
     });
-    // Pending waits end with the agent; what they held is dropped here, before the services
-    // can be dropped in the shared table.
+    // Pending waits end with the agent. What the services hold is the proxy's, which keeps its
+    // own references for the supervisor's life: nothing of the shared table is closed here.
     if let Some(running) = waiting {
         running.stop();
     }
+}
+
+/// The listener, received on `socket` into this thread's table, and its services.
+fn receive_listener(
+    socket: &OwnedFd,
+    delivered: &Receiver<Services>,
+) -> Option<(OwnedFd, Services)> {
+    let mut byte = [0u8; 1];
+    let mut control = nix::cmsg_space!(RawFd);
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("cannot receive the seccomp listener: {e}");
+                return None;
+            }
+            Ok(msg) => break msg,
+        }
+    };
+    let mut listener = None;
+    for cmsg in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            for fd in received {
+                // SAFETY: SCM_RIGHTS installed this fd in this thread's table; it is ours.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                listener.get_or_insert(fd);
+            }
+        }
+    }
+    Some((listener?, delivered.try_recv().ok()?))
 }
 
 /// `CLOSE_RANGE_UNSHARE`: unshare the descriptor table, then close the range in the copy.
 const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
 
 /// Gives the calling thread (and the threads it starts later) a descriptor table of its own
-/// holding stdin, stdout, stderr (the log) and a copy of `listener` only; returns the copy.
-fn own_table(listener: &OwnedFd) -> Result<OwnedFd, Errno> {
-    let keep = listener.as_raw_fd() as u32;
+/// holding stdin, stdout, stderr and a copy of `keep` only, which `keep` then names.
+fn own_table(keep: &OwnedFd) -> Result<(), Errno> {
+    let keep = keep.as_raw_fd() as u32;
     // SAFETY: close_range with scalar arguments; it closes descriptors of the new copy of
     // the table only, so nothing another thread holds is closed under it.
     Errno::result(unsafe {
@@ -312,9 +412,7 @@ fn own_table(listener: &OwnedFd) -> Result<OwnedFd, Errno> {
         // SAFETY: as above, in the table now private to this thread.
         Errno::result(unsafe { libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32) })?;
     }
-    // SAFETY: this table's copy of `keep` is owned by nothing else in it (the original is
-    // the caller's, in the shared table): the OwnedFd closes that copy.
-    Ok(unsafe { OwnedFd::from_raw_fd(keep as i32) })
+    Ok(())
 }
 
 fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {

@@ -4,6 +4,7 @@
 // Test support code: failing loudly, with a message, is the point of every check here.
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
+mod budget;
 mod bypass;
 mod clients;
 mod clients_direct;

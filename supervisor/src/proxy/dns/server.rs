@@ -28,6 +28,7 @@ use super::names::Names;
 use super::wire::{self, Address, Query, Rcode, TYPE_A, TYPE_AAAA, WireError};
 use crate::log::{self, Denial, Layer, RateLimit};
 use crate::policy::Endpoint;
+use crate::proxy::budget::Account;
 use crate::proxy::caller::Identifier;
 use crate::proxy::connection::Shared;
 use crate::proxy::{decision, ssrf};
@@ -278,15 +279,32 @@ impl Resolver {
         }
     }
 
+    /// Serves one TCP client.
+    async fn tcp_connection(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+        // Made to give way to an older connection over the proxy's memory budget: closed.
+        let account = self.shared.budget.open();
+        let queries = self.tcp_queries(stream, peer, &account);
+        account.until_evicted(queries).await.unwrap_or(Ok(()))
+    }
+
     /// Length-prefixed queries, one after the other, until the client closes or idles.
-    async fn tcp_connection(&self, mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    async fn tcp_queries(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        account: &Account,
+    ) -> io::Result<()> {
         loop {
             let mut len = [0u8; 2];
             match timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
                 Ok(Ok(_)) => {}
                 _ => return Ok(()),
             }
-            let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            // A message is held whole (up to 64 KiB, its length announced before it comes):
+            // charged to the proxy's memory budget first.
+            let length = usize::from(u16::from_be_bytes(len));
+            let _charge = account.hold(length).await?;
+            let mut message = vec![0u8; length];
             timeout(TCP_IDLE, stream.read_exact(&mut message))
                 .await
                 .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;

@@ -230,3 +230,17 @@ fn chunked_byte_by_byte_and_errors() {
     assert_eq!(empty.advance(b"0\r\n\r\n").unwrap(), 5);
     assert_eq!(empty, Chunked::Done);
 }
+
+#[test]
+fn a_head_may_be_complete_only_once_a_blank_line_came() {
+    let head = b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    let end = head.len();
+    // Every split point: the end is seen in the bytes after it, or in the three before.
+    for from in 0..end {
+        assert!(may_complete_head(head, from), "from {from}");
+    }
+    assert!(!may_complete_head(&head[..end - 1], 0), "no blank line yet");
+    // A bare LF blank line counts too: the parser then says what is wrong with it.
+    assert!(may_complete_head(b"GET / HTTP/1.1\n\n", 10));
+    assert!(!may_complete_head(b"GET / HTTP/1.1\r\nX: \r\r\n", 0));
+}

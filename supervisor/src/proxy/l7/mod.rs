@@ -36,6 +36,7 @@ use self::rest::{Destination, Ending, HeadError, RequestHead};
 use self::rules::Outcome;
 use self::stream::{Buffered, Rewind, Upstream};
 use self::tls::{HTTP1, Tls};
+use super::budget::{Account, OverBudget};
 use super::connection::Shared;
 use super::decision::Process;
 use super::dial::{self, DialFailure};
@@ -116,6 +117,9 @@ pub struct Session<'p> {
     pub l7: Vec<&'p L7Endpoint>,
     /// Every endpoint allowing the destination, for the address checks when dialling.
     pub endpoints: Vec<&'p Endpoint>,
+    /// The connection's account of the proxy's memory budget: its buffers and TLS state are
+    /// charged there.
+    pub account: Account,
 }
 
 /// An answer the proxy sends instead of relaying, after which the connection closes.
@@ -156,7 +160,7 @@ pub async fn serve_tunnel(
         // A TLS handshake record.
         Some(0x16) => serve_tls(shared, engine, session, client, early).await,
         Some(b) if b.is_ascii_alphabetic() => {
-            let mut buffered = Buffered::from(early);
+            let mut buffered = Buffered::adopt(early, &session.account);
             rest::serve(&plain, client, &mut buffered, false, None).await;
         }
         Some(_) => plain.refuse_connection("neither TLS nor HTTP on an inspected endpoint"),
@@ -178,6 +182,13 @@ async fn serve_tls(
     {
         return cx.refuse_connection("TLS on an endpoint with tls: skip cannot be inspected");
     }
+    // The client's TLS session lives as long as this call.
+    let Ok(_state) = session.account.hold(tls::SESSION_STATE).await else {
+        return tracing::debug!(
+            layer = "l7",
+            "no budget for a TLS session: connection closed"
+        );
+    };
     let limit = shared.settings.header_timeout;
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(
         rustls::server::Acceptor::default(),
@@ -232,7 +243,7 @@ async fn serve_tls(
     rest::serve(
         &cx,
         &mut stream,
-        &mut Buffered::default(),
+        &mut Buffered::new(&session.account),
         false,
         Some(connected),
     )
@@ -241,20 +252,17 @@ async fn serve_tls(
 }
 
 /// Serves one absolute-form `http://` request whose head (and any bytes after it) are in
-/// `buf`; what the client sent after the request stays there. Returns whether the client
+/// `buffered`; what the client sent after the request stays there. Returns whether the client
 /// connection may carry another request.
 pub async fn serve_forward(
     shared: &Shared,
     engine: &Engine,
     session: &Session<'_>,
     client: &mut TcpStream,
-    buf: &mut Vec<u8>,
+    buffered: &mut Buffered,
 ) -> bool {
     let cx = Context::new(shared, engine, session, false, true);
-    let mut buffered = Buffered::from(std::mem::take(buf));
-    let ending = rest::serve(&cx, client, &mut buffered, true, None).await;
-    *buf = buffered.bytes;
-    ending == Ending::KeepAlive
+    rest::serve(&cx, client, buffered, true, None).await == Ending::KeepAlive
 }
 
 /// Everything a request on an inspected connection is judged and logged with.
@@ -569,9 +577,15 @@ impl<'a> Context<'a> {
                 &format!("{host:?} is not a TLS server name"),
             )
         })?;
+        let state = self
+            .session
+            .account
+            .hold(tls::SESSION_STATE)
+            .await
+            .map_err(|e| self.over_budget(&e))?;
         let connector = tokio_rustls::TlsConnector::from(self.engine.tls.client());
         match timeout(settings.connect_timeout, connector.connect(name, tcp)).await {
-            Ok(Ok(stream)) => Ok(Upstream::Tls(Box::new(stream))),
+            Ok(Ok(stream)) => Ok(Upstream::Tls(Box::new(stream), state)),
             Ok(Err(e)) => Err(self.unavailable(
                 502,
                 "upstream_tls",
@@ -583,6 +597,17 @@ impl<'a> Context<'a> {
                 &format!("TLS with {} not complete in time", self.authority()),
             )),
         }
+    }
+
+    /// The proxy's memory budget is spent (the budget logs it): 503, and the connection
+    /// closes.
+    fn over_budget(&self, e: &OverBudget) -> Refusal {
+        Refusal(Some(super::http::error_response(
+            503,
+            "proxy_overloaded",
+            &self.authority(),
+            &e.to_string(),
+        )))
     }
 
     /// Upstream could not be reached: not a policy decision, logged as a warning.

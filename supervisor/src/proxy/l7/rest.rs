@@ -35,6 +35,7 @@ use super::stream::{Buffered, Decoder, Filter, Framing, Upstream, copy_body, cop
 use super::{Context, Refusal};
 use crate::policy::l7::Enforcement;
 use crate::policy::normalize_host;
+use crate::proxy::budget::OverBudget;
 use crate::proxy::http::{self, Body, HOP_BY_HOP, MAX_HEADERS};
 use crate::proxy::relay::Activity;
 
@@ -352,7 +353,7 @@ where
                 None => cx.connect().await,
             };
             match attempt {
-                Ok(up) => upstream = Some((up, Buffered::default())),
+                Ok(up) => upstream = Some((up, Buffered::new(&cx.session.account))),
                 Err(refusal) => {
                     refusal.send(client).await;
                     return Ending::Close;
@@ -404,16 +405,20 @@ where
 {
     let settings = &cx.shared.settings;
     let mut started: Option<Instant> = None;
+    // Parsed from the first bytes, then again only when what came since may have completed
+    // the head (see `http::may_complete_head`).
+    let mut parsed: Option<usize> = None;
     loop {
-        if !buffered.bytes.is_empty() {
+        let complete = |from| http::may_complete_head(&buffered.bytes, from);
+        if !buffered.bytes.is_empty() && parsed.is_none_or(complete) {
             match parse_head(&buffered.bytes, &cx.destination, allow_encoded_slash) {
                 Ok(Some(head)) => return Ok(Some(head)),
-                Ok(None) if buffered.bytes.len() >= MAX_HEAD => {
-                    return Err(cx.malformed("request head larger than 64 KiB"));
-                }
-                Ok(None) => {}
+                Ok(None) => parsed = Some(buffered.bytes.len()),
                 Err(e) => return Err(cx.refuse_head(&e, &buffered.bytes)),
             }
+        }
+        if buffered.bytes.len() >= MAX_HEAD {
+            return Err(cx.malformed("request head larger than 64 KiB"));
         }
         // Between requests a kept-alive connection may idle; once a head has begun, it
         // must be complete within the header timeout (slowloris).
@@ -424,7 +429,17 @@ where
                 settings.header_timeout.saturating_sub(since)
             }
         };
-        match timeout(limit, buffered.fill(client)).await {
+        // Made to give way to an older connection while the head is incomplete: 503.
+        let account = buffered.account().clone();
+        let filled = tokio::select! {
+            biased;
+            filled = timeout(limit, buffered.fill(client)) => filled,
+            () = account.evicted() => Ok(Err(OverBudget::of(&account).into())),
+        };
+        match filled {
+            Ok(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return Err(cx.over_budget(&OverBudget::of(&account)));
+            }
             Ok(Ok(0)) | Ok(Err(_)) => {
                 return match buffered.bytes.is_empty() {
                     true => Ok(None),

@@ -3,8 +3,10 @@
 //!
 //! Buffers live in two places only: each side's [`Buffered`] read buffer (request or
 //! response heads, and body bytes read along with them), and the transfer buffer a body copy
-//! borrows while it runs. A later stage that rewrites bodies (credential placeholders) sits in
-//! [`copy_body`], the one place body bytes pass.
+//! borrows while it runs. Both are charged to the connection's account of the proxy's memory
+//! budget (see [`crate::proxy::budget`]), as is a TLS session's state. A later stage that
+//! rewrites bodies (credential placeholders) sits in [`copy_body`], the one place body bytes
+//! pass.
 
 use std::io;
 use std::pin::Pin;
@@ -13,21 +15,21 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+pub use crate::proxy::budget::Buffered;
+use crate::proxy::budget::Charge;
 use crate::proxy::http::{Body, Chunked};
 use crate::proxy::relay::Activity;
 
 /// Largest read in one step of a body copy: a few TLS records.
 const TRANSFER: usize = 64 * 1024;
-/// Read-buffer growth step for heads.
-const HEAD_STEP: usize = 8 * 1024;
 
 /// The connection to the upstream server.
 #[derive(Debug)]
 pub enum Upstream {
     /// Plain HTTP.
     Plain(TcpStream),
-    /// HTTPS, verified.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// HTTPS, verified; its session state charged to the connection.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, Charge),
 }
 
 impl AsyncRead for Upstream {
@@ -38,7 +40,7 @@ impl AsyncRead for Upstream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Upstream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -51,21 +53,21 @@ impl AsyncWrite for Upstream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Upstream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Upstream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Upstream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -123,38 +125,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// One side's read buffer: bytes read but not yet consumed (a head being assembled, body
-/// bytes that came with it, pipelined requests).
-#[derive(Debug, Default)]
-pub struct Buffered {
-    /// The unconsumed bytes.
-    pub bytes: Vec<u8>,
-}
-
-impl Buffered {
-    /// Buffered bytes read earlier (e.g. by the forward proxy's own head parser).
-    pub fn from(bytes: Vec<u8>) -> Buffered {
-        Buffered { bytes }
-    }
-
-    /// Reads more from `src`; 0 at end of stream.
-    pub async fn fill<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> io::Result<usize> {
-        if self.bytes.capacity() - self.bytes.len() < HEAD_STEP {
-            self.bytes.reserve(HEAD_STEP);
-        }
-        src.read_buf(&mut self.bytes).await
-    }
-
-    /// Drops the first `n` bytes; releases the memory when nothing is left (an idle
-    /// keep-alive connection holds no buffer).
-    pub fn consume(&mut self, n: usize) {
-        self.bytes.drain(..n);
-        if self.bytes.is_empty() && self.bytes.capacity() > HEAD_STEP {
-            self.bytes = Vec::new();
-        }
-    }
-}
-
 /// Streams one body of `framing` from `src` (after what `buffered` already holds) to `dst`,
 /// byte for byte, flushing each piece as it arrives (server-sent events and other streaming
 /// responses are not held back). Bytes past the body stay in `buffered`. An until-close body
@@ -171,6 +141,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut scratch = Vec::new();
+    let mut charge = buffered.account().charge();
     match framing {
         Body::Empty => Ok(()),
         Body::Length(mut left) => {
@@ -182,6 +153,7 @@ where
             }
             while left > 0 {
                 let want = left.min(TRANSFER as u64) as usize;
+                charge.resize(charge.bytes().max(want)).await?;
                 scratch.resize(want, 0);
                 let n = src.read(&mut scratch[..want]).await?;
                 if n == 0 {
@@ -224,6 +196,7 @@ where
                 buffered.consume(buffered.bytes.len());
             }
             dst.flush().await?;
+            charge.resize(TRANSFER).await?;
             scratch.resize(TRANSFER, 0);
             loop {
                 let n = src.read(&mut scratch).await?;
@@ -520,6 +493,11 @@ mod tests {
             .block_on(f)
     }
 
+    /// `bytes` in a buffer of a budget without limit.
+    fn unbudgeted(bytes: Vec<u8>) -> Buffered {
+        Buffered::adopt(bytes, &crate::proxy::budget::Budget::new(usize::MAX).open())
+    }
+
     /// Passes everything, upper-cased (a length-keeping change).
     struct Upper;
 
@@ -536,7 +514,7 @@ mod tests {
     fn chunked_bodies_are_decoded_across_any_split_and_reframed() {
         let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
         for cut in 0..wire.len() {
-            let (mut buffered, rest) = (Buffered::from(wire[..cut].to_vec()), &wire[cut..]);
+            let (mut buffered, rest) = (unbudgeted(wire[..cut].to_vec()), &wire[cut..]);
             let mut src: &[u8] = rest;
             let mut out = Vec::new();
             let mut decoder = Decoder::new(Body::Chunked);
@@ -554,7 +532,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
             let mut data = Vec::new();
             let mut reread = Decoder::new(Body::Chunked);
-            let mut framed = Buffered::from(out);
+            let mut framed = unbudgeted(out);
             while !block_on(reread.next(&mut framed, &mut &b""[..], &mut data)).unwrap() {}
             assert_eq!(data, b"HELLO WORLD", "cut at {cut}");
             let mut left = buffered.bytes.clone();
@@ -577,7 +555,7 @@ mod tests {
             &mut Decoder::new(Body::Length(3)),
             Vec::new(),
             false,
-            &mut Buffered::default(),
+            &mut unbudgeted(Vec::new()),
             &mut src,
             &mut out,
             Framing::Length(3),

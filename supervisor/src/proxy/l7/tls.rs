@@ -56,6 +56,11 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 /// Hosts whose leaf configuration is cached; past this the cache starts over (a sandbox
 /// reaching this many distinct hosts through L7 endpoints is an outlier).
 const MAX_CACHED_HOSTS: usize = 1024;
+/// What one TLS session (to the client or upstream) is charged to the proxy's memory budget
+/// while it lives. rustls does not say what its buffers hold, so this is a measured estimate:
+/// 1,000 idle TLS-terminated tunnels (two sessions each) cost the supervisor about 44 MiB.
+/// Records being assembled or waiting to be written can hold more for a moment.
+pub const SESSION_STATE: usize = 24 * 1024;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]

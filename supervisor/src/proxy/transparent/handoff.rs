@@ -243,6 +243,7 @@ pub async fn serve(
                 policy: &rule.name,
                 l7: inspected,
                 endpoints,
+                account: shared.budget.open(),
             };
             tracing::debug!(
                 layer = "transparent",
@@ -252,7 +253,11 @@ pub async fn serve(
                 "direct connection to {} handed to L7 inspection",
                 pending.to
             );
-            l7::serve_tunnel(&shared, &engine, &session, &mut client, early).await;
+            // Over the memory budget, the newest connections give way (budget.rs), these too.
+            let served = l7::serve_tunnel(&shared, &engine, &session, &mut client, early);
+            if session.account.until_evicted(served).await.is_none() {
+                tracing::debug!(layer = "transparent", %peer, "closed for the memory budget");
+            }
         }
         (false, None) => refuse(&shared, &pending, "L7 inspection is unavailable"),
         (true, _) => {

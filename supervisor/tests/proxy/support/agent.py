@@ -14,6 +14,7 @@ import os
 import resource
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -393,6 +394,142 @@ def abandon(count, host, port):
     return {"after": fetch("connect", host, port, "/after")}
 
 
+def trusting_nothing():
+    """TLS that does not check the proxy's certificate: these clients test the proxy's memory,
+    not trust (the real-client tests check that)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def open_client(host, port, tls):
+    """A connection on which origin-form requests to host:port can be sent: a CONNECT tunnel
+    with TLS inside when tls, otherwise the proxy itself (absolute-form requests)."""
+    reader, writer = await asyncio.open_connection(*PROXY)
+    target = authority(host, port)
+    if tls:
+        writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        status, _ = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        if status != 200:
+            writer.close()
+            raise ConnectionError(f"CONNECT answered {status}")
+        await writer.start_tls(trusting_nothing(), server_hostname=host)
+    return reader, writer
+
+
+def request_line(host, port, tls, path):
+    target = authority(host, port)
+    url = path if tls else f"http://{target}{path}"
+    return f"GET {url} HTTP/1.1\r\nHost: {target}\r\n"
+
+
+async def timed_get(client, host, port, tls, path):
+    """One keep-alive GET on client; its status and how long it took."""
+    reader, writer = client
+    started = time.monotonic()
+    try:
+        writer.write((request_line(host, port, tls, path) + "\r\n").encode())
+        status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(int(headers.get("content-length", "0")))
+    except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+        return {"status": None, "error": repr(e), "seconds": time.monotonic() - started}
+    return {"status": status, "seconds": time.monotonic() - started}
+
+
+PADDING = memoryview(b"a" * (1 << 20))
+
+
+async def hold_head(host, port, tls, size, release, outcome):
+    """Sends SIZE bytes of a request head that never ends and holds the connection until
+    release; outcome["state"] says how it ended: held, answered STATUS-LINE, closed (without
+    an answer), or what failed."""
+    writer = None
+    try:
+        reader, writer = await open_client(host, port, tls)
+        line = request_line(host, port, tls, "/flood").encode() + b"X-Pad: "
+        outcome["state"] = "sending"
+        # One padding for all: the agent's own memory stays small, whatever the flood.
+        writer.write(line)
+        writer.write(PADDING[: max(0, size - len(line) - 2)])
+        writer.write(b"\r\n")
+        await writer.drain()
+        outcome["state"] = "held"
+        outcome["held_at"] = time.monotonic()
+        answer = asyncio.ensure_future(reader.read(65536))
+        done, _ = await asyncio.wait({answer, release}, return_when=asyncio.FIRST_COMPLETED)
+        if answer in done:
+            data = answer.result()
+            first = data.split(b"\r\n", 1)[0].decode("latin-1")
+            outcome["state"] = f"answered {first}" if data else "closed"
+        else:
+            answer.cancel()
+    except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+        outcome["state"] = f"failed while {outcome['state']}: {type(e).__name__}"
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def heads_async(count, size, host, port, tls):
+    old = await open_client(host, port, tls)
+    before = await timed_get(old, host, port, tls, "/old/before")
+    release = asyncio.get_running_loop().create_future()
+    outcomes = [{"state": "connecting"} for _ in range(count)]
+    started = time.monotonic()
+    tasks = [
+        asyncio.create_task(hold_head(host, port, tls, size, release, o)) for o in outcomes
+    ]
+    # Every head sent (or its connection refused) well within the proxy's header timeout.
+    unsettled = ("connecting", "sending")
+    while time.monotonic() - started < 8 and any(o["state"] in unsettled for o in outcomes):
+        await asyncio.sleep(0.05)
+    flood_seconds = time.monotonic() - started
+    await asyncio.sleep(0.5)
+    old_during = await timed_get(old, host, port, tls, "/old/during")
+    connecting = time.monotonic()
+    try:
+        new = await asyncio.wait_for(open_client(host, port, tls), 30)
+        new_during = await timed_get(new, host, port, tls, "/new/during")
+        new[1].close()
+    except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        new_during = {"status": None, "error": repr(e)}
+    new_during["seconds_with_connect"] = time.monotonic() - connecting
+    states = {}
+    for o in outcomes:
+        state = o["state"]
+        states[state] = states.get(state, 0) + 1
+    release.set_result(None)
+    await asyncio.gather(*tasks)
+    old[1].close()
+    return {
+        "flood_seconds": flood_seconds,
+        "states": states,
+        "old": {"before": before, "during": old_during},
+        "new": new_during,
+    }
+
+
+def heads(count, size, host, port, tls):
+    """A well-behaved keep-alive client makes a request; then COUNT connections each send SIZE
+    bytes of a request head that never ends (to the proxy itself, or with tls inside a TLS
+    tunnel to an inspected endpoint) and hold; while they hold, the old client and a new one
+    each make a request (timed). Reports how the flooding connections ended."""
+    raise_fd_limit()
+    return asyncio.run(heads_async(int(count), int(size), host, int(port), tls == "tls"))
+
+
+def heads_then_hog(count, size, host, port, tls):
+    """heads, its result printed as one line; then the agent's own memory grows, 8 MiB at a
+    time (touched), each step printed, until it is killed (at most 4 GiB)."""
+    print(json.dumps(heads(count, size, host, port, tls)), flush=True)
+    hog = []
+    while len(hog) < 512:
+        hog.append(b"\x01" * (8 << 20))
+        print(json.dumps({"hogged_mib": 8 * len(hog)}), flush=True)
+    return {"hogged_mib": 8 * len(hog), "not_killed": True}
+
+
 def spawn(*argv):
     """Runs argv as a child of this interpreter and exits with its status."""
     sys.exit(subprocess.run(argv).returncode)
@@ -561,6 +698,8 @@ COMMANDS = {
     "slowloris": slowloris,
     "exhaust": exhaust,
     "abandon": abandon,
+    "heads": heads,
+    "heads_then_hog": heads_then_hog,
     "spawn": spawn,
 }
 

@@ -204,6 +204,7 @@ impl Lab {
             policy: policy.to_owned(),
             env: Vec::new(),
             nofile: None,
+            cgroup: None,
         }
     }
 }
@@ -232,6 +233,7 @@ pub struct Sandbox<'a> {
     policy: PathBuf,
     env: Vec<(String, String)>,
     nofile: Option<u64>,
+    cgroup: Option<CString>,
 }
 
 impl Sandbox<'_> {
@@ -245,6 +247,16 @@ impl Sandbox<'_> {
     /// may raise its own again).
     pub fn nofile(mut self, n: u64) -> Self {
         self.nofile = Some(n);
+        self
+    }
+
+    /// Starts the supervisor in `cgroup` (it joins before it runs), with all it starts.
+    // The budget tests run the supervisor in a memory cgroup; the agent suite, which shares
+    // this module, does not.
+    #[allow(dead_code)]
+    pub fn cgroup(mut self, cgroup: &openshell_tests::cgroup::Cgroup) -> Self {
+        let procs = cgroup.procs();
+        self.cgroup = Some(CString::new(procs.as_os_str().as_bytes()).expect("cgroup path"));
         self
     }
 
@@ -304,7 +316,7 @@ impl Sandbox<'_> {
             CString::new(self.lab.dir().join(name).as_os_str().as_bytes()).expect("lab file path")
         };
         let (hosts, resolv) = (file("hosts"), file("resolv.conf"));
-        let nofile = self.nofile;
+        let (nofile, cgroup) = (self.nofile, self.cgroup.clone());
         // SAFETY: only async-signal-safe system calls on data prepared before fork; `pod`
         // is moved into the closure, so its fd stays open until exec (it is close-on-exec).
         unsafe {
@@ -313,6 +325,18 @@ impl Sandbox<'_> {
                     0 => Ok(()),
                     _ => Err(std::io::Error::last_os_error()),
                 };
+                if let Some(procs) = &cgroup {
+                    // "0": the writing process.
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    let joined = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
+                    let error = std::io::Error::last_os_error();
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                    if !joined {
+                        return Err(error);
+                    }
+                }
                 check(libc::setns(pod.as_raw_fd(), libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 // Private, so the bind below never propagates to the machine's /etc/hosts.
@@ -375,6 +399,8 @@ pub struct Run {
     pub stderr: Vec<String>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// The supervisor's peak resident set (`VmHWM`), in KiB, as last read while it ran.
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl Run {
@@ -404,7 +430,12 @@ impl Run {
         };
         let stdout = read(process.stdout.take().map(|p| Box::new(p) as _));
         let stderr = read(process.stderr.take().map(|p| Box::new(p) as _));
+        let status_file = format!("/proc/{}/status", process.id());
+        let mut peak_rss_kib = None;
         let status = loop {
+            // Read before each check: the last value read is the peak of the whole run (the
+            // high-water mark only grows), up to the final few milliseconds.
+            peak_rss_kib = high_water_mark(&status_file).or(peak_rss_kib);
             if let Some(status) = process.try_wait().expect("try_wait") {
                 break status;
             }
@@ -430,6 +461,7 @@ impl Run {
             log: log.into_iter().filter_map(|(v, _)| v).collect(),
             stderr: other.into_iter().map(|(_, l)| l.to_owned()).collect(),
             elapsed: started.elapsed(),
+            peak_rss_kib,
         }
     }
 
@@ -468,12 +500,19 @@ impl Run {
     }
 }
 
+/// `VmHWM` (peak resident set, KiB) from a `/proc/PID/status` file.
+fn high_water_mark(status_file: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(status_file).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "sandbox run {:?}: exit {} after {:?}",
-            self.argv, self.code, self.elapsed
+            "sandbox run {:?}: exit {} after {:?}, supervisor peak RSS {:?} KiB",
+            self.argv, self.code, self.elapsed, self.peak_rss_kib
         )?;
         writeln!(f, "--- agent stdout:\n{}", self.stdout)?;
         writeln!(f, "--- agent stderr:")?;

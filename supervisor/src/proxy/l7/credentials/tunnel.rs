@@ -17,11 +17,9 @@ use tokio::net::TcpStream;
 use super::scan::Stream;
 use super::{Credentials, Encoding, Refused};
 use crate::policy::CredentialSet;
+use crate::proxy::budget::{Account, Buffered};
 use crate::proxy::connection::{read_more, write_all};
 use crate::proxy::relay::{self, Activity, Pipe};
-
-/// Largest read from the client in one step.
-const READ: usize = 64 * 1024;
 
 /// How a searched tunnel ended.
 #[derive(Debug)]
@@ -39,17 +37,18 @@ pub enum Ended {
 
 impl Credentials {
     /// Relays a tunnel, `early` (bytes the client sent with its CONNECT) first, searching the
-    /// client's direction for placeholders.
+    /// client's direction for placeholders, through a buffer charged to `account`.
     pub async fn tunnel(
         &self,
         client: &TcpStream,
         upstream: &TcpStream,
         early: &[u8],
+        account: &Account,
         down_pipe: &Pipe,
         idle: Duration,
     ) -> Ended {
         let activity = Activity::new();
-        let up = self.search_up(client, upstream, early, &activity);
+        let up = self.search_up(client, upstream, early, account, &activity);
         let down = async {
             let moved = relay::copy(upstream, client, down_pipe, None, &activity).await;
             // SAFETY: shutdown of the write side of a connected socket we hold.
@@ -91,22 +90,23 @@ impl Credentials {
         client: &TcpStream,
         upstream: &TcpStream,
         early: &[u8],
+        account: &Account,
         activity: &Activity,
     ) -> Result<(), Searched> {
         let mut forwarded = 0u64;
         let mut stream = Stream::default();
-        let mut buf = Vec::with_capacity(READ);
+        let mut buf = Buffered::new(account);
         let mut pending = early.to_vec();
         loop {
             let at_end = pending.is_empty();
             let data: &[u8] = match at_end {
                 false => &pending,
                 true => {
-                    buf.clear();
+                    buf.consume(buf.bytes.len());
                     read_more(client, &mut buf)
                         .await
                         .map_err(|_| Searched::Broken)?;
-                    &buf
+                    &buf.bytes
                 }
             };
             let ended = at_end && data.is_empty();

@@ -120,22 +120,6 @@ impl Pool {
         }
     }
 
-    /// Queues `job` to run without an answer; gives it back when the queue is full.
-    fn detach<F>(&self, job: F) -> Result<(), F>
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.len() >= self.capacity {
-                return Err(job);
-            }
-            queue.push_back(Box::new(job));
-        }
-        self.ready.notify_one();
-        Ok(())
-    }
-
     /// Queues `job`; its answer comes on the returned channel.
     fn submit<R, F>(&self, job: F) -> Result<oneshot::Receiver<R>, Unavailable>
     where
@@ -198,18 +182,6 @@ where
         .identify
         .run(job)
         .await
-}
-
-/// Runs `job` (a binary to hash, for a caller that is not async) on an identification thread;
-/// gives it back when none can take it, for the caller to run itself: late rather than never.
-pub fn identify_detached<F>(job: F) -> Result<(), F>
-where
-    F: FnOnce() + Send + 'static,
-{
-    match POOLS.get() {
-        Some(pools) => pools.identify.detach(job),
-        None => Err(job),
-    }
 }
 
 /// Resolves `name` (an address literal or a host name) with the system resolver, on a
@@ -290,18 +262,6 @@ mod tests {
         for answer in held {
             runtime.block_on(answer).expect("the held jobs ran");
         }
-    }
-
-    #[test]
-    fn a_detached_job_runs_or_comes_back() {
-        let pool: &'static Pool = Box::leak(Box::new(Pool::new("test", 1)));
-        let (done, ran) = std::sync::mpsc::channel();
-        // No thread yet: the first fills the queue, the second comes back.
-        assert!(pool.detach(move || done.send(7).expect("send")).is_ok());
-        let back = pool.detach(|| ()).expect_err("the queue is full");
-        back();
-        pool.spawn_threads(1).expect("threads");
-        assert_eq!(ran.recv_timeout(Duration::from_secs(5)), Ok(7));
     }
 
     #[test]

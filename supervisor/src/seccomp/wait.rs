@@ -7,9 +7,10 @@
 //! two threads hashing binaries in turn.
 //!
 //! Not an async runtime: the serving threads have a descriptor table of their own (see
-//! [`serve`](super::serve)), and tokio keeps process-wide descriptors of the shared table for
-//! its signal handling, which this table does not have. Every thread here is started from a
-//! serving thread, so it shares their table, and blocks every signal (a handler run here,
+//! [`start_serving`](super::start_serving)), and tokio keeps process-wide descriptors of the
+//! shared table for its signal handling, which this table does not have. Every thread here is
+//! started from the first serving thread once its table is private, so it shares that table,
+//! and blocks every signal (a handler run here,
 //! tokio's included, would write to a descriptor number of the other table).
 
 use std::cell::RefCell;

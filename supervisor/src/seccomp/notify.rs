@@ -260,27 +260,40 @@ pub fn start_serving() -> std::io::Result<Serving> {
     )?;
     let number = theirs.as_raw_fd();
     let (services, delivered) = sync_channel::<Services>(1);
-    let (ready, apart) = sync_channel::<bool>(1);
+    let (ready, started) = sync_channel::<Started>(1);
     std::thread::Builder::new()
         .name("seccomp".into())
         .spawn(move || serve_apart(theirs, &ready, &delivered))?;
+    let Ok(Started { apart, threads }) = started.recv() else {
+        return Err(std::io::Error::other(
+            "the seccomp thread ended before it started",
+        ));
+    };
     // The thread's `theirs` names its own table's copy once it has one; the shared table's copy
     // then belongs to nobody, and is closed here.
-    if apart.recv() == Ok(true) {
+    if apart {
         // SAFETY: `number` is open in this table and no object of this table owns it (the
         // OwnedFd moved to the thread now names the copy in that thread's own table).
         drop(unsafe { OwnedFd::from_raw_fd(number) });
     }
+    threads?;
     Ok(Serving {
         socket: ours,
         services,
     })
 }
 
+/// What the first serving thread reports once it is ready for the listener.
+struct Started {
+    /// Whether its descriptor table is its own.
+    apart: bool,
+    /// Whether the threads it starts (the waiter's, the second serving one) could be made.
+    threads: std::io::Result<()>,
+}
+
 /// On the thread started for it: makes the descriptor table private (keeping `socket`), starts
-/// the other threads in it, then serves the listener that `socket` brings. `ready` says whether
-/// the table is private.
-fn serve_apart(socket: OwnedFd, ready: &SyncSender<bool>, delivered: &Receiver<Services>) {
+/// the other threads in it, says so on `ready`, then serves the listener that `socket` brings.
+fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: &Receiver<Services>) {
     // No signal handler may run on a thread of the other table (see wait.rs).
     wait::block_signals();
     let apart = match own_table(&socket) {
@@ -293,18 +306,18 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<bool>, delivered: &Receiver<S
             false
         }
     };
-    let _ = ready.send(apart);
     let waiting = match wait::Waiter::start() {
-        Ok(running) => Some(running),
+        Ok(running) => running,
         Err(e) => {
-            tracing::error!("no threads to wait on the agent's behalf: {e}");
-            None
+            let _ = ready.send(Started {
+                apart,
+                threads: Err(e),
+            });
+            return;
         }
     };
     let serve = |listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services| {
-        if let Some(running) = &waiting {
-            wait::enter(running.waiter());
-        }
+        wait::enter(waiting.waiter());
         serve_loop(listener, limiter, services);
     };
     std::thread::scope(|scope| {
@@ -319,11 +332,20 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<bool>, delivered: &Receiver<S
                         serve(listener, limiter, services);
                     }
                 });
-            match spawned {
-                Ok(_) => shares.push(share),
-                Err(e) => tracing::warn!("a second seccomp serving thread could not start: {e}"),
+            if let Err(e) = spawned {
+                // The threads started so far end as `shares` is dropped.
+                let _ = ready.send(Started {
+                    apart,
+                    threads: Err(e),
+                });
+                return;
             }
+            shares.push(share);
         }
+        let _ = ready.send(Started {
+            apart,
+            threads: Ok(()),
+        });
         // Nothing comes when the sandbox failed before its seccomp step.
         let Some((listener, services)) = receive_listener(&socket, delivered) else {
             return;
@@ -350,9 +372,7 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<bool>, delivered: &Receiver<S
     });
     // Pending waits end with the agent. What the services hold is the proxy's, which keeps its
     // own references for the supervisor's life: nothing of the shared table is closed here.
-    if let Some(running) = waiting {
-        running.stop();
-    }
+    waiting.stop();
 }
 
 /// The listener, received on `socket` into this thread's table, and its services.

@@ -249,8 +249,6 @@ fn real_clients_send_placeholders_and_the_server_gets_the_values() {
 /// Node's `fetch()` ignores the proxy variables: its direct connections reach the inspected
 /// endpoints through transparent egress, where the same credentials apply.
 #[test]
-#[ignore = "needs direct connections to inspected endpoints handed to the L7 engine \
-            (issue 10's follow-up, HANDOFF)"]
 fn node_fetch_over_transparent_egress_gets_the_value_where_bound() {
     let Some(w) = world() else { return };
     if node().is_none() {

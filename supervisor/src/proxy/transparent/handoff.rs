@@ -203,24 +203,21 @@ pub async fn serve(
     };
     let _ = client.set_nodelay(true);
     let mut early = Vec::new();
-    let host = match pending.hosts.as_slice() {
-        // The engine checks the TLS server name and Host against it, as for CONNECT.
-        [only] => only.clone(),
-        hosts => {
-            let limit = shared.settings.header_timeout;
-            let named = match timeout(limit, named(&client, &mut early)).await {
-                Ok(Ok(named)) => named,
-                Ok(Err(why)) => return refuse(&shared, &pending, &why),
-                Err(_) => {
-                    let why = format!("no TLS ClientHello or HTTP request head within {limit:?}");
-                    return refuse(&shared, &pending, &why);
-                }
-            };
-            match choose(hosts, named.as_deref()) {
-                Ok(host) => host,
-                Err(why) => return refuse(&shared, &pending, &why),
-            }
+    // The name the client asks for (TLS server name, or Host) picks among the names allowed at
+    // the address, and is what a refusal names: the address alone says little to whoever
+    // reads the log.
+    let limit = shared.settings.header_timeout;
+    let named = match timeout(limit, named(&client, &mut early)).await {
+        Ok(Ok(named)) => named,
+        Ok(Err(why)) => return refuse(&shared, &pending, None, &why),
+        Err(_) => {
+            let why = format!("no TLS ClientHello or HTTP request head within {limit:?}");
+            return refuse(&shared, &pending, None, &why);
         }
+    };
+    let host = match choose(&pending.hosts, named.as_deref()) {
+        Ok(host) => host,
+        Err(why) => return refuse(&shared, &pending, named.as_deref(), &why),
     };
     let port = pending.to.port();
     let owners = [pending.chain.clone()];
@@ -229,7 +226,7 @@ pub async fn serve(
             Decision::Allow {
                 rule, endpoints, ..
             } => (rule, endpoints),
-            Decision::Deny(why) => return refuse(&shared, &pending, &why),
+            Decision::Deny(why) => return refuse(&shared, &pending, Some(&host), &why),
         };
     let caller = pending.chain.first().cloned();
     let inspected: Vec<&L7Endpoint> = endpoints.iter().filter_map(|e| e.l7.as_ref()).collect();
@@ -259,7 +256,12 @@ pub async fn serve(
                 tracing::debug!(layer = "transparent", %peer, "closed for the memory budget");
             }
         }
-        (false, None) => refuse(&shared, &pending, "L7 inspection is unavailable"),
+        (false, None) => refuse(
+            &shared,
+            &pending,
+            Some(&host),
+            "L7 inspection is unavailable",
+        ),
         (true, _) => {
             let target = Target {
                 host: &host,
@@ -371,8 +373,9 @@ fn choose(hosts: &[String], named: Option<&str>) -> Result<String, String> {
     }
 }
 
-/// A connection refused after its hand-off (it is closed): logged with who, where, why.
-fn refuse(shared: &Shared, pending: &Pending, why: &str) {
+/// A connection refused after its hand-off (it is closed): logged with who, where (the name
+/// the connection asked for, when it named one), why.
+fn refuse(shared: &Shared, pending: &Pending, named: Option<&str>, why: &str) {
     if !shared.limiter.allow() {
         return;
     }
@@ -382,7 +385,7 @@ fn refuse(shared: &Shared, pending: &Pending, why: &str) {
         pending.to,
         pending.hosts.join(", ")
     );
-    let host = pending.to.ip().to_string();
+    let host = named.map_or_else(|| pending.to.ip().to_string(), str::to_owned);
     log::denied(&Denial {
         layer: Layer::Network,
         pid: process.map_or(0, |p| p.pid),
@@ -422,7 +425,7 @@ async fn tunnel(
     let timeout = shared.settings.connect_timeout;
     let mut upstream = match dial::dial(timeout, host, port, endpoints).await {
         Ok(upstream) => upstream,
-        Err(DialFailure::Refused(why)) => return refuse(shared, pending, &why),
+        Err(DialFailure::Refused(why)) => return refuse(shared, pending, Some(target.host), &why),
         Err(DialFailure::Unreachable(why)) => {
             return tracing::warn!(layer = "transparent", host, port, "{why}");
         }

@@ -40,5 +40,4 @@ mod developer;
 mod installed;
 mod layout;
 mod one_shot;
-mod pending;
 mod world;

@@ -169,9 +169,18 @@ fn tool_call_outside_the_policy(agent: Agent) {
     );
 }
 
+/// With the proxy variables removed, the CLI's own connections (and name lookups) are carried
+/// by transparent egress under the same policy, with the same result.
+fn answers_without_the_proxy_variables(agent: Agent) {
+    let Some(world) = world(agent) else { return };
+    let run = world.sandboxed_without_proxy_variables(agent, &agent.one_shot("Say hello.", false));
+    assert_policy_run(agent, &world, &run);
+}
+
 agent_tests!(
     answers_unconfined => answers_unconfined,
     answers_under_its_shipped_policy => answers_under_its_policy,
+    answers_without_the_proxy_variables => answers_without_the_proxy_variables,
     tool_call_outside_the_policy_is_refused => tool_call_outside_the_policy,
 );
 

@@ -263,7 +263,7 @@ pub fn start_serving() -> std::io::Result<Serving> {
     let (ready, started) = sync_channel::<Started>(1);
     std::thread::Builder::new()
         .name("seccomp".into())
-        .spawn(move || serve_apart(theirs, &ready, &delivered))?;
+        .spawn(move || serve_apart(theirs, &ready, delivered))?;
     let Ok(Started { apart, threads }) = started.recv() else {
         return Err(std::io::Error::other(
             "the seccomp thread ended before it started",
@@ -293,7 +293,7 @@ struct Started {
 
 /// On the thread started for it: makes the descriptor table private (keeping `socket`), starts
 /// the other threads in it, says so on `ready`, then serves the listener that `socket` brings.
-fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: &Receiver<Services>) {
+fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver<Services>) {
     // No signal handler may run on a thread of the other table (see wait.rs).
     wait::block_signals();
     let apart = match own_table(&socket) {
@@ -320,7 +320,7 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: &Receive
         wait::enter(waiting.waiter());
         serve_loop(listener, limiter, services);
     };
-    std::thread::scope(|scope| {
+    let served = std::thread::scope(|scope| {
         let mut shares = Vec::new();
         for _ in 1..SERVING_THREADS {
             let (share, shared) = sync_channel::<Arc<(Arc<OwnedFd>, RateLimit, Services)>>(1);
@@ -338,7 +338,7 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: &Receive
                     apart,
                     threads: Err(e),
                 });
-                return;
+                return None;
             }
             shares.push(share);
         }
@@ -347,9 +347,7 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: &Receive
             threads: Ok(()),
         });
         // Nothing comes when the sandbox failed before its seccomp step.
-        let Some((listener, services)) = receive_listener(&socket, delivered) else {
-            return;
-        };
+        let (listener, services) = receive_listener(&socket, &delivered)?;
         // Every connect() of the agent waits for its answer: a notification is a synchronous
         // call, and handing the CPU over (rather than waking a thread elsewhere) makes the
         // round trip several times cheaper. Older kernels (before 6.6) lack it and keep the
@@ -369,10 +367,15 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: &Receive
         }
         let (listener, limiter, services) = &*serving;
         serve(listener, limiter, services);
+        Some(serving)
     });
-    // Pending waits end with the agent. What the services hold is the proxy's, which keeps its
-    // own references for the supervisor's life: nothing of the shared table is closed here.
+    // Pending waits end with the agent.
     waiting.stop();
+    // The services hold descriptors of the shared table (the proxy's): dropped here, where the
+    // same numbers name other descriptors or none, they would close the wrong ones. They are
+    // left for the process's end, which follows the agent's; so is a delivery never taken.
+    std::mem::forget(served);
+    std::mem::forget(delivered);
 }
 
 /// The listener, received on `socket` into this thread's table, and its services.

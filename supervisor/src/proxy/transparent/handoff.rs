@@ -203,21 +203,24 @@ pub async fn serve(
     };
     let _ = client.set_nodelay(true);
     let mut early = Vec::new();
-    // The name the client asks for (TLS server name, or Host) picks among the names allowed at
-    // the address, and is what a refusal names: the address alone says little to whoever
-    // reads the log.
-    let limit = shared.settings.header_timeout;
-    let named = match timeout(limit, named(&client, &mut early)).await {
-        Ok(Ok(named)) => named,
-        Ok(Err(why)) => return refuse(&shared, &pending, None, &why),
-        Err(_) => {
-            let why = format!("no TLS ClientHello or HTTP request head within {limit:?}");
-            return refuse(&shared, &pending, None, &why);
+    let host = match pending.hosts.as_slice() {
+        // The engine checks the TLS server name and Host against it, as for CONNECT.
+        [only] => only.clone(),
+        hosts => {
+            let limit = shared.settings.header_timeout;
+            let named = match timeout(limit, named(&client, &mut early)).await {
+                Ok(Ok(named)) => named,
+                Ok(Err(why)) => return refuse(&shared, &pending, None, &why),
+                Err(_) => {
+                    let why = format!("no TLS ClientHello or HTTP request head within {limit:?}");
+                    return refuse(&shared, &pending, None, &why);
+                }
+            };
+            match choose(hosts, named.as_deref()) {
+                Ok(host) => host,
+                Err(why) => return refuse(&shared, &pending, named.as_deref(), &why),
+            }
         }
-    };
-    let host = match choose(&pending.hosts, named.as_deref()) {
-        Ok(host) => host,
-        Err(why) => return refuse(&shared, &pending, named.as_deref(), &why),
     };
     let port = pending.to.port();
     let owners = [pending.chain.clone()];

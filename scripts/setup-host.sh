@@ -63,20 +63,28 @@ readonly WITH_AGENTS
 [[ $(id -u) -eq 0 ]] || die "run as root (podman runs rootful here; apt-get installs packages)"
 [[ -r /etc/debian_version ]] || die "this script knows Debian's packages only (Debian 12 expected)"
 
-install_packages() {
-  local missing=() pkg
-  for pkg in "${APT_PACKAGES[@]}"; do
+# apt_packages PRESENT INSTALLING APT_OPTION PACKAGE...: installs the packages dpkg does not
+# list as installed (APT_OPTION, when not empty, passed to apt-get install); PRESENT and
+# INSTALLING name them in the messages.
+apt_packages() {
+  local present="$1" installing="$2" option="$3" missing=() pkg
+  shift 3
+  for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
       || missing+=("$pkg")
   done
   if [[ ${#missing[@]} -eq 0 ]]; then
-    say "Debian packages present: ${APT_PACKAGES[*]}"
+    say "$present: $*"
     return
   fi
-  say "installing Debian packages: ${missing[*]}"
+  say "$installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt-get install -y -qq ${option:+"$option"} "${missing[@]}" >/dev/null
+}
+
+install_packages() {
+  apt_packages "Debian packages present" "installing Debian packages" "" "${APT_PACKAGES[@]}"
 }
 
 configure_podman() {
@@ -140,19 +148,8 @@ wasm_runtime() {
 # recommends: QEMU's would add a desktop's worth of packages to every CI run.
 readonly KERNEL_MATRIX_PACKAGES=(qemu-system-x86 busybox-static cpio)
 kernel_matrix_packages() {
-  local missing=() pkg
-  for pkg in "${KERNEL_MATRIX_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
-      || missing+=("$pkg")
-  done
-  if [[ ${#missing[@]} -eq 0 ]]; then
-    say "kernel matrix packages present: ${KERNEL_MATRIX_PACKAGES[*]}"
-    return
-  fi
-  say "installing the kernel matrix's packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_packages "kernel matrix packages present" "installing the kernel matrix's packages" \
+    --no-install-recommends "${KERNEL_MATRIX_PACKAGES[@]}"
 }
 
 # The version an npm package installed under $AGENTS_PREFIX declares, or nothing.

@@ -33,8 +33,7 @@ pub struct Stat {
 
 /// The stat of `pid`, or `None` when it is gone or unreadable.
 pub fn stat(pid: u32) -> Option<Stat> {
-    with_small(&format!("/proc/{pid}/stat"), |text| {
-        let mut fields = text[text.rfind(')')? + 1..].split_ascii_whitespace();
+    with_stat_fields(&format!("/proc/{pid}/stat"), |mut fields| {
         let state = fields.next()?.chars().next()?;
         let ppid = fields.next()?.parse().ok()?;
         Some(Stat {
@@ -48,22 +47,39 @@ pub fn stat(pid: u32) -> Option<Stat> {
 /// Where this process's environment block lies (`env_start`, `env_end`: fields 50 and 51 of
 /// `/proc/self/stat`).
 pub fn env_block() -> Option<(usize, usize)> {
-    let text = fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-    let start = fields.get(47)?.parse().ok()?;
-    let end = fields.get(48)?.parse().ok()?;
-    (start <= end).then_some((start, end))
+    with_stat_fields("/proc/self/stat", |mut fields| {
+        let start = fields.nth(47)?.parse().ok()?;
+        let end = fields.next()?.parse().ok()?;
+        (start <= end).then_some((start, end))
+    })
 }
 
-/// The threads of this process (0 when unreadable).
+/// The fields of the stat file at `path` after the command name (field 3 first), to `parse`.
+fn with_stat_fields<T>(
+    path: &str,
+    parse: impl FnOnce(std::str::SplitAsciiWhitespace<'_>) -> Option<T>,
+) -> Option<T> {
+    with_small(path, |text| {
+        parse(text[text.rfind(')')? + 1..].split_ascii_whitespace())
+    })
+}
+
+/// The number after `name` (e.g. `Threads:`) in the text of a status file.
+fn status_field<T: std::str::FromStr>(status: &str, name: &str) -> Option<T> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The threads of this process (0 when unreadable). Read whole, not with [`with_small`]: the
+/// status file's CPU and node masks grow with the machine, and a count of 0 refuses the fork.
 pub fn thread_count() -> usize {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse().ok())
-        })
+        .and_then(|status| status_field(&status, "Threads:"))
         .unwrap_or(0)
 }
 
@@ -94,12 +110,8 @@ pub fn tgid(tid: u32) -> Option<u32> {
         unsafe { libc::close(pidfd as i32) };
         return Some(tid);
     }
-    with_small(&format!("/proc/{tid}/status"), |text| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))?
-            .trim()
-            .parse()
-            .ok()
+    with_small(&format!("/proc/{tid}/status"), |status| {
+        status_field(status, "Tgid:")
     })
 }
 

@@ -19,7 +19,6 @@
 //! A mount point inside a bound tree must exist there already (the pod's files are never
 //! changed); one inside a filesystem of the view is created.
 
-use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
 use crate::filesystem::Access;
@@ -243,7 +242,6 @@ pub fn layout(request: &Request<'_>) -> Result<Layout, PlanError> {
         listed,
         root_bind,
         planned: &planned,
-        nodes: BTreeSet::new(),
         layout: &mut layout,
     };
     for mount in &planned {
@@ -324,7 +322,6 @@ struct Builder<'a> {
     listed: &'a [Listed],
     root_bind: Option<usize>,
     planned: &'a [Planned],
-    nodes: BTreeSet<(Holder, PathBuf)>,
     layout: &'a mut Layout,
 }
 
@@ -425,11 +422,6 @@ impl Builder<'_> {
 
     /// Adds `node` once; the same path as another kind of node is a conflict.
     fn add(&mut self, holder: Holder, node: Node) -> Result<(), PlanError> {
-        let key = (holder, node.path().to_owned());
-        if self.nodes.insert(key) {
-            self.layout.nodes.push((holder, node));
-            return Ok(());
-        }
         let existing = self
             .layout
             .nodes
@@ -437,13 +429,16 @@ impl Builder<'_> {
             .find(|(h, n)| *h == holder && n.path() == node.path())
             .map(|(_, n)| n);
         match existing {
+            None => {
+                self.layout.nodes.push((holder, node));
+                Ok(())
+            }
             Some(n) if *n == node => Ok(()),
             Some(n) => Err(PlanError::Conflict(
                 node.path().to_owned(),
                 kind_name(n),
                 kind_name(&node),
             )),
-            None => Ok(()),
         }
     }
 }

@@ -129,12 +129,7 @@ fn unprivileged_ports() -> Result<(), Errno> {
         Err(Errno::EROFS | Errno::EACCES | Errno::EPERM) => {}
         done => return done,
     }
-    let own = crate::view::sys::new_filesystem(
-        c"proc",
-        &[],
-        crate::view::sys::NOSUID | crate::view::sys::NODEV | crate::view::sys::NOEXEC,
-    )?;
-    write(&own)
+    write(&crate::view::sys::new_proc()?)
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.

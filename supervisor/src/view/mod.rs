@@ -398,21 +398,11 @@ pub fn prepare(
         })?;
     }
     if layout.root_bind.is_none() {
-        sys::set_attributes(
-            root.as_fd(),
-            sys::RDONLY | sys::NOSUID | sys::NODEV | sys::NOEXEC,
-            false,
-        )
-        .map_err(syscall("sealing the view's root read-only"))?;
+        sys::seal_read_only(root.as_fd()).map_err(syscall("sealing the view's root read-only"))?;
     }
     for mount in &mounts {
         if let (Kind::Provided, Some(fs)) = (mount.kind, &mount.source) {
-            sys::set_attributes(
-                fs.as_fd(),
-                sys::RDONLY | sys::NOSUID | sys::NODEV | sys::NOEXEC,
-                false,
-            )
-            .map_err(syscall("sealing /run/openshell read-only"))?;
+            sys::seal_read_only(fs.as_fd()).map_err(syscall("sealing /run/openshell read-only"))?;
         }
     }
     let vetted = workdir
@@ -626,8 +616,7 @@ impl Prepared {
     /// In init (PID 1 of the sandbox's PID namespace): a procfs for that namespace, read-write
     /// until [`apply`](Self::apply) (the memfd sysctl is written through it).
     pub fn new_proc(&self) -> Result<OwnedFd, Failure<'static>> {
-        sys::new_filesystem(c"proc", &[], sys::NOSUID | sys::NODEV | sys::NOEXEC)
-            .map_err(failed("creating the sandbox's procfs"))
+        sys::new_proc().map_err(failed("creating the sandbox's procfs"))
     }
 
     /// In init, in its new, private mount namespace: makes the view init's root, its working
@@ -644,12 +633,8 @@ impl Prepared {
                 Some(fd) => fd.as_fd(),
                 None => {
                     if self.proc == Some(Access::ReadOnly) {
-                        sys::set_attributes(
-                            proc.as_fd(),
-                            sys::RDONLY | sys::NOSUID | sys::NODEV | sys::NOEXEC,
-                            false,
-                        )
-                        .map_err(failed("making /proc read-only"))?;
+                        sys::seal_read_only(proc.as_fd())
+                            .map_err(failed("making /proc read-only"))?;
                     }
                     proc.as_fd()
                 }

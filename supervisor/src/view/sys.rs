@@ -93,6 +93,18 @@ pub fn new_filesystem(
     })
 }
 
+/// A new, detached procfs for the calling process's PID namespace (`nosuid`, `nodev`,
+/// `noexec`): the view's `/proc`, and the way to a network sysctl where the pod's `/proc/sys`
+/// is read-only.
+pub fn new_proc() -> Result<OwnedFd, Errno> {
+    new_filesystem(c"proc", &[], NOSUID | NODEV | NOEXEC)
+}
+
+/// Makes the single mount at `fd` read-only, `nosuid`, `nodev`, `noexec` and private.
+pub fn seal_read_only(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    set_attributes(fd, RDONLY | NOSUID | NODEV | NOEXEC, false)
+}
+
 /// Sets `attributes` on the mount at `fd` (and on every mount below it when `recursive`) and
 /// makes it private: nothing mounted on it propagates to a peer in the pod's namespace, and
 /// nothing mounted in the pod appears in the view.

@@ -13,12 +13,14 @@
 //! joins the network namespace and unshares the rest; the filesystem view (`view/`) is then
 //! built in the new mount namespace, with a fresh `/proc` showing only the sandbox's processes.
 
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, fork};
 
 /// Why the namespaces could not be prepared.
@@ -98,12 +100,9 @@ where
                 ))?;
             }
             let value = inside();
-            let ns =
-                File::open("/proc/thread-self/ns/net").map_err(|e| NamespaceError::Syscall {
-                    what: "open /proc/thread-self/ns/net",
-                    source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                })?;
-            Ok((ns.into(), value))
+            let ns = open_proc("/proc/thread-self/ns/net")
+                .map_err(syscall("open /proc/thread-self/ns/net"))?;
+            Ok((ns, value))
         })
         .map_err(|e| NamespaceError::Thread(e.to_string()))?;
     Ok(PendingNetwork { thread })
@@ -119,26 +118,32 @@ fn unprivileged_ports() -> Result<(), Errno> {
         let sysctl = nix::fcntl::openat(
             dir.as_fd(),
             SYSCTL,
-            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
         )?;
         nix::unistd::write(&sysctl, b"0").map(drop)
     };
-    let pods = File::open("/proc").map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-    match write(&pods) {
+    match write(&open_proc("/proc")?) {
         Err(Errno::EROFS | Errno::EACCES | Errno::EPERM) => {}
         done => return done,
     }
     write(&crate::view::sys::new_proc()?)
 }
 
+/// Opens a `/proc` file or directory (read-only, close-on-exec).
+fn open_proc(path: &str) -> Result<OwnedFd, Errno> {
+    nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+}
+
 /// Sets IFF_UP on `lo` in the calling thread's network namespace.
 fn loopback_up() -> Result<(), Errno> {
-    // SAFETY: a plain socket for interface ioctls; closed when `sock` drops.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    let sock = Errno::result(sock)?;
-    // SAFETY: the fd was just created and is owned here.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
+    // A plain socket for interface ioctls.
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: ifreq is plain old data.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -156,10 +161,7 @@ fn loopback_up() -> Result<(), Errno> {
 /// Forks a child that is PID 1 of a new PID namespace. In the parent, the supervisor's own
 /// later children (and threads) go back to its original namespace.
 pub fn fork_pid1() -> Result<ForkResult, NamespaceError> {
-    let original = File::open("/proc/self/ns/pid").map_err(|e| NamespaceError::Syscall {
-        what: "open /proc/self/ns/pid",
-        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
+    let original = open_proc("/proc/self/ns/pid").map_err(syscall("open /proc/self/ns/pid"))?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(syscall("unshare(CLONE_NEWPID)"))?;
     // SAFETY: the caller guarantees the process is single-threaded here (checked in
     // `sandbox::spawn`), so the child may allocate and take locks freely.

@@ -92,16 +92,13 @@ impl Sender {
         buf[8..16].copy_from_slice(&value.to_ne_bytes());
         let detail = &detail.as_bytes()[..detail.len().min(MAX_DETAIL)];
         buf[HEADER..HEADER + detail.len()].copy_from_slice(detail);
-        // SAFETY: sends bytes from a stack buffer; MSG_NOSIGNAL turns a dead supervisor into
-        // EPIPE rather than SIGPIPE. There is nobody to report a failure to.
-        unsafe {
-            libc::send(
-                self.0,
-                buf.as_ptr().cast(),
-                HEADER + detail.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
+        // MSG_NOSIGNAL turns a dead supervisor into EPIPE rather than SIGPIPE. There is nobody
+        // to report a failure to.
+        let _ = nix::sys::socket::send(
+            self.0,
+            &buf[..HEADER + detail.len()],
+            MsgFlags::MSG_NOSIGNAL,
+        );
     }
 
     /// Init forked the agent.
@@ -144,14 +141,10 @@ impl Sender {
     pub fn wait_for_go(self) -> Result<(), Errno> {
         let mut buf = [0u8; HEADER];
         loop {
-            // SAFETY: receives at most HEADER bytes into a stack buffer.
-            let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            match Errno::result(n) {
+            match nix::sys::socket::recv(self.0, &mut buf, MsgFlags::empty()) {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e),
-                Ok(n) if n as usize == HEADER && u32::from_ne_bytes(array(&buf)) == GO => {
-                    return Ok(());
-                }
+                Ok(HEADER) if u32::from_ne_bytes(array(&buf)) == GO => return Ok(()),
                 Ok(_) => return Err(Errno::EBADMSG),
             }
         }

@@ -70,6 +70,22 @@ pub enum Message {
     SeccompListener(OwnedFd),
 }
 
+/// A set-up step in the sandbox that failed with an errno, as [`Sender::failed`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepFailure<'a> {
+    /// The step.
+    pub what: &'a str,
+    /// The error.
+    pub errno: Errno,
+}
+
+impl<'a> StepFailure<'a> {
+    /// For `map_err`: `what` failed with the errno given.
+    pub fn of(what: &'a str) -> impl FnOnce(Errno) -> StepFailure<'a> {
+        move |errno| StepFailure { what, errno }
+    }
+}
+
 /// Creates the pair: (supervisor end, sandbox end). Both close-on-exec.
 pub fn pair() -> Result<(OwnedFd, OwnedFd), Errno> {
     socketpair(
@@ -109,6 +125,11 @@ impl Sender {
     /// `step` failed with `errno`.
     pub fn failed(self, step: &str, errno: Errno) {
         self.send(FAILED, errno as i32, 0, step);
+    }
+
+    /// The step `failure` names failed.
+    pub fn step_failed(self, failure: StepFailure<'_>) {
+        self.failed(failure.what, failure.errno);
     }
 
     /// The read-back `check` found `value`.

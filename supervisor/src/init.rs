@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::channel::Sender;
+use crate::channel::{Sender, StepFailure};
 use crate::child::{self, SETUP_FAILED};
 use crate::{memfd, namespaces, view};
 
@@ -51,10 +51,7 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     }
     // SAFETY: prctl with scalar arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    if let Err(f) = plan.namespaces.apply() {
-        channel.failed(f.what, f.errno);
-        exit(SETUP_FAILED);
-    }
+    or_exit(plan.namespaces.apply(), channel);
     let proc = build_view(plan, channel);
     // Blocked, the forwarded signals and SIGCHLD queue up for sigwaitinfo below. (Blocked
     // signals are never discarded, not even for a namespace's PID 1.)
@@ -63,10 +60,12 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     for signal in FORWARDED {
         waited.add(signal);
     }
-    if let Err(e) = waited.thread_block() {
-        channel.failed("blocking signals in init", e);
-        exit(SETUP_FAILED);
-    }
+    or_exit(
+        waited
+            .thread_block()
+            .map_err(StepFailure::of("blocking signals in init")),
+        channel,
+    );
     // Every thread the supervisor will ever have exists before the agent can, and init is the
     // OOM killer's first choice, which the agent inherits at the fork: an agent that forks up
     // to the pod's pids limit must find the threads already there (workers.rs), and one that
@@ -76,13 +75,11 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     }
     // The agent's process sets itself up while init finishes the view; it runs the agent only
     // once init has written to this pipe.
-    let (go_read, go_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(pipe) => pipe,
-        Err(e) => {
-            channel.failed("creating the start pipe", e);
-            exit(SETUP_FAILED);
-        }
-    };
+    let (go_read, go_write) = or_exit(
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(StepFailure::of("creating the start pipe")),
+        channel,
+    );
     plan.agent.go = Some(go_read);
     // SAFETY: init is single-threaded (forked from a single-threaded supervisor).
     let agent = match unsafe { fork() } {
@@ -92,17 +89,14 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
             child::run(&mut plan.agent, channel)
         }
         Ok(ForkResult::Parent { child }) => child,
-        Err(e) => {
-            channel.failed("forking the agent", e);
-            exit(SETUP_FAILED);
-        }
+        Err(e) => fail(channel, StepFailure::of("forking the agent")(e)),
     };
     plan.agent.go = None;
     finish_view(plan, &proc, channel);
-    if let Err(e) = nix::unistd::write(go_write.as_fd(), b"1") {
-        channel.failed("starting the agent", e);
-        exit(SETUP_FAILED);
-    }
+    or_exit(
+        nix::unistd::write(go_write.as_fd(), b"1").map_err(StepFailure::of("starting the agent")),
+        channel,
+    );
     drop(go_write);
     // After the agent is on its way: closing a procfs that is not in the view unmounts it,
     // which waits for the kernel (an RCU grace period).
@@ -125,35 +119,30 @@ pub fn run(plan: &mut Plan, channel: Sender) -> ! {
 /// the memfd sysctl written through it, then the view as init's root. The agent inherits the
 /// root. Returns the procfs, for [`finish_view`].
 fn build_view(plan: &Plan, channel: Sender) -> OwnedFd {
-    let proc = match plan.view.new_proc() {
-        Ok(proc) => proc,
-        Err(f) => {
-            channel.failed(f.what, f.errno);
-            exit(SETUP_FAILED);
-        }
-    };
-    if let Err(f) = plan.memfd.apply(&proc) {
-        channel.failed(f.what, f.errno);
-        exit(SETUP_FAILED);
-    }
-    if let Err(f) = plan.view.apply(&proc) {
-        channel.failed(f.what, f.errno);
-        exit(SETUP_FAILED);
-    }
+    let proc = or_exit(plan.view.new_proc(), channel);
+    or_exit(plan.memfd.apply(&proc), channel);
+    or_exit(plan.view.apply(&proc), channel);
     proc
 }
 
 /// After the agent's process is forked (so the kernel's wait for the old root's detach
 /// overlaps its set-up): the old root detached and the view read back.
 fn finish_view(plan: &Plan, proc: &OwnedFd, channel: Sender) {
-    if let Err(f) = plan.view.detach_old_root() {
-        channel.failed(f.what, f.errno);
-        exit(SETUP_FAILED);
-    }
+    or_exit(plan.view.detach_old_root(), channel);
     if let Err(u) = plan.view.verify(proc) {
         channel.unverified(u.as_str(), 0);
         exit(SETUP_FAILED);
     }
+}
+
+/// What a step that succeeded returned; a failed one is reported, and init exits.
+fn or_exit<T>(result: Result<T, StepFailure<'_>>, channel: Sender) -> T {
+    result.unwrap_or_else(|failure| fail(channel, failure))
+}
+
+fn fail(channel: Sender, failure: StepFailure<'_>) -> ! {
+    channel.step_failed(failure);
+    exit(SETUP_FAILED)
 }
 
 fn exit(code: i32) -> ! {

@@ -18,6 +18,8 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 
+use crate::channel::StepFailure;
+
 /// The sysctl, below a procfs root.
 const SYSCTL: &str = "sys/vm/memfd_noexec";
 
@@ -47,15 +49,6 @@ fn choose(release: &str, has_sysctl: bool) -> Prepared {
         (true, true) => Prepared::Refused,
         (true, false) => Prepared::SealedByDefault,
     }
-}
-
-/// A failed step in init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Failure {
-    /// The step.
-    pub what: &'static str,
-    /// The error.
-    pub errno: Errno,
 }
 
 impl Prepared {
@@ -88,11 +81,11 @@ impl Prepared {
     /// /proc/sys usually is not): sets the sysctl and reads it back. (Not proven by creating
     /// an executable memfd: the kernel logs every refusal, and the node's log would get a
     /// line per sandbox start; the escape suite proves it instead.)
-    pub fn apply(self, proc: &OwnedFd) -> Result<(), Failure> {
+    pub fn apply(self, proc: &OwnedFd) -> Result<(), StepFailure<'static>> {
         let Some(value) = self.value() else {
             return Ok(());
         };
-        let fail = |what| move |errno| Failure { what, errno };
+        let fail = StepFailure::of;
         let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC;
         let fd = openat(proc.as_fd(), SYSCTL, flags, Mode::empty())
             .map_err(fail("opening vm.memfd_noexec"))?;
@@ -101,7 +94,7 @@ impl Prepared {
         let n = nix::sys::uio::pread(fd.as_fd(), &mut back, 0)
             .map_err(fail("reading back vm.memfd_noexec"))?;
         if back[..n].trim_ascii() != value {
-            return Err(Failure {
+            return Err(StepFailure {
                 what: "vm.memfd_noexec did not read back as set",
                 errno: Errno::EINVAL,
             });

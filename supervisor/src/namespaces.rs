@@ -23,6 +23,8 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, fork};
 
+use crate::channel::StepFailure;
+
 /// Why the namespaces could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
@@ -173,15 +175,6 @@ pub fn fork_pid1() -> Result<ForkResult, NamespaceError> {
     forked.map_err(syscall("fork"))
 }
 
-/// A namespace step that failed in init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NsFailure {
-    /// The step.
-    pub what: &'static str,
-    /// The error.
-    pub errno: Errno,
-}
-
 /// What init needs to finish the namespaces.
 #[derive(Debug)]
 pub struct Prepared {
@@ -196,8 +189,8 @@ impl Prepared {
 
     /// In init, PID 1 of the new PID namespace: joins the network namespace, unshares mount,
     /// IPC, UTS and cgroup namespaces, and cuts the new mount namespace off from the pod's.
-    pub fn apply(&self) -> Result<(), NsFailure> {
-        let fail = |what| move |errno| NsFailure { what, errno };
+    pub fn apply(&self) -> Result<(), StepFailure<'static>> {
+        let fail = StepFailure::of;
         setns(&self.netns, CloneFlags::CLONE_NEWNET).map_err(fail("setns(network)"))?;
         unshare(
             CloneFlags::CLONE_NEWNS

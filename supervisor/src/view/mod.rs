@@ -36,6 +36,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, mkdirat, mknodat};
 
+use crate::channel::StepFailure;
 use crate::filesystem::{Access, Resolved};
 use crate::paths::{self, Opened};
 use mountinfo::{Expect, Mismatch};
@@ -202,19 +203,6 @@ pub struct Workdir {
     path: CString,
     vetted: OwnedFd,
     bound: bool,
-}
-
-/// A step that failed in init.
-#[derive(Debug)]
-pub struct Failure<'a> {
-    /// The step.
-    pub what: &'a str,
-    /// The error.
-    pub errno: Errno,
-}
-
-fn failed<'a>(what: &'a str) -> impl FnOnce(Errno) -> Failure<'a> {
-    move |errno| Failure { what, errno }
 }
 
 /// A difference found by [`Prepared::verify`], in words, in a stack buffer.
@@ -615,41 +603,41 @@ impl Prepared {
 
     /// In init (PID 1 of the sandbox's PID namespace): a procfs for that namespace, read-write
     /// until [`apply`](Self::apply) (the memfd sysctl is written through it).
-    pub fn new_proc(&self) -> Result<OwnedFd, Failure<'static>> {
-        sys::new_proc().map_err(failed("creating the sandbox's procfs"))
+    pub fn new_proc(&self) -> Result<OwnedFd, StepFailure<'static>> {
+        sys::new_proc().map_err(StepFailure::of("creating the sandbox's procfs"))
     }
 
     /// In init, in its new, private mount namespace: makes the view init's root, its working
     /// directory the view's root, and attaches every mount. Only attaches what [`prepare`]
     /// made. The old root stays stacked on the new one, unreachable, until
     /// [`detach_old_root`](Self::detach_old_root).
-    pub fn apply(&self, proc: &OwnedFd) -> Result<(), Failure<'_>> {
+    pub fn apply(&self, proc: &OwnedFd) -> Result<(), StepFailure<'_>> {
         sys::attach(self.root.as_fd(), libc::AT_FDCWD, c"/")
-            .map_err(failed("attaching the view's root"))?;
-        nix::unistd::fchdir(&self.root).map_err(failed("entering the view's root"))?;
-        sys::pivot_to_cwd().map_err(failed("pivot_root into the view"))?;
+            .map_err(StepFailure::of("attaching the view's root"))?;
+        nix::unistd::fchdir(&self.root).map_err(StepFailure::of("entering the view's root"))?;
+        sys::pivot_to_cwd().map_err(StepFailure::of("pivot_root into the view"))?;
         for mount in &self.mounts {
             let source = match &mount.source {
                 Some(fd) => fd.as_fd(),
                 None => {
                     if self.proc == Some(Access::ReadOnly) {
                         sys::seal_read_only(proc.as_fd())
-                            .map_err(failed("making /proc read-only"))?;
+                            .map_err(StepFailure::of("making /proc read-only"))?;
                     }
                     proc.as_fd()
                 }
             };
             let target = sys::open_no_symlinks(libc::AT_FDCWD, &mount.target)
-                .map_err(failed(&mount.step))?;
-            sys::attach(source, target.as_raw_fd(), c"").map_err(failed(&mount.step))?;
+                .map_err(StepFailure::of(&mount.step))?;
+            sys::attach(source, target.as_raw_fd(), c"").map_err(StepFailure::of(&mount.step))?;
         }
         Ok(())
     }
 
     /// In init, after [`apply`](Self::apply) (its working directory still the view's root):
     /// detaches the old root.
-    pub fn detach_old_root(&self) -> Result<(), Failure<'static>> {
-        sys::detach_stacked_root().map_err(failed("detaching the old root"))
+    pub fn detach_old_root(&self) -> Result<(), StepFailure<'static>> {
+        sys::detach_stacked_root().map_err(StepFailure::of("detaching the old root"))
     }
 
     /// In init, after [`detach_old_root`](Self::detach_old_root): the view's mounts, as the
@@ -684,14 +672,15 @@ impl Workdir {
     /// In the agent's process, in the view: enters the workdir, looked up without following
     /// symlinks, and reads back that it is the directory the supervisor vetted (when the view
     /// shows it from the pod; an unlisted workdir is an empty directory of the view's own).
-    pub fn enter(&self) -> Result<(), Failure<'static>> {
+    pub fn enter(&self) -> Result<(), StepFailure<'static>> {
         let fd = sys::open_no_symlinks(libc::AT_FDCWD, &self.path)
-            .map_err(failed("opening the workdir in the view"))?;
-        nix::unistd::fchdir(&fd).map_err(failed("entering the workdir in the view"))?;
-        let here = fstat(fd.as_fd()).map_err(failed("fstat of the workdir in the view"))?;
-        let vetted = fstat(self.vetted.as_fd()).map_err(failed("fstat of the workdir"))?;
+            .map_err(StepFailure::of("opening the workdir in the view"))?;
+        nix::unistd::fchdir(&fd).map_err(StepFailure::of("entering the workdir in the view"))?;
+        let here =
+            fstat(fd.as_fd()).map_err(StepFailure::of("fstat of the workdir in the view"))?;
+        let vetted = fstat(self.vetted.as_fd()).map_err(StepFailure::of("fstat of the workdir"))?;
         if self.bound && (here.st_dev, here.st_ino) != (vetted.st_dev, vetted.st_ino) {
-            return Err(Failure {
+            return Err(StepFailure {
                 what: "the workdir in the view is not the one the supervisor opened",
                 errno: Errno::EXDEV,
             });

@@ -215,12 +215,9 @@ fn describe_filesystem(
 }
 
 fn describe_seccomp(out: &mut String, kernel: &Kernel) {
-    let deny = if kernel.seccomp_notify {
-        seccomp::Deny::Notify
-    } else {
-        seccomp::Deny::RuleErrno
-    };
-    let size = seccomp::prepare(deny).map(|p| p.len()).unwrap_or(0);
+    let size = seccomp::prepare(kernel.seccomp_deny())
+        .map(|p| p.len())
+        .unwrap_or(0);
     let _ = writeln!(
         out,
         "  seccomp: {} rules, {size} BPF instructions; refusals {}",

@@ -44,6 +44,16 @@ pub enum Support {
     Unavailable(String),
 }
 
+impl Support {
+    /// The ABI, 0 when Landlock is unavailable.
+    pub fn abi(&self) -> i32 {
+        match self {
+            Support::Abi(abi) => *abi,
+            Support::Unavailable(_) => 0,
+        }
+    }
+}
+
 /// Asks the kernel for its Landlock ABI.
 pub fn probe() -> Support {
     // SAFETY: with LANDLOCK_CREATE_RULESET_VERSION the attribute pointer must be null and the

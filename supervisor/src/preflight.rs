@@ -58,16 +58,12 @@ pub fn probe() -> Kernel {
     let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
     let landlock = landlock::probe();
     let seccomp_notify = seccomp::user_notification_available();
-    let abi = match landlock {
-        landlock::Support::Abi(abi) => abi,
-        landlock::Support::Unavailable(_) => 0,
-    };
     Kernel {
         release: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_else(|_| "?".to_owned()),
+        transparent: transparent::probe(seccomp_notify, landlock.abi()),
         landlock,
-        transparent: transparent::probe(seccomp_notify, abi),
         seccomp_notify,
         missing_caps,
         runtime_seccomp: mode == libc::SECCOMP_MODE_FILTER as i32,
@@ -88,6 +84,16 @@ pub struct MissingCapabilities {
 }
 
 impl Kernel {
+    /// How the seccomp filter refuses here: handed to the supervisor (and logged) when the
+    /// kernel has user notification, else with the rule's errno alone.
+    pub fn seccomp_deny(&self) -> seccomp::Deny {
+        if self.seccomp_notify {
+            seccomp::Deny::Notify
+        } else {
+            seccomp::Deny::RuleErrno
+        }
+    }
+
     /// Fails when a required capability is missing.
     pub fn require(&self) -> Result<(), MissingCapabilities> {
         if self.missing_caps.is_empty() {

@@ -18,7 +18,7 @@ use crate::namespaces::{self, NamespaceError};
 use crate::policy::{Policy, Reach};
 use crate::preflight::Kernel;
 use crate::proxy::transparent::{self, fence};
-use crate::seccomp::{self, Deny, SeccompError};
+use crate::seccomp::{self, SeccompError};
 use crate::view::{self, ViewError};
 use crate::{caps, credentials, init, memfd, paths, proxy};
 
@@ -160,17 +160,14 @@ pub fn prepare(
     } else {
         tracing::warn!(layer = "memfd", "{}", memfd.describe());
     }
-    let deny = if kernel.seccomp_notify {
-        Deny::Notify
-    } else {
+    if !kernel.seccomp_notify {
         tracing::warn!(
             layer = "seccomp",
             "this kernel cannot hand refused system calls to the supervisor; they are still \
              refused, but not logged"
         );
-        Deny::RuleErrno
-    };
-    let seccomp = seccomp::prepare(deny)?;
+    }
+    let seccomp = seccomp::prepare(kernel.seccomp_deny())?;
     let mut env = environment(&account, &workdir);
     if let Some(inspection) = inspection {
         for (key, value) in &inspection.environment {

@@ -83,7 +83,7 @@ pub enum FilesystemError {
         "the filesystem policy has rules only Landlock can enforce, and Landlock is not \
          available ({why}): {}; remove them, or set landlock.compatibility: best_effort to run \
          without them",
-        rules.iter().map(|(p, w)| format!("{} ({w})", p.display())).collect::<Vec<_>>().join(", ")
+        listing(rules)
     )]
     NeedsLandlock {
         /// Why Landlock is unavailable.
@@ -91,6 +91,15 @@ pub enum FilesystemError {
         /// The rules, with the reason each needs Landlock.
         rules: Vec<(PathBuf, &'static str)>,
     },
+}
+
+/// Paths with the reason for each, as `path (reason), ...`, for messages.
+pub fn listing(paths: &[(PathBuf, impl std::fmt::Display)]) -> String {
+    paths
+        .iter()
+        .map(|(path, why)| format!("{} ({why})", path.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Opens every path of `fs` as root, refusing symlinks the agent could have planted.
@@ -220,11 +229,7 @@ pub fn decide(
                 degraded = true;
                 lines.push(format!(
                     "DEGRADED (best_effort): Landlock is not available ({why}); not enforced: {}",
-                    needs
-                        .iter()
-                        .map(|(p, w)| format!("{} ({w})", p.display()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    listing(&needs)
                 ));
             }
         }

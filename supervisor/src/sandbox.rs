@@ -134,15 +134,10 @@ pub fn prepare(
     let account = account::resolve(&policy.run_as, Path::new("/"))?;
     let resolved = filesystem::resolve(&policy.filesystem)?;
     if !resolved.skipped.is_empty() {
-        let skipped: Vec<String> = resolved
-            .skipped
-            .iter()
-            .map(|(path, why)| format!("{} ({why})", path.display()))
-            .collect();
         tracing::warn!(
             layer = "view",
             "policy paths skipped, they grant nothing: {}",
-            skipped.join(", ")
+            filesystem::listing(&resolved.skipped)
         );
     }
     let (view, view_workdir) = view::prepare(&resolved, &workdir_opened, provided)?;

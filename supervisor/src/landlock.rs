@@ -213,11 +213,6 @@ impl Prepared {
         }
     }
 
-    /// Whether a ruleset will be enforced.
-    pub fn enforces(&self) -> bool {
-        self.ruleset.is_some()
-    }
-
     /// In the agent's process, once the view is its root and still as root: adds the `/proc`
     /// rules. A path that does not exist there is skipped, as before fork.
     pub fn apply(&mut self) -> Result<(), Failure> {

@@ -97,10 +97,6 @@ pub struct Prepared {
     pub account: Account,
     /// Landlock ABI in force (0 = none).
     pub landlock_abi: i32,
-    /// Which layer enforces what of the filesystem policy.
-    pub filesystem: Enforcement,
-    /// Whether memfds can be executed in the sandbox.
-    pub memfd: memfd::Prepared,
     /// Whether refused calls reach the supervisor.
     pub seccomp_notify: bool,
 }
@@ -239,8 +235,6 @@ pub fn prepare(
         },
         account,
         landlock_abi: agent.landlock.abi,
-        filesystem: enforcement,
-        memfd,
         seccomp_notify: agent.seccomp.notifies(),
         init: init::Plan {
             namespaces: namespaces::Prepared::new(netns),

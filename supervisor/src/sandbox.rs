@@ -159,13 +159,8 @@ pub fn prepare(
         );
     }
     let seccomp = seccomp::prepare(kernel.seccomp_deny())?;
-    let mut env = environment(&account, &workdir);
-    if let Some(inspection) = inspection {
-        for (key, value) in &inspection.environment {
-            env.retain(|(k, _)| k != key);
-            env.push((key.into(), value.into()));
-        }
-    }
+    let trust = inspection.map_or(&[][..], |i| &i.environment[..]);
+    let mut env = environment(&account, &workdir, trust);
     if let Some(credentials) = credentials {
         credentials.agent.apply(&mut env);
     }
@@ -312,9 +307,14 @@ fn cstring(s: &OsStr, what: &str) -> Result<CString, SandboxError> {
 }
 
 /// The agent's environment: the supervisor's, without its own `OPENSHELL_*` settings, with
-/// the account's HOME, USER and LOGNAME, and the proxy variables (which replace any the pod
-/// set: the proxy is the only way out).
-fn environment(account: &Account, workdir: &Path) -> Vec<(OsString, OsString)> {
+/// the account's HOME, USER and LOGNAME, the proxy variables (which replace any the pod set:
+/// the proxy is the only way out), then `trust`, the variables that make the agent trust the
+/// L7 engine.
+fn environment(
+    account: &Account,
+    workdir: &Path,
+    trust: &[(&str, String)],
+) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !k.as_bytes().starts_with(SUPERVISOR_ENV_PREFIX.as_bytes()))
         .collect();
@@ -337,6 +337,9 @@ fn environment(account: &Account, workdir: &Path) -> Vec<(OsString, OsString)> {
         set("PATH", DEFAULT_PATH.into());
     }
     for (key, value) in proxy::agent_environment() {
+        set(key, value.into());
+    }
+    for (key, value) in trust {
         set(key, value.into());
     }
     env

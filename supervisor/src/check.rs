@@ -11,7 +11,7 @@ use crate::account::Account;
 use crate::policy::{self, Compatibility, Policy};
 use crate::preflight::{self, Kernel};
 use crate::proxy::transparent::probe as transparent;
-use crate::{account, credentials, filesystem, landlock, memfd, paths, seccomp, view};
+use crate::{account, credentials, filesystem, landlock, memfd, sandbox, seccomp, view};
 
 /// Builds the report for the policy at `origin`; returns it and whether everything can be
 /// enforced as written.
@@ -174,12 +174,9 @@ fn describe_filesystem(
         Ok(resolved) => resolved,
         Err(e) => return problems.push(e.to_string()),
     };
-    let workdir = match std::path::absolute(workdir)
-        .map_err(|e| e.to_string())
-        .and_then(|w| paths::trace(&w).map_err(|e| e.to_string()))
-    {
-        Ok(opened) => opened,
-        Err(e) => return problems.push(format!("workdir: {e}")),
+    let workdir = match sandbox::open_workdir(workdir) {
+        Ok((_, opened)) => opened,
+        Err(e) => return problems.push(e.to_string()),
     };
     let view = match view::prepare(&resolved, &workdir, &[]) {
         Ok((view, _)) => view,

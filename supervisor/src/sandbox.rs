@@ -276,8 +276,8 @@ fn transparent_plan(
 /// Opens the workdir as root, refusing a symlink the agent could have planted (it may own the
 /// parent, e.g. its home in a volume kept between sessions, and would otherwise be chdir'ed
 /// into the link's target). The view then places the agent in this very directory, at its
-/// physical path, and init checks it is the same one.
-fn open_workdir(workdir: &Path) -> Result<(PathBuf, paths::Opened), SandboxError> {
+/// physical path, and init checks it is the same one. (`check` opens it the same way.)
+pub fn open_workdir(workdir: &Path) -> Result<(PathBuf, paths::Opened), SandboxError> {
     let fail = |reason: String| SandboxError::Workdir {
         path: workdir.to_owned(),
         reason,

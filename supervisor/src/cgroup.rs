@@ -36,34 +36,44 @@ impl Cgroups {
     /// How many processes the kernel's OOM killer has killed in the memory cgroup (and its
     /// descendants) since it was created.
     pub fn oom_kills(&self) -> Option<u64> {
-        let dir = self.memory.as_ref()?;
         // v2 counts in memory.events, v1 in memory.oom_control; the line reads the same.
-        ["memory.events", "memory.oom_control"]
-            .iter()
-            .find_map(|file| fs::read_to_string(dir.join(file)).ok())
-            .and_then(|text| field(&text, "oom_kill"))
+        let text = read_first(
+            self.memory.as_ref()?,
+            &["memory.events", "memory.oom_control"],
+        )?;
+        field(&text, "oom_kill")
     }
 
     /// The memory cgroup's limit in bytes, if it has one.
     pub fn memory_limit(&self) -> Option<u64> {
-        let dir = self.memory.as_ref()?;
-        ["memory.max", "memory.limit_in_bytes"]
-            .iter()
-            .find_map(|file| fs::read_to_string(dir.join(file)).ok())
-            .and_then(|text| text.trim().parse::<u64>().ok())
-            // v1 says "no limit" with a number near 2^63.
-            .filter(|&limit| limit < 1 << 62)
+        number(
+            self.memory.as_ref()?,
+            &["memory.max", "memory.limit_in_bytes"],
+        )
+        // v1 says "no limit" with a number near 2^63.
+        .filter(|&limit| limit < 1 << 62)
     }
 
     /// How many more tasks (processes and threads) the pids cgroup admits; `None` without a
     /// limit.
     pub fn pids_left(&self) -> Option<u64> {
         let dir = self.pids.as_ref()?;
-        let read = |file: &str| fs::read_to_string(dir.join(file)).ok();
-        let max = read("pids.max")?.trim().parse::<u64>().ok()?;
-        let current = read("pids.current")?.trim().parse::<u64>().ok()?;
-        Some(max.saturating_sub(current))
+        let max = number(dir, &["pids.max"])?;
+        Some(max.saturating_sub(number(dir, &["pids.current"])?))
     }
+}
+
+/// The first of `files` in the cgroup directory `dir` that can be read (the v2 name, then the
+/// v1 one).
+fn read_first(dir: &Path, files: &[&str]) -> Option<String> {
+    files
+        .iter()
+        .find_map(|file| fs::read_to_string(dir.join(file)).ok())
+}
+
+/// The number in the first readable of `files` in `dir` (`None` for "max", no limit).
+fn number(dir: &Path, files: &[&str]) -> Option<u64> {
+    read_first(dir, files)?.trim().parse().ok()
 }
 
 /// `NAME VALUE` from a flat-keyed cgroup file.

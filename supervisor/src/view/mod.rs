@@ -265,10 +265,7 @@ pub fn prepare(
             sys::clone_entry(dev.as_ref()?.as_fd(), &name).ok()
         })
         .collect();
-    let mut devices = [false; DEVICES.len()];
-    for (present, tree) in devices.iter_mut().zip(&device_trees) {
-        *present = tree.is_some();
-    }
+    let devices: [bool; DEVICES.len()] = std::array::from_fn(|i| device_trees[i].is_some());
     let proc = resolved.proc.iter().map(|(_, a)| *a).max();
     let layout = plan::layout(&Request {
         listed: &listed,

@@ -22,6 +22,8 @@ use std::ffi::{CString, c_char};
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
+use nix::sys::prctl;
+use nix::sys::resource::{Resource, setrlimit};
 
 use crate::account::{Account, AccountFailure};
 use crate::caps::{self, CapsFailure};
@@ -140,23 +142,12 @@ fn confine(plan: &mut Plan, channel: Sender) -> Result<(), Failure> {
     plan.account.apply().map_err(account_failure)?;
     plan.caps.clear_and_verify().map_err(caps_failure)?;
     plan.account.verify().map_err(account_failure)?;
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: setrlimit reads the struct on the stack.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-    check(rc, "setrlimit(RLIMIT_CORE)")?;
-    // SAFETY: prctl with scalar arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    check(rc, "PR_SET_DUMPABLE")?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(step("setrlimit(RLIMIT_CORE)"))?;
+    prctl::set_dumpable(false).map_err(step("PR_SET_DUMPABLE"))?;
     // no_new_privs before Landlock (which requires it without CAP_SYS_ADMIN) and seccomp:
     // from here on no execve can gain privileges, setuid bits and file capabilities included.
-    // SAFETY: prctl with scalar arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    check(rc, "PR_SET_NO_NEW_PRIVS")?;
-    // SAFETY: prctl with scalar arguments.
-    if unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } != 1 {
+    prctl::set_no_new_privs().map_err(step("PR_SET_NO_NEW_PRIVS"))?;
+    if prctl::get_no_new_privs() != Ok(true) {
         return Err(Failure::Unverified(
             "no_new_privs did not read back as set",
             0,

@@ -44,13 +44,11 @@ pub struct Plan {
 /// Runs init. Never returns.
 pub fn run(plan: &mut Plan, channel: Sender) -> ! {
     // Die with the supervisor: the kernel then kills everything in the namespace.
-    // SAFETY: prctl with scalar arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if supervisor_gone(channel.0) {
         exit(SETUP_FAILED);
     }
-    // SAFETY: prctl with scalar arguments.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_dumpable(false);
     or_exit(plan.namespaces.apply(), channel);
     let proc = build_view(plan, channel);
     // Blocked, the forwarded signals and SIGCHLD queue up for sigwaitinfo below. (Blocked

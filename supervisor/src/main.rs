@@ -183,11 +183,9 @@ fn ignore_job_control() {
 
 /// The supervisor's own peak resident set, all threads, children excluded.
 fn peak_rss_kib() -> i64 {
-    // SAFETY: getrusage fills a struct on the stack.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF cannot fail with a valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    usage.ru_maxrss
+    // RUSAGE_SELF cannot fail.
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map_or(0, |usage| usage.max_rss())
 }
 
 /// Reopens fds 0-2 on /dev/null when the supervisor was started without them, so that none

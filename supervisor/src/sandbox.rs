@@ -93,12 +93,6 @@ pub struct Prepared {
     proxy: proxy::Bound,
     /// The agent's command.
     pub command: Command,
-    /// Who the agent runs as.
-    pub account: Account,
-    /// Landlock ABI in force (0 = none).
-    pub landlock_abi: i32,
-    /// Whether refused calls reach the supervisor.
-    pub seccomp_notify: bool,
 }
 
 /// Prepares every layer for `command` (empty: the user's shell) under `policy`. `provided` are
@@ -212,7 +206,7 @@ pub fn prepare(
         exists_outside,
         workdir: view_workdir,
         go: None,
-        account: account.clone(),
+        account,
         caps: caps::prepare(),
         landlock,
         tcp_fence,
@@ -228,9 +222,6 @@ pub fn prepare(
                 .collect(),
             candidates: candidates.iter().map(|c| c.display().to_string()).collect(),
         },
-        account,
-        landlock_abi: agent.landlock.abi,
-        seccomp_notify: agent.seccomp.notifies(),
         init: init::Plan {
             namespaces: namespaces::Prepared::new(netns),
             view,

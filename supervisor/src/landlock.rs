@@ -124,8 +124,6 @@ pub struct Prepared {
     canary: bool,
     /// The ABI in use (0 when Landlock is unavailable).
     pub abi: i32,
-    /// Number of rules added before fork.
-    pub rules: usize,
 }
 
 /// Why the agent's process could not apply or prove the ruleset.
@@ -186,7 +184,6 @@ pub fn prepare<'a>(
             .iter()
             .any(|e| e.opened.physical == Path::new("/")),
         abi,
-        rules: 0,
     };
     let listed = resolved
         .entries
@@ -195,7 +192,6 @@ pub fn prepare<'a>(
     for (fd, access, is_dir) in listed.chain(view_mounts) {
         let access = for_type(is_dir, rights(version, access), prepared.file_access);
         created = created.add_rule(PathBeneath::new(fd, access))?;
-        prepared.rules += 1;
     }
     prepared.ruleset = Some(created);
     Ok(prepared)
@@ -209,7 +205,6 @@ impl Prepared {
             file_access: BitFlags::EMPTY,
             canary: false,
             abi: 0,
-            rules: 0,
         }
     }
 

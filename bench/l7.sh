@@ -32,11 +32,11 @@ count=${COUNT:-2000}
 workers=${WORKERS:-4}
 size_mb=${SIZE_MB:-512}
 tunnels=${TUNNELS:-1000}
-case ${1:-} in
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-esac
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
+case ${1:-} in
+    -h | --help) bench_usage; exit 0 ;;
+esac
 bench_needs bench/l7.sh nginx curl openssl ip nsenter python3 cargo
 bench_supervisor
 bench_lab l7-bench
@@ -65,12 +65,9 @@ sandbox_command=(nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin
     --policy "$dir/policy.yaml" --workdir "$dir" --log-format json --)
 sandbox() { "${sandbox_command[@]}" "$@" 2>>"$dir/supervisor.log"; }
 
-results=$dir/results
-record() { echo "$1 $2" >>"$results"; }
-
 # COUNT URLs in a curl config file: one curl process, one connection (keep-alive).
-for ((i = 0; i < count; i++)); do printf 'url = "https://203.0.113.2/small"\noutput = "/dev/null"\n'; done >"$dir/urls.443"
-for ((i = 0; i < count; i++)); do printf 'url = "https://203.0.113.2:8443/small"\noutput = "/dev/null"\n'; done >"$dir/urls.8443"
+bench_curl_config "$dir/urls.443" https://203.0.113.2/small "$count"
+bench_curl_config "$dir/urls.8443" https://203.0.113.2:8443/small "$count"
 curl_many=(curl -sS --insecure -w '%{time_total}\n')
 
 keepalive() { # NAME PORT WORKERS [sandbox]: curls in parallel in one sandbox; requests/s, p50
@@ -102,11 +99,8 @@ newconn() { # NAME [sandbox]: one curl, COUNT/4 GETs each on a new connection
 }
 
 bulk() { # NAME [sandbox]
-    local name=$1 runner=${2:-in_pod} out
-    out=$($runner curl -sS --insecure -o /dev/null -w '%{size_download} %{speed_download}' https://203.0.113.2/bulk)
-    read -r size speed <<<"$out"
-    ((size == size_mb * 1024 * 1024)) || { echo "$name: downloaded $size bytes" >&2; exit 1; }
-    record "bulk_$name" "$(python3 -c "print($speed / 1e6)")"
+    bench_bulk "$1" "${2:-in_pod}" curl -sS --insecure -o /dev/null \
+        -w '%{size_download} %{speed_download}' https://203.0.113.2/bulk
 }
 
 cat >"$dir/hold.py" <<'PY'
@@ -141,7 +135,6 @@ asyncio.run(main(int(sys.argv[1])))
 PY
 chmod 644 "$dir/hold.py"
 
-status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 memory() {
     local fifo=$dir/hold.in out=$dir/hold.out pid waited=0
     rm -f "$fifo" "$out"
@@ -178,8 +171,7 @@ for ((round = 1; round <= runs; round++)); do
 done
 echo
 
-denials=$(grep -c '"event":"denied"' "$dir/supervisor.log" || true)
-((denials == 0)) || { echo "denials during the benchmark:" >&2; grep '"denied"' "$dir/supervisor.log" | head >&2; exit 1; }
+bench_no_denials
 
 python3 - "$results" "$runs" "$(nproc)" "$(nginx -v 2>&1)" "$(curl --version | head -1)" <<'PY'
 import statistics, sys

@@ -75,13 +75,13 @@ network_policies:
     binaries: [{ path: /usr/bin/curl }, { path: $dir/proxy-load }]
 EOF
 
-sandbox_with() { # SUPERVISOR, then the command
+# nsenter and env exec: the supervisor (BINARY) runs the command in the pod namespace.
+sandbox_with() { # BINARY, then the command
     local binary=$1
     shift
     nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin "$binary" --policy "$dir/policy.yaml" \
         --workdir "$dir" --log-format json -- "$@" 2>>"$dir/supervisor.log"
 }
-sandbox() { sandbox_with "$supervisor" "$@"; }
 
 curl_bulk=(curl -sS -o /dev/null -w '%{size_download} %{speed_download}\n')
 bulk() { [[ ${SKIP_BULK:-} == 1 ]] || bench_bulk "$@"; }
@@ -89,33 +89,29 @@ bulk() { [[ ${SKIP_BULK:-} == 1 ]] || bench_bulk "$@"; }
 url=http://bench.test
 rate=(rate 203.0.113.2:80 /small "$workers" "$rate_count")
 resolve=(resolve bench.test "$workers" "$dns_count")
-step() { # one measurement, by name
-    case $1 in
-    bulk_direct) bulk direct in_pod "${curl_bulk[@]}" "$url/bulk" ;;
-    bulk_transparent) bulk transparent sandbox "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
-    bulk_connect) bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk" ;;
-    rate_direct) bench_load rate_direct in_pod "$dir/proxy-load" "${rate[@]}" ;;
-    rate_transparent) bench_load rate_transparent sandbox ./proxy-load "${rate[@]}" ;;
-    rate_connect) bench_load rate_connect sandbox ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
-    dns_direct) bench_load dns_direct in_pod "$dir/proxy-load" "${resolve[@]}" ;;
-    dns_policy) bench_load dns_policy sandbox ./proxy-load "${resolve[@]}" ;;
-    bulk_transparent_baseline)
-        bulk transparent_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
-    bulk_connect_baseline) bulk connect_baseline sandbox_with "$BASELINE" "${curl_bulk[@]}" -p "$url/bulk" ;;
-    rate_transparent_baseline) bench_load rate_transparent_baseline sandbox_with "$BASELINE" ./proxy-load "${rate[@]}" ;;
-    rate_connect_baseline)
-        bench_load rate_connect_baseline sandbox_with "$BASELINE" ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
-    dns_policy_baseline) bench_load dns_policy_baseline sandbox_with "$BASELINE" ./proxy-load "${resolve[@]}" ;;
+step() { # one measurement, by name; NAME_baseline is NAME with the BASELINE binary
+    local name=${1%_baseline} binary=$supervisor
+    [[ $1 == *_baseline ]] && binary=$BASELINE
+    local sandbox=(sandbox_with "$binary") tag=${1#*_}
+    case $name in
+    bulk_direct) bulk "$tag" in_pod "${curl_bulk[@]}" "$url/bulk" ;;
+    bulk_transparent) bulk "$tag" "${sandbox[@]}" "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
+    bulk_connect) bulk "$tag" "${sandbox[@]}" "${curl_bulk[@]}" -p "$url/bulk" ;;
+    rate_direct) bench_load "$1" in_pod "$dir/proxy-load" "${rate[@]}" ;;
+    rate_transparent) bench_load "$1" "${sandbox[@]}" ./proxy-load "${rate[@]}" ;;
+    rate_connect) bench_load "$1" "${sandbox[@]}" ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
+    dns_direct) bench_load "$1" in_pod "$dir/proxy-load" "${resolve[@]}" ;;
+    dns_policy) bench_load "$1" "${sandbox[@]}" ./proxy-load "${resolve[@]}" ;;
     esac
 }
 # Compared figures are measured next to each other, and every other round in reverse order:
 # a run measured second was seen to be 5-10% slower or faster than the same run measured first.
-steps=(bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy)
-if [[ -n ${BASELINE:-} ]]; then
-    steps=(bulk_direct bulk_transparent bulk_transparent_baseline bulk_connect bulk_connect_baseline
-        rate_direct rate_transparent rate_transparent_baseline rate_connect rate_connect_baseline
-        dns_direct dns_policy dns_policy_baseline)
-fi
+# With BASELINE, each sandboxed figure is also taken with that binary, right after this one's.
+steps=()
+for name in bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy; do
+    steps+=("$name")
+    if [[ -n ${BASELINE:-} && $name != *_direct ]]; then steps+=("${name}_baseline"); fi
+done
 echo "rounds: $runs (bulk $size_mb MiB; $rate_count connections and $dns_count lookups per run; $workers workers)"
 for ((round = 1; round <= runs; round++)); do
     printf 'round %d/%d\r' "$round" "$runs"

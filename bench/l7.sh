@@ -136,22 +136,11 @@ PY
 chmod 644 "$dir/hold.py"
 
 memory() {
-    local fifo=$dir/hold.in out=$dir/hold.out pid waited=0
-    rm -f "$fifo" "$out"
-    mkfifo "$fifo"
-    exec {hold_fd}<>"$fifo"
-    "${sandbox_command[@]}" /usr/bin/python3 hold.py "$tunnels" <"$fifo" >"$out" \
-        2>>"$dir/supervisor.log" {hold_fd}>&- &
-    pid=$!
-    until grep -q '^ready' "$out" 2>/dev/null; do
-        sleep 0.1
-        waited=$((waited + 1))
-        ((waited < 1200)) || { echo "tunnels never ready: $(cat "$out")" >&2; exit 1; }
-    done
+    bench_hold "${sandbox_command[@]}" /usr/bin/python3 hold.py "$tunnels"
+    bench_hold_wait ready
     sleep 0.5
-    record rss_tls_tunnels "$(status_kib "$pid" VmRSS)"
-    exec {hold_fd}>&-
-    wait "$pid" || { echo "the hold run failed: $(cat "$out")" >&2; exit 1; }
+    record rss_tls_tunnels "$(status_kib "$hold_pid" VmRSS)"
+    bench_hold_end
 }
 
 echo "rounds: $runs ($count requests per keep-alive worker, $workers workers; bulk $size_mb MiB; $tunnels tunnels)"

@@ -20,6 +20,11 @@
 #                             that it downloaded all $size_mb MiB and records bulk_NAME in MB/s
 #   bench_load NAME CMD...    runs CMD, a proxy-load measurement printing JSON; fails on any
 #                             error, records NAME_per_second, NAME_p50 and NAME_p99 (ms)
+#   bench_hold CMD...         starts CMD (a sandbox command line: nsenter and env exec, so
+#                             $hold_pid is the supervisor's) in the background, its stdin a
+#                             FIFO held open here and its output in $hold_out
+#   bench_hold_wait WORD      waits until the held run prints a line starting with WORD
+#   bench_hold_end            closes the held run's stdin and waits for it to succeed
 #   status_kib PID FIELD      a field of /proc/PID/status (VmRSS, VmHWM) in KiB
 #   bench_no_denials          exits unless the supervisor's log ($dir/supervisor.log) is free
 #                             of denials: a refused request would measure the refusal
@@ -176,6 +181,31 @@ print(f"{name}_per_second {r['per_second']}")
 print(f"{name}_p50 {r['p50_ms']}")
 print(f"{name}_p99 {r['p99_ms']}")
 EOF
+}
+
+bench_hold() {
+    local fifo=$dir/hold.in
+    hold_out=$dir/hold.out
+    rm -f "$fifo" "$hold_out"
+    mkfifo "$fifo"
+    # Opened read-write so that neither side blocks; closing it ends the hold.
+    exec {hold_fd}<>"$fifo"
+    "$@" <"$fifo" >"$hold_out" 2>>"$dir/supervisor.log" {hold_fd}>&- &
+    hold_pid=$!
+}
+
+bench_hold_wait() {
+    local waited=0
+    until grep -q "^$1" "$hold_out" 2>/dev/null; do
+        sleep 0.05
+        waited=$((waited + 1))
+        ((waited < 2400)) || { echo "the held run never printed $1: $(cat "$hold_out")" >&2; exit 1; }
+    done
+}
+
+bench_hold_end() {
+    exec {hold_fd}>&-
+    wait "$hold_pid" || { echo "the held run failed: $(cat "$hold_out")" >&2; exit 1; }
 }
 
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }

@@ -72,29 +72,18 @@ url=http://203.0.113.2
 curl_bulk=(curl -sS -o /dev/null -w '%{size_download} %{speed_download}\n')
 
 memory() {
-    local fifo=$dir/hold.in out=$dir/hold.out pid waited=0
-    rm -f "$fifo" "$out"
-    mkfifo "$fifo"
-    # Opened read-write so that neither side blocks; closing it ends the hold.
-    exec {hold_fd}<>"$fifo"
-    "${sandbox_command[@]}" ./proxy-load hold 203.0.113.2:80 "$tunnels" 127.0.0.1:3128 \
-        <"$fifo" >"$out" 2>>"$dir/supervisor.log" {hold_fd}>&- &
-    pid=$!
-    until grep -q '^idle' "$out" 2>/dev/null; do sleep 0.05; done
-    [[ $(readlink "/proc/$pid/exe") == "$supervisor" ]] || { echo "pid $pid is not the supervisor" >&2; exit 1; }
+    bench_hold "${sandbox_command[@]}" ./proxy-load hold 203.0.113.2:80 "$tunnels" 127.0.0.1:3128
+    bench_hold_wait idle
+    [[ $(readlink "/proc/$hold_pid/exe") == "$supervisor" ]] \
+        || { echo "pid $hold_pid is not the supervisor" >&2; exit 1; }
     sleep 0.5
-    record rss_idle "$(status_kib "$pid" VmRSS)"
+    record rss_idle "$(status_kib "$hold_pid" VmRSS)"
     local started=$EPOCHREALTIME
-    until grep -q '^ready' "$out" 2>/dev/null; do
-        sleep 0.05
-        waited=$((waited + 1))
-        ((waited < 1200)) || { echo "tunnels never ready: $(cat "$out")" >&2; exit 1; }
-    done
+    bench_hold_wait ready
     record tunnels_open_seconds "$(python3 -c "print(${EPOCHREALTIME} - $started)")"
-    record rss_tunnels "$(status_kib "$pid" VmRSS)"
-    record hwm_tunnels "$(status_kib "$pid" VmHWM)"
-    exec {hold_fd}>&-
-    wait "$pid" || { echo "the hold run failed: $(cat "$out")" >&2; exit 1; }
+    record rss_tunnels "$(status_kib "$hold_pid" VmRSS)"
+    record hwm_tunnels "$(status_kib "$hold_pid" VmHWM)"
+    bench_hold_end
 }
 
 echo "rounds: $runs (bulk $size_mb MiB; $rate_count exchanges per latency/rate run; $workers workers; $tunnels tunnels)"

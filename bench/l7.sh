@@ -15,7 +15,7 @@
 #   keepalive  WORKERS curl processes, each COUNT GETs of 64 bytes on one connection:
 #              requests/s (all workers); and one worker alone: p50 per request (curl's
 #              time_total), so that the added latency is not the 2 CPUs' run queue
-#   newconn    one curl, COUNT GETs each on a new connection (Connection: close): per second
+#   newconn    one curl, COUNT/4 GETs each on a new connection (Connection: close): per second
 #   bulk       SIZE_MB MiB download, MB/s
 #   memory     the supervisor's VmRSS with TUNNELS TLS tunnels held open after one GET each
 #   plain L4   the same keepalive figures through a plain (spliced) tunnel, for comparison

@@ -1,6 +1,7 @@
-//! Load generator for `bench/proxy.sh`, run by the same binary on both sides of the
-//! comparison: from the pod straight to the test host ("direct"), and inside the sandbox
-//! through the egress proxy (`--proxy`).
+//! Load generator for the proxy benchmarks (`bench/proxy.sh`, `transparent.sh`, `soak.sh`),
+//! run by the same binary on both sides of each comparison: from the pod straight to the test
+//! host ("direct"), and inside the sandbox: through a CONNECT tunnel of the egress proxy
+//! (PROXY), or without PROXY, by transparent egress.
 //!
 //! `rate`: WORKERS threads each repeat connect [+ CONNECT] + GET PATH + read the response +
 //! close, COUNT times in all; prints one JSON line with the rate of new connections and the

@@ -30,9 +30,7 @@ workers=${WORKERS:-4}
 size_mb=${SIZE_MB:-512}
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
-case ${1:-} in
-    -h | --help) bench_usage; exit 0 ;;
-esac
+bench_help "$@"
 bench_needs bench/credentials.sh nginx curl openssl ip nsenter python3 cargo
 bench_supervisor
 bench_lab credentials-bench

@@ -34,9 +34,7 @@ size_mb=${SIZE_MB:-512}
 tunnels=${TUNNELS:-1000}
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
-case ${1:-} in
-    -h | --help) bench_usage; exit 0 ;;
-esac
+bench_help "$@"
 bench_needs bench/l7.sh nginx curl openssl ip nsenter python3 cargo
 bench_supervisor
 bench_lab l7-bench

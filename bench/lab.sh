@@ -5,6 +5,7 @@
 # files are $dir/*.pid); and the bookkeeping of the figures each round records.
 #
 #   bench_usage               prints the calling script's header (its --help)
+#   bench_help ARG...         with -h or --help first, prints the header and exits
 #   bench_needs NAME TOOL...  exits with a message unless root and every TOOL is on PATH
 #   bench_supervisor          sets $supervisor: $SUPERVISOR, or the tree's release build
 #   bench_lab NAME            sets $pod, $host, $dir and $results; defines in_pod and in_host
@@ -31,6 +32,7 @@
 # KEEP=1 keeps the scratch directory (logs) for inspection.
 
 bench_usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+bench_help() { case ${1:-} in -h | --help) bench_usage; exit 0 ;; esac; }
 
 bench_needs() {
     local name=$1 tool

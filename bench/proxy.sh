@@ -35,9 +35,7 @@ workers=${WORKERS:-4}
 tunnels=${TUNNELS:-1000}
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
-case ${1:-} in
-    -h | --help) bench_usage; exit 0 ;;
-esac
+bench_help "$@"
 ((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
 bench_needs bench/proxy.sh nginx curl ip nsenter python3 cargo
 bench_supervisor

@@ -37,9 +37,7 @@ dns_count=${DNS_COUNT:-5000}
 workers=${WORKERS:-4}
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
-case ${1:-} in
-    -h | --help) bench_usage; exit 0 ;;
-esac
+bench_help "$@"
 bench_needs bench/transparent.sh nginx dnsmasq curl ip nsenter unshare python3 cargo
 
 # Everything below runs in a private mount namespace whose /etc/resolv.conf names the test

@@ -304,11 +304,7 @@ impl<'a> Context<'a> {
 
     /// `host:port` as a `Host` header writes it.
     fn authority(&self) -> String {
-        let host = &self.session.host;
-        match host.contains(':') {
-            true => format!("[{host}]:{}", self.session.port),
-            false => format!("{host}:{}", self.session.port),
-        }
+        self.destination.to_string()
     }
 
     /// Logs an allowed request; `logged_path` replaces the path when a credential value goes

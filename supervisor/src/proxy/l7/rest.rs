@@ -17,9 +17,9 @@
 //! a `Host` (or absolute-form authority) other than the connection's destination (no domain
 //! fronting). An h2c upgrade is refused; so is any upgrade but websocket.
 
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use std::{fmt, io};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -69,7 +69,7 @@ impl RequestHead {
     /// The head as sent upstream: origin-form, hop-by-hop headers dropped (the upgrade kept
     /// for a websocket), `Host` as the client sent it (checked equal to the destination)
     /// or, for an HTTP/1.0 request without one, the destination's.
-    pub fn encode(&self, authority: &str) -> Vec<u8> {
+    pub fn encode(&self, authority: impl fmt::Display) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.target.path.len());
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -113,6 +113,16 @@ pub struct Destination<'a> {
     /// Whether absolute-form (`http://host/...`) targets are expected: a forward-proxy
     /// request, rather than a request inside a tunnel.
     pub forward: bool,
+}
+
+/// `host:port` as a `Host` header writes it (an IPv6 address in brackets).
+impl fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// Why a head was refused before any decision.
@@ -195,8 +205,7 @@ pub fn parse_head(
             .map_err(|e| HeadError::Malformed(e.to_string()))?;
         if !same(&host, port) {
             return Err(HeadError::Authority(format!(
-                "request for {authority} on a connection to {}",
-                display(destination)
+                "request for {authority} on a connection to {destination}"
             )));
         }
         match path.starts_with('?') {
@@ -214,8 +223,7 @@ pub fn parse_head(
             .map_err(|_| HeadError::Malformed("invalid Host header".into()))?;
         if !same(&name, port) {
             return Err(HeadError::Authority(format!(
-                "Host {text:?} on a connection to {}",
-                display(destination)
+                "Host {text:?} on a connection to {destination}"
             )));
         }
     }
@@ -256,13 +264,6 @@ fn strip_scheme(target: &str, tls: bool) -> Option<&str> {
     prefix
         .eq_ignore_ascii_case(scheme)
         .then(|| &target[scheme.len()..])
-}
-
-fn display(destination: &Destination<'_>) -> String {
-    match destination.host.contains(':') {
-        true => format!("[{}]:{}", destination.host, destination.port),
-        false => format!("{}:{}", destination.host, destination.port),
-    }
 }
 
 /// What became of the session: whether the client connection may carry another request.
@@ -623,7 +624,7 @@ where
     let (plan, mode) = match plan {
         Some(plan) if head.framing != Body::Empty && plan.body != Mode::Pass => (plan, plan.body),
         _ => {
-            upstream.write_all(&head.encode(&cx.authority())).await?;
+            upstream.write_all(&head.encode(cx.destination)).await?;
             upstream.flush().await?;
             return Ok(plain);
         }
@@ -638,7 +639,7 @@ where
         };
         plan.placeholder_filter(Mode::Scan, "body")
             .pass(&buffered.bytes[..ready], true)?;
-        upstream.write_all(&head.encode(&cx.authority())).await?;
+        upstream.write_all(&head.encode(cx.destination)).await?;
         upstream.flush().await?;
         let framing = match head.framing {
             Body::Length(n) => Framing::Length(n),
@@ -667,7 +668,7 @@ where
     if ended {
         let body = filter.pass(&first, true)?.bytes().to_vec();
         set_length(&mut sent.headers, Some(body.len()));
-        let mut bytes = sent.encode(&cx.authority());
+        let mut bytes = sent.encode(cx.destination);
         bytes.extend_from_slice(&body);
         upstream.write_all(&bytes).await?;
         upstream.flush().await?;
@@ -683,7 +684,7 @@ where
         .error());
     }
     set_length(&mut sent.headers, None);
-    upstream.write_all(&sent.encode(&cx.authority())).await?;
+    upstream.write_all(&sent.encode(cx.destination)).await?;
     upstream.flush().await?;
     Ok(Upload::Filtered {
         filter,

@@ -492,10 +492,8 @@ where
         let mut decoder = Decoder::new(head.framing);
         let upload = send_head(cx, client, buffered, head, upstream, plan, &mut decoder).await?;
         if let Upload::Sent = upload {
-            return relay_response(
-                cx,
+            let exchanged = relay_response(
                 client,
-                buffered,
                 head,
                 upstream,
                 up_buffered,
@@ -503,7 +501,22 @@ where
                 plan,
                 &answered,
             )
-            .await;
+            .await?;
+            // A websocket upgrade continues as a relay of frames.
+            if let Exchanged::Upgraded = exchanged {
+                frames(
+                    cx,
+                    client,
+                    buffered,
+                    head,
+                    upstream,
+                    up_buffered,
+                    &activity,
+                    plan,
+                )
+                .await;
+            }
+            return Ok(exchanged);
         }
         let (mut client_read, mut client_write) = tokio::io::split(&mut *client);
         let (mut up_read, mut up_write) = tokio::io::split(&mut *upstream);
@@ -540,7 +553,7 @@ where
                 }
             }
         };
-        let response = relay_response_halves(
+        let response = relay_response(
             &mut client_write,
             head,
             &mut up_read,
@@ -693,52 +706,9 @@ where
     })
 }
 
-/// [`relay_response`] for a request without a body; a websocket upgrade continues as a
-/// relay of frames.
-#[allow(clippy::too_many_arguments)]
-async fn relay_response<C>(
-    cx: &Context<'_>,
-    client: &mut C,
-    buffered: &mut Buffered,
-    head: &RequestHead,
-    upstream: &mut Upstream,
-    up_buffered: &mut Buffered,
-    activity: &Activity,
-    plan: Option<&Plan<'_>>,
-    answered: &AtomicBool,
-) -> io::Result<Exchanged>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let exchanged = relay_response_halves(
-        client,
-        head,
-        upstream,
-        up_buffered,
-        activity,
-        plan,
-        answered,
-    )
-    .await?;
-    if let Exchanged::Upgraded = exchanged {
-        frames(
-            cx,
-            client,
-            buffered,
-            head,
-            upstream,
-            up_buffered,
-            activity,
-            plan,
-        )
-        .await;
-    }
-    Ok(exchanged)
-}
-
 /// Relays interim responses and the final one to `client` (through the credentials'
 /// redaction when the plan asks for it); `answered` is set once anything was sent.
-async fn relay_response_halves<W, R>(
+async fn relay_response<W, R>(
     client: &mut W,
     head: &RequestHead,
     upstream: &mut R,

@@ -496,14 +496,19 @@ impl Notice {
 
     fn send(mut self, error: i32, flags: u32) {
         self.answered = true;
+        self.respond(error, flags);
+    }
+
+    /// Sends the answer. Failure means the caller is gone (or was interrupted): nobody is
+    /// left to answer.
+    fn respond(&self, error: i32, flags: u32) {
         let resp = libc::seccomp_notif_resp {
             id: self.id,
             val: 0,
             error,
             flags,
         };
-        // SAFETY: SEND reads a correctly sized seccomp_notif_resp. Failure means the caller
-        // is gone (or was interrupted): nobody is left to answer.
+        // SAFETY: SEND reads a correctly sized seccomp_notif_resp.
         unsafe {
             libc::ioctl(
                 self.listener.as_raw_fd(),
@@ -566,20 +571,7 @@ impl Notice {
 impl Drop for Notice {
     fn drop(&mut self) {
         if !self.answered {
-            let resp = libc::seccomp_notif_resp {
-                id: self.id,
-                val: 0,
-                error: -libc::EIO,
-                flags: 0,
-            };
-            // SAFETY: as in `send`.
-            unsafe {
-                libc::ioctl(
-                    self.listener.as_raw_fd(),
-                    libc::SECCOMP_IOCTL_NOTIF_SEND as _,
-                    &resp,
-                )
-            };
+            self.respond(-libc::EIO, 0);
         }
     }
 }

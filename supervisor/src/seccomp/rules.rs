@@ -130,6 +130,20 @@ const fn always(name: &'static str, nr: c_long, why: &'static str) -> Rule {
     }
 }
 
+/// Refuses send call `nr` when its flags argument `flags_arg` has `MSG_FASTOPEN`.
+const fn fast_open(name: &'static str, nr: c_long, flags_arg: u8) -> Rule {
+    Rule {
+        name,
+        nr,
+        when: When::AnyFlag {
+            arg: flags_arg,
+            mask: MSG_FASTOPEN,
+        },
+        errno: EPERM,
+        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
+    }
+}
+
 /// The refused calls. `clone3` is not here: it is answered with `ENOSYS` in the filter itself
 /// (its flags live in memory the filter cannot read), which makes libc fall back to `clone`,
 /// whose flags the rows below can see. A call may have several rows; the first whose
@@ -358,36 +372,9 @@ pub const RULES: &[Rule] = &[
         errno: EPERM,
         why: "socket ioctls that describe or change network interfaces, routes or ARP",
     },
-    Rule {
-        name: "sendto",
-        nr: libc::SYS_sendto,
-        when: When::AnyFlag {
-            arg: 3,
-            mask: MSG_FASTOPEN,
-        },
-        errno: EPERM,
-        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
-    },
-    Rule {
-        name: "sendmsg",
-        nr: libc::SYS_sendmsg,
-        when: When::AnyFlag {
-            arg: 2,
-            mask: MSG_FASTOPEN,
-        },
-        errno: EPERM,
-        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
-    },
-    Rule {
-        name: "sendmmsg",
-        nr: libc::SYS_sendmmsg,
-        when: When::AnyFlag {
-            arg: 3,
-            mask: MSG_FASTOPEN,
-        },
-        errno: EPERM,
-        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
-    },
+    fast_open("sendto", libc::SYS_sendto, 3),
+    fast_open("sendmsg", libc::SYS_sendmsg, 2),
+    fast_open("sendmmsg", libc::SYS_sendmmsg, 3),
     // READ_IMPLIES_EXEC makes every readable mapping executable and ADDR_NO_RANDOMIZE turns
     // address randomization off for whatever the agent runs next: both undo exploit
     // mitigations. Only the query and plain Linux remain, as in container runtimes' default
@@ -468,9 +455,6 @@ pub const OBSERVED: &[Observed] = &[
         nr: libc::SYS_sendto,
         when: When::NonZero { arg: 4 },
     },
-    // Every program change, so the proxy knows which children a process started under its
-    // current program (see lineage.rs): an ancestor's allowed binary is credited only for
-    // those.
     // The transparent path makes these on the agent's socket itself (see transparent/):
     // listening or binding a handed-out connection is refused, and a TCP bind in the agent's
     // own namespace is made for it (its TCP fence refuses the agent's own).
@@ -484,6 +468,9 @@ pub const OBSERVED: &[Observed] = &[
         nr: libc::SYS_listen,
         when: When::Always,
     },
+    // Every program change, so the proxy knows which children a process started under its
+    // current program (see lineage.rs): an ancestor's allowed binary is credited only for
+    // those.
     Observed {
         name: "execve",
         nr: libc::SYS_execve,

@@ -101,61 +101,56 @@ fn pidfd_open(pid: u32, flags: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
 }
 
-/// An integer socket option.
-pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
-    let mut value: i32 = 0;
-    let mut len = size_of::<i32>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+/// Values any bytes are valid for, which a socket option can be read into.
+trait Plain {}
+impl Plain for i32 {}
+impl Plain for u64 {}
+impl Plain for [u8; 64] {}
+
+/// Reads socket option `name` into `value`; the number of bytes the kernel wrote.
+fn get_into<T: Plain>(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: &mut T,
+) -> io::Result<usize> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (the size of `T`) into `value`, and any
+    // bytes are a valid `T` (`Plain`).
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            (&mut value as *mut i32).cast(),
+            (value as *mut T).cast(),
             &mut len,
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(len as usize)
+}
+
+/// An integer socket option.
+pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    get_into(fd, level, name, &mut value)?;
     Ok(value)
 }
 
 /// The network namespace cookie of a socket (the kernel wants exactly 8 bytes).
 fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut value: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut value as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    get_into(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut value)?;
     Ok(value)
 }
 
 /// The raw bytes of a socket option (at most 64).
 fn get_raw(fd: BorrowedFd<'_>, level: i32, name: i32) -> Option<Vec<u8>> {
     let mut value = [0u8; 64];
-    let mut len = value.len() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| value[..len as usize].to_vec())
+    let len = get_into(fd, level, name, &mut value).ok()?;
+    Some(value[..len].to_vec())
 }
 
 fn set_raw(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> bool {

@@ -372,23 +372,25 @@ impl Transparent {
         to: SocketAddr,
     ) {
         let result = socket::connect(fd.as_fd(), &socket::for_domain(to, kind.domain));
-        if result.is_ok() && to.port() == 53 {
-            self.record(fd.as_fd(), caller, to);
+        if result.is_ok()
+            && to.port() == 53
+            && let Some(local) = socket::local_address(fd.as_fd())
+        {
+            self.record(local, caller, to);
         }
         answer(notice, result);
     }
 
-    /// Records who connected the socket `fd` to `to`: for the proxy the whole chain the
-    /// policy credits, for the resolver (which only names who asked) the process alone.
-    fn record(&self, fd: BorrowedFd<'_>, caller: Caller, to: SocketAddr) {
-        if let Some(local) = socket::local_address(fd) {
-            let identifier = &self.shared.identifier;
-            let chain = match to.port() == super::PORT {
-                true => identifier.chain(caller.tgid),
-                false => identifier.process(caller.tgid),
-            };
-            identifier.records.record(local, chain);
-        }
+    /// Records who connected the socket whose address is `local` to `to`: for the proxy the
+    /// whole chain the policy credits, for the resolver (which only names who asked) the
+    /// process alone.
+    fn record(&self, local: SocketAddr, caller: Caller, to: SocketAddr) {
+        let identifier = &self.shared.identifier;
+        let chain = match to.port() == super::PORT {
+            true => identifier.chain(caller.tgid),
+            false => identifier.process(caller.tgid),
+        };
+        identifier.records.record(local, chain);
     }
 
     /// A TCP `connect()` to the sandbox's own addresses, made on the agent's socket. For the
@@ -404,14 +406,10 @@ impl Transparent {
     ) {
         let address = socket::for_domain(to, kind.domain);
         if self.is_recorded_service(to) {
-            let unbound = socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0);
-            if unbound {
-                let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
-                if let Err(e) = socket::bind(fd.as_fd(), &source) {
-                    return notice.fail(e as i32);
-                }
+            match socket::source_toward(fd.as_fd(), to.ip(), kind.domain) {
+                Ok(local) => self.record(local, caller, to),
+                Err(e) => return notice.fail(e as i32),
             }
-            self.record(fd.as_fd(), caller, to);
         }
         self.connect_here(notice, fd, address, || ());
     }
@@ -620,23 +618,10 @@ impl Transparent {
             return self.deny(notice, &chain, to, &hosts, why);
         }
         let listener = handoff.listener_for(kind.domain);
-        // The address the listener will see the connection from: the socket's own when the
-        // agent bound it, else one bound now.
-        let local = match socket::local_address(agent.as_fd()) {
-            Some(bound) if bound.port() != 0 && !bound.ip().is_unspecified() => bound,
-            Some(bound) if bound.port() != 0 => SocketAddr::new(listener.ip(), bound.port()),
-            _ => {
-                let source = SocketAddr::new(listener.ip(), 0);
-                if let Err(e) =
-                    socket::bind(agent.as_fd(), &socket::for_domain(source, kind.domain))
-                {
-                    return notice.fail(e as i32);
-                }
-                match socket::local_address(agent.as_fd()) {
-                    Some(local) => local,
-                    None => return notice.fail(libc::EADDRNOTAVAIL),
-                }
-            }
+        // The address the listener will see the connection from.
+        let local = match socket::source_toward(agent.as_fd(), listener.ip(), kind.domain) {
+            Ok(local) => local,
+            Err(e) => return notice.fail(e as i32),
         };
         if let Err(e) = handoff.register(local, Pending::new(to, hosts, chain)) {
             return notice.fail(e as i32);
@@ -772,12 +757,9 @@ impl Transparent {
             if to.port() == 53
                 && let Ok((fd, kind)) = self.socket(&mut caller)
                 && kind.netns == self.netns
+                && let Ok(local) = socket::source_toward(fd.as_fd(), to.ip(), kind.domain)
             {
-                if socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0) {
-                    let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
-                    let _ = socket::bind(fd.as_fd(), &source);
-                }
-                self.record(fd.as_fd(), caller, to);
+                self.record(local, caller, to);
             }
             return notice.proceed();
         }

@@ -8,7 +8,7 @@
 //! check (the race a `CONTINUE` answer would allow).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -232,6 +232,20 @@ pub fn tcp_state(fd: BorrowedFd<'_>) -> State {
 pub fn local_address(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
     let local: SockaddrStorage = nix::sys::socket::getsockname(fd.as_raw_fd()).ok()?;
     to_std(&local)
+}
+
+/// Where a connection `fd` is about to make toward `ip` will come from, as its peer sees it:
+/// the socket's own address when it is bound to a port (an unspecified one reads as `ip`),
+/// else the one it is bound to now, `ip` with a port of the kernel's choosing.
+pub fn source_toward(fd: BorrowedFd<'_>, ip: IpAddr, domain: i32) -> Result<SocketAddr, Errno> {
+    match local_address(fd) {
+        Some(bound) if bound.port() != 0 && !bound.ip().is_unspecified() => Ok(bound),
+        Some(bound) if bound.port() != 0 => Ok(SocketAddr::new(ip, bound.port())),
+        _ => {
+            bind(fd, &for_domain(SocketAddr::new(ip, 0), domain))?;
+            local_address(fd).ok_or(Errno::EADDRNOTAVAIL)
+        }
+    }
 }
 
 fn to_std(address: &SockaddrStorage) -> Option<SocketAddr> {

@@ -609,7 +609,12 @@ fn handle_one(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services)
     // blocked in the call; then the notification must still be live, otherwise the pid may
     // already belong to someone else.
     let verdict = classify(&n, &|address, len| read_memory(n.pid, address, len));
-    let exe = log::exe_of(n.pid);
+    // Only a line that is logged names the executable: a program change, or a call that stays
+    // in the sandbox (each connect() to the proxy), costs no readlink.
+    let exe = match &verdict {
+        Verdict::Deny { .. } | Verdict::Continue(Some(_)) => log::exe_of(n.pid),
+        Verdict::Continue(None) | Verdict::Exec => String::new(),
+    };
     // The log line is written while the caller still waits for its answer: once answered it
     // may exit at once, and the supervisor with it, taking an unwritten line along; logging
     // first also orders the line before anything the caller prints afterwards.

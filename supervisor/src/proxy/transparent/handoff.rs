@@ -436,19 +436,7 @@ async fn tunnel(
             return tracing::error!(layer = "transparent", "cannot dial {host}: {e}");
         }
     };
-    tracing::info!(
-        event = "allowed",
-        layer = "transparent",
-        pid = target.caller.map(|p| p.pid),
-        exe = target.caller.map(|p| p.exe.as_str()),
-        host,
-        address = %pending.to.ip(),
-        port,
-        rule = target.rule,
-        "allowed connect to {host} ({}) by rule {}",
-        pending.to,
-        target.rule
-    );
+    super::log_allowed(target.caller, host, pending.to, target.rule);
     if upstream.write_all(early).await.is_ok() {
         let idle = shared.settings.idle_timeout;
         let _ = relay::tunnel(&client, &upstream, &pipes, idle).await;

@@ -657,18 +657,7 @@ impl Transparent {
         let flags = socket::status_flags(agent.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
         let cloexec = socket::cloexec(caller.tid, caller.fd);
-        let process = chain.first();
-        tracing::info!(
-            event = "allowed",
-            layer = "transparent",
-            pid = process.map(|p| p.pid),
-            exe = process.map(|p| p.exe.as_str()),
-            host,
-            address = %to.ip(),
-            port = to.port(),
-            rule,
-            "allowed connect to {host} ({to}) by rule {rule}"
-        );
+        log_allowed(chain.first(), host, to, rule);
         let result = socket::connect(ours.as_fd(), &socket::for_domain(to, kind.domain));
         let target = caller.fd as u32;
         match result {
@@ -863,6 +852,21 @@ enum Next {
     Dial { host: String, rule: String },
     /// Handed to the L7 engine, with every allowed name.
     Inspect(Vec<String>),
+}
+
+/// Logs a direct connection the policy allowed: who, where, by which rule.
+fn log_allowed(process: Option<&Process>, host: &str, to: SocketAddr, rule: &str) {
+    tracing::info!(
+        event = "allowed",
+        layer = "transparent",
+        pid = process.map(|p| p.pid),
+        exe = process.map(|p| p.exe.as_str()),
+        host,
+        address = %to.ip(),
+        port = to.port(),
+        rule,
+        "allowed connect to {host} ({to}) by rule {rule}"
+    );
 }
 
 fn is_mapped(to: SocketAddr) -> bool {

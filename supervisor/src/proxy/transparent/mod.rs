@@ -245,6 +245,13 @@ struct Caller {
     fd: i32,
 }
 
+impl Caller {
+    /// The caller's process and its executable, for a log line.
+    fn who(self) -> (u32, String) {
+        (self.tgid, log::exe_of(self.tid))
+    }
+}
+
 impl Transparent {
     /// Answers `notice`, a `call` of the agent (now, or later from the waiter's threads).
     pub fn handle(self: &Arc<Self>, call: Call, notice: Notice) {
@@ -761,9 +768,6 @@ impl Transparent {
 
     /// A direct attempt the transparent path does not carry (UDP other than DNS): logged.
     fn log_direct(&self, notice: &Notice, caller: Caller, call: &str, to: SocketAddr, kind: Kind) {
-        if !self.limiter.allow() || !notice.valid() {
-            return;
-        }
         let why = if to.port() == 53 {
             "direct DNS: the sandbox's resolver is the nameserver in /etc/resolv.conf"
         } else if kind.kind == libc::SOCK_DGRAM {
@@ -771,78 +775,68 @@ impl Transparent {
         } else {
             "only TCP leaves the sandbox"
         };
-        let exe = log::exe_of(caller.tid);
-        let what = format!("{call} to {to}");
-        let host = to.ip().to_string();
-        log::denied(&Denial {
-            layer: Layer::Network,
-            pid: caller.tgid,
-            exe: &exe,
-            what: &what,
-            why,
-            target: Some((&host, to.port())),
-        });
+        let what = || format!("{call} to {to}");
+        self.log_refusal(notice, || caller.who(), what, why, Some(to));
     }
 
     /// The agent's own connection to the hand-off listener: refused (ECONNREFUSED, as if
     /// nothing listened there) and logged.
     fn refuse_handoff(&self, notice: Notice, caller: Caller, to: SocketAddr) {
-        if self.limiter.allow() && notice.valid() {
-            let exe = log::exe_of(caller.tid);
-            let what = format!("connect to {to}");
-            let host = to.ip().to_string();
-            log::denied(&Denial {
-                layer: Layer::Network,
-                pid: caller.tgid,
-                exe: &exe,
-                what: &what,
-                why: "the supervisor's hand-off listener only takes the connections the \
-                      supervisor makes for the agent's calls",
-                target: Some((&host, to.port())),
-            });
-        }
+        let why = "the supervisor's hand-off listener only takes the connections the \
+                   supervisor makes for the agent's calls";
+        let what = || format!("connect to {to}");
+        self.log_refusal(&notice, || caller.who(), what, why, Some(to));
         notice.fail(libc::ECONNREFUSED);
     }
 
     /// A call on a handed-out connection that would use it for anything but talking to its
     /// server: refused (EPERM) and logged.
     fn refuse(&self, notice: Notice, caller: Caller, what: &str) {
-        if self.limiter.allow() && notice.valid() {
-            let exe = log::exe_of(caller.tid);
-            log::denied(&Denial {
-                layer: Layer::Network,
-                pid: caller.tgid,
-                exe: &exe,
-                what,
-                why: "a connection handed out by the supervisor belongs to the pod's network \
-                      and can only talk to its server",
-                target: None,
-            });
-        }
+        let why = "a connection handed out by the supervisor belongs to the pod's network and \
+                   can only talk to its server";
+        self.log_refusal(&notice, || caller.who(), || what.to_owned(), why, None);
         notice.fail(libc::EPERM);
     }
 
     /// A refused connection: ECONNREFUSED at once, logged with who, where, the names tried
     /// and why.
     fn deny(&self, notice: Notice, chain: &[Process], to: SocketAddr, names: &[String], why: &str) {
-        if self.limiter.allow() && notice.valid() {
-            let process = chain.first();
-            let tried = match names.is_empty() {
-                true => "no resolved name".to_owned(),
-                false => format!("names tried: {}", names.join(", ")),
-            };
-            let what = format!("connect to {to} ({tried})");
-            let host = to.ip().to_string();
-            log::denied(&Denial {
-                layer: Layer::Network,
-                pid: process.map_or(notice.call.pid, |p| p.pid),
-                exe: process.map_or("?", |p| p.exe.as_str()),
-                what: &what,
-                why,
-                target: Some((&host, to.port())),
-            });
-        }
+        let who = || match chain.first() {
+            Some(process) => (process.pid, process.exe.clone()),
+            None => (notice.call.pid, "?".to_owned()),
+        };
+        let what = || match names.is_empty() {
+            true => format!("connect to {to} (no resolved name)"),
+            false => format!("connect to {to} (names tried: {})", names.join(", ")),
+        };
+        self.log_refusal(&notice, who, what, why, Some(to));
         notice.fail(libc::ECONNREFUSED);
+    }
+
+    /// Logs a refusal of the network layer: rate-limited, and only while the caller still
+    /// waits (its pid then still names it). Who (pid and executable) and what are worked out
+    /// only for a line that is written.
+    fn log_refusal(
+        &self,
+        notice: &Notice,
+        who: impl FnOnce() -> (u32, String),
+        what: impl FnOnce() -> String,
+        why: &str,
+        to: Option<SocketAddr>,
+    ) {
+        if !self.limiter.allow() || !notice.valid() {
+            return;
+        }
+        let ((pid, exe), what) = (who(), what());
+        let host = to.map(|to| to.ip().to_string());
+        log::denied(&Denial {
+            layer: Layer::Network,
+            pid,
+            exe: &exe,
+            what: &what,
+            why,
+            target: host.as_deref().zip(to.map(|to| to.port())),
+        });
     }
 }
 

@@ -316,20 +316,19 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver
             return;
         }
     };
-    let serve = |listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services| {
+    let serve = |served: &Served| {
         wait::enter(waiting.waiter());
-        serve_loop(listener, limiter, services);
+        serve_loop(served);
     };
     let served = std::thread::scope(|scope| {
         let mut shares = Vec::new();
         for _ in 1..SERVING_THREADS {
-            let (share, shared) = sync_channel::<Arc<(Arc<OwnedFd>, RateLimit, Services)>>(1);
+            let (share, shared) = sync_channel::<Arc<Served>>(1);
             let spawned = std::thread::Builder::new()
                 .name("seccomp".into())
                 .spawn_scoped(scope, move || {
-                    if let Ok(serving) = shared.recv() {
-                        let (listener, limiter, services) = &*serving;
-                        serve(listener, limiter, services);
+                    if let Ok(served) = shared.recv() {
+                        serve(&served);
                     }
                 });
             if let Err(e) = spawned {
@@ -360,14 +359,16 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver
                 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
             )
         };
-        let limiter = RateLimit::new(50, Duration::from_secs(1));
-        let serving = Arc::new((Arc::new(listener), limiter, services));
+        let served = Arc::new(Served {
+            listener: Arc::new(listener),
+            limiter: RateLimit::new(50, Duration::from_secs(1)),
+            services,
+        });
         for share in shares {
-            let _ = share.send(Arc::clone(&serving));
+            let _ = share.send(Arc::clone(&served));
         }
-        let (listener, limiter, services) = &*serving;
-        serve(listener, limiter, services);
-        Some(serving)
+        serve(&served);
+        Some(served)
     });
     // Pending waits end with the agent.
     waiting.stop();
@@ -376,6 +377,15 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver
     // left for the process's end, which follows the agent's; so is a delivery never taken.
     std::mem::forget(served);
     std::mem::forget(delivered);
+}
+
+/// What every serving thread answers notifications with.
+struct Served {
+    /// The listener, in the serving threads' table.
+    listener: Arc<OwnedFd>,
+    /// Shared by the threads' log lines.
+    limiter: RateLimit,
+    services: Services,
 }
 
 /// The listener, received on `socket` into this thread's table, and its services.
@@ -438,10 +448,10 @@ fn own_table(keep: &OwnedFd) -> Result<(), Errno> {
     Ok(())
 }
 
-fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
+fn serve_loop(served: &Served) {
     loop {
         let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&**listener),
+            std::os::fd::AsFd::as_fd(&*served.listener),
             PollFlags::POLLIN,
         )];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -456,7 +466,7 @@ fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services)
         }
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if revents.contains(PollFlags::POLLIN) {
-            handle_one(listener, limiter, services);
+            handle_one(served);
         } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }
@@ -576,7 +586,12 @@ impl Drop for Notice {
     }
 }
 
-fn handle_one(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
+fn handle_one(served: &Served) {
+    let Served {
+        listener,
+        limiter,
+        services,
+    } = served;
     let fd = listener.as_raw_fd();
     // SAFETY: seccomp_notif is plain old data; the kernel requires it zeroed.
     let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };

@@ -12,7 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::SockaddrStorage;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, socket};
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, whose fd table may be its own.
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
@@ -295,14 +296,12 @@ pub fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// The file status flags (O_NONBLOCK...) of the open file behind `fd`.
 pub fn status_flags(fd: BorrowedFd<'_>) -> i32 {
-    // SAFETY: F_GETFL takes no pointer.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }.max(0)
+    fcntl(fd, FcntlArg::F_GETFL).unwrap_or(0)
 }
 
 /// Sets the file status flags of the open file behind `fd`.
 pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) {
-    // SAFETY: F_SETFL takes an int.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+    let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_retain(flags)));
 }
 
 /// Whether fd `fd` of thread `tid` is close-on-exec (from `/proc/TID/fdinfo/FD`).
@@ -410,21 +409,12 @@ impl Defaults {
     }
 }
 
-/// A new socket of `kind` in the calling thread's namespace (the pod's), non-blocking.
+/// A new TCP socket of `kind`'s domain in the calling thread's namespace (the pod's),
+/// non-blocking.
 pub fn new_like(kind: &Kind) -> io::Result<OwnedFd> {
-    // SAFETY: socket with scalar arguments.
-    let rc = unsafe {
-        libc::socket(
-            kind.domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
+    let domain = AddressFamily::from_i32(kind.domain).ok_or(Errno::EAFNOSUPPORT)?;
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    Ok(socket(domain, SockType::Stream, flags, SockProtocol::Tcp)?)
 }
 
 /// Whether `fd` is writable now (a connection attempt finished).

@@ -432,12 +432,14 @@ pub struct Observed {
     pub when: When,
 }
 
-/// Calls the supervisor watches without refusing them: program changes, and calls that name a
-/// network destination. The network namespace already refuses every
+/// Calls the supervisor watches without refusing them: program changes, and the network calls
+/// (those that name a destination, `bind`, `listen`). With the transparent path on, it answers
+/// the network calls itself, making each on the agent's socket with the address it read and
+/// checked (see `proxy/transparent`). Without it, the network namespace already refuses every
 /// destination but the sandbox's own loopback (no route); watching these lets the supervisor
-/// log each attempt to go around the proxy with pid, executable and destination. The
-/// supervisor only reads the destination and lets the call continue, so a process racing to
-/// change it after the read can falsify a log line but never reach anything.
+/// log each attempt to go around the proxy with pid, executable and destination. It then only
+/// reads the destination and lets the call continue, so a process racing to change it after
+/// the read can falsify a log line but never reach anything.
 ///
 /// `sendmsg`/`sendmmsg` are not watched: they carry unix-socket IPC and fd passing (including
 /// the hand-over of this very filter's listener), which must not wait on the supervisor. A

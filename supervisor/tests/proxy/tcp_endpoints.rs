@@ -8,7 +8,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::fixtures::fixture;
-use crate::support::{HOST, HOST_PRIVATE, Lab, NAMESERVER, Nameserver, Side, require_kernel};
+use crate::support::{
+    HOST, HOST_PRIVATE, Lab, NAMESERVER, Nameserver, Side, require_kernel, transparent_on,
+};
 
 /// The dynamic loader under /lib (multiarch Debian).
 const LOADER: &str = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
@@ -87,10 +89,7 @@ fn the_upstream_redis_fixture_behaves_as_written() {
         "written-by",
         "the-sandbox",
     ]);
-    if !require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty() && run.code != 125,
-        "transparent egress (protocol: tcp)",
-    ) {
+    if !transparent_on(&run, "protocol: tcp") {
         return;
     }
     assert_eq!(run.code, 0, "{run}");
@@ -227,10 +226,7 @@ fn ssh_and_git_over_ssh_through_a_protocol_tcp_endpoint() {
         repo.display()
     );
     let run = lab.sandbox(&policy).run(&["/bin/sh", "-c", &script]);
-    if !require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty() && run.code != 125,
-        "transparent egress (protocol: tcp)",
-    ) {
+    if !transparent_on(&run, "protocol: tcp") {
         return;
     }
     assert!(run.stdout.contains("hello-from-sshd"), "{run}");

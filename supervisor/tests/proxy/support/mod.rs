@@ -500,6 +500,17 @@ impl Run {
     }
 }
 
+/// Whether the transparent path was there for `run`: false, after saying why (a failure
+/// with `OPENSHELL_REQUIRE_KERNEL=1`), only when the kernel lacks what it needs and the
+/// supervisor said so: it warned that transparent egress is off, or refused to start because
+/// the policy has `protocol: tcp` endpoints. Any other outcome, a start-up failure included, is
+/// left to the test's own checks. `detail` says which of the path's uses the test needs.
+pub fn transparent_on(run: &Run, detail: &str) -> bool {
+    let off = !run.messages("TRANSPARENT EGRESS OFF").is_empty()
+        || !run.messages("which need transparent egress").is_empty();
+    require_kernel(!off, &format!("transparent egress ({detail})"))
+}
+
 /// `VmHWM` (peak resident set, KiB) from a `/proc/PID/status` file.
 fn high_water_mark(status_file: &str) -> Option<u64> {
     let status = std::fs::read_to_string(status_file).ok()?;

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use crate::support::{Lab, python, require_kernel, rule};
+use crate::support::{Lab, python, rule, transparent_on};
 
 const PORT: u16 = 9000;
 
@@ -30,13 +30,6 @@ fn copy(lab: &Lab, program: &str, name: &str) -> String {
 fn curl(path: &str) -> String {
     format!(
         "/usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' http://api.test.example:{PORT}{path}"
-    )
-}
-
-fn transparent_on(run: &crate::support::Run) -> bool {
-    require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty(),
-        "transparent egress (identity recorded at connect)",
     )
 }
 
@@ -76,7 +69,7 @@ fn re_parenting_with_clone_parent_is_refused() {
         curl("/own-child")
     );
     let run = lab.sandbox(&policy).run(&["/bin/sh", "-c", &script]);
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "identity recorded at connect") {
         return;
     }
     assert!(
@@ -131,7 +124,7 @@ fn re_parenting_through_a_subreaper_is_refused() {
         curl("/orphan")
     );
     let run = lab.sandbox(&policy).run(&["/bin/sh", "-c", &script]);
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "identity recorded at connect") {
         return;
     }
     assert!(run.stdout.contains("\"EPERM\""), "{run}");
@@ -163,7 +156,7 @@ fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
         let run = lab
             .sandbox(&policy)
             .run(&[&allowed, "agent.py", "lend", &allowed, &target, cork]);
-        if !transparent_on(&run) {
+        if !transparent_on(&run, "identity recorded at connect") {
             return;
         }
         let result = run.json();

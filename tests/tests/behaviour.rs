@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
-use openshell_tests::{FORWARDED_SIGNALS, bin};
+use openshell_tests::{FORWARDED_SIGNALS, bin, wait_until};
 use serde_json::Value;
 
 /// A scratch directory with `rw/` (the agent's workdir, read-write and its own) and a policy.
@@ -65,18 +65,6 @@ fn error_line(out: &Output) -> String {
         .collect();
     assert_eq!(errors.len(), 1, "exactly one error line\n{out:#?}");
     errors[0].clone()
-}
-
-/// Polls `ready` every 10 ms until it holds; fails the test after 10 seconds.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn contents(path: &Path) -> String {

@@ -8,11 +8,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use openshell_tests::bin;
 use openshell_tests::run::{self, Output, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
+use openshell_tests::{bin, wait_until};
 
 fn mkdir_for_agent(path: &Path) -> PathBuf {
     std::fs::create_dir_all(path).expect("mkdir");
@@ -186,17 +185,6 @@ fn mounts_under(pid: u32, dir: &Path) -> Vec<String> {
         .filter(|mp| Path::new(mp).starts_with(dir))
         .map(str::to_owned)
         .collect()
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Seconds since boot, as /proc/uptime says.

@@ -3,9 +3,10 @@
 //! and lets a redis client reach the redis server named in it, while the same destination
 //! through the proxy is refused.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+
+use openshell_tests::wait_until;
 
 use crate::fixtures::fixture;
 use crate::support::{
@@ -42,19 +43,17 @@ fn redis_server(lab: &Lab) -> Option<Server> {
         .spawn()
         .expect("redis-server");
     let server = Server(child);
-    // Ready when it answers from the pod.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab
-        .net
-        .enter(Side::Pod, || {
-            std::net::TcpStream::connect((HOST_PRIVATE, 6379))
-        })
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    answering(lab, (HOST_PRIVATE, 6379).into(), "redis-server");
     Some(server)
+}
+
+/// Waits until the test host's server at `address` answers from the pod.
+fn answering(lab: &Lab, address: SocketAddr, server: &str) {
+    wait_until(&format!("{server} to answer on {address}"), || {
+        lab.net
+            .enter(Side::Pod, || std::net::TcpStream::connect(address))
+            .is_ok()
+    });
 }
 
 fn redis_get(lab: &Lab, key: &str) -> String {
@@ -181,15 +180,7 @@ fn sshd(lab: &Lab) -> Option<(Server, String)> {
         .spawn()
         .expect("sshd");
     let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab
-        .net
-        .enter(Side::Pod, || std::net::TcpStream::connect((HOST, 2222)))
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    answering(lab, (HOST, 2222).into(), "sshd");
     let ssh = format!(
         "/usr/bin/ssh -F /dev/null -i {} -o StrictHostKeyChecking=no \
          -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",

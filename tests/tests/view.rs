@@ -258,6 +258,13 @@ fn nothing_the_view_mounts_reaches_the_pod_and_the_view_goes_with_the_agent() {
     let ns = std::fs::read_to_string(rw.join("ns")).expect("ns");
     // Every process of this view exists by now; the namespace lives on until after "go".
     let ready = uptime();
+    // While the agent waits, the same check finds the view's processes: an empty list after
+    // "go" means they are gone, not that the check cannot see them.
+    assert_ne!(
+        processes_in(ns.trim(), ready),
+        Vec::<String>::new(),
+        "no process found in the agent's mount namespace {ns:?} while it runs"
+    );
     std::fs::write(rw.join("go"), "").expect("go");
     let out = running.wait();
     assert_eq!(out.code(), 0, "{out:#?}");

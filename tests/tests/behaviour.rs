@@ -395,6 +395,25 @@ fn without_landlock_the_view_alone_confines_the_agent() {
     let script = r#"cat "$1" 2>/dev/null && echo read-unlisted
         echo changed 2>/dev/null > "$2" && echo wrote-read-only
         echo done"#;
+    // The baseline: unconfined, the agent's user does both.
+    let mut baseline = Command::new("/bin/sh");
+    baseline
+        .args(["-c", script, "sh"])
+        .arg(&unlisted)
+        .arg(&file)
+        .current_dir(&rw);
+    Setup {
+        as_agent: true,
+        ..Setup::default()
+    }
+    .apply(&mut baseline);
+    let out = run::run(&mut baseline, Stdin::Null);
+    assert_eq!(
+        out.stdout, "secret\nread-unlisted\nwrote-read-only\ndone\n",
+        "unconfined: {out:#?}"
+    );
+    assert_eq!(contents(&file), "changed\n");
+    std::fs::write(&file, "original\n").expect("restoring the file");
     for (errno, reason) in NO_LANDLOCK {
         let mut command = without_landlock(errno, &policy, &rw);
         command

@@ -174,15 +174,32 @@ fn a_name_rebound_to_loopback_or_metadata_never_reaches_them() {
         return;
     }
     assert_eq!(first.json()["status"], 200, "{first}");
+    let rebound = [
+        "rebind.test.example:81/rebound".to_owned(),
+        format!("{METADATA}:81/literal"),
+    ];
+    let mut args = vec!["directs_get"];
+    args.extend(rebound.iter().map(String::as_str));
+    // The baseline: from the pod, without the sandbox, the rebound name and the literal both
+    // reach the metadata service, so "it saw nothing more" below means something.
+    nameserver.set("rebind.test.example", &[IpAddr::V4(METADATA)]);
+    let mut argv = vec!["/usr/bin/python3", "agent.py"];
+    argv.extend_from_slice(&args);
+    let bare = sandbox.bare(&argv);
+    let results = bare.json();
+    assert_eq!(results[0]["status"], 200, "unconfined: {bare}");
+    assert_eq!(results[1]["status"], 200, "unconfined: {bare}");
+    let baseline = metadata.seen();
+    assert_eq!(
+        metadata.requests_on(81),
+        ["GET /rebound HTTP/1.1", "GET /literal HTTP/1.1"],
+        "unconfined: {baseline:?}"
+    );
     // The name now points at the cloud metadata service, then at loopback.
     for target in [METADATA, Ipv4Addr::LOCALHOST] {
         nameserver.set("rebind.test.example", &[IpAddr::V4(target)]);
         std::thread::sleep(Duration::from_millis(1100));
-        let run = sandbox.agent(&[
-            "directs_get",
-            "rebind.test.example:81/rebound",
-            &format!("{METADATA}:81/literal"),
-        ]);
+        let run = sandbox.agent(&args);
         let results = run.json();
         assert!(results[0]["status"].is_null(), "{target}: {run}");
         assert!(results[1]["status"].is_null(), "{target}: {run}");
@@ -191,6 +208,10 @@ fn a_name_rebound_to_loopback_or_metadata_never_reaches_them() {
             "{target}: {run}"
         );
     }
-    assert!(metadata.seen().is_empty(), "{:?}", metadata.seen());
+    assert_eq!(
+        metadata.seen(),
+        baseline,
+        "only the baseline reached the metadata service"
+    );
     assert_eq!(upstream.requests_on(80), ["GET /first HTTP/1.1"]);
 }

@@ -275,9 +275,6 @@ impl Sandbox<'_> {
     /// Runs `argv` to the end without the supervisor, as [`Sandbox::run`] would start the
     /// supervisor (same namespaces, hosts file, environment and limits): the unconfined
     /// baseline of a sandboxed run.
-    // The proxy tests start their baselines in the test process; the agent suite
-    // (tests/agents), which shares this module, runs whole programs.
-    #[allow(dead_code)]
     pub fn bare(&self, argv: &[&str]) -> Run {
         let (program, args) = argv.split_first().expect("a command");
         let mut command = Command::new(program);

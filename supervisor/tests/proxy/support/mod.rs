@@ -251,9 +251,6 @@ impl Sandbox<'_> {
     }
 
     /// Starts the supervisor in `cgroup` (it joins before it runs), with all it starts.
-    // The budget tests run the supervisor in a memory cgroup; the agent suite, which shares
-    // this module, does not.
-    #[allow(dead_code)]
     pub fn cgroup(mut self, cgroup: &openshell_tests::cgroup::Cgroup) -> Self {
         let procs = cgroup.procs();
         self.cgroup = Some(CString::new(procs.as_os_str().as_bytes()).expect("cgroup path"));

@@ -404,6 +404,10 @@ fn the_agent_cannot_read_the_ca_key() {
     // The supervisor is not in the agent's PID namespace; init (pid 1, a fork-time copy of
     // the supervisor) is there but unreadable.
     let proc = found["proc"].as_object().expect("proc");
+    // Init was among those tried: "nothing was read" below is about it, not an empty list.
+    for what in ["1/mem", "1/environ", "1/maps"] {
+        assert!(proc.contains_key(what), "{what} not tried: {out}");
+    }
     for (what, outcome) in proc {
         assert_ne!(outcome, "read", "{what} readable: {out}");
     }

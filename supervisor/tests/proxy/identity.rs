@@ -9,9 +9,9 @@
 //!   uncorks the one the lender wrote with TCP_CORK), then takes it back. The proxy credits the
 //!   process that connected the socket, so the CONNECT is refused and logged as its.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::support::{Lab, python, rule, transparent_on};
+use crate::support::{Lab, Upstream, python, rule, transparent_on};
 
 const PORT: u16 = 9000;
 
@@ -27,6 +27,22 @@ fn copy(lab: &Lab, program: &str, name: &str) -> String {
     to.to_string_lossy().into_owned()
 }
 
+/// A lab whose policy lets only `name`, a copy of `program`, reach api.test.example:PORT,
+/// where a server listens: the lab, the server, the copy's path and the policy; `None` when
+/// the kernel lacks what the lab needs.
+fn allowing_a_copy_of(program: &str, name: &str) -> Option<(Lab, Upstream, String, PathBuf)> {
+    let lab = Lab::start()?;
+    let upstream = lab.upstream(&[PORT]);
+    let allowed = copy(&lab, program, name);
+    let network = rule(
+        "allowed",
+        &format!("host: api.test.example, port: {PORT}"),
+        &[&allowed],
+    );
+    let policy = lab.policy("policy.yaml", &network);
+    Some((lab, upstream, allowed, policy))
+}
+
 fn curl(path: &str) -> String {
     format!(
         "/usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' http://api.test.example:{PORT}{path}"
@@ -35,15 +51,9 @@ fn curl(path: &str) -> String {
 
 #[test]
 fn re_parenting_with_clone_parent_is_refused() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    let allowed = copy(&lab, "/bin/sh", "allowed-sh");
-    let network = rule(
-        "allowed",
-        &format!("host: api.test.example, port: {PORT}"),
-        &[&allowed],
-    );
-    let policy = lab.policy("policy.yaml", &network);
+    let Some((lab, upstream, allowed, policy)) = allowing_a_copy_of("/bin/sh", "allowed-sh") else {
+        return;
+    };
     // Unconfined, the trick works: the clone's child has this shell as its parent, not python.
     let baseline = std::process::Command::new("/bin/sh")
         .current_dir(lab.dir())
@@ -98,15 +108,9 @@ fn re_parenting_with_clone_parent_is_refused() {
 
 #[test]
 fn re_parenting_through_a_subreaper_is_refused() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    let allowed = copy(&lab, "/bin/sh", "allowed-sh");
-    let network = rule(
-        "allowed",
-        &format!("host: api.test.example, port: {PORT}"),
-        &[&allowed],
-    );
-    let policy = lab.policy("policy.yaml", &network);
+    let Some((lab, upstream, allowed, policy)) = allowing_a_copy_of("/bin/sh", "allowed-sh") else {
+        return;
+    };
     // Unconfined the prctl works (the baseline); confined it is refused, so the orphaned
     // curl goes to the sandbox's init and nobody lends it an identity.
     let baseline = std::process::Command::new("/usr/bin/python3")
@@ -141,15 +145,11 @@ fn re_parenting_through_a_subreaper_is_refused() {
 
 #[test]
 fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    let allowed = copy(&lab, &python_binary(), "allowed-python");
-    let network = rule(
-        "allowed",
-        &format!("host: api.test.example, port: {PORT}"),
-        &[&allowed],
-    );
-    let policy = lab.policy("policy.yaml", &network);
+    let Some((lab, upstream, allowed, policy)) =
+        allowing_a_copy_of(&python_binary(), "allowed-python")
+    else {
+        return;
+    };
     let target = format!("api.test.example:{PORT}");
     for cork in ["0", "1"] {
         // Baseline: the allowed binary lends to itself; the tunnel works.

@@ -5,16 +5,11 @@
 
 use std::path::Path;
 
-use crate::support::{HOST, HOST_V6, Lab, python, require_kernel, rule, transparent_on};
+use crate::support::{
+    HOST, HOST_V6, Lab, executable, python, require_kernel, rule, transparent_on,
+};
 
 const PORT: u16 = 9000;
-
-fn executable(path: &str) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .to_string_lossy()
-        .into_owned()
-}
 
 #[test]
 fn node_fetch_without_proxy_support_reaches_an_allowed_host_by_name() {

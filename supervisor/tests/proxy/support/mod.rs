@@ -81,11 +81,16 @@ pub fn curl() -> String {
     executable("/usr/bin/curl")
 }
 
-fn executable(path: &str) -> String {
+/// `path` as the kernel names it in /proc/PID/exe; fails the test when it is not installed.
+pub fn executable(path: &str) -> String {
+    installed(path).unwrap_or_else(|| panic!("{path} is needed inside the sandbox: not installed"))
+}
+
+/// [`executable`], or `None` when `path` is not installed (for clients a test may skip).
+pub fn installed(path: &str) -> Option<String> {
     std::fs::canonicalize(path)
-        .unwrap_or_else(|e| panic!("{path} is needed inside the sandbox: {e}"))
-        .to_string_lossy()
-        .into_owned()
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// One test's world. Everything it created is removed on drop.

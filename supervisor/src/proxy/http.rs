@@ -407,7 +407,18 @@ impl Response {
 pub fn error_response(status: u16, error: &str, detail: &str, reason: &str) -> Vec<u8> {
     let body =
         serde_json::json!({ "error": error, "detail": detail, "reason": reason }).to_string();
-    let phrase = match status {
+    let phrase = reason_phrase(status);
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\nX-OpenShell-Error: {error}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The reason phrase of a status the proxy answers with itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
         400 => "Bad Request",
         403 => "Forbidden",
         408 => "Request Timeout",
@@ -415,13 +426,7 @@ pub fn error_response(status: u16, error: &str, detail: &str, reason: &str) -> V
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Error",
-    };
-    format!(
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\nX-OpenShell-Error: {error}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    }
 }
 
 /// Follows a chunked body as its bytes pass, to find where it ends (RFC 9112 7.1), without

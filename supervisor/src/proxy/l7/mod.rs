@@ -450,11 +450,7 @@ impl<'a> Context<'a> {
             "binary": exe,
         })
         .to_string();
-        let phrase = match status {
-            400 => "Bad Request",
-            403 => "Forbidden",
-            _ => "Error",
-        };
+        let phrase = crate::proxy::http::reason_phrase(status);
         Refusal(Some(
             format!(
                 "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n\

@@ -10,8 +10,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# shellcheck source=bench/timing.sh
+source bench/timing.sh
+
 readonly RUNS="${RUNS:-5}"
-readonly SANDBOX=target/x86_64-unknown-linux-musl/release/openshell-sandbox
 readonly PREFIX="${OPENSHELL_AGENTS_PREFIX:-/usr/local}"
 readonly AGENT_ID=65534
 # The workdir (read-write under every agent policy) holds the agents' home: not under /tmp,
@@ -20,10 +22,7 @@ WORK="$(pwd)/build/bench-agents"
 readonly WORK
 readonly HOME_DIR="$WORK/home"
 
-[[ $(id -u) -eq 0 ]] || {
-  echo "bench/agents.sh: run as root (the sandbox needs its capabilities)" >&2
-  exit 1
-}
+timing_needs bench/agents.sh
 declare -A POLICY=([claude]=claude-code.yaml [codex]=codex.yaml [gemini]=gemini-cli.yaml)
 readonly AGENTS=(claude codex gemini)
 for agent in "${AGENTS[@]}"; do
@@ -32,29 +31,20 @@ for agent in "${AGENTS[@]}"; do
     exit 1
   }
 done
-cargo build -q --release --target x86_64-unknown-linux-musl -p openshell-sandbox
+timing_build
 mkdir -p "$HOME_DIR"
 chown "$AGENT_ID:$AGENT_ID" "$HOME_DIR"
 
 # What both variants run: the CLI's --version with the home and PATH an agent image gives it.
-cli() {
-  env -i HOME="$HOME_DIR" PATH="$PREFIX/bin:/usr/bin:/bin" "$PREFIX/bin/$1" --version
+readonly CLI_ENV=(env -i HOME="$HOME_DIR" PATH="$PREFIX/bin:/usr/bin:/bin")
+bare() {
+  setpriv --reuid "$AGENT_ID" --regid "$AGENT_ID" --clear-groups -- \
+    "${CLI_ENV[@]}" "$PREFIX/bin/$1" --version
 }
-bare() { setpriv --reuid "$AGENT_ID" --regid "$AGENT_ID" --clear-groups -- \
-  env -i HOME="$HOME_DIR" PATH="$PREFIX/bin:/usr/bin:/bin" "$PREFIX/bin/$1" --version; }
 sandboxed() {
   OPENSHELL_SANDBOX_UID=$AGENT_ID OPENSHELL_SANDBOX_GID=$AGENT_ID "$SANDBOX" \
     --policy "policies/${POLICY[$1]}" --workdir "$WORK" --log-level error -- \
-    env -i HOME="$HOME_DIR" PATH="$PREFIX/bin:/usr/bin:/bin" "$PREFIX/bin/$1" --version
-}
-
-# Microseconds of one run (bash's EPOCHREALTIME has microsecond resolution).
-time_us() {
-  local start end
-  start=$EPOCHREALTIME
-  "$@" >/dev/null 2>&1
-  end=$EPOCHREALTIME
-  echo $((${end/./} - ${start/./}))
+    "${CLI_ENV[@]}" "$PREFIX/bin/$1" --version
 }
 
 declare -A samples
@@ -72,19 +62,19 @@ done
 for ((round = 0; round < RUNS; round++)); do
   for agent in "${AGENTS[@]}"; do
     for variant in bare sandboxed; do
-      samples[$agent.$variant]+="$(time_us "$variant" "$agent") "
+      samples[$agent.$variant]+="$(time_us "$variant" "$agent" 2>/dev/null) "
     done
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf 'agent CLI --version, bare vs sandboxed (shipped policy), median of %d interleaved runs\n' "$RUNS"
 printf '(kernel %s, %d cores)\n' "$(uname -r)" "$(nproc)"
 printf '  %-8s %-10s %10s %10s %8s\n' agent version "bare ms" "sandbox ms" ratio
 for agent in "${AGENTS[@]}"; do
   b=$(median <<<"${samples[$agent.bare]}")
   s=$(median <<<"${samples[$agent.sandboxed]}")
-  version=$(cli "$agent" 2>/dev/null | head -n1 | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)
+  version=$("${CLI_ENV[@]}" "$PREFIX/bin/$agent" --version 2>/dev/null | head -n1 |
+    grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1)
   awk -v a="$agent" -v v="$version" -v b="$b" -v s="$s" 'BEGIN {
     printf "  %-8s %-10s %10.1f %10.1f %7.3fx\n", a, v, b / 1000, s / 1000, s / b }'
 done

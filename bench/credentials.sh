@@ -28,11 +28,9 @@ runs=${RUNS:-5}
 count=${COUNT:-2000}
 workers=${WORKERS:-4}
 size_mb=${SIZE_MB:-512}
-case ${1:-} in
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-esac
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
+bench_help "$@"
 bench_needs bench/credentials.sh nginx curl openssl ip nsenter python3 cargo
 bench_supervisor
 bench_lab credentials-bench
@@ -65,13 +63,12 @@ sandbox=(nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin API_KEY="$KEY
     --policy "$dir/policy.yaml" --workdir "$dir" --log-format json --)
 sandbox() { "${sandbox[@]}" "$@" 2>>"$dir/supervisor.log"; }
 
-results=$dir/results
 # The header each curl sends: the placeholder to the bound port, as many other bytes to the
 # other, so that both requests weigh the same.
 placeholder=openshell:resolve:env:API_KEY
 filler=$(printf '%*s' "${#placeholder}" '' | tr ' ' x)
-for ((i = 0; i < count; i++)); do printf 'url = "https://203.0.113.2/small"\noutput = "/dev/null"\n'; done >"$dir/urls.443"
-for ((i = 0; i < count; i++)); do printf 'url = "https://203.0.113.2:8443/small"\noutput = "/dev/null"\n'; done >"$dir/urls.8443"
+bench_curl_config "$dir/urls.443" https://203.0.113.2/small "$count"
+bench_curl_config "$dir/urls.8443" https://203.0.113.2:8443/small "$count"
 
 keepalive() { # NAME PORT HEADER: WORKERS curls in parallel in one sandbox; requests/s
     local name=$1 port=$2 header=$3 start end
@@ -100,12 +97,9 @@ PY
 }
 
 bulk() { # NAME PORT HEADER
-    local name=$1 port=$2 header=$3 out size speed
-    out=$(sandbox curl -sS --insecure -H "x-api-key: $header" -o /dev/null \
-        -w '%{size_download} %{speed_download}' "https://203.0.113.2:$port/bulk")
-    read -r size speed <<<"$out"
-    ((size == size_mb * 1024 * 1024)) || { echo "$name: downloaded $size bytes" >&2; exit 1; }
-    echo "bulk_$name $(python3 -c "print($speed / 1e6)")" >>"$results"
+    local name=$1 port=$2 header=$3
+    bench_bulk "$name" sandbox curl -sS --insecure -H "x-api-key: $header" -o /dev/null \
+        -w '%{size_download} %{speed_download}' "https://203.0.113.2:$port/bulk"
 }
 
 echo "rounds: $runs ($count requests per keep-alive worker, $workers workers; bulk $size_mb MiB)"
@@ -127,8 +121,7 @@ for ((round = 1; round <= runs; round++)); do
 done
 echo
 
-denials=$(grep -c '"event":"denied"' "$dir/supervisor.log" || true)
-((denials == 0)) || { echo "denials during the benchmark:" >&2; grep '"denied"' "$dir/supervisor.log" | head >&2; exit 1; }
+bench_no_denials
 if grep -q "$KEY" "$dir/supervisor.log"; then
     echo "the value is in the supervisor's log" >&2
     exit 1

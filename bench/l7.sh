@@ -15,7 +15,7 @@
 #   keepalive  WORKERS curl processes, each COUNT GETs of 64 bytes on one connection:
 #              requests/s (all workers); and one worker alone: p50 per request (curl's
 #              time_total), so that the added latency is not the 2 CPUs' run queue
-#   newconn    one curl, COUNT GETs each on a new connection (Connection: close): per second
+#   newconn    one curl, COUNT/4 GETs each on a new connection (Connection: close): per second
 #   bulk       SIZE_MB MiB download, MB/s
 #   memory     the supervisor's VmRSS with TUNNELS TLS tunnels held open after one GET each
 #   plain L4   the same keepalive figures through a plain (spliced) tunnel, for comparison
@@ -32,11 +32,9 @@ count=${COUNT:-2000}
 workers=${WORKERS:-4}
 size_mb=${SIZE_MB:-512}
 tunnels=${TUNNELS:-1000}
-case ${1:-} in
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-esac
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
+bench_help "$@"
 bench_needs bench/l7.sh nginx curl openssl ip nsenter python3 cargo
 bench_supervisor
 bench_lab l7-bench
@@ -65,12 +63,9 @@ sandbox_command=(nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin
     --policy "$dir/policy.yaml" --workdir "$dir" --log-format json --)
 sandbox() { "${sandbox_command[@]}" "$@" 2>>"$dir/supervisor.log"; }
 
-results=$dir/results
-record() { echo "$1 $2" >>"$results"; }
-
 # COUNT URLs in a curl config file: one curl process, one connection (keep-alive).
-for ((i = 0; i < count; i++)); do printf 'url = "https://203.0.113.2/small"\noutput = "/dev/null"\n'; done >"$dir/urls.443"
-for ((i = 0; i < count; i++)); do printf 'url = "https://203.0.113.2:8443/small"\noutput = "/dev/null"\n'; done >"$dir/urls.8443"
+bench_curl_config "$dir/urls.443" https://203.0.113.2/small "$count"
+bench_curl_config "$dir/urls.8443" https://203.0.113.2:8443/small "$count"
 curl_many=(curl -sS --insecure -w '%{time_total}\n')
 
 keepalive() { # NAME PORT WORKERS [sandbox]: curls in parallel in one sandbox; requests/s, p50
@@ -102,11 +97,8 @@ newconn() { # NAME [sandbox]: one curl, COUNT/4 GETs each on a new connection
 }
 
 bulk() { # NAME [sandbox]
-    local name=$1 runner=${2:-in_pod} out
-    out=$($runner curl -sS --insecure -o /dev/null -w '%{size_download} %{speed_download}' https://203.0.113.2/bulk)
-    read -r size speed <<<"$out"
-    ((size == size_mb * 1024 * 1024)) || { echo "$name: downloaded $size bytes" >&2; exit 1; }
-    record "bulk_$name" "$(python3 -c "print($speed / 1e6)")"
+    bench_bulk "$1" "${2:-in_pod}" curl -sS --insecure -o /dev/null \
+        -w '%{size_download} %{speed_download}' https://203.0.113.2/bulk
 }
 
 cat >"$dir/hold.py" <<'PY'
@@ -141,24 +133,12 @@ asyncio.run(main(int(sys.argv[1])))
 PY
 chmod 644 "$dir/hold.py"
 
-status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 memory() {
-    local fifo=$dir/hold.in out=$dir/hold.out pid waited=0
-    rm -f "$fifo" "$out"
-    mkfifo "$fifo"
-    exec {hold_fd}<>"$fifo"
-    "${sandbox_command[@]}" /usr/bin/python3 hold.py "$tunnels" <"$fifo" >"$out" \
-        2>>"$dir/supervisor.log" {hold_fd}>&- &
-    pid=$!
-    until grep -q '^ready' "$out" 2>/dev/null; do
-        sleep 0.1
-        waited=$((waited + 1))
-        ((waited < 1200)) || { echo "tunnels never ready: $(cat "$out")" >&2; exit 1; }
-    done
+    bench_hold "${sandbox_command[@]}" /usr/bin/python3 hold.py "$tunnels"
+    bench_hold_wait ready
     sleep 0.5
-    record rss_tls_tunnels "$(status_kib "$pid" VmRSS)"
-    exec {hold_fd}>&-
-    wait "$pid" || { echo "the hold run failed: $(cat "$out")" >&2; exit 1; }
+    record rss_tls_tunnels "$(status_kib "$hold_pid" VmRSS)"
+    bench_hold_end
 }
 
 echo "rounds: $runs ($count requests per keep-alive worker, $workers workers; bulk $size_mb MiB; $tunnels tunnels)"
@@ -178,8 +158,7 @@ for ((round = 1; round <= runs; round++)); do
 done
 echo
 
-denials=$(grep -c '"event":"denied"' "$dir/supervisor.log" || true)
-((denials == 0)) || { echo "denials during the benchmark:" >&2; grep '"denied"' "$dir/supervisor.log" | head >&2; exit 1; }
+bench_no_denials
 
 python3 - "$results" "$runs" "$(nproc)" "$(nginx -v 2>&1)" "$(curl --version | head -1)" <<'PY'
 import statistics, sys

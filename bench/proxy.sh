@@ -33,19 +33,16 @@ size_mb=${SIZE_MB:-512}
 rate_count=${RATE_COUNT:-3000}
 workers=${WORKERS:-4}
 tunnels=${TUNNELS:-1000}
-case ${1:-} in
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-esac
-((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
 # shellcheck source-path=SCRIPTDIR
 source "$repo/bench/lab.sh"
+bench_help "$@"
+((size_mb >= 256)) || { echo "SIZE_MB must be at least 256" >&2; exit 2; }
 bench_needs bench/proxy.sh nginx curl ip nsenter python3 cargo
 bench_supervisor
 bench_lab proxy-bench
 bench_load_generator
 bench_nginx
-head -c $((size_mb * 1024 * 1024)) /dev/urandom >"$dir/www/bulk"
-chmod a+r "$dir/www/bulk"
+bench_bulk_file "$size_mb"
 cat >"$dir/policy.yaml" <<EOF
 version: 1
 filesystem_policy:
@@ -69,81 +66,41 @@ sandbox_pidns() {
         "${sandbox_command[@]:2}" "$@" 2>>"$dir/supervisor.log"
 }
 
-results=$dir/results
-record() { echo "$1 $2" >>"$results"; }
-
 url=http://203.0.113.2
 curl_bulk=(curl -sS -o /dev/null -w '%{size_download} %{speed_download}\n')
-bulk() { # NAME, then the command
-    local name=$1 out size speed
-    shift
-    out=$("$@")
-    read -r size speed <<<"$out"
-    ((size == size_mb * 1024 * 1024)) || { echo "$name: downloaded $size bytes" >&2; exit 1; }
-    record "bulk_$name" "$(python3 -c "print($speed / 1e6)")"
-}
-
-load() { # NAME, then the command printing proxy-load's JSON
-    local name=$1 out
-    shift
-    out=$("$@")
-    python3 - "$name" "$out" >>"$results" <<'EOF'
-import json, sys
-name, r = sys.argv[1], json.loads(sys.argv[2])
-if r["errors"]:
-    sys.exit(f"{name}: {r['errors']} failed exchanges")
-print(f"{name}_per_second {r['per_second']}")
-print(f"{name}_p50 {r['p50_ms']}")
-print(f"{name}_p99 {r['p99_ms']}")
-EOF
-}
-
-status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 
 memory() {
-    local fifo=$dir/hold.in out=$dir/hold.out pid waited=0
-    rm -f "$fifo" "$out"
-    mkfifo "$fifo"
-    # Opened read-write so that neither side blocks; closing it ends the hold.
-    exec {hold_fd}<>"$fifo"
-    "${sandbox_command[@]}" ./proxy-load hold 203.0.113.2:80 "$tunnels" 127.0.0.1:3128 \
-        <"$fifo" >"$out" 2>>"$dir/supervisor.log" {hold_fd}>&- &
-    pid=$!
-    until grep -q '^idle' "$out" 2>/dev/null; do sleep 0.05; done
-    [[ $(readlink "/proc/$pid/exe") == "$supervisor" ]] || { echo "pid $pid is not the supervisor" >&2; exit 1; }
+    bench_hold "${sandbox_command[@]}" ./proxy-load hold 203.0.113.2:80 "$tunnels" 127.0.0.1:3128
+    bench_hold_wait idle
+    [[ $(readlink "/proc/$hold_pid/exe") == "$supervisor" ]] \
+        || { echo "pid $hold_pid is not the supervisor" >&2; exit 1; }
     sleep 0.5
-    record rss_idle "$(status_kib "$pid" VmRSS)"
+    record rss_idle "$(status_kib "$hold_pid" VmRSS)"
     local started=$EPOCHREALTIME
-    until grep -q '^ready' "$out" 2>/dev/null; do
-        sleep 0.05
-        waited=$((waited + 1))
-        ((waited < 1200)) || { echo "tunnels never ready: $(cat "$out")" >&2; exit 1; }
-    done
+    bench_hold_wait ready
     record tunnels_open_seconds "$(python3 -c "print(${EPOCHREALTIME} - $started)")"
-    record rss_tunnels "$(status_kib "$pid" VmRSS)"
-    record hwm_tunnels "$(status_kib "$pid" VmHWM)"
-    exec {hold_fd}>&-
-    wait "$pid" || { echo "the hold run failed: $(cat "$out")" >&2; exit 1; }
+    record rss_tunnels "$(status_kib "$hold_pid" VmRSS)"
+    record hwm_tunnels "$(status_kib "$hold_pid" VmHWM)"
+    bench_hold_end
 }
 
 echo "rounds: $runs (bulk $size_mb MiB; $rate_count exchanges per latency/rate run; $workers workers; $tunnels tunnels)"
 for ((round = 1; round <= runs; round++)); do
     printf 'round %d/%d\r' "$round" "$runs"
-    bulk direct in_pod "${curl_bulk[@]}" "$url/bulk"
-    bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk"
-    bulk forward sandbox "${curl_bulk[@]}" "$url/bulk"
-    load lat_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small 1 "$rate_count"
-    load lat_proxy sandbox ./proxy-load rate 203.0.113.2:80 /small 1 "$rate_count" 127.0.0.1:3128
-    load lat_pidns sandbox_pidns ./proxy-load rate 203.0.113.2:80 /small 1 "$rate_count" 127.0.0.1:3128
-    load rate_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small "$workers" "$rate_count"
-    load rate_proxy sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
-    load rate_pidns sandbox_pidns ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
+    bench_bulk direct in_pod "${curl_bulk[@]}" "$url/bulk"
+    bench_bulk connect sandbox "${curl_bulk[@]}" -p "$url/bulk"
+    bench_bulk forward sandbox "${curl_bulk[@]}" "$url/bulk"
+    bench_load lat_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small 1 "$rate_count"
+    bench_load lat_proxy sandbox ./proxy-load rate 203.0.113.2:80 /small 1 "$rate_count" 127.0.0.1:3128
+    bench_load lat_pidns sandbox_pidns ./proxy-load rate 203.0.113.2:80 /small 1 "$rate_count" 127.0.0.1:3128
+    bench_load rate_direct in_pod "$dir/proxy-load" rate 203.0.113.2:80 /small "$workers" "$rate_count"
+    bench_load rate_proxy sandbox ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
+    bench_load rate_pidns sandbox_pidns ./proxy-load rate 203.0.113.2:80 /small "$workers" "$rate_count" 127.0.0.1:3128
     memory
 done
 echo
 
-denials=$(grep -c '"event":"denied"' "$dir/supervisor.log" || true)
-((denials == 0)) || { echo "the supervisor denied something during the benchmark:" >&2; grep '"denied"' "$dir/supervisor.log" | head >&2; exit 1; }
+bench_no_denials
 
 python3 "$repo/bench/proxy-report.py" "$results" "$runs" "$size_mb" "$workers" "$tunnels" \
     "$(nginx -v 2>&1)" "$(curl --version | head -1)" "$(nproc)" "$(ps -e --no-headers | wc -l)"

@@ -23,14 +23,14 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR
+source "$repo/bench/lab.sh"
 case ${1:-} in
     quick) clients=${CLIENTS:-200} seconds=${SECONDS_TOTAL:-45} ;;
     "") clients=${CLIENTS:-1000} seconds=${SECONDS_TOTAL:-300} ;;
-    *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 2 ;;
+    *) bench_usage; exit 2 ;;
 esac
 max=${MAX:-5000000}
-# shellcheck source-path=SCRIPTDIR
-source "$repo/bench/lab.sh"
 bench_needs bench/soak.sh nginx ip nsenter python3 cargo
 # Each client holds a socket, and the supervisor two plus two pipes per connection.
 if (($(ulimit -n) < clients * 8)); then

@@ -10,16 +10,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# shellcheck source=bench/timing.sh
+source bench/timing.sh
+
 readonly RUNS="${RUNS:-41}"
-readonly SANDBOX=target/x86_64-unknown-linux-musl/release/openshell-sandbox
 readonly TRUE=/bin/true
 
-command -v bwrap >/dev/null || {
-  echo "bench/view-startup.sh: bwrap missing; install it with: apt-get install -y bubblewrap" >&2
-  exit 1
-}
-[[ $(id -u) -eq 0 ]] || { echo "bench/view-startup.sh: run as root" >&2; exit 1; }
-cargo build -q --release --target x86_64-unknown-linux-musl -p openshell-sandbox
+timing_needs bench/view-startup.sh bwrap
+timing_build
 
 WORK="$(mktemp -d /tmp/openshell-bench-view.XXXXXX)"
 readonly WORK
@@ -57,36 +55,10 @@ sandboxed() {
   "$SANDBOX" --log-level error --policy "$WORK/policy.yaml" --workdir "$WORK/project" -- "$TRUE"
 }
 readonly VARIANTS=(bubblewrap sandboxed)
+timing_rounds "$RUNS" "${VARIANTS[@]}"
 
-time_us() {
-  local start end
-  start=$EPOCHREALTIME
-  "$1" >/dev/null
-  end=$EPOCHREALTIME
-  echo $((${end/./} - ${start/./}))
-}
-
-declare -A samples
-for variant in "${VARIANTS[@]}"; do
-  "$variant" >/dev/null || { echo "bench/view-startup.sh: $variant fails" >&2; exit 1; }
-  samples[$variant]=""
-done
-for ((round = 0; round < RUNS; round++)); do
-  for variant in "${VARIANTS[@]}"; do
-    samples[$variant]+="$(time_us "$variant") "
-  done
-done
-
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A med
-for variant in "${VARIANTS[@]}"; do
-  med[$variant]=$(median <<<"${samples[$variant]}")
-done
 printf 'start-up of %s with a %d-path policy, median of %d interleaved runs (kernel %s, %d cores)\n' \
   "$TRUE" $((${#READ_ONLY[@]} + ${#READ_WRITE[@]})) "$RUNS" "$(uname -r)" "$(nproc)"
-printf '  %-12s %8s\n' variant "ms"
-for variant in "${VARIANTS[@]}"; do
-  awk -v v="$variant" -v us="${med[$variant]}" 'BEGIN { printf "  %-12s %8.2f\n", v, us / 1000 }'
-done
+timing_table "${VARIANTS[@]}"
 awk -v s="${med[sandboxed]}" -v b="${med[bubblewrap]}" 'BEGIN {
   printf "  sandboxed / bwrap = %.2fx (goal <= 1.0x)\n", s / b }'

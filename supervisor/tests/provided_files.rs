@@ -32,10 +32,11 @@ echo done
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (the sandbox creates namespaces and mounts)");
-        return;
-    }
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test runs the sandbox (namespaces and mounts): run it as root"
+    );
     let scratch = std::env::temp_dir().join(format!("openshell-provided-{}", std::process::id()));
     let workdir = scratch.join("rw");
     std::fs::create_dir_all(&workdir).expect("mkdir");

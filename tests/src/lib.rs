@@ -76,3 +76,16 @@ pub fn landlock_abi() -> i64 {
     };
     abi.max(0)
 }
+
+/// Polls `ready` every 10 ms until it holds; fails the test, naming `what` it waited for,
+/// after 10 seconds.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

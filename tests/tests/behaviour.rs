@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
-use openshell_tests::{FORWARDED_SIGNALS, bin};
+use openshell_tests::{FORWARDED_SIGNALS, bin, wait_until};
 use serde_json::Value;
 
 /// A scratch directory with `rw/` (the agent's workdir, read-write and its own) and a policy.
@@ -65,18 +65,6 @@ fn error_line(out: &Output) -> String {
         .collect();
     assert_eq!(errors.len(), 1, "exactly one error line\n{out:#?}");
     errors[0].clone()
-}
-
-/// Polls `ready` every 10 ms until it holds; fails the test after 10 seconds.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn contents(path: &Path) -> String {
@@ -407,6 +395,25 @@ fn without_landlock_the_view_alone_confines_the_agent() {
     let script = r#"cat "$1" 2>/dev/null && echo read-unlisted
         echo changed 2>/dev/null > "$2" && echo wrote-read-only
         echo done"#;
+    // The baseline: unconfined, the agent's user does both.
+    let mut baseline = Command::new("/bin/sh");
+    baseline
+        .args(["-c", script, "sh"])
+        .arg(&unlisted)
+        .arg(&file)
+        .current_dir(&rw);
+    Setup {
+        as_agent: true,
+        ..Setup::default()
+    }
+    .apply(&mut baseline);
+    let out = run::run(&mut baseline, Stdin::Null);
+    assert_eq!(
+        out.stdout, "secret\nread-unlisted\nwrote-read-only\ndone\n",
+        "unconfined: {out:#?}"
+    );
+    assert_eq!(contents(&file), "changed\n");
+    std::fs::write(&file, "original\n").expect("restoring the file");
     for (errno, reason) in NO_LANDLOCK {
         let mut command = without_landlock(errno, &policy, &rw);
         command

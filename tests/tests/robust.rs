@@ -18,10 +18,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openshell_tests::bin;
 use openshell_tests::cgroup::Cgroup;
 use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch};
+use openshell_tests::{bin, wait_until};
 use serde_json::Value;
 
 fn hostile() -> String {
@@ -158,11 +158,9 @@ fn o_nonblock_on_the_shared_stderr_loses_no_line() {
     let running = run::start(&mut command, Stdin::Null);
     drop(command);
     // The reader is slow: the agent has filled the pipe and been refused meanwhile.
-    let started = Instant::now();
-    while !nonblocking(&shared) {
-        assert!(started.elapsed() < Duration::from_secs(10), "never set");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the agent to set O_NONBLOCK on the shared stderr", || {
+        nonblocking(&shared)
+    });
     std::thread::sleep(Duration::from_secs(1));
     // The attack took effect on the description the supervisor was started with.
     assert!(nonblocking(&shared));

@@ -40,6 +40,16 @@ fn unconfined(program: &Path, args: &[&str], workdir: &Path, env: &[(&str, &Path
     run::run(&mut command, Stdin::Null)
 }
 
+/// A scratch directory with `project/`, the agent's own workdir, holding `file`.
+fn project(tag: &str, file: &str, content: &str) -> (Scratch, PathBuf) {
+    let scratch = Scratch::new(tag);
+    let workdir = scratch.join("project");
+    std::fs::create_dir(&workdir).expect("mkdir");
+    give_to_agent(&workdir);
+    std::fs::write(workdir.join(file), content).expect("write");
+    (scratch, workdir)
+}
+
 /// Whether memfds made in the sandbox are sealed against execution (F_SEAL_EXEC): proof that
 /// vm.memfd_noexec applies where the runtime ran.
 const SEALED: &str = r#"
@@ -72,11 +82,7 @@ if __name__ == "__main__":
 #[test]
 fn python_multiprocessing_works_under_the_developer_policy() {
     let python = installed("/usr/bin/python3");
-    let scratch = Scratch::new("python");
-    let workdir = scratch.join("project");
-    std::fs::create_dir(&workdir).expect("mkdir");
-    give_to_agent(&workdir);
-    std::fs::write(workdir.join("pool.py"), MULTIPROCESSING).expect("write");
+    let (_scratch, workdir) = project("python", "pool.py", MULTIPROCESSING);
     let expected = "328350\nhello\n";
     let baseline = unconfined(python, &["pool.py"], &workdir, &[]);
     assert_eq!(baseline.stdout, expected, "unconfined\n{baseline:#?}");
@@ -102,11 +108,7 @@ WebAssembly.instantiate(bytes).then(({ instance }) => console.log(instance.expor
 #[test]
 fn node_runs_webassembly_in_the_sandbox() {
     let node = installed("/usr/bin/node");
-    let scratch = Scratch::new("node");
-    let workdir = scratch.join("project");
-    std::fs::create_dir(&workdir).expect("mkdir");
-    give_to_agent(&workdir);
-    std::fs::write(workdir.join("add.js"), NODE_WASM).expect("write");
+    let (scratch, workdir) = project("node", "add.js", NODE_WASM);
     let baseline = unconfined(node, &["add.js"], &workdir, &[]);
     assert_eq!(baseline.stdout, "5\n", "unconfined\n{baseline:#?}");
     let policy = scratch.policy(&[], &[&workdir], RUN_AS_AGENT);
@@ -138,10 +140,7 @@ fn wasmtime_maps_memfds_where_they_cannot_be_executed() {
     let python = installed("/usr/bin/python3");
     let wasmtime = repo().join("build/wasmtime");
     installed(wasmtime.to_str().expect("UTF-8 path"));
-    let scratch = Scratch::new("wasmtime");
-    let workdir = scratch.join("project");
-    std::fs::create_dir(&workdir).expect("mkdir");
-    give_to_agent(&workdir);
+    let (scratch, workdir) = project("wasmtime", "wasm.py", &format!("{WASMTIME}{SEALED}"));
     // A copy the agent's user can reach whatever the checkout's own modes.
     let package = scratch.join("site");
     let copied = Command::new("/bin/cp")
@@ -151,7 +150,6 @@ fn wasmtime_maps_memfds_where_they_cannot_be_executed() {
         .status()
         .expect("cp");
     assert!(copied.success());
-    std::fs::write(workdir.join("wasm.py"), format!("{WASMTIME}{SEALED}")).expect("write");
     let env = [("PYTHONPATH", package.as_path())];
     let baseline = unconfined(python, &["wasm.py"], &workdir, &env);
     assert!(

@@ -8,11 +8,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use openshell_tests::bin;
 use openshell_tests::run::{self, Output, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
+use openshell_tests::{bin, wait_until};
 
 fn mkdir_for_agent(path: &Path) -> PathBuf {
     std::fs::create_dir_all(path).expect("mkdir");
@@ -188,17 +187,6 @@ fn mounts_under(pid: u32, dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Seconds since boot, as /proc/uptime says.
 fn uptime() -> f64 {
     let text = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
@@ -270,6 +258,13 @@ fn nothing_the_view_mounts_reaches_the_pod_and_the_view_goes_with_the_agent() {
     let ns = std::fs::read_to_string(rw.join("ns")).expect("ns");
     // Every process of this view exists by now; the namespace lives on until after "go".
     let ready = uptime();
+    // While the agent waits, the same check finds the view's processes: an empty list after
+    // "go" means they are gone, not that the check cannot see them.
+    assert_ne!(
+        processes_in(ns.trim(), ready),
+        Vec::<String>::new(),
+        "no process found in the agent's mount namespace {ns:?} while it runs"
+    );
     std::fs::write(rw.join("go"), "").expect("go");
     let out = running.wait();
     assert_eq!(out.code(), 0, "{out:#?}");

@@ -1,6 +1,7 @@
-//! Load generator for `bench/proxy.sh`, run by the same binary on both sides of the
-//! comparison: from the pod straight to the test host ("direct"), and inside the sandbox
-//! through the egress proxy (`--proxy`).
+//! Load generator for the proxy benchmarks (`bench/proxy.sh`, `transparent.sh`, `soak.sh`),
+//! run by the same binary on both sides of each comparison: from the pod straight to the test
+//! host ("direct"), and inside the sandbox: through a CONNECT tunnel of the egress proxy
+//! (PROXY), or without PROXY, by transparent egress.
 //!
 //! `rate`: WORKERS threads each repeat connect [+ CONNECT] + GET PATH + read the response +
 //! close, COUNT times in all; prints one JSON line with the rate of new connections and the
@@ -59,17 +60,26 @@ fn parse<T: std::str::FromStr>(what: &str, raw: &str) -> Result<T, String> {
     raw.parse().map_err(|_| format!("{what}: {raw:?}\n{USAGE}"))
 }
 
+/// A TCP connection to `address`, each write sent at once (the exchanges are small).
+fn dial(address: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(address)?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The head of a CONNECT request for `target`, sent with one write (write! would send each
+/// piece as its own segment).
+fn connect_head(target: impl std::fmt::Display) -> String {
+    format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")
+}
+
 /// A connection to `target`, through a CONNECT tunnel of `proxy` when given.
 fn open(target: SocketAddr, proxy: Option<SocketAddr>) -> io::Result<TcpStream> {
     let Some(proxy) = proxy else {
-        let stream = TcpStream::connect(target)?;
-        stream.set_nodelay(true)?;
-        return Ok(stream);
+        return dial(target);
     };
-    let mut stream = TcpStream::connect(proxy)?;
-    stream.set_nodelay(true)?;
-    // One write per request head (write! would send each piece as its own segment).
-    stream.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    let mut stream = dial(proxy)?;
+    stream.write_all(connect_head(target).as_bytes())?;
     let (head, rest) = read_head(&mut stream)?;
     if !head.starts_with("HTTP/1.1 200") || !rest.is_empty() {
         return Err(io::Error::other(format!("CONNECT refused: {head}")));
@@ -179,21 +189,23 @@ fn measure(
     });
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-    };
     println!(
         "{{\"count\": {}, \"errors\": {}, \"seconds\": {seconds:.4}, \"per_second\": {:.1}, \
          \"p50_ms\": {:.4}, \"p99_ms\": {:.4}}}",
         latencies.len(),
         errors.load(Ordering::Relaxed),
         latencies.len() as f64 / seconds,
-        percentile(0.50),
-        percentile(0.99)
+        percentile_ms(&latencies, 0.50),
+        percentile_ms(&latencies, 0.99)
     );
     Ok(())
+}
+
+/// The `p` percentile (0 to 1) of `sorted` latencies, in milliseconds; NaN when there are none.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 fn hold(target: &str, count: &str, proxy: &str) -> Result<(), String> {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{exchange, parse, read_head};
+use super::{connect_head, dial, exchange, parse, percentile_ms, read_head};
 
 const KINDS: [&str; 4] = ["allowed", "denied", "slow", "abandoned"];
 /// The mix, in the order each client goes through it (indexes into [`KINDS`]).
@@ -125,17 +125,14 @@ impl Soak {
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
-        let stream = TcpStream::connect(self.proxy)?;
-        stream.set_nodelay(true)?;
+        let stream = dial(self.proxy)?;
         stream.set_read_timeout(Some(PATIENCE))?;
         Ok(stream)
     }
 
     fn refused(&self) -> io::Result<()> {
         let mut stream = self.connect()?;
-        let denied = &self.denied;
-        stream
-            .write_all(format!("CONNECT {denied} HTTP/1.1\r\nHost: {denied}\r\n\r\n").as_bytes())?;
+        stream.write_all(connect_head(&self.denied).as_bytes())?;
         let (head, _) = read_head(&mut stream)?;
         match head.starts_with("HTTP/1.1 403") {
             true => Ok(()),
@@ -145,7 +142,7 @@ impl Soak {
 
     fn slow(&self) -> io::Result<()> {
         let mut stream = self.connect()?;
-        let head = format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", self.target);
+        let head = connect_head(self.target);
         for piece in head.as_bytes().chunks(head.len().div_ceil(4)) {
             stream.write_all(piece)?;
             std::thread::sleep(Duration::from_millis(250));
@@ -172,7 +169,7 @@ impl Soak {
         let Ok(mut stream) = self.connect() else {
             return;
         };
-        let connect = format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", self.target);
+        let connect = connect_head(self.target);
         match self.abandon_variant.fetch_add(1, Ordering::Relaxed) % 5 {
             0 => {}
             1 => {
@@ -210,12 +207,8 @@ impl Soak {
                 continue;
             }
             samples.sort_unstable();
-            let at = |p: f64| {
-                let index = ((samples.len() as f64 * p) as usize).min(samples.len() - 1);
-                samples[index].as_secs_f64() * 1e3
-            };
-            p50.push(format!("\"{name}\": {:.3}", at(0.50)));
-            p99.push(format!("\"{name}\": {:.3}", at(0.99)));
+            p50.push(format!("\"{name}\": {:.3}", percentile_ms(&samples, 0.50)));
+            p99.push(format!("\"{name}\": {:.3}", percentile_ms(&samples, 0.99)));
         }
         let first_error = self.first_error.get().map_or("", String::as_str);
         println!(

@@ -179,19 +179,7 @@ mod tests {
 
     /// The summary lines a limiter's flush writes, as JSON objects.
     fn summaries(limit: &RateLimit) -> Vec<serde_json::Value> {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                let mut captured = self.0.lock().unwrap_or_else(|p| p.into_inner());
-                captured.extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
+        let captured = super::super::Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
@@ -199,8 +187,8 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || limit.flush());
-        let text = captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        String::from_utf8_lossy(&text)
+        captured
+            .text()
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()

@@ -160,6 +160,32 @@ pub fn exe_of(pid: u32) -> String {
 /// How often the writer flushes rate-limit summaries (and reports dropped lines).
 pub const SUMMARY_PERIOD: Duration = Duration::from_secs(1);
 
+/// What a test subscriber wrote, collected for the log modules' tests.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl Captured {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut captured = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        captured.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -123,8 +123,6 @@ fn says(message: &str, value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
 
     #[test]
@@ -147,26 +145,14 @@ mod tests {
 
     /// Formats events with the real subscriber, into a buffer.
     fn lines(emit: impl FnOnce()) -> Vec<String> {
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buffer {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buffer = Buffer::default();
+        let buffer = super::super::Captured::default();
         let make = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || make.clone())
             .event_format(Line)
             .finish();
         tracing::subscriber::with_default(subscriber, emit);
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
+        buffer.text().lines().map(str::to_owned).collect()
     }
 
     #[test]

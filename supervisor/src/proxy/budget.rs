@@ -159,11 +159,6 @@ impl Budget {
         })
     }
 
-    /// The budget in bytes.
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
     /// An account for a connection accepted now (newer than every account opened before).
     pub fn open(self: &Arc<Budget>) -> Account {
         Account {

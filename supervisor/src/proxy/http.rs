@@ -199,6 +199,16 @@ fn forward_target(raw: &str) -> Result<Target, HttpError> {
     Ok(Target::Forward { host, port, path })
 }
 
+/// Whether an HTTP/1.`minor` message keeps its connection open, `says` telling whether its
+/// connection options include a token: HTTP/1.0 only with `keep-alive`, later versions unless
+/// `close` (RFC 9112 9.3).
+fn persistent(minor: u8, says: impl Fn(&str) -> bool) -> bool {
+    match minor {
+        0 => says("keep-alive"),
+        _ => !says("close"),
+    }
+}
+
 /// Splits `host:port` (IPv6 in brackets); `default` applies when the port is absent.
 pub(crate) fn authority(raw: &str, default: Option<u16>) -> Result<(String, u16), HttpError> {
     let bad = || HttpError::Malformed(format!("{raw:?} is not host:port"));
@@ -295,12 +305,9 @@ impl Request {
     pub fn keep_alive(&self) -> bool {
         let connection = tokens(&self.headers, "connection");
         let proxy = tokens(&self.headers, "proxy-connection");
-        let says = |t: &str| connection.iter().chain(&proxy).any(|c| c == t);
-        if self.minor == 0 {
-            says("keep-alive")
-        } else {
-            !says("close")
-        }
+        persistent(self.minor, |t| {
+            connection.iter().chain(&proxy).any(|c| c == t)
+        })
     }
 
     /// The head to send upstream: origin-form target, hop-by-hop headers dropped, `Host` from
@@ -374,10 +381,7 @@ impl Response {
     /// Whether the server keeps the connection open after this response.
     pub fn keep_alive(&self) -> bool {
         let connection = tokens(&self.headers, "connection");
-        match self.minor {
-            0 => connection.iter().any(|c| c == "keep-alive"),
-            _ => !connection.iter().any(|c| c == "close"),
-        }
+        persistent(self.minor, |t| connection.iter().any(|c| c == t))
     }
 
     fn head_without_hop_by_hop(&self) -> Vec<u8> {
@@ -403,7 +407,18 @@ impl Response {
 pub fn error_response(status: u16, error: &str, detail: &str, reason: &str) -> Vec<u8> {
     let body =
         serde_json::json!({ "error": error, "detail": detail, "reason": reason }).to_string();
-    let phrase = match status {
+    let phrase = reason_phrase(status);
+    format!(
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\nX-OpenShell-Error: {error}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The reason phrase of a status the proxy answers with itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
         400 => "Bad Request",
         403 => "Forbidden",
         408 => "Request Timeout",
@@ -411,13 +426,7 @@ pub fn error_response(status: u16, error: &str, detail: &str, reason: &str) -> V
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Error",
-    };
-    format!(
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\nX-OpenShell-Error: {error}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    }
 }
 
 /// Follows a chunked body as its bytes pass, to find where it ends (RFC 9112 7.1), without

@@ -316,20 +316,19 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver
             return;
         }
     };
-    let serve = |listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services| {
+    let serve = |served: &Served| {
         wait::enter(waiting.waiter());
-        serve_loop(listener, limiter, services);
+        serve_loop(served);
     };
     let served = std::thread::scope(|scope| {
         let mut shares = Vec::new();
         for _ in 1..SERVING_THREADS {
-            let (share, shared) = sync_channel::<Arc<(Arc<OwnedFd>, RateLimit, Services)>>(1);
+            let (share, shared) = sync_channel::<Arc<Served>>(1);
             let spawned = std::thread::Builder::new()
                 .name("seccomp".into())
                 .spawn_scoped(scope, move || {
-                    if let Ok(serving) = shared.recv() {
-                        let (listener, limiter, services) = &*serving;
-                        serve(listener, limiter, services);
+                    if let Ok(served) = shared.recv() {
+                        serve(&served);
                     }
                 });
             if let Err(e) = spawned {
@@ -360,14 +359,16 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver
                 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
             )
         };
-        let limiter = RateLimit::new(50, Duration::from_secs(1));
-        let serving = Arc::new((Arc::new(listener), limiter, services));
+        let served = Arc::new(Served {
+            listener: Arc::new(listener),
+            limiter: RateLimit::new(50, Duration::from_secs(1)),
+            services,
+        });
         for share in shares {
-            let _ = share.send(Arc::clone(&serving));
+            let _ = share.send(Arc::clone(&served));
         }
-        let (listener, limiter, services) = &*serving;
-        serve(listener, limiter, services);
-        Some(serving)
+        serve(&served);
+        Some(served)
     });
     // Pending waits end with the agent.
     waiting.stop();
@@ -376,6 +377,15 @@ fn serve_apart(socket: OwnedFd, ready: &SyncSender<Started>, delivered: Receiver
     // left for the process's end, which follows the agent's; so is a delivery never taken.
     std::mem::forget(served);
     std::mem::forget(delivered);
+}
+
+/// What every serving thread answers notifications with.
+struct Served {
+    /// The listener, in the serving threads' table.
+    listener: Arc<OwnedFd>,
+    /// Shared by the threads' log lines.
+    limiter: RateLimit,
+    services: Services,
 }
 
 /// The listener, received on `socket` into this thread's table, and its services.
@@ -438,10 +448,10 @@ fn own_table(keep: &OwnedFd) -> Result<(), Errno> {
     Ok(())
 }
 
-fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
+fn serve_loop(served: &Served) {
     loop {
         let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&**listener),
+            std::os::fd::AsFd::as_fd(&*served.listener),
             PollFlags::POLLIN,
         )];
         match poll(&mut fds, PollTimeout::NONE) {
@@ -456,7 +466,7 @@ fn serve_loop(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services)
         }
         let revents = fds[0].revents().unwrap_or(PollFlags::empty());
         if revents.contains(PollFlags::POLLIN) {
-            handle_one(listener, limiter, services);
+            handle_one(served);
         } else if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
         }
@@ -496,14 +506,19 @@ impl Notice {
 
     fn send(mut self, error: i32, flags: u32) {
         self.answered = true;
+        self.respond(error, flags);
+    }
+
+    /// Sends the answer. Failure means the caller is gone (or was interrupted): nobody is
+    /// left to answer.
+    fn respond(&self, error: i32, flags: u32) {
         let resp = libc::seccomp_notif_resp {
             id: self.id,
             val: 0,
             error,
             flags,
         };
-        // SAFETY: SEND reads a correctly sized seccomp_notif_resp. Failure means the caller
-        // is gone (or was interrupted): nobody is left to answer.
+        // SAFETY: SEND reads a correctly sized seccomp_notif_resp.
         unsafe {
             libc::ioctl(
                 self.listener.as_raw_fd(),
@@ -566,25 +581,17 @@ impl Notice {
 impl Drop for Notice {
     fn drop(&mut self) {
         if !self.answered {
-            let resp = libc::seccomp_notif_resp {
-                id: self.id,
-                val: 0,
-                error: -libc::EIO,
-                flags: 0,
-            };
-            // SAFETY: as in `send`.
-            unsafe {
-                libc::ioctl(
-                    self.listener.as_raw_fd(),
-                    libc::SECCOMP_IOCTL_NOTIF_SEND as _,
-                    &resp,
-                )
-            };
+            self.respond(-libc::EIO, 0);
         }
     }
 }
 
-fn handle_one(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services) {
+fn handle_one(served: &Served) {
+    let Served {
+        listener,
+        limiter,
+        services,
+    } = served;
     let fd = listener.as_raw_fd();
     // SAFETY: seccomp_notif is plain old data; the kernel requires it zeroed.
     let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
@@ -617,7 +624,12 @@ fn handle_one(listener: &Arc<OwnedFd>, limiter: &RateLimit, services: &Services)
     // blocked in the call; then the notification must still be live, otherwise the pid may
     // already belong to someone else.
     let verdict = classify(&n, &|address, len| read_memory(n.pid, address, len));
-    let exe = log::exe_of(n.pid);
+    // Only a line that is logged names the executable: a program change, or a call that stays
+    // in the sandbox (each connect() to the proxy), costs no readlink.
+    let exe = match &verdict {
+        Verdict::Deny { .. } | Verdict::Continue(Some(_)) => log::exe_of(n.pid),
+        Verdict::Continue(None) | Verdict::Exec => String::new(),
+    };
     // The log line is written while the caller still waits for its answer: once answered it
     // may exit at once, and the supervisor with it, taking an unwritten line along; logging
     // first also orders the line before anything the caller prints afterwards.

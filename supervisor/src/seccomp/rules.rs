@@ -130,6 +130,20 @@ const fn always(name: &'static str, nr: c_long, why: &'static str) -> Rule {
     }
 }
 
+/// Refuses send call `nr` when its flags argument `flags_arg` has `MSG_FASTOPEN`.
+const fn fast_open(name: &'static str, nr: c_long, flags_arg: u8) -> Rule {
+    Rule {
+        name,
+        nr,
+        when: When::AnyFlag {
+            arg: flags_arg,
+            mask: MSG_FASTOPEN,
+        },
+        errno: EPERM,
+        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
+    }
+}
+
 /// The refused calls. `clone3` is not here: it is answered with `ENOSYS` in the filter itself
 /// (its flags live in memory the filter cannot read), which makes libc fall back to `clone`,
 /// whose flags the rows below can see. A call may have several rows; the first whose
@@ -358,36 +372,9 @@ pub const RULES: &[Rule] = &[
         errno: EPERM,
         why: "socket ioctls that describe or change network interfaces, routes or ARP",
     },
-    Rule {
-        name: "sendto",
-        nr: libc::SYS_sendto,
-        when: When::AnyFlag {
-            arg: 3,
-            mask: MSG_FASTOPEN,
-        },
-        errno: EPERM,
-        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
-    },
-    Rule {
-        name: "sendmsg",
-        nr: libc::SYS_sendmsg,
-        when: When::AnyFlag {
-            arg: 2,
-            mask: MSG_FASTOPEN,
-        },
-        errno: EPERM,
-        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
-    },
-    Rule {
-        name: "sendmmsg",
-        nr: libc::SYS_sendmmsg,
-        when: When::AnyFlag {
-            arg: 3,
-            mask: MSG_FASTOPEN,
-        },
-        errno: EPERM,
-        why: "TCP Fast Open (MSG_FASTOPEN) connects without connect()",
-    },
+    fast_open("sendto", libc::SYS_sendto, 3),
+    fast_open("sendmsg", libc::SYS_sendmsg, 2),
+    fast_open("sendmmsg", libc::SYS_sendmmsg, 3),
     // READ_IMPLIES_EXEC makes every readable mapping executable and ADDR_NO_RANDOMIZE turns
     // address randomization off for whatever the agent runs next: both undo exploit
     // mitigations. Only the query and plain Linux remain, as in container runtimes' default
@@ -445,12 +432,14 @@ pub struct Observed {
     pub when: When,
 }
 
-/// Calls the supervisor watches without refusing them: program changes, and calls that name a
-/// network destination. The network namespace already refuses every
+/// Calls the supervisor watches without refusing them: program changes, and the network calls
+/// (those that name a destination, `bind`, `listen`). With the transparent path on, it answers
+/// the network calls itself, making each on the agent's socket with the address it read and
+/// checked (see `proxy/transparent`). Without it, the network namespace already refuses every
 /// destination but the sandbox's own loopback (no route); watching these lets the supervisor
-/// log each attempt to go around the proxy with pid, executable and destination. The
-/// supervisor only reads the destination and lets the call continue, so a process racing to
-/// change it after the read can falsify a log line but never reach anything.
+/// log each attempt to go around the proxy with pid, executable and destination. It then only
+/// reads the destination and lets the call continue, so a process racing to change it after
+/// the read can falsify a log line but never reach anything.
 ///
 /// `sendmsg`/`sendmmsg` are not watched: they carry unix-socket IPC and fd passing (including
 /// the hand-over of this very filter's listener), which must not wait on the supervisor. A
@@ -468,9 +457,6 @@ pub const OBSERVED: &[Observed] = &[
         nr: libc::SYS_sendto,
         when: When::NonZero { arg: 4 },
     },
-    // Every program change, so the proxy knows which children a process started under its
-    // current program (see lineage.rs): an ancestor's allowed binary is credited only for
-    // those.
     // The transparent path makes these on the agent's socket itself (see transparent/):
     // listening or binding a handed-out connection is refused, and a TCP bind in the agent's
     // own namespace is made for it (its TCP fence refuses the agent's own).
@@ -484,6 +470,9 @@ pub const OBSERVED: &[Observed] = &[
         nr: libc::SYS_listen,
         when: When::Always,
     },
+    // Every program change, so the proxy knows which children a process started under its
+    // current program (see lineage.rs): an ancestor's allowed binary is credited only for
+    // those.
     Observed {
         name: "execve",
         nr: libc::SYS_execve,

@@ -58,6 +58,15 @@ fn both_gits_reach_github_and_curl_does_not() {
         ca.as_str(),
         "https://github.com/",
     ];
+    // The baseline: unconfined, curl reaches the (fake) GitHub.
+    let before = world.api.seen().len();
+    let baseline = world.run_under(&policy, &env, &curl, true);
+    assert_eq!(baseline.code, 0, "curl unconfined:\n{baseline}");
+    assert_eq!(
+        world.api.seen().len(),
+        before + 1,
+        "curl's request did not arrive unconfined:\n{baseline}"
+    );
     let before = world.api.seen().len();
     let run = world.run_under(&policy, &env, &curl, false);
     assert_ne!(run.code, 0, "curl reached GitHub:\n{run}");

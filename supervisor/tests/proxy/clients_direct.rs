@@ -5,23 +5,11 @@
 
 use std::path::Path;
 
-use crate::support::{HOST, HOST_V6, Lab, python, require_kernel, rule};
+use crate::support::{
+    HOST, HOST_V6, Lab, executable, python, require_kernel, rule, transparent_on,
+};
 
 const PORT: u16 = 9000;
-
-fn transparent_on(run: &crate::support::Run) -> bool {
-    require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty(),
-        "transparent egress",
-    )
-}
-
-fn executable(path: &str) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .to_string_lossy()
-        .into_owned()
-}
 
 #[test]
 fn node_fetch_without_proxy_support_reaches_an_allowed_host_by_name() {
@@ -46,7 +34,7 @@ fn node_fetch_without_proxy_support_reaches_an_allowed_host_by_name() {
            .catch(e => console.log(JSON.stringify({{error: String(e.cause || e)}})))"
     );
     let run = lab.sandbox(&policy).run(&["/usr/bin/node", "-e", &script]);
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "clients without proxy support") {
         return;
     }
     let result = run.json();
@@ -85,7 +73,7 @@ fn a_rust_program_without_proxy_variables_connects_blocking() {
         &PORT.to_string(),
         "/from-rust",
     ]);
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "clients without proxy support") {
         return;
     }
     assert_eq!(run.code, 0, "{run}");
@@ -118,7 +106,7 @@ fn socket_state_survives_the_hand_over() {
     let sandbox = lab.sandbox(&policy);
     for (family, host) in [("4", HOST.to_string()), ("6", HOST_V6.to_string())] {
         let run = sandbox.agent(&["fidelity", &host, &PORT.to_string(), family]);
-        if !transparent_on(&run) {
+        if !transparent_on(&run, "clients without proxy support") {
             return;
         }
         let r = run.json();

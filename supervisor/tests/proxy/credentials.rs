@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::support::echo::{EchoHost, Identity, Received};
-use crate::support::{FILESYSTEM, Lab, Run, curl, python};
+use crate::support::{FILESYSTEM, Lab, Run, curl, installed, python};
 
 const TLS_PORT: u16 = 8443;
 const PLAIN_PORT: u16 = 8080;
@@ -42,12 +42,6 @@ struct World {
     _secrets: Secrets,
 }
 
-fn node() -> Option<String> {
-    std::fs::canonicalize("/usr/bin/node")
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
-}
-
 fn world() -> Option<World> {
     let lab = Lab::start()?;
     let host = lab.echo(&Identity::new(), &[TLS_PORT], &[PLAIN_PORT], None);
@@ -56,7 +50,7 @@ fn world() -> Option<World> {
     let secret = secrets.0.join("body-token");
     std::fs::write(&secret, format!("{REAL_BODY}\n")).expect("secret file");
     let mut binaries = vec![curl(), python(), "/usr/bin/dash".to_owned()];
-    binaries.extend(node());
+    binaries.extend(installed("/usr/bin/node"));
     let binaries: Vec<String> = binaries
         .iter()
         .map(|b| format!("{{ path: \"{b}\" }}"))
@@ -251,7 +245,7 @@ fn real_clients_send_placeholders_and_the_server_gets_the_values() {
 #[test]
 fn node_fetch_over_transparent_egress_gets_the_value_where_bound() {
     let Some(w) = world() else { return };
-    if node().is_none() {
+    if installed("/usr/bin/node").is_none() {
         crate::support::require_kernel(false, "node (Node.js 20, the machine's own)");
         return;
     }

@@ -9,9 +9,9 @@
 //!   uncorks the one the lender wrote with TCP_CORK), then takes it back. The proxy credits the
 //!   process that connected the socket, so the CONNECT is refused and logged as its.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::support::{Lab, python, require_kernel, rule};
+use crate::support::{Lab, Upstream, python, rule, transparent_on};
 
 const PORT: u16 = 9000;
 
@@ -27,30 +27,33 @@ fn copy(lab: &Lab, program: &str, name: &str) -> String {
     to.to_string_lossy().into_owned()
 }
 
-fn curl(path: &str) -> String {
-    format!(
-        "/usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' http://api.test.example:{PORT}{path}"
-    )
-}
-
-fn transparent_on(run: &crate::support::Run) -> bool {
-    require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty(),
-        "transparent egress (identity recorded at connect)",
-    )
-}
-
-#[test]
-fn re_parenting_with_clone_parent_is_refused() {
-    let Some(lab) = Lab::start() else { return };
+/// A lab whose policy lets only `name`, a copy of `program`, reach api.test.example:PORT,
+/// where a server listens: the lab, the server, the copy's path and the policy; `None` when
+/// the kernel lacks what the lab needs.
+fn allowing_a_copy_of(program: &str, name: &str) -> Option<(Lab, Upstream, String, PathBuf)> {
+    let lab = Lab::start()?;
     let upstream = lab.upstream(&[PORT]);
-    let allowed = copy(&lab, "/bin/sh", "allowed-sh");
+    let allowed = copy(&lab, program, name);
     let network = rule(
         "allowed",
         &format!("host: api.test.example, port: {PORT}"),
         &[&allowed],
     );
     let policy = lab.policy("policy.yaml", &network);
+    Some((lab, upstream, allowed, policy))
+}
+
+fn curl(path: &str) -> String {
+    format!(
+        "/usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' http://api.test.example:{PORT}{path}"
+    )
+}
+
+#[test]
+fn re_parenting_with_clone_parent_is_refused() {
+    let Some((lab, upstream, allowed, policy)) = allowing_a_copy_of("/bin/sh", "allowed-sh") else {
+        return;
+    };
     // Unconfined, the trick works: the clone's child has this shell as its parent, not python.
     let baseline = std::process::Command::new("/bin/sh")
         .current_dir(lab.dir())
@@ -76,7 +79,7 @@ fn re_parenting_with_clone_parent_is_refused() {
         curl("/own-child")
     );
     let run = lab.sandbox(&policy).run(&["/bin/sh", "-c", &script]);
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "identity recorded at connect") {
         return;
     }
     assert!(
@@ -105,15 +108,9 @@ fn re_parenting_with_clone_parent_is_refused() {
 
 #[test]
 fn re_parenting_through_a_subreaper_is_refused() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    let allowed = copy(&lab, "/bin/sh", "allowed-sh");
-    let network = rule(
-        "allowed",
-        &format!("host: api.test.example, port: {PORT}"),
-        &[&allowed],
-    );
-    let policy = lab.policy("policy.yaml", &network);
+    let Some((lab, upstream, allowed, policy)) = allowing_a_copy_of("/bin/sh", "allowed-sh") else {
+        return;
+    };
     // Unconfined the prctl works (the baseline); confined it is refused, so the orphaned
     // curl goes to the sandbox's init and nobody lends it an identity.
     let baseline = std::process::Command::new("/usr/bin/python3")
@@ -131,7 +128,7 @@ fn re_parenting_through_a_subreaper_is_refused() {
         curl("/orphan")
     );
     let run = lab.sandbox(&policy).run(&["/bin/sh", "-c", &script]);
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "identity recorded at connect") {
         return;
     }
     assert!(run.stdout.contains("\"EPERM\""), "{run}");
@@ -148,22 +145,18 @@ fn re_parenting_through_a_subreaper_is_refused() {
 
 #[test]
 fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
-    let Some(lab) = Lab::start() else { return };
-    let upstream = lab.upstream(&[PORT]);
-    let allowed = copy(&lab, &python_binary(), "allowed-python");
-    let network = rule(
-        "allowed",
-        &format!("host: api.test.example, port: {PORT}"),
-        &[&allowed],
-    );
-    let policy = lab.policy("policy.yaml", &network);
+    let Some((lab, upstream, allowed, policy)) =
+        allowing_a_copy_of(&python_binary(), "allowed-python")
+    else {
+        return;
+    };
     let target = format!("api.test.example:{PORT}");
     for cork in ["0", "1"] {
         // Baseline: the allowed binary lends to itself; the tunnel works.
         let run = lab
             .sandbox(&policy)
             .run(&[&allowed, "agent.py", "lend", &allowed, &target, cork]);
-        if !transparent_on(&run) {
+        if !transparent_on(&run, "identity recorded at connect") {
             return;
         }
         let result = run.json();

@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::support::echo::{EchoHost, Identity};
-use crate::support::{Lab, Run, curl, python, require_kernel, rule};
+use crate::support::{Lab, Run, curl, python, rule, transparent_on};
 
 const TLS_PORT: u16 = 8443;
 const PLAIN_PORT: u16 = 8080;
@@ -76,15 +76,6 @@ enum Path {
     Direct,
 }
 
-/// Whether the transparent path is on in `run` (it needs kernel features; without them a
-/// direct connection has no route at all).
-fn transparent_on(run: &Run) -> bool {
-    require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty(),
-        "transparent egress",
-    )
-}
-
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {HOST}:{TLS_PORT}\r\n\r\n")
 }
@@ -146,7 +137,7 @@ fn decided_on_the_canonical_form(path: Path) {
     ];
     let requests: Vec<String> = cases.iter().map(|(r, _, _)| r.clone()).collect();
     let (run, results) = w.singles_via(&requests, path);
-    if path == Path::Direct && !transparent_on(&run) {
+    if path == Path::Direct && !transparent_on(&run, "L7 inspection of direct connections") {
         return;
     }
     let wrong: Vec<String> = cases
@@ -240,7 +231,7 @@ fn denied_after_allowed_on_one_connection(path: Path) {
     ]);
     let run = w.run("sessions", &specs);
     assert_eq!(run.code, 0, "{run}");
-    if direct && !transparent_on(&run) {
+    if direct && !transparent_on(&run, "L7 inspection of direct connections") {
         return;
     }
     let results = run.json();
@@ -486,7 +477,7 @@ fn a_direct_connection_meets_the_rules_of_its_name() {
     ]);
     let run = w.run("sessions", &specs);
     assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "L7 inspection of direct connections") {
         return;
     }
     let r = run.json();
@@ -582,7 +573,7 @@ fn names_sharing_an_address_each_keep_their_rules() {
             &specs.to_string(),
         ]);
     assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "L7 inspection of direct connections") {
         return;
     }
     let r = run.json();
@@ -644,7 +635,7 @@ fn the_agent_cannot_connect_to_the_handoff_listener() {
         .sandbox(&policy)
         .run(&["/usr/bin/python3", "probe.py"]);
     assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "L7 inspection of direct connections") {
         return;
     }
     let found = run.json();
@@ -688,7 +679,7 @@ fn an_ipv6_direct_connection_is_inspected_too() {
         &specs.to_string(),
     ]);
     assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run) {
+    if !transparent_on(&run, "L7 inspection of direct connections") {
         return;
     }
     let r = run.json();

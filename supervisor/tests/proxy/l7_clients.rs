@@ -8,17 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::echo::{EchoHost, GitRoot, Identity, git_repository};
-use crate::support::{Lab, Run, curl, python, rule};
+use crate::support::{Lab, Run, curl, installed, python, rule};
 
 const PORT: u16 = 8443;
 const GIT_PORT: u16 = 8444;
 const HOST: &str = "api.test.example";
-
-fn executable(path: &str) -> Option<String> {
-    std::fs::canonicalize(path)
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
-}
 
 fn run(lab: &Lab, policy: &Path, script: &str) -> Run {
     let ca = lab.dir().join("upstream-ca.pem");
@@ -34,8 +28,8 @@ fn real_clients_trust_the_ca_through_the_environment() {
     let Some(lab) = Lab::start() else { return };
     let identity = Identity::new();
     let host: EchoHost = lab.echo(&identity, &[PORT], &[], None);
-    let node = executable("/usr/bin/node");
-    let java = executable("/usr/bin/java");
+    let node = installed("/usr/bin/node");
+    let java = installed("/usr/bin/java");
     let mut binaries = vec![curl(), python(), "/usr/bin/dash".to_owned()];
     binaries.extend(node.clone());
     binaries.extend(java.clone());
@@ -133,7 +127,7 @@ fn real_clients_trust_the_ca_through_the_environment() {
 #[test]
 fn clients_without_a_proxy_meet_the_rules() {
     let Some(lab) = Lab::start() else { return };
-    let Some(node) = executable("/usr/bin/node") else {
+    let Some(node) = installed("/usr/bin/node") else {
         openshell_tests::require_kernel(false, "node (Node.js 20, the machine's own)");
         return;
     };
@@ -260,7 +254,7 @@ fn git_clone_allowed_push_denied_with_the_fixture_rules() {
     let baseline = git_repository(&root, "baseline.git");
     let guarded = git_repository(&root, "guarded.git");
     let host = lab.echo(&identity, &[GIT_PORT], &[], Some(GitRoot(root.clone())));
-    let git = executable("/usr/bin/git").expect("git");
+    let git = installed("/usr/bin/git").expect("git");
     let endpoint = format!(
         "host: git.test.example, port: {GIT_PORT}, protocol: rest, enforcement: enforce, rules: [\
          {{ allow: {{ method: GET, path: \"/**/info/refs*\" }} }}, \
@@ -404,6 +398,10 @@ fn the_agent_cannot_read_the_ca_key() {
     // The supervisor is not in the agent's PID namespace; init (pid 1, a fork-time copy of
     // the supervisor) is there but unreadable.
     let proc = found["proc"].as_object().expect("proc");
+    // Init was among those tried: "nothing was read" below is about it, not an empty list.
+    for what in ["1/mem", "1/environ", "1/maps"] {
+        assert!(proc.contains_key(what), "{what} not tried: {out}");
+    }
     for (what, outcome) in proc {
         assert_ne!(outcome, "read", "{what} readable: {out}");
     }

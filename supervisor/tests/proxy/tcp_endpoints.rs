@@ -3,12 +3,15 @@
 //! and lets a redis client reach the redis server named in it, while the same destination
 //! through the proxy is refused.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+
+use openshell_tests::wait_until;
 
 use crate::fixtures::fixture;
-use crate::support::{HOST, HOST_PRIVATE, Lab, NAMESERVER, Nameserver, Side, require_kernel};
+use crate::support::{
+    HOST, HOST_PRIVATE, Lab, NAMESERVER, Nameserver, Side, require_kernel, transparent_on,
+};
 
 /// The dynamic loader under /lib (multiarch Debian).
 const LOADER: &str = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
@@ -40,19 +43,17 @@ fn redis_server(lab: &Lab) -> Option<Server> {
         .spawn()
         .expect("redis-server");
     let server = Server(child);
-    // Ready when it answers from the pod.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab
-        .net
-        .enter(Side::Pod, || {
-            std::net::TcpStream::connect((HOST_PRIVATE, 6379))
-        })
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    answering(lab, (HOST_PRIVATE, 6379).into(), "redis-server");
     Some(server)
+}
+
+/// Waits until the test host's server at `address` answers from the pod.
+fn answering(lab: &Lab, address: SocketAddr, server: &str) {
+    wait_until(&format!("{server} to answer on {address}"), || {
+        lab.net
+            .enter(Side::Pod, || std::net::TcpStream::connect(address))
+            .is_ok()
+    });
 }
 
 fn redis_get(lab: &Lab, key: &str) -> String {
@@ -87,10 +88,7 @@ fn the_upstream_redis_fixture_behaves_as_written() {
         "written-by",
         "the-sandbox",
     ]);
-    if !require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty() && run.code != 125,
-        "transparent egress (protocol: tcp)",
-    ) {
+    if !transparent_on(&run, "protocol: tcp") {
         return;
     }
     assert_eq!(run.code, 0, "{run}");
@@ -182,15 +180,7 @@ fn sshd(lab: &Lab) -> Option<(Server, String)> {
         .spawn()
         .expect("sshd");
     let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab
-        .net
-        .enter(Side::Pod, || std::net::TcpStream::connect((HOST, 2222)))
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    answering(lab, (HOST, 2222).into(), "sshd");
     let ssh = format!(
         "/usr/bin/ssh -F /dev/null -i {} -o StrictHostKeyChecking=no \
          -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
@@ -227,10 +217,7 @@ fn ssh_and_git_over_ssh_through_a_protocol_tcp_endpoint() {
         repo.display()
     );
     let run = lab.sandbox(&policy).run(&["/bin/sh", "-c", &script]);
-    if !require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty() && run.code != 125,
-        "transparent egress (protocol: tcp)",
-    ) {
+    if !transparent_on(&run, "protocol: tcp") {
         return;
     }
     assert!(run.stdout.contains("hello-from-sshd"), "{run}");

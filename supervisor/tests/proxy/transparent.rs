@@ -9,19 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    HOST, HOST_V6, Lab, METADATA, NAMESERVER, Nameserver, Side, Upstream, python, require_kernel,
-    rule,
+    HOST, HOST_V6, Lab, METADATA, NAMESERVER, Nameserver, Side, Upstream, python, rule,
+    transparent_on,
 };
 
 const PORT: u16 = 9000;
-
-/// True when the run says the transparent path is off (kernel too old), after printing why.
-fn transparent_off(run: &crate::support::Run) -> bool {
-    !require_kernel(
-        run.messages("TRANSPARENT EGRESS OFF").is_empty(),
-        "transparent egress (seccomp ADDFD, pidfd_getfd, Landlock ABI 4)",
-    )
-}
 
 fn denials<'a>(run: &'a crate::support::Run, layer: &str) -> Vec<&'a Value> {
     run.events("denied", layer)
@@ -58,7 +50,7 @@ fn programs_without_proxy_support_connect_by_name_and_by_address() {
         &format!("v6.test.example:{PORT}/v6"),
         &format!("api.test.example:{}/other-port", PORT + 2),
     ]);
-    if transparent_off(&run) {
+    if !transparent_on(&run, "seccomp ADDFD, pidfd_getfd, Landlock ABI 4") {
         return;
     }
     let results = run.json();
@@ -127,7 +119,7 @@ fn dns_answers_policy_names_only_and_refused_names_never_leave() {
         "secret-token-1234.exfil.attacker.example",
         "exfil.attacker.example",
     ]);
-    if transparent_off(&run) {
+    if !transparent_on(&run, "seccomp ADDFD, pidfd_getfd, Landlock ABI 4") {
         return;
     }
     let answers = run.json();
@@ -178,19 +170,36 @@ fn a_name_rebound_to_loopback_or_metadata_never_reaches_them() {
     let policy = lab.policy("policy.yaml", &network);
     let sandbox = lab.sandbox(&policy);
     let first = sandbox.agent(&["direct_get", "rebind.test.example", "80", "/first"]);
-    if transparent_off(&first) {
+    if !transparent_on(&first, "seccomp ADDFD, pidfd_getfd, Landlock ABI 4") {
         return;
     }
     assert_eq!(first.json()["status"], 200, "{first}");
+    let rebound = [
+        "rebind.test.example:81/rebound".to_owned(),
+        format!("{METADATA}:81/literal"),
+    ];
+    let mut args = vec!["directs_get"];
+    args.extend(rebound.iter().map(String::as_str));
+    // The baseline: from the pod, without the sandbox, the rebound name and the literal both
+    // reach the metadata service, so "it saw nothing more" below means something.
+    nameserver.set("rebind.test.example", &[IpAddr::V4(METADATA)]);
+    let mut argv = vec!["/usr/bin/python3", "agent.py"];
+    argv.extend_from_slice(&args);
+    let bare = sandbox.bare(&argv);
+    let results = bare.json();
+    assert_eq!(results[0]["status"], 200, "unconfined: {bare}");
+    assert_eq!(results[1]["status"], 200, "unconfined: {bare}");
+    let baseline = metadata.seen();
+    assert_eq!(
+        metadata.requests_on(81),
+        ["GET /rebound HTTP/1.1", "GET /literal HTTP/1.1"],
+        "unconfined: {baseline:?}"
+    );
     // The name now points at the cloud metadata service, then at loopback.
     for target in [METADATA, Ipv4Addr::LOCALHOST] {
         nameserver.set("rebind.test.example", &[IpAddr::V4(target)]);
         std::thread::sleep(Duration::from_millis(1100));
-        let run = sandbox.agent(&[
-            "directs_get",
-            "rebind.test.example:81/rebound",
-            &format!("{METADATA}:81/literal"),
-        ]);
+        let run = sandbox.agent(&args);
         let results = run.json();
         assert!(results[0]["status"].is_null(), "{target}: {run}");
         assert!(results[1]["status"].is_null(), "{target}: {run}");
@@ -199,6 +208,10 @@ fn a_name_rebound_to_loopback_or_metadata_never_reaches_them() {
             "{target}: {run}"
         );
     }
-    assert!(metadata.seen().is_empty(), "{:?}", metadata.seen());
+    assert_eq!(
+        metadata.seen(),
+        baseline,
+        "only the baseline reached the metadata service"
+    );
     assert_eq!(upstream.requests_on(80), ["GET /first HTTP/1.1"]);
 }

@@ -109,13 +109,15 @@ impl Table {
         if self.entries < before {
             return;
         }
+        // Compared by reference: only the name that goes is copied, not every name.
         let soonest = self
             .by_ip
             .iter()
-            .flat_map(|(ip, names)| names.iter().map(move |k| (k.until, *ip, k.name.clone())))
+            .flat_map(|(ip, names)| names.iter().map(move |k| (k.until, *ip, k.name.as_str())))
             .filter_map(|(until, ip, name)| Some((until?, ip, name)))
-            .min();
-        if let Some((_, ip, name)) = soonest
+            .min()
+            .map(|(_, ip, name)| (ip, name.to_owned()));
+        if let Some((ip, name)) = soonest
             && let Some(names) = self.by_ip.get_mut(&ip)
         {
             names.retain(|k| k.name != name);

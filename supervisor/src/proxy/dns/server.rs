@@ -250,7 +250,7 @@ impl Resolver {
             let (resolver, socket) = (self.clone(), socket.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let (rcode, addresses) = resolver.resolve(&query, peer).await;
+                let (rcode, addresses) = resolver.ask_upstream(&query).await;
                 let reply = wire::answer(&query, rcode, &addresses, query.udp_limit);
                 let _ = socket.send_to(&reply, peer).await;
             });
@@ -361,9 +361,15 @@ impl Resolver {
 
     /// The answer for `query`, asked by `peer`.
     async fn resolve(&self, query: &Query, peer: SocketAddr) -> (Rcode, Vec<Address>) {
-        if let Some(now) = self.answer_now(query, peer) {
-            return now;
+        match self.answer_now(query, peer) {
+            Some(now) => now,
+            None => self.ask_upstream(query).await,
         }
+    }
+
+    /// The answer for `query`, an eligible question that [`Resolver::answer_now`] could not
+    /// answer: from the pod's nameservers, or from the identical question asked already.
+    async fn ask_upstream(&self, query: &Query) -> (Rcode, Vec<Address>) {
         let name = query.name.as_str();
         let mut asked = match self.asking.ask(name, query.qtype) {
             Ok(asked) => asked,

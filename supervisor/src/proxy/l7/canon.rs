@@ -152,7 +152,7 @@ fn decode_segment(raw: &str, allow_encoded_slash: bool) -> Result<(String, bool)
         let byte = escape_at(bytes, i)?;
         i += 3;
         match byte {
-            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+            b if unreserved(b) => {
                 out.push(b as char);
             }
             0..=0x1f | 0x7f => return Err(CanonError::Control),
@@ -164,6 +164,11 @@ fn decode_segment(raw: &str, allow_encoded_slash: bool) -> Result<(String, bool)
         }
     }
     Ok((out, slash))
+}
+
+/// An unreserved character (RFC 3986 section 2.3): never needs a percent-escape.
+pub fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 fn escape_at(bytes: &[u8], i: usize) -> Result<u8, CanonError> {

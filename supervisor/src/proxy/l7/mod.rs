@@ -304,11 +304,7 @@ impl<'a> Context<'a> {
 
     /// `host:port` as a `Host` header writes it.
     fn authority(&self) -> String {
-        let host = &self.session.host;
-        match host.contains(':') {
-            true => format!("[{host}]:{}", self.session.port),
-            false => format!("{host}:{}", self.session.port),
-        }
+        self.destination.to_string()
     }
 
     /// Logs an allowed request; `logged_path` replaces the path when a credential value goes
@@ -454,11 +450,7 @@ impl<'a> Context<'a> {
             "binary": exe,
         })
         .to_string();
-        let phrase = match status {
-            400 => "Bad Request",
-            403 => "Forbidden",
-            _ => "Error",
-        };
+        let phrase = crate::proxy::http::reason_phrase(status);
         Refusal(Some(
             format!(
                 "HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\n\
@@ -482,45 +474,31 @@ impl<'a> Context<'a> {
             .next()
             .map(|t| t.split('?').next().unwrap_or(t).to_owned())
             .unwrap_or_default();
-        let policy = self.session.policy;
-        match error {
+        let (status, code, why) = match error {
             HeadError::Http2 => {
                 self.refuse_connection(
                     "HTTP/2 on an inspected endpoint (this version speaks HTTP/1.1)",
                 );
-                Refusal(None)
+                return Refusal(None);
             }
-            HeadError::Malformed(why) => self.deny(
-                &method,
-                &path,
+            HeadError::Malformed(why) => (
                 400,
                 "bad_request",
-                &format!("malformed or ambiguous request: {why}"),
-                policy,
-                None,
+                format!("malformed or ambiguous request: {why}"),
             ),
-            HeadError::Target(why) => self.deny(
-                &method,
-                &path,
-                400,
-                "bad_request",
-                &why.to_string(),
-                policy,
-                None,
-            ),
-            HeadError::Authority(why) => self.deny(
-                &method,
-                &path,
-                403,
-                "request_authority_mismatch",
-                why,
-                policy,
-                None,
-            ),
-            HeadError::Upgrade(why) => {
-                self.deny(&method, &path, 403, "upgrade_refused", why, policy, None)
-            }
-        }
+            HeadError::Target(why) => (400, "bad_request", why.to_string()),
+            HeadError::Authority(why) => (403, "request_authority_mismatch", why.clone()),
+            HeadError::Upgrade(why) => (403, "upgrade_refused", why.clone()),
+        };
+        self.deny(
+            &method,
+            &path,
+            status,
+            code,
+            &why,
+            self.session.policy,
+            None,
+        )
     }
 
     fn malformed(&self, why: &str) -> Refusal {

@@ -17,9 +17,9 @@
 //! a `Host` (or absolute-form authority) other than the connection's destination (no domain
 //! fronting). An h2c upgrade is refused; so is any upgrade but websocket.
 
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use std::{fmt, io};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -69,7 +69,7 @@ impl RequestHead {
     /// The head as sent upstream: origin-form, hop-by-hop headers dropped (the upgrade kept
     /// for a websocket), `Host` as the client sent it (checked equal to the destination)
     /// or, for an HTTP/1.0 request without one, the destination's.
-    pub fn encode(&self, authority: &str) -> Vec<u8> {
+    pub fn encode(&self, authority: impl fmt::Display) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.target.path.len());
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
@@ -113,6 +113,16 @@ pub struct Destination<'a> {
     /// Whether absolute-form (`http://host/...`) targets are expected: a forward-proxy
     /// request, rather than a request inside a tunnel.
     pub forward: bool,
+}
+
+/// `host:port` as a `Host` header writes it (an IPv6 address in brackets).
+impl fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// Why a head was refused before any decision.
@@ -195,8 +205,7 @@ pub fn parse_head(
             .map_err(|e| HeadError::Malformed(e.to_string()))?;
         if !same(&host, port) {
             return Err(HeadError::Authority(format!(
-                "request for {authority} on a connection to {}",
-                display(destination)
+                "request for {authority} on a connection to {destination}"
             )));
         }
         match path.starts_with('?') {
@@ -214,8 +223,7 @@ pub fn parse_head(
             .map_err(|_| HeadError::Malformed("invalid Host header".into()))?;
         if !same(&name, port) {
             return Err(HeadError::Authority(format!(
-                "Host {text:?} on a connection to {}",
-                display(destination)
+                "Host {text:?} on a connection to {destination}"
             )));
         }
     }
@@ -256,13 +264,6 @@ fn strip_scheme(target: &str, tls: bool) -> Option<&str> {
     prefix
         .eq_ignore_ascii_case(scheme)
         .then(|| &target[scheme.len()..])
-}
-
-fn display(destination: &Destination<'_>) -> String {
-    match destination.host.contains(':') {
-        true => format!("[{}]:{}", destination.host, destination.port),
-        false => format!("{}:{}", destination.host, destination.port),
-    }
 }
 
 /// What became of the session: whether the client connection may carry another request.
@@ -491,10 +492,8 @@ where
         let mut decoder = Decoder::new(head.framing);
         let upload = send_head(cx, client, buffered, head, upstream, plan, &mut decoder).await?;
         if let Upload::Sent = upload {
-            return relay_response(
-                cx,
+            let exchanged = relay_response(
                 client,
-                buffered,
                 head,
                 upstream,
                 up_buffered,
@@ -502,7 +501,22 @@ where
                 plan,
                 &answered,
             )
-            .await;
+            .await?;
+            // A websocket upgrade continues as a relay of frames.
+            if let Exchanged::Upgraded = exchanged {
+                frames(
+                    cx,
+                    client,
+                    buffered,
+                    head,
+                    upstream,
+                    up_buffered,
+                    &activity,
+                    plan,
+                )
+                .await;
+            }
+            return Ok(exchanged);
         }
         let (mut client_read, mut client_write) = tokio::io::split(&mut *client);
         let (mut up_read, mut up_write) = tokio::io::split(&mut *upstream);
@@ -539,7 +553,7 @@ where
                 }
             }
         };
-        let response = relay_response_halves(
+        let response = relay_response(
             &mut client_write,
             head,
             &mut up_read,
@@ -623,7 +637,7 @@ where
     let (plan, mode) = match plan {
         Some(plan) if head.framing != Body::Empty && plan.body != Mode::Pass => (plan, plan.body),
         _ => {
-            upstream.write_all(&head.encode(&cx.authority())).await?;
+            upstream.write_all(&head.encode(cx.destination)).await?;
             upstream.flush().await?;
             return Ok(plain);
         }
@@ -638,7 +652,7 @@ where
         };
         plan.placeholder_filter(Mode::Scan, "body")
             .pass(&buffered.bytes[..ready], true)?;
-        upstream.write_all(&head.encode(&cx.authority())).await?;
+        upstream.write_all(&head.encode(cx.destination)).await?;
         upstream.flush().await?;
         let framing = match head.framing {
             Body::Length(n) => Framing::Length(n),
@@ -667,7 +681,7 @@ where
     if ended {
         let body = filter.pass(&first, true)?.bytes().to_vec();
         set_length(&mut sent.headers, Some(body.len()));
-        let mut bytes = sent.encode(&cx.authority());
+        let mut bytes = sent.encode(cx.destination);
         bytes.extend_from_slice(&body);
         upstream.write_all(&bytes).await?;
         upstream.flush().await?;
@@ -683,7 +697,7 @@ where
         .error());
     }
     set_length(&mut sent.headers, None);
-    upstream.write_all(&sent.encode(&cx.authority())).await?;
+    upstream.write_all(&sent.encode(cx.destination)).await?;
     upstream.flush().await?;
     Ok(Upload::Filtered {
         filter,
@@ -692,52 +706,9 @@ where
     })
 }
 
-/// [`relay_response`] for a request without a body; a websocket upgrade continues as a
-/// relay of frames.
-#[allow(clippy::too_many_arguments)]
-async fn relay_response<C>(
-    cx: &Context<'_>,
-    client: &mut C,
-    buffered: &mut Buffered,
-    head: &RequestHead,
-    upstream: &mut Upstream,
-    up_buffered: &mut Buffered,
-    activity: &Activity,
-    plan: Option<&Plan<'_>>,
-    answered: &AtomicBool,
-) -> io::Result<Exchanged>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let exchanged = relay_response_halves(
-        client,
-        head,
-        upstream,
-        up_buffered,
-        activity,
-        plan,
-        answered,
-    )
-    .await?;
-    if let Exchanged::Upgraded = exchanged {
-        frames(
-            cx,
-            client,
-            buffered,
-            head,
-            upstream,
-            up_buffered,
-            activity,
-            plan,
-        )
-        .await;
-    }
-    Ok(exchanged)
-}
-
 /// Relays interim responses and the final one to `client` (through the credentials'
 /// redaction when the plan asks for it); `answered` is set once anything was sent.
-async fn relay_response_halves<W, R>(
+async fn relay_response<W, R>(
     client: &mut W,
     head: &RequestHead,
     upstream: &mut R,

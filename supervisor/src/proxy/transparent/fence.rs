@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use landlock::{ABI, Access, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr};
 use nix::errno::Errno;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
 
 /// The Landlock ABI that handles TCP bind and connect.
 pub const MIN_ABI: i32 = 4;
@@ -58,33 +59,16 @@ impl Fence {
             )
         };
         Errno::result(rc)?;
-        // SAFETY: a plain TCP socket, closed below.
-        let sock = Errno::result(unsafe {
-            libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
-        })?;
-        let port_one = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 1u16.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: connect reads the sockaddr_in on the stack; the socket is ours.
-        let rc = unsafe {
-            libc::connect(
-                sock,
-                (&port_one as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        let errno = Errno::last();
-        // SAFETY: closing the socket made above.
-        unsafe { libc::close(sock) };
-        match (rc, errno) {
-            (-1, Errno::EACCES) => Ok(()),
-            (-1, other) => Err(other),
-            _ => Err(Errno::ENOTRECOVERABLE),
+        let sock = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match connect(sock.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 1)) {
+            Err(Errno::EACCES) => Ok(()),
+            Err(other) => Err(other),
+            Ok(()) => Err(Errno::ENOTRECOVERABLE),
         }
     }
 }

@@ -50,6 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::sys::socket::{Backlog, listen};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -108,15 +109,11 @@ pub fn bind() -> io::Result<Vec<std::net::TcpListener>> {
     if let Ok(v6) = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
         listeners.push(v6);
     }
+    let backlog = Backlog::new(MAX_PENDING as i32)?;
     for listener in &listeners {
         listener.set_nonblocking(true)?;
-        // SAFETY: listen on a bound socket we own; it only raises the backlog.
-        unsafe {
-            libc::listen(
-                std::os::fd::AsRawFd::as_raw_fd(listener),
-                MAX_PENDING as i32,
-            )
-        };
+        // Listening already: this only raises the backlog.
+        let _ = listen(listener, backlog);
     }
     Ok(listeners)
 }
@@ -436,19 +433,7 @@ async fn tunnel(
             return tracing::error!(layer = "transparent", "cannot dial {host}: {e}");
         }
     };
-    tracing::info!(
-        event = "allowed",
-        layer = "transparent",
-        pid = target.caller.map(|p| p.pid),
-        exe = target.caller.map(|p| p.exe.as_str()),
-        host,
-        address = %pending.to.ip(),
-        port,
-        rule = target.rule,
-        "allowed connect to {host} ({}) by rule {}",
-        pending.to,
-        target.rule
-    );
+    super::log_allowed(target.caller, host, pending.to, target.rule);
     if upstream.write_all(early).await.is_ok() {
         let idle = shared.settings.idle_timeout;
         let _ = relay::tunnel(&client, &upstream, &pipes, idle).await;

@@ -245,6 +245,13 @@ struct Caller {
     fd: i32,
 }
 
+impl Caller {
+    /// The caller's process and its executable, for a log line.
+    fn who(self) -> (u32, String) {
+        (self.tgid, log::exe_of(self.tid))
+    }
+}
+
 impl Transparent {
     /// Answers `notice`, a `call` of the agent (now, or later from the waiter's threads).
     pub fn handle(self: &Arc<Self>, call: Call, notice: Notice) {
@@ -372,23 +379,25 @@ impl Transparent {
         to: SocketAddr,
     ) {
         let result = socket::connect(fd.as_fd(), &socket::for_domain(to, kind.domain));
-        if result.is_ok() && to.port() == 53 {
-            self.record(fd.as_fd(), caller, to);
+        if result.is_ok()
+            && to.port() == 53
+            && let Some(local) = socket::local_address(fd.as_fd())
+        {
+            self.record(local, caller, to);
         }
         answer(notice, result);
     }
 
-    /// Records who connected the socket `fd` to `to`: for the proxy the whole chain the
-    /// policy credits, for the resolver (which only names who asked) the process alone.
-    fn record(&self, fd: BorrowedFd<'_>, caller: Caller, to: SocketAddr) {
-        if let Some(local) = socket::local_address(fd) {
-            let identifier = &self.shared.identifier;
-            let chain = match to.port() == super::PORT {
-                true => identifier.chain(caller.tgid),
-                false => identifier.process(caller.tgid),
-            };
-            identifier.records.record(local, chain);
-        }
+    /// Records who connected the socket whose address is `local` to `to`: for the proxy the
+    /// whole chain the policy credits, for the resolver (which only names who asked) the
+    /// process alone.
+    fn record(&self, local: SocketAddr, caller: Caller, to: SocketAddr) {
+        let identifier = &self.shared.identifier;
+        let chain = match to.port() == super::PORT {
+            true => identifier.chain(caller.tgid),
+            false => identifier.process(caller.tgid),
+        };
+        identifier.records.record(local, chain);
     }
 
     /// A TCP `connect()` to the sandbox's own addresses, made on the agent's socket. For the
@@ -404,14 +413,10 @@ impl Transparent {
     ) {
         let address = socket::for_domain(to, kind.domain);
         if self.is_recorded_service(to) {
-            let unbound = socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0);
-            if unbound {
-                let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
-                if let Err(e) = socket::bind(fd.as_fd(), &source) {
-                    return notice.fail(e as i32);
-                }
+            match socket::source_toward(fd.as_fd(), to.ip(), kind.domain) {
+                Ok(local) => self.record(local, caller, to),
+                Err(e) => return notice.fail(e as i32),
             }
-            self.record(fd.as_fd(), caller, to);
         }
         self.connect_here(notice, fd, address, || ());
     }
@@ -620,23 +625,10 @@ impl Transparent {
             return self.deny(notice, &chain, to, &hosts, why);
         }
         let listener = handoff.listener_for(kind.domain);
-        // The address the listener will see the connection from: the socket's own when the
-        // agent bound it, else one bound now.
-        let local = match socket::local_address(agent.as_fd()) {
-            Some(bound) if bound.port() != 0 && !bound.ip().is_unspecified() => bound,
-            Some(bound) if bound.port() != 0 => SocketAddr::new(listener.ip(), bound.port()),
-            _ => {
-                let source = SocketAddr::new(listener.ip(), 0);
-                if let Err(e) =
-                    socket::bind(agent.as_fd(), &socket::for_domain(source, kind.domain))
-                {
-                    return notice.fail(e as i32);
-                }
-                match socket::local_address(agent.as_fd()) {
-                    Some(local) => local,
-                    None => return notice.fail(libc::EADDRNOTAVAIL),
-                }
-            }
+        // The address the listener will see the connection from.
+        let local = match socket::source_toward(agent.as_fd(), listener.ip(), kind.domain) {
+            Ok(local) => local,
+            Err(e) => return notice.fail(e as i32),
         };
         if let Err(e) = handoff.register(local, Pending::new(to, hosts, chain)) {
             return notice.fail(e as i32);
@@ -672,18 +664,7 @@ impl Transparent {
         let flags = socket::status_flags(agent.as_fd());
         let blocking = flags & libc::O_NONBLOCK == 0;
         let cloexec = socket::cloexec(caller.tid, caller.fd);
-        let process = chain.first();
-        tracing::info!(
-            event = "allowed",
-            layer = "transparent",
-            pid = process.map(|p| p.pid),
-            exe = process.map(|p| p.exe.as_str()),
-            host,
-            address = %to.ip(),
-            port = to.port(),
-            rule,
-            "allowed connect to {host} ({to}) by rule {rule}"
-        );
+        log_allowed(chain.first(), host, to, rule);
         let result = socket::connect(ours.as_fd(), &socket::for_domain(to, kind.domain));
         let target = caller.fd as u32;
         match result {
@@ -772,12 +753,9 @@ impl Transparent {
             if to.port() == 53
                 && let Ok((fd, kind)) = self.socket(&mut caller)
                 && kind.netns == self.netns
+                && let Ok(local) = socket::source_toward(fd.as_fd(), to.ip(), kind.domain)
             {
-                if socket::local_address(fd.as_fd()).is_none_or(|a| a.port() == 0) {
-                    let source = socket::for_domain(SocketAddr::new(to.ip(), 0), kind.domain);
-                    let _ = socket::bind(fd.as_fd(), &source);
-                }
-                self.record(fd.as_fd(), caller, to);
+                self.record(local, caller, to);
             }
             return notice.proceed();
         }
@@ -790,9 +768,6 @@ impl Transparent {
 
     /// A direct attempt the transparent path does not carry (UDP other than DNS): logged.
     fn log_direct(&self, notice: &Notice, caller: Caller, call: &str, to: SocketAddr, kind: Kind) {
-        if !self.limiter.allow() || !notice.valid() {
-            return;
-        }
         let why = if to.port() == 53 {
             "direct DNS: the sandbox's resolver is the nameserver in /etc/resolv.conf"
         } else if kind.kind == libc::SOCK_DGRAM {
@@ -800,78 +775,68 @@ impl Transparent {
         } else {
             "only TCP leaves the sandbox"
         };
-        let exe = log::exe_of(caller.tid);
-        let what = format!("{call} to {to}");
-        let host = to.ip().to_string();
-        log::denied(&Denial {
-            layer: Layer::Network,
-            pid: caller.tgid,
-            exe: &exe,
-            what: &what,
-            why,
-            target: Some((&host, to.port())),
-        });
+        let what = || format!("{call} to {to}");
+        self.log_refusal(notice, || caller.who(), what, why, Some(to));
     }
 
     /// The agent's own connection to the hand-off listener: refused (ECONNREFUSED, as if
     /// nothing listened there) and logged.
     fn refuse_handoff(&self, notice: Notice, caller: Caller, to: SocketAddr) {
-        if self.limiter.allow() && notice.valid() {
-            let exe = log::exe_of(caller.tid);
-            let what = format!("connect to {to}");
-            let host = to.ip().to_string();
-            log::denied(&Denial {
-                layer: Layer::Network,
-                pid: caller.tgid,
-                exe: &exe,
-                what: &what,
-                why: "the supervisor's hand-off listener only takes the connections the \
-                      supervisor makes for the agent's calls",
-                target: Some((&host, to.port())),
-            });
-        }
+        let why = "the supervisor's hand-off listener only takes the connections the \
+                   supervisor makes for the agent's calls";
+        let what = || format!("connect to {to}");
+        self.log_refusal(&notice, || caller.who(), what, why, Some(to));
         notice.fail(libc::ECONNREFUSED);
     }
 
     /// A call on a handed-out connection that would use it for anything but talking to its
     /// server: refused (EPERM) and logged.
     fn refuse(&self, notice: Notice, caller: Caller, what: &str) {
-        if self.limiter.allow() && notice.valid() {
-            let exe = log::exe_of(caller.tid);
-            log::denied(&Denial {
-                layer: Layer::Network,
-                pid: caller.tgid,
-                exe: &exe,
-                what,
-                why: "a connection handed out by the supervisor belongs to the pod's network \
-                      and can only talk to its server",
-                target: None,
-            });
-        }
+        let why = "a connection handed out by the supervisor belongs to the pod's network and \
+                   can only talk to its server";
+        self.log_refusal(&notice, || caller.who(), || what.to_owned(), why, None);
         notice.fail(libc::EPERM);
     }
 
     /// A refused connection: ECONNREFUSED at once, logged with who, where, the names tried
     /// and why.
     fn deny(&self, notice: Notice, chain: &[Process], to: SocketAddr, names: &[String], why: &str) {
-        if self.limiter.allow() && notice.valid() {
-            let process = chain.first();
-            let tried = match names.is_empty() {
-                true => "no resolved name".to_owned(),
-                false => format!("names tried: {}", names.join(", ")),
-            };
-            let what = format!("connect to {to} ({tried})");
-            let host = to.ip().to_string();
-            log::denied(&Denial {
-                layer: Layer::Network,
-                pid: process.map_or(notice.call.pid, |p| p.pid),
-                exe: process.map_or("?", |p| p.exe.as_str()),
-                what: &what,
-                why,
-                target: Some((&host, to.port())),
-            });
-        }
+        let who = || match chain.first() {
+            Some(process) => (process.pid, process.exe.clone()),
+            None => (notice.call.pid, "?".to_owned()),
+        };
+        let what = || match names.is_empty() {
+            true => format!("connect to {to} (no resolved name)"),
+            false => format!("connect to {to} (names tried: {})", names.join(", ")),
+        };
+        self.log_refusal(&notice, who, what, why, Some(to));
         notice.fail(libc::ECONNREFUSED);
+    }
+
+    /// Logs a refusal of the network layer: rate-limited, and only while the caller still
+    /// waits (its pid then still names it). Who (pid and executable) and what are worked out
+    /// only for a line that is written.
+    fn log_refusal(
+        &self,
+        notice: &Notice,
+        who: impl FnOnce() -> (u32, String),
+        what: impl FnOnce() -> String,
+        why: &str,
+        to: Option<SocketAddr>,
+    ) {
+        if !self.limiter.allow() || !notice.valid() {
+            return;
+        }
+        let ((pid, exe), what) = (who(), what());
+        let host = to.map(|to| to.ip().to_string());
+        log::denied(&Denial {
+            layer: Layer::Network,
+            pid,
+            exe: &exe,
+            what: &what,
+            why,
+            target: host.as_deref().zip(to.map(|to| to.port())),
+        });
     }
 }
 
@@ -881,6 +846,21 @@ enum Next {
     Dial { host: String, rule: String },
     /// Handed to the L7 engine, with every allowed name.
     Inspect(Vec<String>),
+}
+
+/// Logs a direct connection the policy allowed: who, where, by which rule.
+fn log_allowed(process: Option<&Process>, host: &str, to: SocketAddr, rule: &str) {
+    tracing::info!(
+        event = "allowed",
+        layer = "transparent",
+        pid = process.map(|p| p.pid),
+        exe = process.map(|p| p.exe.as_str()),
+        host,
+        address = %to.ip(),
+        port = to.port(),
+        rule,
+        "allowed connect to {host} ({to}) by rule {rule}"
+    );
 }
 
 fn is_mapped(to: SocketAddr) -> bool {

@@ -60,8 +60,8 @@ pub fn probe(notify: bool, landlock_abi: i32) -> Probe {
 /// On a throw-away thread: a listener from an allow-all filter, asked to add an fd to a
 /// notification that does not exist (ENOENT: the ioctl and the flag are known).
 fn addfd() -> Result<bool, Errno> {
-    // SAFETY: per-thread prctl without pointers; this thread ends right after.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    // No new privileges for this thread only, which ends right after.
+    nix::sys::prctl::set_no_new_privs()?;
     let allow = [libc::sock_filter {
         code: (libc::BPF_RET | libc::BPF_K) as u16,
         jt: 0,

@@ -8,11 +8,12 @@
 //! check (the race a `CONTINUE` answer would allow).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::SockaddrStorage;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, socket};
 
 /// `PIDFD_THREAD` (Linux 6.9): a pidfd for one thread, whose fd table may be its own.
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
@@ -101,61 +102,56 @@ fn pidfd_open(pid: u32, flags: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
 }
 
-/// An integer socket option.
-pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
-    let mut value: i32 = 0;
-    let mut len = size_of::<i32>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+/// Values any bytes are valid for, which a socket option can be read into.
+trait Plain {}
+impl Plain for i32 {}
+impl Plain for u64 {}
+impl Plain for [u8; 64] {}
+
+/// Reads socket option `name` into `value`; the number of bytes the kernel wrote.
+fn get_into<T: Plain>(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: &mut T,
+) -> io::Result<usize> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (the size of `T`) into `value`, and any
+    // bytes are a valid `T` (`Plain`).
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             level,
             name,
-            (&mut value as *mut i32).cast(),
+            (value as *mut T).cast(),
             &mut len,
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(len as usize)
+}
+
+/// An integer socket option.
+pub fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    get_into(fd, level, name, &mut value)?;
     Ok(value)
 }
 
 /// The network namespace cookie of a socket (the kernel wants exactly 8 bytes).
 fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut value: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut value as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    get_into(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut value)?;
     Ok(value)
 }
 
 /// The raw bytes of a socket option (at most 64).
 fn get_raw(fd: BorrowedFd<'_>, level: i32, name: i32) -> Option<Vec<u8>> {
     let mut value = [0u8; 64];
-    let mut len = value.len() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| value[..len as usize].to_vec())
+    let len = get_into(fd, level, name, &mut value).ok()?;
+    Some(value[..len].to_vec())
 }
 
 fn set_raw(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> bool {
@@ -239,6 +235,20 @@ pub fn local_address(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
     to_std(&local)
 }
 
+/// Where a connection `fd` is about to make toward `ip` will come from, as its peer sees it:
+/// the socket's own address when it is bound to a port (an unspecified one reads as `ip`),
+/// else the one it is bound to now, `ip` with a port of the kernel's choosing.
+pub fn source_toward(fd: BorrowedFd<'_>, ip: IpAddr, domain: i32) -> Result<SocketAddr, Errno> {
+    match local_address(fd) {
+        Some(bound) if bound.port() != 0 && !bound.ip().is_unspecified() => Ok(bound),
+        Some(bound) if bound.port() != 0 => Ok(SocketAddr::new(ip, bound.port())),
+        _ => {
+            bind(fd, &for_domain(SocketAddr::new(ip, 0), domain))?;
+            local_address(fd).ok_or(Errno::EADDRNOTAVAIL)
+        }
+    }
+}
+
 fn to_std(address: &SockaddrStorage) -> Option<SocketAddr> {
     address
         .as_sockaddr_in()
@@ -286,14 +296,12 @@ pub fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// The file status flags (O_NONBLOCK...) of the open file behind `fd`.
 pub fn status_flags(fd: BorrowedFd<'_>) -> i32 {
-    // SAFETY: F_GETFL takes no pointer.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) }.max(0)
+    fcntl(fd, FcntlArg::F_GETFL).unwrap_or(0)
 }
 
 /// Sets the file status flags of the open file behind `fd`.
 pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) {
-    // SAFETY: F_SETFL takes an int.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) };
+    let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_retain(flags)));
 }
 
 /// Whether fd `fd` of thread `tid` is close-on-exec (from `/proc/TID/fdinfo/FD`).
@@ -401,21 +409,12 @@ impl Defaults {
     }
 }
 
-/// A new socket of `kind` in the calling thread's namespace (the pod's), non-blocking.
+/// A new TCP socket of `kind`'s domain in the calling thread's namespace (the pod's),
+/// non-blocking.
 pub fn new_like(kind: &Kind) -> io::Result<OwnedFd> {
-    // SAFETY: socket with scalar arguments.
-    let rc = unsafe {
-        libc::socket(
-            kind.domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_TCP,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
+    let domain = AddressFamily::from_i32(kind.domain).ok_or(Errno::EAFNOSUPPORT)?;
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    Ok(socket(domain, SockType::Stream, flags, SockProtocol::Tcp)?)
 }
 
 /// Whether `fd` is writable now (a connection attempt finished).

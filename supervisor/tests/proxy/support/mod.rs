@@ -81,11 +81,16 @@ pub fn curl() -> String {
     executable("/usr/bin/curl")
 }
 
-fn executable(path: &str) -> String {
+/// `path` as the kernel names it in /proc/PID/exe; fails the test when it is not installed.
+pub fn executable(path: &str) -> String {
+    installed(path).unwrap_or_else(|| panic!("{path} is needed inside the sandbox: not installed"))
+}
+
+/// [`executable`], or `None` when `path` is not installed (for clients a test may skip).
+pub fn installed(path: &str) -> Option<String> {
     std::fs::canonicalize(path)
-        .unwrap_or_else(|e| panic!("{path} is needed inside the sandbox: {e}"))
-        .to_string_lossy()
-        .into_owned()
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// One test's world. Everything it created is removed on drop.
@@ -251,9 +256,6 @@ impl Sandbox<'_> {
     }
 
     /// Starts the supervisor in `cgroup` (it joins before it runs), with all it starts.
-    // The budget tests run the supervisor in a memory cgroup; the agent suite, which shares
-    // this module, does not.
-    #[allow(dead_code)]
     pub fn cgroup(mut self, cgroup: &openshell_tests::cgroup::Cgroup) -> Self {
         let procs = cgroup.procs();
         self.cgroup = Some(CString::new(procs.as_os_str().as_bytes()).expect("cgroup path"));
@@ -275,9 +277,6 @@ impl Sandbox<'_> {
     /// Runs `argv` to the end without the supervisor, as [`Sandbox::run`] would start the
     /// supervisor (same namespaces, hosts file, environment and limits): the unconfined
     /// baseline of a sandboxed run.
-    // The proxy tests start their baselines in the test process; the agent suite
-    // (tests/agents), which shares this module, runs whole programs.
-    #[allow(dead_code)]
     pub fn bare(&self, argv: &[&str]) -> Run {
         let (program, args) = argv.split_first().expect("a command");
         let mut command = Command::new(program);
@@ -498,6 +497,17 @@ impl Run {
             .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
             .collect()
     }
+}
+
+/// Whether the transparent path was there for `run`: false, after saying why (a failure
+/// with `OPENSHELL_REQUIRE_KERNEL=1`), only when the kernel lacks what it needs and the
+/// supervisor said so: it warned that transparent egress is off, or refused to start because
+/// the policy has `protocol: tcp` endpoints. Any other outcome, a start-up failure included, is
+/// left to the test's own checks. `detail` says which of the path's uses the test needs.
+pub fn transparent_on(run: &Run, detail: &str) -> bool {
+    let off = !run.messages("TRANSPARENT EGRESS OFF").is_empty()
+        || !run.messages("which need transparent egress").is_empty();
+    require_kernel(!off, &format!("transparent egress ({detail})"))
 }
 
 /// `VmHWM` (peak resident set, KiB) from a `/proc/PID/status` file.

@@ -31,9 +31,11 @@ pub mod tunnel;
 pub mod websocket;
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use self::scan::{BuildError, Hit, Kind, Patterns, Spelling, stands_alone};
+use super::canon;
 use crate::credentials::{Prepared, Store};
 use crate::policy::credentials::Credential;
 use crate::policy::{CredentialSet, L7Endpoint, normalize_host};
@@ -268,10 +270,10 @@ pub fn encode(value: &[u8], encoding: Encoding) -> Vec<u8> {
         Encoding::Url => {
             let mut out = Vec::with_capacity(value.len());
             for &b in value {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                if canon::unreserved(b) {
                     out.push(b);
                 } else {
-                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                    let _ = write!(out, "%{b:02X}");
                 }
             }
             out

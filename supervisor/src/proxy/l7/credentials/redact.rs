@@ -29,8 +29,9 @@ pub fn headers(filter: &RedactFilter<'_>, headers: &mut [(String, Vec<u8>)]) {
     }
 }
 
-/// Relays the final `response` (its head read, its body `body`) to `client` with every
-/// value replaced. Returns whether the client and upstream connections may be kept.
+/// Relays the final `response` (its head read and its headers already cleaned by
+/// [`headers`], its body `body`) to `client` with every value replaced. Returns whether the
+/// client and upstream connections may be kept.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<W, R>(
     plan: &Plan<'_>,
@@ -48,7 +49,6 @@ where
     R: AsyncRead + Unpin,
 {
     let mut filter = plan.redact_filter()?;
-    headers(&filter, &mut response.headers);
     let upstream_keep = response.keep_alive() && body != Body::UntilClose;
     let compressed = http::tokens(&response.headers, "content-encoding")
         .iter()

@@ -109,27 +109,24 @@ fn frame(fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8
     out
 }
 
-/// Reads exactly `n` bytes (after what `buffered` holds) into a new buffer; `None` at a
-/// clean end of stream before any byte.
+/// Reads exactly `n` bytes (after what `buffered` holds) into a new buffer; the stream
+/// ending first cuts the frame short.
 async fn read_exact<R: AsyncRead + Unpin>(
     buffered: &mut Buffered,
     src: &mut R,
     n: usize,
-) -> io::Result<Option<Vec<u8>>> {
+) -> io::Result<Vec<u8>> {
     while buffered.bytes.len() < n {
         if buffered.fill(src).await? == 0 {
-            return match buffered.bytes.is_empty() && n > 0 {
-                true => Ok(None),
-                false => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "websocket frame cut short",
-                )),
-            };
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "websocket frame cut short",
+            ));
         }
     }
     let out = buffered.bytes[..n].to_vec();
     buffered.consume(n);
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Relays frames from `src` to `dst` in `direction` under `plan` until `src` ends (its end
@@ -197,12 +194,7 @@ where
                  credentials cannot be searched",
             )));
         }
-        let Some(mut payload) = read_exact(buffered, &mut src, head.len as usize).await? else {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "websocket frame cut short",
-            ));
-        };
+        let mut payload = read_exact(buffered, &mut src, head.len as usize).await?;
         if let Some(key) = head.mask {
             unmask(&mut payload, key, 0);
         }

@@ -50,7 +50,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{Backlog, listen};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -109,11 +108,18 @@ pub fn bind() -> io::Result<Vec<std::net::TcpListener>> {
     if let Ok(v6) = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
         listeners.push(v6);
     }
-    let backlog = Backlog::new(MAX_PENDING as i32)?;
     for listener in &listeners {
         listener.set_nonblocking(true)?;
-        // Listening already: this only raises the backlog.
-        let _ = listen(listener, backlog);
+        // Listening already: this only raises the backlog. Raw, not nix's `listen`: its
+        // `Backlog` refuses anything over libc's SOMAXCONN, which is 128 in the musl build (the
+        // one shipped) although the kernel takes 4096 and clamps the rest.
+        // SAFETY: listen on a bound socket we own, with scalar arguments.
+        unsafe {
+            libc::listen(
+                std::os::fd::AsRawFd::as_raw_fd(listener),
+                MAX_PENDING as i32,
+            )
+        };
     }
     Ok(listeners)
 }

@@ -51,9 +51,11 @@ fn both_gits_reach_github_and_curl_does_not() {
             "no allowed CONNECT to github.com by rule git-github:\n{run}"
         );
     }
+    // Silent (-s, no -S): the supervisor's log shares stderr with the agent here, and curl
+    // writes its error message in pieces, between which the denial line can land, unparsed.
     let curl = [
         "/usr/bin/curl",
-        "-sS",
+        "-s",
         "--cacert",
         ca.as_str(),
         "https://github.com/",

@@ -3,9 +3,11 @@
 # CONNECT path measured alongside, every figure from one run against the same test host.
 #
 # The test host is a network namespace joined by a veth pair to a "pod" namespace (both made
-# here, removed on exit): nginx serves it (sendfile, no logging), dnsmasq answers its names
-# (bench.test -> 203.0.113.2) on 203.0.113.53, the pod's nameserver (a private mount
-# namespace gives both sides the same /etc/resolv.conf). The same client binaries run on
+# here, removed on exit): nginx serves it (sendfile, no logging), dnsmasq answers its names on
+# 203.0.113.53, the pod's nameserver (a private mount namespace gives both sides the same
+# /etc/resolv.conf): bench.test -> 203.0.113.2 with a TTL of 5 s (CoreDNS's default for a
+# cluster's own names; names outside usually carry 30-300 s), and fresh.test, the same address
+# with a TTL of 0, which no resolver may keep: each of its lookups is asked upstream. The same client binaries run on
 # both sides of each comparison:
 #   direct       from the pod namespace, as root
 #   transparent  inside the sandbox (release build, started in the pod namespace), with no
@@ -20,6 +22,8 @@
 #                                                                       goal transparent >= 0.5 direct
 #   dns    proxy-load resolve: getaddrinfo(bench.test) (A + AAAA), WORKERS threads, lookups/s
 #          through the policy resolver vs straight to dnsmasq           goal >= 0.5
+#   fresh  the same for fresh.test (TTL 0: the policy resolver forwards every A question, and
+#          keeps the empty AAAA answer for 5 s, as it keeps every negative one)
 #
 # Usage: bench/transparent.sh            (as root; wrap in flock /tmp/openshell-bench.lock)
 # Environment: RUNS (5), SIZE_MB (512), RATE_COUNT (3000), DNS_COUNT (5000), WORKERS (4),
@@ -56,8 +60,10 @@ bench_load_generator
 bench_nginx
 bench_bulk_file "$size_mb"
 ip -n "$host" addr add 203.0.113.53/32 dev veth0
-printf '203.0.113.2 bench.test\n' >"$dir/dns-hosts"
-in_host dnsmasq --no-resolv --no-hosts --addn-hosts="$dir/dns-hosts" --listen-address=203.0.113.53 \
+# --local: the names are its own, so a AAAA question gets an empty answer (NOERROR), as from a
+# cluster's resolver, not REFUSED (dnsmasq's answer for what it would have to ask elsewhere).
+in_host dnsmasq --no-resolv --no-hosts --local=/test/ --host-record=bench.test,203.0.113.2,5 \
+    --host-record=fresh.test,203.0.113.2,0 --listen-address=203.0.113.53 \
     --bind-interfaces --port=53 --cache-size=10000 --user=root --pid-file="$dir/dnsmasq.pid" \
     --log-facility=/dev/null
 
@@ -69,7 +75,7 @@ filesystem_policy:
   read_write: [/dev/null]
 network_policies:
   bench:
-    endpoints: [{ host: bench.test, port: 80 }, { host: 203.0.113.2, port: 80 }]
+    endpoints: [{ host: bench.test, port: 80 }, { host: fresh.test, port: 80 }, { host: 203.0.113.2, port: 80 }]
     binaries: [{ path: /usr/bin/curl }, { path: $dir/proxy-load }]
 EOF
 
@@ -87,6 +93,7 @@ bulk() { [[ ${SKIP_BULK:-} == 1 ]] || bench_bulk "$@"; }
 url=http://bench.test
 rate=(rate 203.0.113.2:80 /small "$workers" "$rate_count")
 resolve=(resolve bench.test "$workers" "$dns_count")
+fresh=(resolve fresh.test "$workers" "$dns_count")
 step() { # one measurement, by name; NAME_baseline is NAME with the BASELINE binary
     local name=${1%_baseline} binary=$supervisor
     [[ $1 == *_baseline ]] && binary=$BASELINE
@@ -100,13 +107,15 @@ step() { # one measurement, by name; NAME_baseline is NAME with the BASELINE bin
     rate_connect) bench_load "$1" "${sandbox[@]}" ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
     dns_direct) bench_load "$1" in_pod "$dir/proxy-load" "${resolve[@]}" ;;
     dns_policy) bench_load "$1" "${sandbox[@]}" ./proxy-load "${resolve[@]}" ;;
+    fresh_direct) bench_load "$1" in_pod "$dir/proxy-load" "${fresh[@]}" ;;
+    fresh_policy) bench_load "$1" "${sandbox[@]}" ./proxy-load "${fresh[@]}" ;;
     esac
 }
 # Compared figures are measured next to each other, and every other round in reverse order:
 # a run measured second was seen to be 5-10% slower or faster than the same run measured first.
 # With BASELINE, each sandboxed figure is also taken with that binary, right after this one's.
 steps=()
-for name in bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy; do
+for name in bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy fresh_direct fresh_policy; do
     steps+=("$name")
     if [[ -n ${BASELINE:-} && $name != *_direct ]]; then steps+=("${name}_baseline"); fi
 done
@@ -150,10 +159,13 @@ row("new connections transparent", "rate_transparent_per_second", "/s")
 row("new connections CONNECT", "rate_connect_per_second", "/s")
 row("lookups direct (dnsmasq)", "dns_direct_per_second", "/s")
 row("lookups policy resolver", "dns_policy_per_second", "/s")
+row("lookups TTL 0 direct (dnsmasq)", "fresh_direct_per_second", "/s")
+row("lookups TTL 0 policy resolver", "fresh_policy_per_second", "/s")
 print("ratios:")
 ratio("bulk transparent / direct", "bulk_transparent", "bulk_direct", 0.97)
 ratio("connections transparent / direct", "rate_transparent_per_second", "rate_direct_per_second", 0.5)
 ratio("lookups policy / direct", "dns_policy_per_second", "dns_direct_per_second", 0.5)
+ratio("lookups TTL 0 policy / direct", "fresh_policy_per_second", "fresh_direct_per_second")
 ratio("bulk CONNECT / direct", "bulk_connect", "bulk_direct")
 ratio("connections CONNECT / direct", "rate_connect_per_second", "rate_direct_per_second")
 if "rate_connect_baseline_per_second" in m:
@@ -161,9 +173,11 @@ if "rate_connect_baseline_per_second" in m:
     row("bulk transparent, baseline", "bulk_transparent_baseline", "MB/s")
     row("new connections transparent, baseline", "rate_transparent_baseline_per_second", "/s")
     row("lookups policy resolver, baseline", "dns_policy_baseline_per_second", "/s")
+    row("lookups TTL 0 policy resolver, baseline", "fresh_policy_baseline_per_second", "/s")
     ratio("transparent bulk: this / baseline", "bulk_transparent", "bulk_transparent_baseline")
     ratio("transparent connections: this / baseline", "rate_transparent_per_second", "rate_transparent_baseline_per_second")
     ratio("lookups: this / baseline", "dns_policy_per_second", "dns_policy_baseline_per_second")
+    ratio("lookups TTL 0: this / baseline", "fresh_policy_per_second", "fresh_policy_baseline_per_second")
     ratio("CONNECT connections: this / baseline", "rate_connect_per_second", "rate_connect_baseline_per_second", 0.9)
     ratio("CONNECT bulk: this / baseline", "bulk_connect", "bulk_connect_baseline", 0.9)
 EOF

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::procfs;
 
@@ -33,12 +34,28 @@ struct Exec {
 #[derive(Debug, Default)]
 pub struct Lineage {
     execs: Mutex<HashMap<u32, Exec>>,
+    /// Execs recorded so far: what was worked out from the records (or from a process's
+    /// executable) before the count last changed may be out of date.
+    recorded: AtomicU64,
 }
 
 impl Lineage {
     /// Records the children of `pid`, which is about to replace its program. Called while
     /// `pid` is frozen in `execve`.
     pub fn record_exec(&self, pid: u32) {
+        self.record(pid);
+        self.recorded.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many execs were recorded so far. Read before working something out from the
+    /// sandbox's executables, a count that changed since says the result may be out of date;
+    /// one that did not says no exec was recorded meanwhile, not that none is under way (an
+    /// exec is recorded before it takes effect).
+    pub fn generation(&self) -> u64 {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    fn record(&self, pid: u32) {
         let Some(start) = start_time(pid) else {
             return;
         };

@@ -17,6 +17,7 @@ pub mod pinning;
 pub mod record;
 pub mod sock_diag;
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
@@ -24,12 +25,16 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
-pub use pinning::{PinError, Pins};
+pub use pinning::{FileKey, PinError, Pins};
 pub use record::Records;
 
 use super::decision::Process;
 use crate::lineage::Lineage;
 use crate::procfs;
+
+/// Most processes whose chain is kept ([`Identifier::chain_in_call`]); past it the kept ones
+/// are forgotten (most will have exited).
+const MAX_KNOWN: usize = 1024;
 
 /// Most fds read to find a socket's owners: past it the request is answered 503 rather than
 /// let one lookup run for seconds.
@@ -97,6 +102,18 @@ pub struct Identifier {
     pub records: Records,
     /// Whether [`Identifier::records`] are the callers (else the socket's holders are).
     recorded: bool,
+    /// Init's children seen in a system call, by pid: [`Identifier::chain_in_call`].
+    known: Mutex<HashMap<u32, Known>>,
+}
+
+/// A child of init whose chain is itself alone, and what says it still is.
+#[derive(Debug)]
+struct Known {
+    /// Its executable's key when its chain was worked out.
+    key: FileKey,
+    /// The lineage's count of execs before it was.
+    generation: u64,
+    process: Process,
 }
 
 impl Identifier {
@@ -123,6 +140,7 @@ impl Identifier {
             pins: Pins::default(),
             records: Records::default(),
             recorded,
+            known: Mutex::default(),
         })
     }
 
@@ -245,6 +263,54 @@ impl Identifier {
             true => crate::log::exe_of(process.pid),
             false => process.exe.clone(),
         }
+    }
+
+    /// [`Identifier::chain`] of `pid`, one of whose threads waits in a system call, given its
+    /// parent (`ppid`, from its pidfd) and its executable's key (`key`), read first. A child
+    /// of init (the agent's own process, which makes most connections) has itself alone for a
+    /// chain, with its executable for the only name that matters: that is kept, and reused
+    /// while its parent is still init, its executable the same file, and no exec was recorded
+    /// since (an exec through another path to the same file keeps the key). That saves
+    /// reading `/proc` twice for each of its connections. An exec under way when the chain
+    /// was worked out changes the key by the time it took effect.
+    pub fn chain_in_call(
+        &self,
+        pid: u32,
+        ppid: Option<u32>,
+        key: Option<&FileKey>,
+    ) -> Vec<Process> {
+        let generation = self.lineage.generation();
+        let (Some(ppid), Some(key)) = (ppid, key) else {
+            return self.chain(pid);
+        };
+        if ppid != self.init {
+            return self.chain(pid);
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = known.get(&pid)
+            && k.key == *key
+            && k.generation == generation
+        {
+            return vec![k.process.clone()];
+        }
+        drop(known);
+        let chain = self.chain(pid);
+        if let [process] = chain.as_slice() {
+            known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            let process = process.clone();
+            known.insert(
+                pid,
+                Known {
+                    key: *key,
+                    generation,
+                    process,
+                },
+            );
+        }
+        chain
     }
 
     /// `pid` (a process of the sandbox: a caller in a system call under its filter, or a
@@ -421,5 +487,100 @@ mod tests {
             nix::unistd::Pid::from_raw(grandchild as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+
+    /// `PROGRAM` run as a child of this test process (the "init" of these tests), waiting for
+    /// a line on its stdin before it runs `then`: `exec`s another program, the way an agent's
+    /// process can.
+    fn exec_on_cue(program: &std::path::Path, then: &str) -> std::process::Child {
+        std::process::Command::new(program)
+            .args(["-c", &format!("read go; {then}")])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Lets `child` go on and waits until its executable is `exe`.
+    fn cue(child: &mut std::process::Child, exe: &std::path::Path) {
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+        for _ in 0..500 {
+            if fs::read_link(format!("/proc/{}/exe", child.id())).is_ok_and(|e| e == exe) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} never ran {}", child.id(), exe.display());
+    }
+
+    /// The chain of `pid` as the transparent path asks for it, its parent being this process.
+    fn chain_now(identifier: &Identifier, pid: u32) -> Vec<String> {
+        let key = pinning::exe_key(pid);
+        identifier
+            .chain_in_call(pid, Some(std::process::id()), key.as_ref())
+            .into_iter()
+            .map(|p| p.exe)
+            .collect()
+    }
+
+    fn stop(mut child: std::process::Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_kept_chain_follows_its_process_into_another_program() {
+        let me = std::process::id();
+        let identifier =
+            Identifier::new(sock_diag::diag_socket().unwrap(), me, Arc::default(), false).unwrap();
+        let sleep = fs::canonicalize("/bin/sleep").unwrap();
+        let sh = fs::canonicalize("/bin/sh").unwrap();
+        let mut child = exec_on_cue(&sh, &format!("exec {} 60", sleep.display()));
+        // Kept on the first call, reused on the second.
+        let before = chain_now(&identifier, child.id());
+        assert_eq!(before, [sh.display().to_string()]);
+        assert_eq!(chain_now(&identifier, child.id()), before);
+        // An exec the lineage never heard of (the count of execs is unchanged): the kept chain
+        // must not outlive the program, which its executable's key shows.
+        cue(&mut child, &sleep);
+        assert_eq!(
+            chain_now(&identifier, child.id()),
+            [sleep.display().to_string()]
+        );
+        stop(child);
+    }
+
+    #[test]
+    fn a_recorded_exec_through_another_name_of_the_same_file_renews_a_kept_chain() {
+        let me = std::process::id();
+        let lineage = Arc::new(Lineage::default());
+        let identifier = Identifier::new(
+            sock_diag::diag_socket().unwrap(),
+            me,
+            lineage.clone(),
+            false,
+        )
+        .unwrap();
+        // Two names of one file: the same key, and a policy that matches paths tells them
+        // apart. Both are made first (a new link changes the file's ctime, part of its key).
+        let dir = std::env::temp_dir().join(format!("openshell-chain-{me}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        let (first, second) = (dir.join("first"), dir.join("second"));
+        fs::copy("/bin/sh", &first).unwrap();
+        fs::hard_link(&first, &second).unwrap();
+        let mut child = exec_on_cue(&first, &format!("exec {} -c 'read x'", second.display()));
+        assert_eq!(
+            chain_now(&identifier, child.id()),
+            [first.display().to_string()]
+        );
+        // The seccomp handler records each exec before it runs, which renews the kept chains.
+        lineage.record_exec(child.id());
+        cue(&mut child, &second);
+        assert_eq!(
+            chain_now(&identifier, child.id()),
+            [second.display().to_string()]
+        );
+        stop(child);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

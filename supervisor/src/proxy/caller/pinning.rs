@@ -38,7 +38,7 @@ pub struct Pins {
 
 /// What identifies file content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileKey {
+pub struct FileKey {
     dev: u64,
     ino: u64,
     size: u64,
@@ -101,13 +101,15 @@ impl Pins {
 
     /// [`Pins::check_hashed`] for a process one of whose threads waits in a system call the
     /// supervisor is answering: `waiting` says whether it still does (then its pid was not
-    /// reused), which costs less than reading its `stat`.
+    /// reused), which costs less than reading its `stat`. `key` is its executable's, from
+    /// [`exe_key`].
     pub fn check_hashed_in_call(
         &self,
         process: &Process,
+        key: &FileKey,
         waiting: impl FnOnce() -> bool,
     ) -> Option<Result<(), PinError>> {
-        let digest = self.hashed(process)?;
+        let digest = self.cached(key)?;
         Some(match waiting() {
             true => self.compare(process, digest),
             false => Err(exited(process, "exited while its binary was checked")),
@@ -116,8 +118,7 @@ impl Pins {
 
     /// The digest of `process`'s executable, when it was hashed already.
     fn hashed(&self, process: &Process) -> Option<[u8; 32]> {
-        let meta = fs::metadata(format!("/proc/{}/exe", process.pid)).ok()?;
-        self.cached(&file_key(&meta))
+        self.cached(&exe_key(process.pid)?)
     }
 
     fn cached(&self, key: &FileKey) -> Option<[u8; 32]> {
@@ -153,6 +154,13 @@ impl Pins {
             .insert(key, digest);
         Ok(digest)
     }
+}
+
+/// The key of the executable process `pid` runs (a stat of `/proc/PID/exe`).
+pub fn exe_key(pid: u32) -> Option<FileKey> {
+    fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| file_key(&m))
 }
 
 fn exited(process: &Process, what: &str) -> PinError {

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
-use super::caller::PinError;
+use super::caller::{PinError, pinning};
 use super::connection::Shared;
 use super::decision::{self, Decision, Process, Via};
 use super::dns::config::{ResolvConf, parse_hosts};
@@ -242,6 +242,8 @@ enum Target {
 struct Caller {
     tid: u32,
     tgid: u32,
+    /// Its process's parent, when the kernel says (known with the process).
+    ppid: Option<u32>,
     fd: i32,
 }
 
@@ -258,6 +260,7 @@ impl Transparent {
         let caller = Caller {
             tid: notice.call.pid,
             tgid: notice.call.pid,
+            ppid: None,
             fd: notice.call.args[0] as i32,
         };
         match call {
@@ -293,6 +296,7 @@ impl Transparent {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
         let thread = socket::Thread::open(caller.tid).map_err(errno)?;
         caller.tgid = thread.tgid;
+        caller.ppid = thread.ppid;
         let fd = thread.take(caller.fd).map_err(errno)?;
         let kind = Kind::of(fd.as_fd()).map_err(errno)?;
         Ok((fd, kind))
@@ -472,7 +476,9 @@ impl Transparent {
         kind: Kind,
         to: SocketAddr,
     ) {
-        let chain = self.shared.identifier.chain(caller.tgid);
+        let identifier = &self.shared.identifier;
+        let key = pinning::exe_key(caller.tgid);
+        let chain = identifier.chain_in_call(caller.tgid, caller.ppid, key.as_ref());
         let names = self.names.names_for(to.ip());
         let address = canonical_ip(to.ip()).to_string();
         let owners = [chain];
@@ -541,9 +547,10 @@ impl Transparent {
         let mut notice = notice;
         for process in matched {
             // The caller's own process cannot be replaced while its thread waits for this.
-            let verdict = match process.pid == caller.tgid {
-                true => pins.check_hashed_in_call(&process, || notice.valid()),
-                false => pins.check_hashed(&process),
+            let verdict = match (process.pid == caller.tgid, &key) {
+                (true, Some(key)) => pins.check_hashed_in_call(&process, key, || notice.valid()),
+                (true, None) => None,
+                (false, _) => pins.check_hashed(&process),
             };
             match verdict {
                 None => unhashed.push(process),

@@ -44,6 +44,8 @@ pub struct Thread {
     pidfd: OwnedFd,
     /// Its thread group (the process).
     pub tgid: u32,
+    /// Its process's parent, when the kernel says (6.13).
+    pub ppid: Option<u32>,
 }
 
 impl Thread {
@@ -54,10 +56,16 @@ impl Thread {
     pub fn open(tid: u32) -> io::Result<Thread> {
         match pidfd_open(tid, PIDFD_THREAD) {
             Ok(pidfd) => {
-                let tgid = pidfd_tgid(&pidfd)
+                let info = pidfd_info(&pidfd);
+                let tgid = info
+                    .map(|(tgid, _)| tgid)
                     .or_else(|| crate::procfs::tgid(tid))
                     .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-                Ok(Thread { pidfd, tgid })
+                Ok(Thread {
+                    pidfd,
+                    tgid,
+                    ppid: info.map(|(_, ppid)| ppid),
+                })
             }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let tgid = crate::procfs::tgid(tid)
@@ -65,6 +73,7 @@ impl Thread {
                 Ok(Thread {
                     pidfd: pidfd_open(tgid, 0)?,
                     tgid,
+                    ppid: None,
                 })
             }
             Err(e) => Err(e),
@@ -83,13 +92,13 @@ impl Thread {
     }
 }
 
-/// The thread group of the task behind `pidfd`, when the kernel says (6.13).
-fn pidfd_tgid(pidfd: &OwnedFd) -> Option<u32> {
+/// The thread group and its parent of the task behind `pidfd`, when the kernel says (6.13).
+fn pidfd_info(pidfd: &OwnedFd) -> Option<(u32, u32)> {
     let mut info = PidfdInfo::default();
     // SAFETY: PIDFD_GET_INFO writes at most size_of::<PidfdInfo>() (encoded in the request
     // number) into `info`.
     let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
-    (rc == 0 && info.tgid != 0).then_some(info.tgid)
+    (rc == 0 && info.tgid != 0).then_some((info.tgid, info.ppid))
 }
 
 fn pidfd_open(pid: u32, flags: u32) -> io::Result<OwnedFd> {

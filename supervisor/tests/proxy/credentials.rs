@@ -358,20 +358,20 @@ fn echoed_values_come_back_as_placeholders() {
 /// The agent's environment, every file it can read, every process it can see: no value.
 /// Outside the sandbox, as root: neither the sandbox's init (forked from the supervisor)
 /// nor the supervisor itself keeps a value in its environment block, where the pod put it.
+/// The same search first finds what is there (the placeholder in the environment, a file
+/// in the workdir), so that "nothing found" is a finding.
 #[test]
 fn the_agent_holds_no_value_anywhere() {
     let Some(w) = world() else { return };
-    let xored: String = REAL_API
-        .bytes()
-        .map(|b| format!("{:02x}", b ^ 0x5a))
-        .collect();
-    let xored_body: String = REAL_BODY
-        .bytes()
-        .map(|b| format!("{:02x}", b ^ 0x5a))
-        .collect();
+    const CANARY: &str = "canary-5e0b8d27c4a1";
+    std::fs::write(w.lab.dir().join("canary.txt"), CANARY).expect("canary file");
+    let xored =
+        |value: &str| -> String { value.bytes().map(|b| format!("{:02x}", b ^ 0x5a)).collect() };
+    let searches = [API_PLACEHOLDER, CANARY, REAL_API, REAL_BODY]
+        .map(|value| format!("python3 creds_agent.py search {}; ", xored(value)))
+        .concat();
     let script = format!(
-        "sleep 3; python3 creds_agent.py search {xored}; python3 creds_agent.py search {xored_body}; \
-         cat {} 2>&1 | head -c 200; echo",
+        "sleep 3; {searches}cat {} 2>&1 | head -c 200; echo",
         w.secret.display()
     );
     let lab_dir = w.lab.dir().to_owned();
@@ -381,17 +381,34 @@ fn the_agent_holds_no_value_anywhere() {
     assert_eq!(run.code, 0, "{run}");
     no_real_value_in(&run);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    for line in &lines[..2] {
-        let found: Value = serde_json::from_str(line).expect("search result");
-        assert_eq!(found["found"], serde_json::json!([]), "{run}");
-        let fds = found["fds"].to_string();
+    let found = |line: &str| -> Vec<String> {
+        let result: Value = serde_json::from_str(line).expect("search result");
+        serde_json::from_value(result["found"].clone()).expect("found")
+    };
+    // The controls: the placeholder in the agent's environment and in its processes'
+    // environment blocks; the canary in its file.
+    let placeholder = found(lines[0]);
+    assert!(
+        placeholder.iter().any(|f| f == "os.environ")
+            && placeholder.iter().any(|f| f.ends_with("/environ")),
+        "the search misses the placeholder the agent holds: {placeholder:?}\n{run}"
+    );
+    let canary = found(lines[1]);
+    assert!(
+        canary.iter().any(|f| f.ends_with("/canary.txt")),
+        "the search misses a file the agent can read: {canary:?}\n{run}"
+    );
+    for line in &lines[2..4] {
+        let result: Value = serde_json::from_str(line).expect("search result");
+        assert_eq!(result["found"], serde_json::json!([]), "{run}");
+        let fds = result["fds"].to_string();
         assert!(
             !fds.contains("secrets"),
             "the agent holds the secret file open: {fds}"
         );
     }
     assert!(
-        lines[2].contains("No such file") || lines[2].contains("Permission denied"),
+        lines[4].contains("No such file") || lines[4].contains("Permission denied"),
         "the agent could read the secret file: {run}"
     );
     // (supervisor, init, agent) environment blocks, read from outside.

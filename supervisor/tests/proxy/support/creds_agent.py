@@ -134,27 +134,50 @@ def echo(_):
     }
 
 
+# Trees the search does not read: the kernel's (/proc is searched per process below) and the
+# read-only system trees, bound from the host as they are (gigabytes of binaries the supervisor
+# never writes to).
+SKIPPED = ("/proc", "/sys", "/dev", "/usr", "/lib", "/lib64", "/bin", "/sbin")
+
+
+def reachable_roots():
+    """Every mount point of the agent's view: its root is not listable (Landlock gives no
+    read on "/"), so walking "/" alone would find nothing."""
+    roots = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if not any(point == s or point.startswith(s + "/") for s in SKIPPED):
+                roots.add(point)
+    return sorted(roots)
+
+
 def search(xored):
     """Looks for the real value everywhere the agent can read: its environment, every file
-    it can open (outside /proc, /sys and /dev), every process's environment and command line,
-    and its open files. The value comes XOR-ed, so that it is not in this command line."""
+    it can open (in every mount of its view but the skipped trees), every process's
+    environment and command line, and its open files. The value comes XOR-ed, so that it is
+    not in this command line."""
     value = bytes(b ^ 0x5A for b in bytes.fromhex(xored))
     found = []
     if value in b"\0".join(k.encode() + b"=" + v.encode() for k, v in os.environ.items()):
         found.append("os.environ")
-    for root, dirs, files in os.walk("/"):
-        if root == "/":
-            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
-        for name in files:
-            path = os.path.join(root, name)
-            try:
-                if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 50_000_000:
+    seen = set()
+    for top in reachable_roots():
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if os.path.join(root, d) not in SKIPPED]
+            for name in files:
+                path = os.path.join(root, name)
+                if path in seen:
                     continue
-                with open(path, "rb") as f:
-                    if value in f.read():
-                        found.append(path)
-            except OSError:
-                pass
+                seen.add(path)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > 50_000_000:
+                        continue
+                    with open(path, "rb") as f:
+                        if value in f.read():
+                            found.append(path)
+                except OSError:
+                    pass
     for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
         for what in ("environ", "cmdline"):
             try:

@@ -111,16 +111,29 @@ fn re_parenting_through_a_subreaper_is_refused() {
     let Some((lab, upstream, allowed, policy)) = allowing_a_copy_of("/bin/sh", "allowed-sh") else {
         return;
     };
-    // Unconfined the prctl works (the baseline); confined it is refused, so the orphaned
-    // curl goes to the sandbox's init and nobody lends it an identity.
-    let baseline = std::process::Command::new("/usr/bin/python3")
+    // Unconfined, the trick works (the baseline): the process becomes a subreaper, execs the
+    // allowed program, and adopts the grandchild orphaned meanwhile, which then has the
+    // allowed program for a parent. Confined, the prctl is refused, so the orphaned curl
+    // goes to the sandbox's init and nobody lends it an identity.
+    let baseline = std::process::Command::new("/bin/sh")
         .current_dir(lab.dir())
-        .args(["agent.py", "subreaper_then_exec", "/bin/true"])
+        .args([
+            "-c",
+            "( sleep 0.2; ( sleep 0.2; read -r _ _ _ ppid _ < /proc/self/stat; \
+               echo \"orphan's parent $ppid\" ) & ) &
+             exec /usr/bin/python3 agent.py subreaper_then_exec /bin/sh -c \
+               'echo \"subreaper $$\"; sleep 0.8'",
+        ])
         .output()
         .expect("baseline");
+    let text = String::from_utf8_lossy(&baseline.stdout);
+    let reaper = text.lines().find_map(|l| l.strip_prefix("subreaper "));
+    let parent = text
+        .lines()
+        .find_map(|l| l.strip_prefix("orphan's parent "));
     assert!(
-        String::from_utf8_lossy(&baseline.stdout).contains("\"ok\""),
-        "unconfined, a process can become a subreaper: {baseline:?}"
+        text.contains("\"ok\"") && reaper.is_some() && reaper == parent,
+        "unconfined, the subreaper (then the allowed program) adopts the orphan: {text}"
     );
     let script = format!(
         "( sleep 0.3; ( sleep 0.3; {} ) & ) &

@@ -87,20 +87,23 @@ fn tmp_and_dev_shm_are_private_to_the_sandbox() {
     }
 }
 
-#[test]
-fn read_only_parent_with_read_write_child_and_the_reverse() {
-    let scratch = Scratch::new("nested");
-    let locked = mkdir_for_agent(&scratch.join("locked"));
+/// The tree of [`read_only_parent_with_read_write_child_and_the_reverse`] under `root`, all
+/// the agent's: `locked` with a child `open` and an empty child, `open` with a child `locked`
+/// holding a file. Returns (locked, its open child, open, its locked child).
+fn nested(root: &Path) -> [PathBuf; 4] {
+    let locked = mkdir_for_agent(&root.join("locked"));
     let open_child = mkdir_for_agent(&locked.join("open"));
-    let open = mkdir_for_agent(&scratch.join("open"));
+    mkdir_for_agent(&locked.join("empty"));
+    let open = mkdir_for_agent(&root.join("open"));
     let locked_child = mkdir_for_agent(&open.join("locked"));
     std::fs::write(locked_child.join("keep"), "kept\n").expect("write");
     give_to_agent(&locked_child.join("keep"));
-    let policy = scratch.policy(
-        &[&locked, &locked_child],
-        &[&open_child, &open],
-        RUN_AS_AGENT,
-    );
+    [locked, open_child, open, locked_child]
+}
+
+#[test]
+fn read_only_parent_with_read_write_child_and_the_reverse() {
+    let scratch = Scratch::new("nested");
     // Every step prints what happened; the agent owns everything, so only the view decides.
     let script = r#"
         try() { if "$@" 2>/dev/null; then echo "yes: $*"; else echo "no: $*"; fi; }
@@ -110,23 +113,60 @@ fn read_only_parent_with_read_write_child_and_the_reverse() {
         try touch "$2/locked/new"
         try rm "$2/locked/keep"
         try mv "$2/locked" "$2/moved"
-        try rmdir "$1/open"
+        try rmdir "$1/empty"
     "#;
-    let out = agent(&policy, &scratch.join("open"), script, &[&locked, &open]);
-    let (l, o) = (locked.display(), open.display());
-    let expected = format!(
-        "no: touch {l}/new\nyes: touch {l}/open/new\nyes: touch {o}/new\nno: touch \
-         {o}/locked/new\nno: rm {o}/locked/keep\nno: mv {o}/locked {o}/moved\nno: rmdir \
-         {l}/open\n"
+    let outcomes = |out: &Output, [l, o]: [&Path; 2], answers: [&str; 7]| {
+        let (l, o) = (l.display(), o.display());
+        let steps = [
+            format!("touch {l}/new"),
+            format!("touch {l}/open/new"),
+            format!("touch {o}/new"),
+            format!("touch {o}/locked/new"),
+            format!("rm {o}/locked/keep"),
+            format!("mv {o}/locked {o}/moved"),
+            format!("rmdir {l}/empty"),
+        ];
+        let expected: String = answers
+            .iter()
+            .zip(steps)
+            .map(|(answer, step)| format!("{answer}: {step}\n"))
+            .collect();
+        assert_eq!(
+            (out.code(), out.stdout.as_str()),
+            (0, expected.as_str()),
+            "{out:#?}"
+        );
+    };
+    // Unconfined, as the agent's user on a tree of its own: every step succeeds.
+    let [locked, _, open, _] = nested(&mkdir_for_agent(&scratch.join("baseline")));
+    let mut baseline = Command::new("/bin/sh");
+    Setup {
+        as_agent: true,
+        ..Setup::default()
+    }
+    .apply(&mut baseline);
+    baseline
+        .args(["-c", script, "sh"])
+        .args([&locked, &open])
+        .current_dir(&open);
+    let out = run::run(&mut baseline, Stdin::Null);
+    outcomes(&out, [&locked, &open], ["yes"; 7]);
+    // Confined: the read-only ones refuse, whatever the nesting.
+    let [locked, open_child, open, locked_child] = nested(&mkdir_for_agent(&scratch.join("view")));
+    let policy = scratch.policy(
+        &[&locked, &locked_child],
+        &[&open_child, &open],
+        RUN_AS_AGENT,
     );
-    assert_eq!(
-        (out.code(), out.stdout.as_str()),
-        (0, expected.as_str()),
-        "{out:#?}"
+    let out = agent(&policy, &open, script, &[&locked, &open]);
+    outcomes(
+        &out,
+        [&locked, &open],
+        ["no", "yes", "yes", "no", "no", "no", "no"],
     );
     assert!(open_child.join("new").exists() && open.join("new").exists());
     assert!(!locked.join("new").exists() && !locked_child.join("new").exists());
-    assert!(locked_child.join("keep").exists());
+    assert!(locked_child.join("keep").exists() && locked.join("empty").exists());
 }
 
 #[test]

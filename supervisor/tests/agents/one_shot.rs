@@ -196,25 +196,44 @@ agent_tests!(
 /// Codex's own sandbox for the commands it runs (its bundled bubblewrap, which needs user
 /// namespaces) cannot start inside ours, which refuses creating namespaces: the command does
 /// not run, and the supervisor logs the refusal with bubblewrap as the culprit. Hence
-/// `--sandbox danger-full-access` in the one-shot runs above (and in the README).
+/// `--sandbox danger-full-access` in the one-shot runs above (and in the README). Unconfined
+/// (the baseline), bubblewrap gets past its namespaces.
+/// bubblewrap's message when it cannot make a namespace.
+const NO_NAMESPACE: &str = "bwrap: No permissions to create new namespace";
+
 #[test]
 fn codex_own_sandbox_is_refused_inside_ours() {
     let agent = Agent::Codex;
     let Some(world) = world(agent) else { return };
     let marker = "openshell-marker";
-    let prompt = format!("Check.\n{RUN}echo {marker} > \"$HOME/{marker}.txt\"");
+    // What the command prints is worked out by the shell, so that it is not in the command's
+    // text, which a failure message may quote.
+    let printed = format!("42{marker}");
+    let prompt =
+        format!("Check.\n{RUN}echo $((6*7)){marker}; echo {marker} > \"$HOME/{marker}.txt\"");
     let mut args = agent.one_shot(&prompt, true);
     let at = args
         .iter()
         .position(|a| a == "--sandbox")
         .expect("--sandbox");
     args.drain(at..at + 2);
+    let baseline = world.bare(agent, &args);
+    assert_answered(&baseline, Api::OpenAi.after_tool());
+    let output = last_tool_output(&world, Api::OpenAi, &baseline);
+    // Unconfined, bubblewrap makes its namespaces and goes on to start the command through
+    // Codex's helper (`codex-linux-sandbox`), which the installed Codex does not put where
+    // bubblewrap looks for it on this machine: the command runs when it finds it.
+    assert!(
+        !output.contains(NO_NAMESPACE)
+            && (output.contains("bwrap: execvp") || output.contains(&printed)),
+        "unconfined, bubblewrap makes its namespaces: {output:?}"
+    );
     let run = world.sandboxed(agent, &args);
     assert_answered(&run, Api::OpenAi.after_tool());
     let output = last_tool_output(&world, Api::OpenAi, &run);
     assert!(
-        output.contains("bwrap"),
-        "the command did not fail in bubblewrap: {output:?}"
+        output.contains(NO_NAMESPACE) && !output.contains(&printed),
+        "bubblewrap did not fail making its namespaces: {output:?}"
     );
     assert!(
         !world.home().join(format!("{marker}.txt")).exists(),

@@ -155,10 +155,8 @@ fn confine(plan: &mut Plan, channel: Sender) -> Result<(), Failure> {
     }
     plan.landlock.restrict().map_err(landlock_failure)?;
     plan.landlock.verify().map_err(landlock_failure)?;
-    if let Some(fence) = &plan.tcp_fence {
-        fence
-            .apply()
-            .map_err(step("enforcing and proving the Landlock TCP fence"))?;
+    if let Some(fence) = plan.tcp_fence.take() {
+        fence.apply().map_err(landlock_failure)?;
     }
     // Seccomp is the very last layer: loaded earlier it would police the calls above.
     let listener = plan

@@ -272,7 +272,7 @@ fn for_type(
 }
 
 /// The errno behind a crate error (EINVAL when it carries none).
-fn errno(error: &(dyn std::error::Error + 'static)) -> Errno {
+pub(crate) fn errno(error: &(dyn std::error::Error + 'static)) -> Errno {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if let Some(io) = e.downcast_ref::<std::io::Error>()

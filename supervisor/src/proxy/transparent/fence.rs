@@ -18,11 +18,16 @@
 //! its own (a TCP connect to the sandbox's loopback must fail with EACCES) and exists only
 //! when the transparent path does.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-use landlock::{ABI, Access, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr};
+use landlock::{
+    ABI, Access, AccessNet, CompatLevel, Compatible, RestrictionStatus, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetStatus,
+};
 use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
+
+use crate::landlock::{Failure, errno};
 
 /// The Landlock ABI that handles TCP bind and connect.
 pub const MIN_ABI: i32 = 4;
@@ -30,45 +35,44 @@ pub const MIN_ABI: i32 = 4;
 /// The fence's ruleset, made before fork.
 #[derive(Debug)]
 pub struct Fence {
-    ruleset: OwnedFd,
+    ruleset: RulesetCreated,
 }
 
 /// Builds the ruleset (no rule: every port refused).
 pub fn prepare() -> Result<Fence, landlock::RulesetError> {
-    let created = Ruleset::default()
+    let ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(AccessNet::from_all(ABI::V4))?
         .create()?;
-    let ruleset = Option::<OwnedFd>::from(created).ok_or_else(|| {
-        landlock::RulesetError::from(landlock::CreateRulesetError::MissingHandledAccess)
-    })?;
     Ok(Fence { ruleset })
 }
 
 impl Fence {
     /// Enforces the fence on the calling thread and its future children (after
-    /// no_new_privs), then proves it: a TCP connect to the sandbox's own loopback is refused
-    /// by Landlock (EACCES), not by the network.
-    pub fn apply(&self) -> Result<(), Errno> {
-        // SAFETY: landlock_restrict_self takes the ruleset fd and flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_landlock_restrict_self,
-                self.ruleset.as_raw_fd(),
-                0u32,
-            )
-        };
-        Errno::result(rc)?;
+    /// no_new_privs), checks that the kernel enforces all of it, then proves it: a TCP
+    /// connect to the sandbox's own loopback is refused by Landlock (EACCES), not by the
+    /// network.
+    pub fn apply(self) -> Result<(), Failure> {
+        match self.ruleset.restrict_self() {
+            Ok(RestrictionStatus {
+                ruleset: RulesetStatus::FullyEnforced,
+                ..
+            }) => {}
+            Ok(_) => return Err(Failure::NotEnforced),
+            Err(e) => return Err(Failure::Step("enforcing the Landlock TCP fence", errno(&e))),
+        }
+        let proving = |e| Failure::Step("proving the Landlock TCP fence", e);
         let sock = socket(
             AddressFamily::Inet,
             SockType::Stream,
             SockFlag::SOCK_CLOEXEC,
             None,
-        )?;
+        )
+        .map_err(proving)?;
         match connect(sock.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 1)) {
             Err(Errno::EACCES) => Ok(()),
-            Err(other) => Err(other),
-            Ok(()) => Err(Errno::ENOTRECOVERABLE),
+            Err(other) => Err(proving(other)),
+            Ok(()) => Err(Failure::NotEnforced),
         }
     }
 }

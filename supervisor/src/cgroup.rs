@@ -10,6 +10,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::view::mountinfo::{self, Line};
+
 /// The directories of the supervisor's memory and pids cgroups, where they can be found.
 #[derive(Debug, Clone, Default)]
 pub struct Cgroups {
@@ -96,13 +98,14 @@ fn candidates(memberships: &str, mounts: &str, controller: &str) -> Vec<PathBuf>
         };
         if id == "0" && controllers.is_empty() {
             v2.extend(
-                mount_of(mounts, |fs, _| fs == "cgroup2")
+                mount_of(mounts, |mount| mount.fstype == b"cgroup2")
                     .map(|(root, point)| join(&point, &root, path)),
             );
         } else if controllers.split(',').any(|c| c == controller) {
             v1.extend(
-                mount_of(mounts, |fs, options| {
-                    fs == "cgroup" && options.split(',').any(|o| o == controller)
+                mount_of(mounts, |mount| {
+                    mount.fstype == b"cgroup"
+                        && mountinfo::has_option(mount.super_options, controller.as_bytes())
                 })
                 .map(|(root, point)| join(&point, &root, path)),
             );
@@ -121,14 +124,13 @@ fn locate(memberships: &str, mounts: &str, controller: &str, probes: &[&str]) ->
 }
 
 /// The (root, mount point) of the first mount whose file system type and super options match.
-fn mount_of(mounts: &str, matches: impl Fn(&str, &str) -> bool) -> Option<(String, PathBuf)> {
+fn mount_of(mounts: &str, matches: impl Fn(&Line<'_>) -> bool) -> Option<(String, PathBuf)> {
     mounts.lines().find_map(|line| {
-        let (fields, rest) = line.split_once(" - ")?;
-        let fields: Vec<&str> = fields.split(' ').collect();
-        let mut rest = rest.split(' ');
-        let (fs, _source, options) = (rest.next()?, rest.next()?, rest.next()?);
-        let (root, point) = (fields.get(3)?, fields.get(4)?);
-        matches(fs, options).then(|| (root.to_string(), PathBuf::from(point)))
+        let line = mountinfo::parse(line.as_bytes())?;
+        matches(&line).then(|| {
+            let text = |bytes| String::from_utf8_lossy(bytes).into_owned();
+            (text(line.root), PathBuf::from(text(line.mount_point)))
+        })
     })
 }
 

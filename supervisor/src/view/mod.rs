@@ -22,7 +22,7 @@
 //! agent image. Nothing mounted in the view propagates to the pod (every mount is private), and
 //! the view disappears with the sandbox's mount namespace when the agent's last process exits.
 
-mod mountinfo;
+pub(crate) mod mountinfo;
 pub mod plan;
 pub mod provided;
 pub mod sys;

@@ -51,16 +51,26 @@ pub fn escape(path: &[u8]) -> Vec<u8> {
     out
 }
 
-struct Line<'a> {
-    mount_point: &'a [u8],
-    options: &'a [u8],
+/// The fields of one mountinfo line that the supervisor reads (paths escaped as the kernel
+/// shows them).
+pub(crate) struct Line<'a> {
+    /// The mounted directory of the file system (a subtree for a bind or a cgroup namespace).
+    pub root: &'a [u8],
+    pub mount_point: &'a [u8],
+    /// Per-mount options (`ro`, `nosuid`...).
+    pub options: &'a [u8],
+    /// The optional fields (`shared:N`, `master:N`...), as one slice.
     optional: &'a [u8],
-    fstype: &'a [u8],
+    pub fstype: &'a [u8],
+    /// Per-superblock options (for cgroup v1, the controllers); empty if the line has none.
+    pub super_options: &'a [u8],
 }
 
-fn parse(line: &[u8]) -> Option<Line<'_>> {
+/// One line of mountinfo; `None` when it is not one.
+pub(crate) fn parse(line: &[u8]) -> Option<Line<'_>> {
     let mut fields = Fields { line, pos: 0 };
-    let mount_point = fields.nth(4)?.1;
+    let root = fields.nth(3)?.1;
+    let mount_point = fields.next()?.1;
     let options = fields.next()?.1;
     // Optional fields run up to the "-" separator; kept as one slice.
     let optional_start = fields.pos;
@@ -73,11 +83,14 @@ fn parse(line: &[u8]) -> Option<Line<'_>> {
         optional_end = start + field.len();
     }
     let fstype = fields.next()?.1;
+    let super_options = fields.nth(1).map_or(&b""[..], |(_, options)| options);
     Some(Line {
+        root,
         mount_point,
         options,
         optional: &line[optional_start..optional_end],
         fstype,
+        super_options,
     })
 }
 
@@ -99,7 +112,8 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-fn has_option(options: &[u8], name: &[u8]) -> bool {
+/// Whether the comma-separated `options` include `name`.
+pub(crate) fn has_option(options: &[u8], name: &[u8]) -> bool {
     options.split(|&b| b == b',').any(|o| o == name)
 }
 

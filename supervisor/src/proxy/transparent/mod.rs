@@ -168,6 +168,9 @@ pub struct Transparent {
     defaults: [std::sync::OnceLock<socket::Defaults>; 2],
     /// Where connections to inspected endpoints go, when the policy has any.
     handoff: Option<Arc<Handoff>>,
+    /// The callers' pidfds, kept (in the serving threads' descriptor table, the only one
+    /// this handler runs in).
+    threads: socket::Threads,
 }
 
 /// Starts the policy resolver on the current runtime and returns the path's handler.
@@ -223,6 +226,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         defaults: Default::default(),
         handoff,
+        threads: socket::Threads::default(),
     }))
 }
 
@@ -294,10 +298,9 @@ impl Transparent {
     /// errno to answer when there is none.
     fn socket(&self, caller: &mut Caller) -> Result<(OwnedFd, Kind), i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EBADF);
-        let thread = socket::Thread::open(caller.tid).map_err(errno)?;
+        let (thread, fd) = self.threads.take(caller.tid, caller.fd).map_err(errno)?;
         caller.tgid = thread.tgid;
         caller.ppid = thread.ppid;
-        let fd = thread.take(caller.fd).map_err(errno)?;
         let kind = Kind::of(fd.as_fd()).map_err(errno)?;
         Ok((fd, kind))
     }

@@ -7,9 +7,11 @@
 //! agent's arguments again, so neither its memory nor its fd table can change under the
 //! check (the race a `CONTINUE` answer would allow).
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -41,7 +43,9 @@ struct PidfdInfo {
 /// A thread in a system call: a pidfd that reaches its descriptor table, and its process.
 #[derive(Debug)]
 pub struct Thread {
-    pidfd: OwnedFd,
+    pidfd: Arc<OwnedFd>,
+    /// Whether the pidfd names the thread itself (Linux 6.9), not its process.
+    own: bool,
     /// Its thread group (the process).
     pub tgid: u32,
     /// Its process's parent, when the kernel says (6.13).
@@ -53,25 +57,14 @@ impl Thread {
     /// from the pidfd (6.13) or `/proc`; before 6.9 a pidfd for its process, whose leader's
     /// descriptor table is the thread's unless the thread unshared it (`CLONE_FILES`), which
     /// is rare enough to accept.
-    pub fn open(tid: u32) -> io::Result<Thread> {
+    fn open(tid: u32) -> io::Result<Thread> {
         match pidfd_open(tid, PIDFD_THREAD) {
-            Ok(pidfd) => {
-                let info = pidfd_info(&pidfd);
-                let tgid = info
-                    .map(|(tgid, _)| tgid)
-                    .or_else(|| crate::procfs::tgid(tid))
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
-                Ok(Thread {
-                    pidfd,
-                    tgid,
-                    ppid: info.map(|(_, ppid)| ppid),
-                })
-            }
+            Ok(pidfd) => Thread::of(Arc::new(pidfd), tid),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let tgid = crate::procfs::tgid(tid)
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+                let tgid = crate::procfs::tgid(tid).ok_or_else(gone)?;
                 Ok(Thread {
-                    pidfd: pidfd_open(tgid, 0)?,
+                    pidfd: Arc::new(pidfd_open(tgid, 0)?),
+                    own: false,
                     tgid,
                     ppid: None,
                 })
@@ -80,8 +73,23 @@ impl Thread {
         }
     }
 
+    /// Thread `tid` through `pidfd`, its own; ESRCH when the thread behind it is gone.
+    fn of(pidfd: Arc<OwnedFd>, tid: u32) -> io::Result<Thread> {
+        let info = pidfd_info(&pidfd)?;
+        let tgid = info
+            .map(|(tgid, _)| tgid)
+            .or_else(|| crate::procfs::tgid(tid))
+            .ok_or_else(gone)?;
+        Ok(Thread {
+            pidfd,
+            own: true,
+            tgid,
+            ppid: info.map(|(_, ppid)| ppid),
+        })
+    }
+
     /// Takes a duplicate of its fd `fd` (the same open file).
-    pub fn take(&self, fd: i32) -> io::Result<OwnedFd> {
+    fn take(&self, fd: i32) -> io::Result<OwnedFd> {
         // SAFETY: pidfd_getfd with a pidfd we own; flags must be 0.
         let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0u32) };
         if rc < 0 {
@@ -92,13 +100,72 @@ impl Thread {
     }
 }
 
-/// The thread group and its parent of the task behind `pidfd`, when the kernel says (6.13).
-fn pidfd_info(pidfd: &OwnedFd) -> Option<(u32, u32)> {
+fn gone() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESRCH)
+}
+
+/// Most pidfds kept by [`Threads`]; past it they are all closed (most of their threads will
+/// have ended).
+const MAX_KEPT: usize = 256;
+
+/// The pidfds of the threads that made calls lately, kept: opening one and closing it again
+/// costs as much as the rest of the supervisor's work on the `connect()` of a DNS lookup, and
+/// a thread that makes one call usually makes more. Only pidfds of threads themselves (Linux
+/// 6.9) are kept: one names its thread for good, and once that thread has ended every use
+/// fails with ESRCH, whichever thread has its tid since (then a new one is opened). A
+/// process's pidfd, kept under the tid of one of its threads, would reach the wrong process
+/// once that tid is reused.
+#[derive(Debug, Default)]
+pub struct Threads {
+    kept: Mutex<HashMap<u32, Arc<OwnedFd>>>,
+}
+
+impl Threads {
+    /// Thread `tid`, which waits in a system call, with its fd `fd` taken.
+    pub fn take(&self, tid: u32, fd: i32) -> io::Result<(Thread, OwnedFd)> {
+        let kept = self.lock().get(&tid).cloned();
+        if let Some(pidfd) = kept {
+            let thread = Thread::of(pidfd, tid);
+            match thread.and_then(|t| t.take(fd).map(|socket| (t, socket))) {
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    self.lock().remove(&tid);
+                }
+                taken => return taken,
+            }
+        }
+        let thread = Thread::open(tid)?;
+        let socket = thread.take(fd)?;
+        if thread.own {
+            let mut kept = self.lock();
+            if kept.len() >= MAX_KEPT {
+                kept.clear();
+            }
+            kept.insert(tid, Arc::clone(&thread.pidfd));
+        }
+        Ok((thread, socket))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<OwnedFd>>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The thread group and its parent of the task behind `pidfd`, when the kernel says (6.13);
+/// ESRCH when the task is gone.
+fn pidfd_info(pidfd: &OwnedFd) -> io::Result<Option<(u32, u32)>> {
     let mut info = PidfdInfo::default();
     // SAFETY: PIDFD_GET_INFO writes at most size_of::<PidfdInfo>() (encoded in the request
     // number) into `info`.
     let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
-    (rc == 0 && info.tgid != 0).then_some((info.tgid, info.ppid))
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Err(e),
+            // Older kernels do not know the request.
+            _ => Ok(None),
+        };
+    }
+    Ok((info.tgid != 0).then_some((info.tgid, info.ppid)))
 }
 
 fn pidfd_open(pid: u32, flags: u32) -> io::Result<OwnedFd> {
@@ -430,4 +497,61 @@ pub fn new_like(kind: &Kind) -> io::Result<OwnedFd> {
 pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
     nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The inode of the socket behind `fd`.
+    fn inode(fd: BorrowedFd<'_>) -> u64 {
+        nix::sys::stat::fstat(fd).expect("fstat").st_ino
+    }
+
+    #[test]
+    fn a_kept_pidfd_serves_its_thread_and_never_outlives_it() {
+        if pidfd_open(std::process::id(), PIDFD_THREAD).is_err() {
+            let why = "this kernel has no thread pidfds (Linux 6.9), which are the only ones kept";
+            assert!(
+                std::env::var_os("OPENSHELL_REQUIRE_KERNEL").is_none_or(|v| v != "1"),
+                "OPENSHELL_REQUIRE_KERNEL=1: {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let (ready, parked) = std::sync::mpsc::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+            let fd = socket.as_raw_fd();
+            let ino = std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| m.ino());
+            // SAFETY: gettid has no arguments.
+            let tid = unsafe { libc::gettid() } as u32;
+            ready.send((tid, fd, ino.expect("inode"))).expect("send");
+            let _ = finished.recv();
+            drop(socket);
+        });
+        let (tid, fd, ino) = parked.recv().expect("parked");
+        let threads = Threads::default();
+        let (first, socket) = threads.take(tid, fd).expect("first take");
+        assert_eq!(first.tgid, std::process::id());
+        assert_eq!(inode(socket.as_fd()), ino);
+        // The second call reuses the pidfd kept by the first.
+        let (second, socket) = threads.take(tid, fd).expect("second take");
+        assert!(Arc::ptr_eq(&first.pidfd, &second.pidfd));
+        assert_eq!(inode(socket.as_fd()), ino);
+        let kept = Arc::clone(&first.pidfd);
+        drop((first, second));
+        finish.send(()).expect("finish");
+        thread.join().expect("join");
+        // The thread is gone: its kept pidfd reaches nothing, and is forgotten.
+        let taken = threads.take(tid, fd).map(drop);
+        assert_eq!(taken.map_err(|e| e.raw_os_error()), Err(Some(libc::ESRCH)));
+        assert!(threads.lock().is_empty());
+        // SAFETY: pidfd_getfd with a pidfd we own; flags must be 0.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, kept.as_raw_fd(), fd, 0u32) };
+        assert_eq!((rc, Errno::last()), (-1, Errno::ESRCH));
+    }
 }

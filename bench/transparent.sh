@@ -153,17 +153,24 @@ def ratio(label, a, b, goal=None):
     r = m[a] / m[b]
     verdict = "" if goal is None else ("  (goal >= %.2f: %s)" % (goal, "met" if r >= goal else "MISSED"))
     print(f"  {label:<34} {r:>12.2f}{verdict}")
+def baseline(name):
+    # The BASELINE binary's figure of the same step (bench_load appends _per_second).
+    return name.replace("_per_second", "") + "_baseline" + ("_per_second" if name.endswith("_per_second") else "")
+rows = [
+    ("bulk direct", "bulk_direct", "MB/s"),
+    ("bulk transparent", "bulk_transparent", "MB/s"),
+    ("bulk CONNECT", "bulk_connect", "MB/s"),
+    ("new connections direct", "rate_direct_per_second", "/s"),
+    ("new connections transparent", "rate_transparent_per_second", "/s"),
+    ("new connections CONNECT", "rate_connect_per_second", "/s"),
+    ("lookups direct (dnsmasq)", "dns_direct_per_second", "/s"),
+    ("lookups policy resolver", "dns_policy_per_second", "/s"),
+    ("lookups TTL 0 direct (dnsmasq)", "fresh_direct_per_second", "/s"),
+    ("lookups TTL 0 policy resolver", "fresh_policy_per_second", "/s"),
+]
 print("medians:")
-row("bulk direct", "bulk_direct", "MB/s")
-row("bulk transparent", "bulk_transparent", "MB/s")
-row("bulk CONNECT", "bulk_connect", "MB/s")
-row("new connections direct", "rate_direct_per_second", "/s")
-row("new connections transparent", "rate_transparent_per_second", "/s")
-row("new connections CONNECT", "rate_connect_per_second", "/s")
-row("lookups direct (dnsmasq)", "dns_direct_per_second", "/s")
-row("lookups policy resolver", "dns_policy_per_second", "/s")
-row("lookups TTL 0 direct (dnsmasq)", "fresh_direct_per_second", "/s")
-row("lookups TTL 0 policy resolver", "fresh_policy_per_second", "/s")
+for label, name, unit in rows:
+    row(label, name, unit)
 print("ratios:")
 ratio("bulk transparent / direct", "bulk_transparent", "bulk_direct", 0.97)
 ratio("connections transparent / direct", "rate_transparent_per_second", "rate_direct_per_second", 0.5)
@@ -171,16 +178,18 @@ ratio("lookups policy / direct", "dns_policy_per_second", "dns_direct_per_second
 ratio("lookups TTL 0 policy / direct", "fresh_policy_per_second", "fresh_direct_per_second")
 ratio("bulk CONNECT / direct", "bulk_connect", "bulk_direct")
 ratio("connections CONNECT / direct", "rate_connect_per_second", "rate_direct_per_second")
-if "rate_connect_baseline_per_second" in m:
+if baseline("rate_connect_per_second") in m:
     print("against the baseline binary (same rounds):")
-    row("bulk transparent, baseline", "bulk_transparent_baseline", "MB/s")
-    row("new connections transparent, baseline", "rate_transparent_baseline_per_second", "/s")
-    row("lookups policy resolver, baseline", "dns_policy_baseline_per_second", "/s")
-    row("lookups TTL 0 policy resolver, baseline", "fresh_policy_baseline_per_second", "/s")
-    ratio("transparent bulk: this / baseline", "bulk_transparent", "bulk_transparent_baseline")
-    ratio("transparent connections: this / baseline", "rate_transparent_per_second", "rate_transparent_baseline_per_second")
-    ratio("lookups: this / baseline", "dns_policy_per_second", "dns_policy_baseline_per_second")
-    ratio("lookups TTL 0: this / baseline", "fresh_policy_per_second", "fresh_policy_baseline_per_second")
-    ratio("CONNECT connections: this / baseline", "rate_connect_per_second", "rate_connect_baseline_per_second", 0.9)
-    ratio("CONNECT bulk: this / baseline", "bulk_connect", "bulk_connect_baseline", 0.9)
+    for label, name, unit in rows:
+        if name in ("bulk_transparent", "rate_transparent_per_second", "dns_policy_per_second", "fresh_policy_per_second"):
+            row(f"{label}, baseline", baseline(name), unit)
+    for label, name, goal in [
+        ("transparent bulk", "bulk_transparent", None),
+        ("transparent connections", "rate_transparent_per_second", None),
+        ("lookups", "dns_policy_per_second", None),
+        ("lookups TTL 0", "fresh_policy_per_second", None),
+        ("CONNECT connections", "rate_connect_per_second", 0.9),
+        ("CONNECT bulk", "bulk_connect", 0.9),
+    ]:
+        ratio(f"{label}: this / baseline", name, baseline(name), goal)
 EOF

@@ -309,16 +309,12 @@ async fn exchange(
             DialFailure::Overloaded(e) => overloaded(&what, &e),
         })?;
     let caller = callers.first().and_then(|c| c.first());
-    tracing::info!(
-        event = "allowed",
-        layer = "proxy",
-        pid = caller.map(|p| p.pid),
-        exe = caller.map(|p| p.exe.as_str()),
-        host,
-        port,
-        rule = %rule.name,
-        "allowed {what} by rule {}",
-        rule.name
+    super::log_allowed(
+        "proxy",
+        caller,
+        (host, port, None),
+        &rule.name,
+        format_args!("{what}"),
     );
     let idle = shared.settings.idle_timeout;
     // Placeholders cannot be resolved in a plain tunnel: searched for, unless the policy

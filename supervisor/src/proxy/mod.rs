@@ -149,6 +149,29 @@ pub fn bind(transparent: Option<transparent::Plan>) -> io::Result<Bound> {
     })
 }
 
+/// Logs a connection the policy allowed, one line per connection on every path (`layer`):
+/// who (`caller`), where (`host`, `port`, and the address when the agent named one), by which
+/// rule, and what it was (`what`, for the message, formatted only when the line is written).
+pub(crate) fn log_allowed(
+    layer: &'static str,
+    caller: Option<&decision::Process>,
+    (host, port, address): (&str, u16, Option<std::net::IpAddr>),
+    rule: &str,
+    what: std::fmt::Arguments<'_>,
+) {
+    tracing::info!(
+        event = "allowed",
+        layer,
+        pid = caller.map(|p| p.pid),
+        exe = caller.map(|p| p.exe.as_str()),
+        host,
+        address = address.map(tracing::field::display),
+        port,
+        rule,
+        "allowed {what} by rule {rule}"
+    );
+}
+
 /// Variables that point the agent's HTTP clients at the proxy.
 pub fn agent_environment() -> Vec<(&'static str, &'static str)> {
     let mut env = Vec::new();

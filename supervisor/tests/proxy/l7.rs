@@ -49,6 +49,17 @@ impl World {
             .run(&["/usr/bin/python3", "l7agent.py", command, &spec.to_string()])
     }
 
+    /// Runs the sessions `specs` (which must end well); `None` when some go `direct` and the
+    /// kernel has no transparent path for them (the test then has nothing to check).
+    fn sessions(&self, specs: &Value, direct: bool) -> Option<Run> {
+        let run = self.run("sessions", specs);
+        assert_eq!(run.code, 0, "{run}");
+        if direct && !transparent_on(&run, "L7 inspection of direct connections") {
+            return None;
+        }
+        Some(run)
+    }
+
     /// Each request alone on its own TLS connection; the responses' statuses.
     fn singles(&self, requests: &[String]) -> (Run, Vec<Value>) {
         self.singles_via(requests, Path::Connect)
@@ -229,11 +240,9 @@ fn denied_after_allowed_on_one_connection(path: Path) {
         {"host": HOST, "port": TLS_PORT, "requests": requests, "pipeline": true, "direct": direct},
         {"host": HOST, "port": TLS_PORT, "requests": [get("/repos/5"), get("/repos/6"), post("/repos/7/issues")], "direct": direct},
     ]);
-    let run = w.run("sessions", &specs);
-    assert_eq!(run.code, 0, "{run}");
-    if direct && !transparent_on(&run, "L7 inspection of direct connections") {
+    let Some(run) = w.sessions(&specs, direct) else {
         return;
-    }
+    };
     let results = run.json();
     let statuses = |i: usize| -> Vec<u64> {
         results[i]["responses"]
@@ -475,11 +484,9 @@ fn a_direct_connection_meets_the_rules_of_its_name() {
         {"host": HOST, "port": TLS_PORT, "direct": true, "requests": [format!("GET /repos/fronted HTTP/1.1\r\nHost: other.example:{TLS_PORT}\r\n\r\n")]},
         {"host": HOST, "port": TLS_PORT, "direct": true, "verify": "/run/openshell/tls/ca-bundle.pem", "requests": [get("/repos/verified")]},
     ]);
-    let run = w.run("sessions", &specs);
-    assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run, "L7 inspection of direct connections") {
+    let Some(run) = w.sessions(&specs, true) else {
         return;
-    }
+    };
     let r = run.json();
     assert_eq!(r[0]["responses"][0]["status"], 200, "{run}");
     assert_eq!(r[1]["responses"][0]["status"], 403, "{run}");
@@ -543,7 +550,8 @@ fn names_sharing_an_address_each_keep_their_rules() {
         ),
     ]
     .concat();
-    let policy = w.lab.policy("policy.yaml", &network);
+    // In place of the world's policy, which `World::run` uses.
+    w.lab.policy("policy.yaml", &network);
     let upstream_ca = w.lab.dir().join("upstream-ca.pem");
     let upstream_ca = upstream_ca.to_str().expect("utf-8");
     let bundle = "/run/openshell/tls/ca-bundle.pem";
@@ -561,21 +569,9 @@ fn names_sharing_an_address_each_keep_their_rules() {
         direct("other.example", upstream_ca, plain_get.clone()),
         direct("", upstream_ca, plain_get),
     ]);
-    let ca = w.lab.dir().join("upstream-ca.pem");
-    let run = w
-        .lab
-        .sandbox(&policy)
-        .env("OPENSHELL_UPSTREAM_CA_FILE", ca.to_str().expect("utf-8"))
-        .run(&[
-            "/usr/bin/python3",
-            "l7agent.py",
-            "sessions",
-            &specs.to_string(),
-        ]);
-    assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run, "L7 inspection of direct connections") {
+    let Some(run) = w.sessions(&specs, true) else {
         return;
-    }
+    };
     let r = run.json();
     assert_eq!(r[0]["responses"][0]["status"], 200, "a plain tunnel: {run}");
     assert_eq!(r[1]["responses"][0]["status"], 200, "inspected: {run}");
@@ -661,8 +657,8 @@ fn an_ipv6_direct_connection_is_inspected_too() {
     let Some(w) = world("") else { return };
     let v6 = "v6.test.example";
     let endpoint = format!("host: {v6}, port: {PLAIN_PORT}, {RULES}");
-    let policy = w
-        .lab
+    // In place of the world's policy, which `World::run` uses.
+    w.lab
         .policy("policy.yaml", &rule("api", &endpoint, &[&python()]));
     let request = |method: &str, path: &str| {
         format!("{method} {path} HTTP/1.1\r\nHost: {v6}:{PLAIN_PORT}\r\nContent-Length: 0\r\n\r\n")
@@ -672,16 +668,9 @@ fn an_ipv6_direct_connection_is_inspected_too() {
         spec(request("GET", "/repos/v6")),
         spec(request("POST", "/repos/v6")),
     ]);
-    let run = w.lab.sandbox(&policy).run(&[
-        "/usr/bin/python3",
-        "l7agent.py",
-        "sessions",
-        &specs.to_string(),
-    ]);
-    assert_eq!(run.code, 0, "{run}");
-    if !transparent_on(&run, "L7 inspection of direct connections") {
+    let Some(run) = w.sessions(&specs, true) else {
         return;
-    }
+    };
     let r = run.json();
     assert_eq!(r[0]["responses"][0]["status"], 200, "{run}");
     assert_eq!(r[1]["responses"][0]["status"], 403, "{run}");

@@ -280,12 +280,10 @@ impl Identifier {
         key: Option<&FileKey>,
     ) -> Vec<Process> {
         let generation = self.lineage.generation();
-        let (Some(ppid), Some(key)) = (ppid, key) else {
-            return self.chain(pid);
+        let key = match (ppid, key) {
+            (Some(ppid), Some(key)) if ppid == self.init => key,
+            _ => return self.chain(pid),
         };
-        if ppid != self.init {
-            return self.chain(pid);
-        }
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = known.get(&pid)
             && k.key == *key

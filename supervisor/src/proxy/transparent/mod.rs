@@ -545,7 +545,7 @@ impl Transparent {
         };
         // Binaries already hashed are checked here; hashing one seen for the first time reads
         // all of it: not on this thread.
-        let pins = &self.shared.identifier.pins;
+        let pins = &identifier.pins;
         let mut unhashed = Vec::new();
         let mut notice = notice;
         for process in matched {
@@ -860,17 +860,9 @@ enum Next {
 
 /// Logs a direct connection the policy allowed: who, where, by which rule.
 fn log_allowed(process: Option<&Process>, host: &str, to: SocketAddr, rule: &str) {
-    tracing::info!(
-        event = "allowed",
-        layer = "transparent",
-        pid = process.map(|p| p.pid),
-        exe = process.map(|p| p.exe.as_str()),
-        host,
-        address = %to.ip(),
-        port = to.port(),
-        rule,
-        "allowed connect to {host} ({to}) by rule {rule}"
-    );
+    let destination = (host, to.port(), Some(to.ip()));
+    let what = format_args!("connect to {host} ({to})");
+    super::log_allowed("transparent", process, destination, rule, what);
 }
 
 fn is_mapped(to: SocketAddr) -> bool {

@@ -252,20 +252,64 @@ fn confirm_installed(
     expected: &Digest,
     size: u64,
 ) -> Result<(), Error> {
-    let path = || dir.path_of(dir.name());
-    // Opened, then judged by its descriptor: with several copiers renaming over the
-    // destination at once, a stat followed by an open could see two different files.
-    if let Some((file, opened)) = open_dest(dir)?
-        && ((opened.st_dev, opened.st_ino) == renamed
-            || verified_size(dir, &file, &opened, expected, size)?.is_some())
-    {
-        return Ok(());
+    // With several copiers renaming over the destination at once, the file we open may be
+    // replaced before we judge it: then we look again at what replaced it. Bounded, because
+    // someone renaming files over the destination without end must not keep us here forever.
+    for _ in 0..LOOKS {
+        // Opened, then judged by its descriptor: a stat followed by an open could see two
+        // different files.
+        let Some((file, opened)) = open_dest(dir)? else {
+            break;
+        };
+        match judge(dir, &file, &opened, renamed, expected, size)? {
+            Look::Installed => return Ok(()),
+            Look::Replaced => {}
+            Look::Unverified => break,
+        }
     }
     // Best effort, as on every error path: the run fails either way.
     let _ = dir.unlink(dir.name());
     Err(Error::Replaced {
-        path: path(),
+        path: dir.path_of(dir.name()),
         when: "after the rename",
+    })
+}
+
+/// Times [`confirm_installed`] looks at the destination: each look after the first follows
+/// another rename over it, and a pod runs one copier (a few at most when restarts overlap).
+const LOOKS: usize = 16;
+
+/// What one look at the destination found.
+#[derive(Debug, PartialEq, Eq)]
+enum Look {
+    /// The file we renamed, or one a concurrent copier verified like ours.
+    Installed,
+    /// A file that no longer has the destination's name: renamed over since we opened it.
+    Replaced,
+    /// Something no copier verified.
+    Unverified,
+}
+
+/// Judges the destination `file` (whose `fstat` is `opened`) after our rename of `renamed`.
+fn judge(
+    dir: &DestDir,
+    file: &File,
+    opened: &FileStat,
+    renamed: (u64, u64),
+    expected: &Digest,
+    size: u64,
+) -> Result<Look, Error> {
+    if (opened.st_dev, opened.st_ino) == renamed {
+        return Ok(Look::Installed);
+    }
+    // No name left: someone renamed over it between our open and our fstat. What it was no
+    // longer matters; its successor does.
+    if opened.st_nlink == 0 {
+        return Ok(Look::Replaced);
+    }
+    Ok(match verified_size(dir, file, opened, expected, size)? {
+        Some(_) => Look::Installed,
+        None => Look::Unverified,
     })
 }
 
@@ -398,6 +442,36 @@ mod tests {
         let renamed = first.rename_to_dest().unwrap();
         second.rename_to_dest().unwrap();
         confirm_installed(&setup.dir, renamed, &setup.digest, setup.size).unwrap();
+        assert_eq!(setup.out(), ["app"]);
+    }
+
+    #[test]
+    fn a_destination_renamed_over_after_it_was_opened_is_looked_at_again() {
+        let setup = Setup::new();
+        let renamed = setup.verified().rename_to_dest().unwrap();
+        let (file, opened) = open_dest(&setup.dir).unwrap().unwrap();
+        let judged = |opened: &FileStat, renamed| {
+            judge(
+                &setup.dir,
+                &file,
+                opened,
+                renamed,
+                &setup.digest,
+                setup.size,
+            )
+            .unwrap()
+        };
+        assert_eq!(judged(&opened, renamed), Look::Installed);
+        // Another copier's verified file renamed over ours while we held it open: ours has no
+        // name left, and in our fstat that is all that tells it from the file now there.
+        let other = setup.verified().rename_to_dest().unwrap();
+        assert_ne!(other, renamed);
+        let opened = fstat(&file).unwrap();
+        assert_eq!(opened.st_nlink, 0);
+        // Judged as a third copier would, whose own file was replaced by both.
+        let third = (0, 0);
+        assert_eq!(judged(&opened, third), Look::Replaced);
+        confirm_installed(&setup.dir, third, &setup.digest, setup.size).unwrap();
         assert_eq!(setup.out(), ["app"]);
     }
 

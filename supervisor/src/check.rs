@@ -49,7 +49,12 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
     );
     let _ = writeln!(out, "  {}", memfd::prepare(&kernel.release).describe());
     describe_seccomp(&mut out, &kernel);
-    transparent::describe(&mut out, &mut problems, &policy, &kernel.transparent);
+    match transparent::Setting::from_env() {
+        Ok(setting) => {
+            transparent::describe(&mut out, &mut problems, &policy, &kernel.transparent, setting);
+        }
+        Err(e) => problems.push(e),
+    }
     match probe_namespaces() {
         Ok(()) => {
             let _ = writeln!(

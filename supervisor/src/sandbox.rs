@@ -15,9 +15,9 @@ use crate::child::{self, CStringArray};
 use crate::filesystem::{self, Enforcement, FilesystemError};
 use crate::landlock::{self, LandlockError};
 use crate::namespaces::{self, NamespaceError};
-use crate::policy::{Policy, Reach};
+use crate::policy::Policy;
 use crate::preflight::Kernel;
-use crate::proxy::transparent::{self, fence};
+use crate::proxy::transparent::{self, fence, probe};
 use crate::seccomp::{self, SeccompError};
 use crate::view::{self, ViewError};
 use crate::{caps, credentials, init, memfd, paths, proxy};
@@ -70,20 +70,31 @@ pub enum SandboxError {
     /// The proxy's sockets could not be created in the sandbox's network namespace.
     #[error("cannot start the egress proxy in the sandbox's network namespace: {0}")]
     Proxy(std::io::Error),
-    /// The policy has `protocol: tcp` endpoints and the kernel cannot serve them.
-    #[error(
-        "the policy has protocol: tcp endpoints ({endpoints}), which need transparent egress, \
-         and this kernel lacks {missing}"
-    )]
+    /// Transparent egress is needed (the policy has `protocol: tcp` endpoints, or `direct`
+    /// was asked for) and cannot run.
+    #[error("{}", transparent_needed(endpoints, why))]
     Transparent {
-        /// The endpoints.
+        /// The `protocol: tcp` endpoints, if any.
         endpoints: String,
-        /// What the kernel lacks.
-        missing: String,
+        /// Why it cannot run.
+        why: String,
     },
+    /// The transparent path's setting is not one it knows.
+    #[error("{0}")]
+    Setting(String),
     /// The TCP fence could not be built.
     #[error("cannot build the transparent path's Landlock TCP fence: {0}")]
     Fence(#[from] ::landlock::RulesetError),
+}
+
+fn transparent_needed(endpoints: &str, why: &str) -> String {
+    match endpoints.is_empty() {
+        true => format!("{}=direct, and transparent egress cannot run: {why}", probe::SETTING_VAR),
+        false => format!(
+            "the policy has protocol: tcp endpoints ({endpoints}), which need transparent \
+             egress, and it cannot run: {why}"
+        ),
+    }
 }
 
 /// Everything needed to start the sandbox.
@@ -111,7 +122,12 @@ pub fn prepare(
 ) -> Result<Prepared, SandboxError> {
     let transparent =
         transparent_plan(policy, kernel)?.map(|plan| plan.inspecting(inspection.is_some()));
-    let tcp_fence = transparent.as_ref().map(|_| fence::prepare()).transpose()?;
+    // Only a path that hands the agent sockets of the pod needs the fence around them.
+    let tcp_fence = transparent
+        .as_ref()
+        .filter(|plan| plan.mode() == transparent::Mode::Direct)
+        .map(|_| fence::prepare())
+        .transpose()?;
     // The kernel takes a while to make a network namespace: its thread works while the other
     // layers are prepared here.
     let ports = if transparent.is_some() {
@@ -231,35 +247,47 @@ pub fn prepare(
     })
 }
 
-/// The transparent path's plan when the kernel has what it needs; without it the agent's
-/// direct connections fail as before (no route), which is refused outright for a policy with
-/// `protocol: tcp` endpoints (reachable no other way).
+/// The transparent path's plan, as [`probe::SETTING_VAR`] asks and the kernel allows; without
+/// one the agent's direct connections fail as before (no route), which is refused outright for
+/// a policy with `protocol: tcp` endpoints (reachable no other way) and when `direct` was
+/// asked for.
 fn transparent_plan(
     policy: &Policy,
     kernel: &Kernel,
 ) -> Result<Option<transparent::Plan>, SandboxError> {
-    let missing = &kernel.transparent.missing;
-    if missing.is_empty() {
-        return Ok(Some(transparent::Plan::read()));
-    }
-    let direct_only: Vec<String> = policy
-        .network
-        .iter()
-        .flat_map(|rule| &rule.endpoints)
-        .filter(|e| e.reach == Reach::Transparent)
-        .map(|e| e.host.to_string())
-        .collect();
-    if !direct_only.is_empty() {
+    let setting = probe::Setting::from_env().map_err(SandboxError::Setting)?;
+    let off = match kernel.transparent.mode(setting) {
+        Ok(mode) => {
+            match (mode, &kernel.transparent.no_fence) {
+                (transparent::Mode::Direct, _) => {}
+                (transparent::Mode::Relay, Some(no_fence)) => tracing::warn!(
+                    layer = "transparent",
+                    "TRANSPARENT EGRESS RELAYED: this kernel lacks {no_fence}; the supervisor \
+                     relays the agent's allowed direct connections instead of handing them over"
+                ),
+                (transparent::Mode::Relay, None) => tracing::info!(
+                    layer = "transparent",
+                    "transparent egress relayed, as {}=relay asks: the supervisor relays the \
+                     agent's allowed direct connections instead of handing them over",
+                    probe::SETTING_VAR
+                ),
+            }
+            return Ok(Some(transparent::Plan::read(mode)));
+        }
+        Err(off) => off,
+    };
+    let direct_only = probe::direct_only(policy);
+    if !direct_only.is_empty() || setting == probe::Setting::Direct {
         return Err(SandboxError::Transparent {
-            endpoints: direct_only.join(", "),
-            missing: missing.join("; "),
+            endpoints: direct_only,
+            why: off.why(),
         });
     }
     tracing::warn!(
         layer = "transparent",
-        "TRANSPARENT EGRESS OFF: this kernel lacks {}; only clients that use the proxy \
-         (HTTP_PROXY/HTTPS_PROXY) reach the network, and the sandbox has no DNS",
-        missing.join("; ")
+        "TRANSPARENT EGRESS OFF ({}): only clients that use the proxy (HTTP_PROXY/HTTPS_PROXY) \
+         reach the network, and the sandbox has no DNS",
+        off.why()
     );
     Ok(None)
 }

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use crate::support::{
-    HOST, HOST_V6, Lab, executable, python, require_kernel, rule, transparent_on,
+    EGRESS_SETTING, HOST, HOST_V6, Lab, executable, python, relayed, require_kernel, rule,
+    transparent_direct, transparent_on,
 };
 
 const PORT: u16 = 9000;
@@ -33,20 +34,27 @@ fn node_fetch_without_proxy_support_reaches_an_allowed_host_by_name() {
            .then(async r => console.log(JSON.stringify({{status: r.status, body: await r.text()}})))\
            .catch(e => console.log(JSON.stringify({{error: String(e.cause || e)}})))"
     );
-    let run = lab.sandbox(&policy).run(&["/usr/bin/node", "-e", &script]);
-    if !transparent_on(&run, "clients without proxy support") {
-        return;
+    // Handed over where the kernel can, and relayed (what a kernel without the TCP fence gets).
+    for (round, setting) in ["auto", "relay"].into_iter().enumerate() {
+        let sandbox = lab.sandbox(&policy).env(EGRESS_SETTING, setting);
+        let run = sandbox.run(&["/usr/bin/node", "-e", &script]);
+        if !transparent_on(&run, "clients without proxy support") {
+            return;
+        }
+        let result = run.json();
+        assert_eq!(result["status"], 200, "{setting}: {run}");
+        assert_eq!(
+            upstream.requests_on(PORT),
+            vec!["GET /from-node HTTP/1.1"; round + 1]
+        );
+        // Not through the proxy: the transparent path allowed it, crediting node.
+        let allowed = run.events("allowed", "transparent");
+        assert!(
+            allowed.len() == 1 && allowed[0]["exe"] == node.as_str(),
+            "{setting}: {run}"
+        );
+        assert!(run.events("allowed", "proxy").is_empty(), "{run}");
     }
-    let result = run.json();
-    assert_eq!(result["status"], 200, "{run}");
-    assert_eq!(upstream.requests_on(PORT), ["GET /from-node HTTP/1.1"]);
-    // Not through the proxy: the transparent path allowed it, crediting node.
-    let allowed = run.events("allowed", "transparent");
-    assert!(
-        allowed.len() == 1 && allowed[0]["exe"] == node.as_str(),
-        "{run}"
-    );
-    assert!(run.events("allowed", "proxy").is_empty(), "{run}");
 }
 
 #[test]
@@ -65,24 +73,34 @@ fn a_rust_program_without_proxy_variables_connects_blocking() {
             &[&client],
         ),
     );
-    let run = lab.sandbox(&policy).run(&[
-        "/usr/bin/env",
-        "-i",
-        &client,
-        "api.test.example",
-        &PORT.to_string(),
-        "/from-rust",
-    ]);
-    if !transparent_on(&run, "clients without proxy support") {
-        return;
+    for (round, setting) in ["auto", "relay"].into_iter().enumerate() {
+        let run = lab.sandbox(&policy).env(EGRESS_SETTING, setting).run(&[
+            "/usr/bin/env",
+            "-i",
+            &client,
+            "api.test.example",
+            &PORT.to_string(),
+            "/from-rust",
+        ]);
+        if !transparent_on(&run, "clients without proxy support") {
+            return;
+        }
+        assert_eq!(run.code, 0, "{setting}: {run}");
+        // Its peer: the server, or relayed, the supervisor's hand-off listener.
+        let peer = match relayed(&run) {
+            false => format!("{HOST}:{PORT}"),
+            true => "127.0.0.1:".to_owned(),
+        };
+        assert!(
+            run.stdout
+                .starts_with(&format!("HTTP/1.1 200 OK from {peer}")),
+            "{setting}: {run}"
+        );
+        assert_eq!(
+            upstream.requests_on(PORT),
+            vec!["GET /from-rust HTTP/1.1"; round + 1]
+        );
     }
-    assert_eq!(run.code, 0, "{run}");
-    assert!(
-        run.stdout
-            .starts_with(&format!("HTTP/1.1 200 OK from {HOST}:{PORT}")),
-        "{run}"
-    );
-    assert_eq!(upstream.requests_on(PORT), ["GET /from-rust HTTP/1.1"]);
 }
 
 #[test]
@@ -106,7 +124,7 @@ fn socket_state_survives_the_hand_over() {
     let sandbox = lab.sandbox(&policy);
     for (family, host) in [("4", HOST.to_string()), ("6", HOST_V6.to_string())] {
         let run = sandbox.agent(&["fidelity", &host, &PORT.to_string(), family]);
-        if !transparent_on(&run, "clients without proxy support") {
+        if !transparent_direct(&run, "the connection handed over") {
             return;
         }
         let r = run.json();

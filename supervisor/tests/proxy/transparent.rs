@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    HOST, HOST_V6, Lab, METADATA, NAMESERVER, Nameserver, Side, Upstream, python, rule,
-    transparent_on,
+    EGRESS_SETTING, HOST, HOST_V6, Lab, METADATA, NAMESERVER, Nameserver, Side, Upstream,
+    python, relayed, rule, transparent_direct, transparent_on,
 };
 
 const PORT: u16 = 9000;
@@ -21,6 +21,23 @@ fn denials<'a>(run: &'a crate::support::Run, layer: &str) -> Vec<&'a Value> {
 
 #[test]
 fn programs_without_proxy_support_connect_by_name_and_by_address() {
+    by_name_and_by_address(Path::Direct);
+}
+
+/// The same through the relay (what a kernel without the TCP fence gets): the same
+/// connections arrive and the same one is refused; the agent's peer is the hand-off listener.
+#[test]
+fn relayed_programs_connect_by_name_and_by_address() {
+    by_name_and_by_address(Path::Relay);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Direct,
+    Relay,
+}
+
+fn by_name_and_by_address(path: Path) {
     let Some(lab) = Lab::start() else { return };
     let upstream = lab.upstream(&[PORT, PORT + 1, PORT + 2]);
     let python = python();
@@ -43,22 +60,38 @@ fn programs_without_proxy_support_connect_by_name_and_by_address() {
     ]
     .concat();
     let policy = lab.policy("policy.yaml", &network);
-    let run = lab.sandbox(&policy).agent(&[
+    let sandbox = match path {
+        Path::Direct => lab.sandbox(&policy),
+        Path::Relay => lab.sandbox(&policy).env(EGRESS_SETTING, "relay"),
+    };
+    let run = sandbox.agent(&[
         "directs_get",
         &format!("api.test.example:{PORT}/by-name"),
         &format!("{HOST}:{}/by-ip", PORT + 1),
         &format!("v6.test.example:{PORT}/v6"),
         &format!("api.test.example:{}/other-port", PORT + 2),
     ]);
-    if !transparent_on(&run, "seccomp ADDFD, pidfd_getfd, Landlock ABI 4") {
-        return;
-    }
+    let (v4_peer, v6_peer) = match path {
+        Path::Direct => {
+            if !transparent_direct(&run, "seccomp ADDFD, pidfd_getfd, Landlock ABI 4") {
+                return;
+            }
+            (HOST.to_string(), HOST_V6.to_string())
+        }
+        Path::Relay => {
+            if !transparent_on(&run, "seccomp ADDFD, pidfd_getfd") {
+                return;
+            }
+            assert!(relayed(&run), "{run}");
+            ("127.0.0.1".to_owned(), "::1".to_owned())
+        }
+    };
     let results = run.json();
     assert_eq!(results[0]["status"], 200, "{run}");
-    assert_eq!(results[0]["peer"][0], HOST.to_string(), "{run}");
+    assert_eq!(results[0]["peer"][0], v4_peer, "{run}");
     assert_eq!(results[1]["status"], 200, "{run}");
     assert_eq!(results[2]["status"], 200, "{run}");
-    assert_eq!(results[2]["peer"][0], HOST_V6.to_string(), "{run}");
+    assert_eq!(results[2]["peer"][0], v6_peer, "{run}");
     assert_eq!(results[3]["error"], "ECONNREFUSED", "{run}");
     assert_eq!(
         upstream.requests_on(PORT),
@@ -214,4 +247,49 @@ fn a_name_rebound_to_loopback_or_metadata_never_reaches_them() {
         "only the baseline reached the metadata service"
     );
     assert_eq!(upstream.requests_on(80), ["GET /first HTTP/1.1"]);
+}
+
+/// The setting's other values: `off` leaves only the proxy (the agent's own lookup and
+/// connection reach nothing, though the policy allows the name), and a value it does not
+/// know stops the sandbox before the agent runs, in one line naming the variable.
+#[test]
+fn the_egress_setting_turns_the_path_off_or_stops_at_a_typo() {
+    let Some(lab) = Lab::start() else { return };
+    let upstream = lab.upstream(&[PORT]);
+    let network = rule(
+        "by_name",
+        &format!("host: api.test.example, port: {PORT}"),
+        &[&python()],
+    );
+    let policy = lab.policy("policy.yaml", &network);
+    let port = PORT.to_string();
+    let get = |path| ["direct_get", "api.test.example", port.as_str(), path];
+    // The baseline: on, the same request arrives.
+    let on = lab.sandbox(&policy).agent(&get("/on"));
+    if !transparent_on(&on, "seccomp ADDFD, pidfd_getfd") {
+        return;
+    }
+    assert_eq!(on.json()["status"], 200, "{on}");
+    let off = lab.sandbox(&policy).env(EGRESS_SETTING, "off");
+    let off = off.agent(&get("/off"));
+    assert!(off.json()["status"].is_null(), "{off}");
+    assert_eq!(
+        off.messages(&format!("TRANSPARENT EGRESS OFF ({EGRESS_SETTING}=off)"))
+            .len(),
+        1,
+        "{off}"
+    );
+    assert_eq!(upstream.requests_on(PORT), ["GET /on HTTP/1.1"]);
+    let typo = lab.sandbox(&policy).env(EGRESS_SETTING, "rely");
+    let typo = typo.agent(&get("/typo"));
+    assert_eq!(typo.code, 125, "{typo}");
+    assert!(typo.stdout.is_empty(), "the agent never ran: {typo}");
+    let errors: Vec<&Value> = typo.log.iter().filter(|l| l["level"] == "ERROR").collect();
+    assert_eq!(errors.len(), 1, "one line: {typo}");
+    assert_eq!(
+        errors[0]["message"],
+        format!("{EGRESS_SETTING}=\"rely\": expected auto, direct, relay or off"),
+        "{typo}"
+    );
+    assert_eq!(upstream.requests_on(PORT), ["GET /on HTTP/1.1"]);
 }

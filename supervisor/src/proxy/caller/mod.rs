@@ -64,6 +64,10 @@ pub enum CallerError {
     /// through the sandbox's system call (never the case for the agent's own connections).
     #[error("no record of which process connected this socket")]
     Unrecorded,
+    /// The connection comes from the recorded address but not from the recorded socket:
+    /// another socket took the address over (possible without the TCP fence).
+    #[error("the connection comes from another socket than the one recorded at its address")]
+    Impostor,
 }
 
 /// Out of file descriptors or memory: the proxy's trouble, not a policy matter.
@@ -159,10 +163,11 @@ impl Identifier {
         proxy: SocketAddr,
     ) -> Result<Vec<Vec<Process>>, CallerError> {
         if self.recorded {
-            return match self.records.get(client) {
-                Some(chain) => Ok(vec![chain]),
-                None => Err(CallerError::Unrecorded),
-            };
+            let recorded = self.records.get(client).ok_or(CallerError::Unrecorded)?;
+            if let Some(socket) = recorded.socket {
+                self.comes_from(client, proxy, socket)?;
+            }
+            return Ok(vec![recorded.chain]);
         }
         let inode = self.client_socket(client, proxy)?;
         let owners = self.owners(inode).map_err(CallerError::Scan)?;
@@ -184,6 +189,21 @@ impl Identifier {
             return Err(CallerError::Shared(exes.join(", ")));
         }
         Ok(chains)
+    }
+
+    /// Whether the sandbox's TCP connection `client` → `server` comes from the socket whose
+    /// inode is `socket`: `Impostor` when another socket connected from that address,
+    /// `Abandoned` when it is closed already.
+    pub fn comes_from(
+        &self,
+        client: SocketAddr,
+        server: SocketAddr,
+        socket: u64,
+    ) -> Result<(), CallerError> {
+        match self.client_socket(client, server)? == socket {
+            true => Ok(()),
+            false => Err(CallerError::Impostor),
+        }
     }
 
     /// The inode of the client's socket; `Abandoned` once the client has closed it (the
@@ -523,6 +543,75 @@ mod tests {
     fn stop(mut child: std::process::Child) {
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    use std::os::fd::AsRawFd;
+
+    /// A TCP socket of this process with `SO_REUSEADDR`, bound to `address`.
+    fn reusing(address: SocketAddr) -> OwnedFd {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+        let SocketAddr::V4(v4) = address else {
+            panic!("IPv4 only")
+        };
+        bind(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+        fd
+    }
+
+    /// The attack a record must survive without the TCP fence: a second socket bound to the
+    /// recorded socket's address (both with `SO_REUSEADDR`) connects to the proxy first. By
+    /// its address alone it is the recorded caller; by its inode it is not.
+    #[test]
+    fn a_recorded_address_taken_over_by_another_socket_is_not_credited() {
+        use nix::sys::socket::{SockaddrIn, connect, getsockname};
+        let me = std::process::id();
+        let identifier =
+            Identifier::new(sock_diag::diag_socket().unwrap(), me, Arc::default(), true).unwrap();
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(to) = proxy.local_addr().unwrap() else {
+            unreachable!()
+        };
+        // The recorded socket, bound (the supervisor binds before it records) but not yet
+        // connected; and the impostor on its address.
+        let recorded = reusing("127.0.0.1:0".parse().unwrap());
+        let local: SockaddrIn = getsockname(recorded.as_raw_fd()).unwrap();
+        let local = SocketAddr::from((local.ip(), local.port()));
+        let impostor = reusing(local);
+        connect(impostor.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+        let inode = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let allowed = vec![Process {
+            pid: 1,
+            start: 1,
+            exe: "/usr/bin/allowed".into(),
+        }];
+        let credited = |socket| {
+            identifier.records.record(local, allowed.clone(), socket);
+            identifier.callers(local, SocketAddr::V4(to))
+        };
+        // By address alone (what a record without the socket trusts), the impostor is the
+        // recorded caller: the attack works.
+        assert_eq!(credited(None).unwrap(), [allowed.clone()]);
+        assert!(matches!(
+            credited(Some(inode(&recorded))),
+            Err(CallerError::Impostor)
+        ));
+        // The socket recorded is the one connected: credited.
+        assert_eq!(credited(Some(inode(&impostor))).unwrap(), [allowed.clone()]);
+        // Closed before the proxy asked: nobody to credit.
+        drop(impostor);
+        assert!(matches!(
+            credited(Some(inode(&recorded))),
+            Err(CallerError::Abandoned | CallerError::Impostor)
+        ));
     }
 
     #[test]

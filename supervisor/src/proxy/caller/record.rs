@@ -33,8 +33,19 @@ pub struct Records {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    chain: Vec<Process>,
+    recorded: Recorded,
     at: Instant,
+}
+
+/// Who connected a socket, and which socket it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The caller first, then the ancestors credited with it.
+    pub chain: Vec<Process>,
+    /// The socket's inode, when the connection must be proven to come from it: without the
+    /// TCP fence another socket can come to connect from the same address
+    /// (`transparent::handoff` says how).
+    pub socket: Option<u64>,
 }
 
 fn key(local: SocketAddr) -> SocketAddr {
@@ -42,8 +53,9 @@ fn key(local: SocketAddr) -> SocketAddr {
 }
 
 impl Records {
-    /// Records that the socket bound to `local` was connected by `chain` (the caller first).
-    pub fn record(&self, local: SocketAddr, chain: Vec<Process>) {
+    /// Records that the socket bound to `local` was connected by `chain` (the caller first),
+    /// and, with `socket`, which socket that was.
+    pub fn record(&self, local: SocketAddr, chain: Vec<Process>, socket: Option<u64>) {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if table.len() >= MAX_RECORDS && !table.contains_key(&key(local)) {
             make_room(&mut table);
@@ -51,16 +63,16 @@ impl Records {
         table.insert(
             key(local),
             Entry {
-                chain,
+                recorded: Recorded { chain, socket },
                 at: Instant::now(),
             },
         );
     }
 
     /// Who connected the socket whose address is `local` (as its peer sees it).
-    pub fn get(&self, local: SocketAddr) -> Option<Vec<Process>> {
+    pub fn get(&self, local: SocketAddr) -> Option<Recorded> {
         let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        table.get(&key(local)).map(|e| e.chain.clone())
+        table.get(&key(local)).map(|e| e.recorded.clone())
     }
 
     /// Forgets the record for `local` when it was made before `since` (a connection that
@@ -103,13 +115,15 @@ mod tests {
         let records = Records::default();
         let v4: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
-        records.record(mapped, chain("/usr/bin/curl"));
-        assert_eq!(records.get(v4).unwrap()[0].exe, "/usr/bin/curl");
+        records.record(mapped, chain("/usr/bin/curl"), Some(7));
+        let recorded = records.get(v4).unwrap();
+        assert_eq!(recorded.chain[0].exe, "/usr/bin/curl");
+        assert_eq!(recorded.socket, Some(7));
         let accepted = Instant::now();
         // The port is reused by a newer connection before the old one is forgotten.
-        records.record(v4, chain("/usr/bin/git"));
+        records.record(v4, chain("/usr/bin/git"), None);
         records.forget(v4, accepted);
-        assert_eq!(records.get(v4).unwrap()[0].exe, "/usr/bin/git");
+        assert_eq!(records.get(v4).unwrap().chain[0].exe, "/usr/bin/git");
         records.forget(v4, Instant::now());
         assert!(records.get(v4).is_none());
     }

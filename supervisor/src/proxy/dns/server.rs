@@ -497,7 +497,7 @@ impl Resolver {
             return;
         }
         let caller = self.shared.identifier.records.get(peer);
-        let process = caller.as_ref().and_then(|c| c.first());
+        let process = caller.as_ref().and_then(|c| c.chain.first());
         let exe = process.map_or_else(|| "?".to_owned(), Identifier::exe_of);
         let what = format!("DNS query for {}", query.name);
         log::denied(&Denial {

@@ -56,6 +56,7 @@ use tokio::time::timeout;
 
 use crate::log::{self, Denial, Layer};
 use crate::policy::{Endpoint, L7Endpoint, canonical_ip, normalize_host};
+use crate::proxy::caller::CallerError;
 use crate::proxy::connection::Shared;
 use crate::proxy::decision::{self, Decision, Process, Via};
 use crate::proxy::dial::{self, DialFailure};
@@ -68,7 +69,18 @@ const STALE: Duration = Duration::from_secs(60);
 /// Most bytes read to find the name a connection gives (a TLS ClientHello, an HTTP head).
 const MAX_NAMING: usize = 64 * 1024;
 
-/// A direct connection on its way to the L7 engine.
+/// What serves a handed-off connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The L7 engine (or a plain tunnel, for an allowed name without rules sharing the
+    /// address): the connection goes to the name it gives.
+    Inspect,
+    /// The relay of a path without the TCP fence: a tunnel to the very address the agent
+    /// connected to, which the policy allowed at `connect()`.
+    Relay,
+}
+
+/// A direct connection on its way to the L7 engine or the relay.
 #[derive(Debug, Clone)]
 pub struct Pending {
     /// Where the agent connected.
@@ -78,16 +90,28 @@ pub struct Pending {
     pub hosts: Vec<String>,
     /// The caller (the thread in the `connect()` call) and the ancestors credited with it.
     pub chain: Vec<Process>,
+    /// The inode of the agent's socket: only a connection from that very socket claims the
+    /// entry.
+    socket: u64,
+    route: Route,
     at: Instant,
 }
 
 impl Pending {
-    /// An entry made now.
-    pub fn new(to: SocketAddr, hosts: Vec<String>, chain: Vec<Process>) -> Pending {
+    /// An entry made now for the agent's socket whose inode is `socket`.
+    pub fn new(
+        to: SocketAddr,
+        hosts: Vec<String>,
+        chain: Vec<Process>,
+        socket: u64,
+        route: Route,
+    ) -> Pending {
         Pending {
             to,
             hosts,
             chain,
+            socket,
+            route,
             at: Instant::now(),
         }
     }
@@ -204,6 +228,9 @@ pub async fn serve(
         tracing::debug!(layer = "transparent", %peer, "hand-off connection with no entry");
         return;
     };
+    if let Err(why) = same_socket(&shared, &pending, &client, peer) {
+        return refuse(&shared, &pending, None, &why);
+    }
     let _ = client.set_nodelay(true);
     let mut early = Vec::new();
     let host = match pending.hosts.as_slice() {
@@ -277,6 +304,30 @@ pub async fn serve(
             };
             tunnel(&shared, &pending, client, &target, &endpoints, &early).await;
         }
+    }
+}
+
+/// Whether the connection accepted from `peer` comes from the agent's socket that `pending`
+/// was made for. Without the TCP fence (a relaying path) a process of the sandbox can slip a
+/// TCP connect of its own past the supervisor (in the instant between the check and the
+/// kernel's second read of a let-through unix `connect()`), from an address that it shares
+/// with the registered socket (`SO_REUSEADDR`, `SO_REUSEPORT`) or that the registered socket
+/// just gave up: the address alone would then hand it another caller's destination and
+/// credit. The socket's inode cannot be shared.
+fn same_socket(
+    shared: &Shared,
+    pending: &Pending,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let listener = client.local_addr().map_err(|e| e.to_string())?;
+    match shared.identifier.comes_from(peer, listener, pending.socket) {
+        Ok(()) => Ok(()),
+        Err(CallerError::Impostor) => Err(format!(
+            "the connection to the hand-off listener came from {peer} but not from the socket \
+             the supervisor connected there (another socket took over its address)"
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -402,8 +453,8 @@ fn refuse(shared: &Shared, pending: &Pending, named: Option<&str>, why: &str) {
     });
 }
 
-/// An allowed name without L7 rules, reached through an address it shares with an inspected
-/// one.
+/// An allowed name without L7 rules: relayed, or reached through an address it shares with an
+/// inspected one.
 struct Target<'a> {
     host: &'a str,
     port: u16,
@@ -411,8 +462,8 @@ struct Target<'a> {
     caller: Option<&'a Process>,
 }
 
-/// A plain tunnel to `target` (dialled by name, the addresses checked, as for CONNECT), with
-/// the bytes read to name it sent first.
+/// A plain tunnel to `target` (dialled by name, or relayed to the address the agent connected
+/// to, the addresses checked, as for CONNECT), with the bytes read to name it sent first.
 async fn tunnel(
     shared: &Shared,
     pending: &Pending,
@@ -429,7 +480,14 @@ async fn tunnel(
     };
     let (host, port) = (target.host, target.port);
     let timeout = shared.settings.connect_timeout;
-    let mut upstream = match dial::dial(timeout, host, port, endpoints).await {
+    // Relayed, the address the agent connected to (the one the policy resolver gave it,
+    // allowed at connect()); inspected, the name the connection gives.
+    let address = pending.to.ip().to_string();
+    let dialled = match pending.route {
+        Route::Relay => address.as_str(),
+        Route::Inspect => host,
+    };
+    let mut upstream = match dial::dial(timeout, dialled, port, endpoints).await {
         Ok(upstream) => upstream,
         Err(DialFailure::Refused(why)) => return refuse(shared, pending, Some(target.host), &why),
         Err(DialFailure::Unreachable(why)) => {
@@ -469,6 +527,8 @@ mod tests {
             "203.0.113.2:443".parse().unwrap(),
             vec!["api.example.com".into()],
             Vec::new(),
+            1,
+            Route::Inspect,
         )
     }
 

@@ -59,26 +59,35 @@ use crate::policy::canonical_ip;
 use crate::seccomp::{Notice, sockaddr, wait};
 use handoff::{Handoff, Pending};
 use nix::sys::socket::SockaddrStorage;
+pub use probe::Mode;
 use socket::{Kind, State};
 
 /// What the transparent path reads before the sandbox's namespace exists: the pod's resolver
-/// configuration and hosts file; and whether the policy has inspected endpoints.
-#[derive(Debug, Clone, Default)]
+/// configuration and hosts file; whether the policy has inspected endpoints; and how it runs.
+#[derive(Debug, Clone)]
 pub struct Plan {
     resolv: ResolvConf,
     hosts: Vec<(IpAddr, Vec<String>)>,
     inspect: bool,
+    mode: Mode,
 }
 
 impl Plan {
-    /// Reads `/etc/resolv.conf` and `/etc/hosts` (either may be missing).
-    pub fn read() -> Plan {
+    /// Reads `/etc/resolv.conf` and `/etc/hosts` (either may be missing), for a path that
+    /// runs in `mode`.
+    pub fn read(mode: Mode) -> Plan {
         let read = |path| std::fs::read_to_string(path).unwrap_or_default();
         Plan {
             resolv: ResolvConf::parse(&read("/etc/resolv.conf")),
             hosts: parse_hosts(&read("/etc/hosts")),
             inspect: false,
+            mode,
         }
+    }
+
+    /// How the path runs.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// With `inspect` (the policy has L7 endpoints), direct connections to inspected
@@ -101,7 +110,7 @@ pub struct Bound {
 
 /// In the sandbox's namespace (on the thread that made it): makes the nameserver addresses
 /// local and binds the resolver on each, UDP and TCP, port 53; and the hand-off listener
-/// when the policy has inspected endpoints.
+/// when the policy has inspected endpoints or the path relays.
 pub fn bind(plan: Plan) -> io::Result<Bound> {
     dns::local::add_to_loopback(&dns::local::to_add(&plan.resolv.nameservers))?;
     let mut udp = Vec::new();
@@ -115,7 +124,7 @@ pub fn bind(plan: Plan) -> io::Result<Bound> {
         listener.set_nonblocking(true)?;
         tcp.push(listener);
     }
-    let handoff = match plan.inspect {
+    let handoff = match plan.inspect || plan.mode == Mode::Relay {
         true => handoff::bind()?,
         false => Vec::new(),
     };
@@ -166,8 +175,10 @@ pub struct Transparent {
     limiter: RateLimit,
     /// The options of a new TCP socket, IPv4 and IPv6 (read once: see [`socket::Defaults`]).
     defaults: [std::sync::OnceLock<socket::Defaults>; 2],
-    /// Where connections to inspected endpoints go, when the policy has any.
+    /// Where connections to inspected endpoints go, when the policy has any, and every
+    /// allowed connection when the path relays.
     handoff: Option<Arc<Handoff>>,
+    mode: Mode,
     /// The callers' pidfds, kept (in the serving threads' descriptor table, the only one
     /// this handler runs in).
     threads: socket::Threads,
@@ -226,6 +237,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         defaults: Default::default(),
         handoff,
+        mode: bound.plan.mode,
         threads: socket::Threads::default(),
     }))
 }
@@ -390,21 +402,28 @@ impl Transparent {
             && to.port() == 53
             && let Some(local) = socket::local_address(fd.as_fd())
         {
-            self.record(local, caller, to);
+            self.record(local, caller, to, fd.as_fd());
         }
         answer(notice, result);
     }
 
     /// Records who connected the socket whose address is `local` to `to`: for the proxy the
     /// whole chain the policy credits, for the resolver (which only names who asked) the
-    /// process alone.
-    fn record(&self, local: SocketAddr, caller: Caller, to: SocketAddr) {
+    /// process alone. Relaying (no TCP fence), a connection to the proxy is credited only if
+    /// it comes from this very socket, `fd` (see handoff.rs).
+    fn record(&self, local: SocketAddr, caller: Caller, to: SocketAddr, fd: BorrowedFd<'_>) {
         let identifier = &self.shared.identifier;
-        let chain = match to.port() == super::PORT {
-            true => identifier.chain(caller.tgid),
-            false => identifier.process(caller.tgid),
+        let (chain, socket) = match to.port() == super::PORT {
+            true => {
+                let socket = match self.mode {
+                    Mode::Relay => nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino),
+                    Mode::Direct => None,
+                };
+                (identifier.chain(caller.tgid), socket)
+            }
+            false => (identifier.process(caller.tgid), None),
         };
-        identifier.records.record(local, chain);
+        identifier.records.record(local, chain, socket);
     }
 
     /// A TCP `connect()` to the sandbox's own addresses, made on the agent's socket. For the
@@ -421,7 +440,7 @@ impl Transparent {
         let address = socket::for_domain(to, kind.domain);
         if self.is_recorded_service(to) {
             match socket::source_toward(fd.as_fd(), to.ip(), kind.domain) {
-                Ok(local) => self.record(local, caller, to),
+                Ok(local) => self.record(local, caller, to, fd.as_fd()),
                 Err(e) => return notice.fail(e as i32),
             }
         }
@@ -573,11 +592,18 @@ impl Transparent {
                     None => return,
                 }
             }
-            match next {
-                Next::Dial { host, rule } => {
+            match (next, this.mode) {
+                (Next::Dial { host, .. }, Mode::Relay) => {
+                    let route = handoff::Route::Relay;
+                    this.hand_off(notice, agent, kind, to, vec![host], chain, route);
+                }
+                (Next::Dial { host, rule }, Mode::Direct) => {
                     this.dial(notice, caller, agent, kind, to, &chain, &host, &rule);
                 }
-                Next::Inspect(hosts) => this.hand_off(notice, agent, kind, to, hosts, chain),
+                (Next::Inspect(hosts), _) => {
+                    let route = handoff::Route::Inspect;
+                    this.hand_off(notice, agent, kind, to, hosts, chain, route);
+                }
             }
         };
         if hashed {
@@ -614,8 +640,10 @@ impl Transparent {
         }
     }
 
-    /// Connects the agent's socket to the hand-off listener, its destination and caller
-    /// noted under its local address: the L7 engine serves it from there (handoff.rs).
+    /// Connects the agent's socket to the hand-off listener, its destination, caller and
+    /// inode noted under its local address: the L7 engine or the relay serves it from there,
+    /// as `route` says (handoff.rs).
+    #[allow(clippy::too_many_arguments)]
     fn hand_off(
         self: &Arc<Self>,
         notice: Notice,
@@ -624,6 +652,7 @@ impl Transparent {
         to: SocketAddr,
         hosts: Vec<String>,
         chain: Vec<Process>,
+        route: handoff::Route,
     ) {
         let Some(handoff) = self.handoff.clone() else {
             let why = "an inspected (L7) endpoint, and L7 inspection is unavailable";
@@ -640,7 +669,12 @@ impl Transparent {
             Ok(local) => local,
             Err(e) => return notice.fail(e as i32),
         };
-        if let Err(e) = handoff.register(local, Pending::new(to, hosts, chain)) {
+        let socket = match nix::sys::stat::fstat(agent.as_fd()) {
+            Ok(st) => st.st_ino,
+            Err(e) => return notice.fail(e as i32),
+        };
+        let pending = Pending::new(to, hosts, chain, socket, route);
+        if let Err(e) = handoff.register(local, pending) {
             return notice.fail(e as i32);
         }
         let address = socket::for_domain(listener, kind.domain);
@@ -765,7 +799,7 @@ impl Transparent {
                 && kind.netns == self.netns
                 && let Ok(local) = socket::source_toward(fd.as_fd(), to.ip(), kind.domain)
             {
-                self.record(local, caller, to);
+                self.record(local, caller, to, fd.as_fd());
             }
             return notice.proceed();
         }

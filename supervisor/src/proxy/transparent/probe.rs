@@ -7,11 +7,82 @@ use nix::errno::Errno;
 use super::fence;
 use super::socket;
 
+/// The variable that chooses how the transparent path runs.
+pub const SETTING_VAR: &str = "OPENSHELL_TRANSPARENT_EGRESS";
+
+/// How the transparent path is asked to run ([`SETTING_VAR`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Setting {
+    /// Direct where the kernel has the TCP fence, relayed where it has not (the default).
+    #[default]
+    Auto,
+    /// Direct, or the sandbox does not start.
+    Direct,
+    /// Relayed, whatever the kernel has.
+    Relay,
+    /// No transparent path: only clients that use the proxy reach the network.
+    Off,
+}
+
+impl Setting {
+    /// The setting from the environment; an unknown value is an error naming the variable.
+    pub fn from_env() -> Result<Setting, String> {
+        match std::env::var(SETTING_VAR) {
+            Err(std::env::VarError::NotPresent) => Ok(Setting::Auto),
+            Ok(value) => match value.as_str() {
+                "" | "auto" => Ok(Setting::Auto),
+                "direct" => Ok(Setting::Direct),
+                "relay" => Ok(Setting::Relay),
+                "off" => Ok(Setting::Off),
+                _ => Err(format!(
+                    "{SETTING_VAR}={value:?}: expected auto, direct, relay or off"
+                )),
+            },
+            Err(e) => Err(format!("{SETTING_VAR}: {e}")),
+        }
+    }
+}
+
+/// How the transparent path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// An allowed connection is dialled from the pod and handed to the agent: the agent then
+    /// talks to the server itself. Needs the TCP fence.
+    Direct,
+    /// An allowed connection is dialled from the pod and relayed by the supervisor: the agent's
+    /// socket stays in the sandbox's namespace, connected to the hand-off listener. For kernels
+    /// without the TCP fence (Landlock ABI 4, Linux 6.7), where a handed-out socket of the
+    /// pod could be reconnected elsewhere.
+    Relay,
+}
+
+/// Why the transparent path does not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Off {
+    /// [`Setting::Off`].
+    Asked,
+    /// The kernel lacks these (for `Direct`, the fence among them).
+    Missing(Vec<String>),
+}
+
+impl Off {
+    /// In words, for a log line or a report.
+    pub fn why(&self) -> String {
+        match self {
+            Off::Asked => format!("{SETTING_VAR}=off"),
+            Off::Missing(missing) => format!("this kernel lacks {}", missing.join("; ")),
+        }
+    }
+}
+
 /// What the kernel lacks for the transparent path, in words (empty: nothing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Probe {
-    /// Missing features, each with the kernel that brought it and why it is needed.
+    /// Missing features without which there is no transparent path, each with the kernel that
+    /// brought it and why it is needed.
     pub missing: Vec<String>,
+    /// Why there is no TCP fence, when there is none: the path can then only relay.
+    pub no_fence: Option<String>,
     /// Whether `SECCOMP_IOCTL_NOTIF_ADDFD` takes the SEND flag (Linux 5.14); reported, not
     /// needed (SEND would make `connect()` return the fd number).
     pub addfd_send: bool,
@@ -44,16 +115,38 @@ pub fn probe(notify: bool, landlock_abi: i32) -> Probe {
             "SO_NETNS_COOKIE (Linux 5.14): handed-out connections cannot be told apart".to_owned(),
         );
     }
-    if landlock_abi < fence::MIN_ABI {
-        missing.push(format!(
+    let no_fence = (landlock_abi < fence::MIN_ABI).then(|| {
+        format!(
             "Landlock ABI {} (Linux 6.7; this kernel has {landlock_abi}): TCP bind and connect \
              control, which keeps handed-out connections from being reconnected elsewhere",
             fence::MIN_ABI
-        ));
-    }
+        )
+    });
     Probe {
         missing,
+        no_fence,
         addfd_send,
+    }
+}
+
+impl Probe {
+    /// How the path runs under `setting` on this kernel, or why it does not.
+    pub fn mode(&self, setting: Setting) -> Result<Mode, Off> {
+        if setting == Setting::Off {
+            return Err(Off::Asked);
+        }
+        if !self.missing.is_empty() {
+            let mut missing = self.missing.clone();
+            if setting == Setting::Direct {
+                missing.extend(self.no_fence.clone());
+            }
+            return Err(Off::Missing(missing));
+        }
+        match (setting, &self.no_fence) {
+            (Setting::Relay, _) | (Setting::Auto, Some(_)) => Ok(Mode::Relay),
+            (Setting::Direct, Some(no_fence)) => Err(Off::Missing(vec![no_fence.clone()])),
+            _ => Ok(Mode::Direct),
+        }
     }
 }
 
@@ -109,13 +202,15 @@ fn addfd() -> Result<bool, Errno> {
     Ok(ask(libc::SECCOMP_ADDFD_FLAG_SEND) == Some(Errno::ENOENT))
 }
 
-/// `check`'s lines about the transparent path; a policy with `protocol: tcp` endpoints on a
-/// kernel that cannot serve them is a problem (the sandbox would not start).
+/// `check`'s lines about the transparent path under `setting`; a policy with `protocol: tcp`
+/// endpoints where the path cannot run is a problem (the sandbox would not start), and so is
+/// `direct` asked of a kernel without the fence.
 pub fn describe(
     out: &mut String,
     problems: &mut Vec<String>,
     policy: &crate::policy::Policy,
     probe: &Probe,
+    setting: Setting,
 ) {
     use std::fmt::Write as _;
     let send = if probe.addfd_send {
@@ -123,35 +218,64 @@ pub fn describe(
     } else {
         "absent (not needed)"
     };
-    if probe.missing.is_empty() {
-        let _ = writeln!(
-            out,
-            "  transparent egress: on (seccomp user notification with ADDFD, pidfd_getfd, \
-             SO_NETNS_COOKIE, Landlock TCP fence): direct connections and DNS lookups meet the \
-             policy; ADDFD's SEND flag: {send}"
-        );
-        return;
-    }
+    let off = match probe.mode(setting) {
+        Ok(Mode::Direct) => {
+            let _ = writeln!(
+                out,
+                "  transparent egress: direct (seccomp user notification with ADDFD, \
+                 pidfd_getfd, SO_NETNS_COOKIE, Landlock TCP fence): direct connections and DNS \
+                 lookups meet the policy, and allowed connections are handed to the agent; \
+                 ADDFD's SEND flag: {send}"
+            );
+            return;
+        }
+        Ok(Mode::Relay) => {
+            let why = match &probe.no_fence {
+                Some(no_fence) => format!("this kernel lacks {no_fence}"),
+                None => format!("{SETTING_VAR}=relay"),
+            };
+            let _ = writeln!(
+                out,
+                "  transparent egress: relayed ({why}): direct connections and DNS lookups meet \
+                 the policy, and the supervisor relays allowed connections (the agent's \
+                 getpeername() shows the supervisor's hand-off listener)"
+            );
+            return;
+        }
+        Err(off) => off,
+    };
     let _ = writeln!(
         out,
-        "  transparent egress: OFF, this kernel lacks: {}; only clients that use the proxy \
-         reach the network, the sandbox has no DNS, and protocol: tcp endpoints are refused",
-        probe.missing.join("; ")
+        "  transparent egress: OFF ({}); only clients that use the proxy reach the network, \
+         the sandbox has no DNS, and protocol: tcp endpoints are refused",
+        off.why()
     );
-    let direct_only: Vec<String> = policy
+    if let (Setting::Direct, Off::Missing(_)) = (setting, &off) {
+        problems.push(format!(
+            "{SETTING_VAR}=direct, and transparent egress cannot run here ({})",
+            off.why()
+        ));
+        return;
+    }
+    let direct_only = direct_only(policy);
+    if !direct_only.is_empty() {
+        problems.push(format!(
+            "protocol: tcp endpoints ({direct_only}) need transparent egress, which is off here"
+        ));
+    }
+}
+
+/// The policy's `protocol: tcp` endpoints (reachable only through the transparent path), as
+/// a list in words; empty when it has none.
+pub fn direct_only(policy: &crate::policy::Policy) -> String {
+    let hosts: Vec<String> = policy
         .network
         .iter()
         .flat_map(|rule| &rule.endpoints)
         .filter(|e| e.reach == crate::policy::Reach::Transparent)
         .map(|e| e.host.to_string())
         .collect();
-    if !direct_only.is_empty() {
-        problems.push(format!(
-            "protocol: tcp endpoints ({}) need transparent egress, which this kernel cannot \
-             provide",
-            direct_only.join(", ")
-        ));
-    }
+    hosts.join(", ")
 }
 
 #[cfg(test)]
@@ -162,7 +286,41 @@ mod tests {
     use crate::policy::{self, PolicyOrigin};
 
     #[test]
-    fn check_says_what_is_missing_and_refuses_protocol_tcp_without_it() {
+    fn the_mode_follows_the_setting_and_the_kernel() {
+        let fence = "Landlock ABI 4 (Linux 6.7; this kernel has 2)".to_owned();
+        let addfd = "SECCOMP_IOCTL_NOTIF_ADDFD (Linux 5.9)".to_owned();
+        let new = Probe::default();
+        let no_fence = Probe {
+            no_fence: Some(fence.clone()),
+            ..Probe::default()
+        };
+        let old = Probe {
+            missing: vec![addfd.clone()],
+            no_fence: Some(fence.clone()),
+            ..Probe::default()
+        };
+        use Setting::{Auto, Direct, Relay};
+        let missing = |m: &[&String]| Err(Off::Missing(m.iter().map(|s| (*s).clone()).collect()));
+        let table: &[(&Probe, Setting, Result<Mode, Off>)] = &[
+            (&new, Auto, Ok(Mode::Direct)),
+            (&new, Direct, Ok(Mode::Direct)),
+            (&new, Relay, Ok(Mode::Relay)),
+            (&new, Setting::Off, Err(Off::Asked)),
+            (&no_fence, Auto, Ok(Mode::Relay)),
+            (&no_fence, Direct, missing(&[&fence])),
+            (&no_fence, Relay, Ok(Mode::Relay)),
+            (&no_fence, Setting::Off, Err(Off::Asked)),
+            (&old, Auto, missing(&[&addfd])),
+            (&old, Direct, missing(&[&addfd, &fence])),
+            (&old, Relay, missing(&[&addfd])),
+        ];
+        for (probe, setting, expected) in table {
+            assert_eq!(&probe.mode(*setting), expected, "{probe:?} {setting:?}");
+        }
+    }
+
+    #[test]
+    fn check_says_how_the_path_runs_and_refuses_protocol_tcp_without_it() {
         let origin = PolicyOrigin::BuiltinDefault;
         let text = "version: 1\nnetwork_policies:\n  r:\n    endpoints: [{ host: redis.example, \
                     port: 6379, protocol: tcp }]\n    binaries: [{ path: /usr/bin/redis-cli }]\n";
@@ -172,26 +330,54 @@ mod tests {
             Path::new("/w"),
         )
         .unwrap();
-        let old = Probe {
-            missing: vec!["Landlock ABI 4 (Linux 6.7; this kernel has 2)".to_owned()],
+        let no_fence = Probe {
+            no_fence: Some("Landlock ABI 4 (Linux 6.7; this kernel has 2)".to_owned()),
             addfd_send: true,
+            ..Probe::default()
         };
-        let (mut out, mut problems) = (String::new(), Vec::new());
-        describe(&mut out, &mut problems, &policy, &old);
+        let old = Probe {
+            missing: vec!["pidfd_getfd (Linux 5.6)".to_owned()],
+            ..no_fence.clone()
+        };
+        let describe = |probe: &Probe, setting| {
+            let (mut out, mut problems) = (String::new(), Vec::new());
+            describe(&mut out, &mut problems, &policy, probe, setting);
+            (out, problems)
+        };
+        let (out, problems) = describe(&Probe::default(), Setting::Auto);
+        assert!(out.contains("transparent egress: direct ("), "{out}");
+        assert!(problems.is_empty(), "{problems:?}");
+        let (out, problems) = describe(&no_fence, Setting::Auto);
         assert!(
-            out.contains("transparent egress: OFF, this kernel lacks: Landlock ABI 4"),
+            out.contains("transparent egress: relayed (this kernel lacks Landlock ABI 4"),
+            "{out}"
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let (out, problems) = describe(&Probe::default(), Setting::Relay);
+        assert!(
+            out.contains(&format!("transparent egress: relayed ({SETTING_VAR}=relay)")),
+            "{out}"
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let (out, problems) = describe(&old, Setting::Auto);
+        assert!(
+            out.contains("transparent egress: OFF (this kernel lacks pidfd_getfd"),
             "{out}"
         );
         assert_eq!(
             problems,
-            [
-                "protocol: tcp endpoints (redis.example) need transparent egress, which this \
-              kernel cannot provide"
-            ]
+            ["protocol: tcp endpoints (redis.example) need transparent egress, which is off here"]
         );
-        let (mut out, mut problems) = (String::new(), Vec::new());
-        describe(&mut out, &mut problems, &policy, &Probe::default());
-        assert!(out.contains("transparent egress: on"), "{out}");
-        assert!(problems.is_empty());
+        let (_, problems) = describe(&Probe::default(), Setting::Off);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (out, problems) = describe(&no_fence, Setting::Direct);
+        assert!(out.contains("transparent egress: OFF (this kernel lacks Landlock ABI 4"));
+        assert_eq!(
+            problems,
+            [format!(
+                "{SETTING_VAR}=direct, and transparent egress cannot run here (this kernel \
+                 lacks Landlock ABI 4 (Linux 6.7; this kernel has 2))"
+            )]
+        );
     }
 }

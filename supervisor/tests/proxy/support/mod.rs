@@ -510,6 +510,27 @@ pub fn transparent_on(run: &Run, detail: &str) -> bool {
     require_kernel(!off, &format!("transparent egress ({detail})"))
 }
 
+/// As [`transparent_on`], for a test of what only the direct path does (the agent holds the
+/// server's connection): false too when the kernel lacks the TCP fence, so the supervisor
+/// relays instead (and said so).
+pub fn transparent_direct(run: &Run, detail: &str) -> bool {
+    transparent_on(run, detail)
+        && require_kernel(
+            run.messages("TRANSPARENT EGRESS RELAYED").is_empty(),
+            &format!("direct transparent egress, Landlock ABI 4 ({detail})"),
+        )
+}
+
+/// Whether the supervisor said it relays `run`'s direct connections: asked to, or for want
+/// of the TCP fence.
+pub fn relayed(run: &Run) -> bool {
+    !run.messages("transparent egress relayed").is_empty()
+        || !run.messages("TRANSPARENT EGRESS RELAYED").is_empty()
+}
+
+/// The variable that chooses how the transparent path runs (auto, direct, relay, off).
+pub const EGRESS_SETTING: &str = "OPENSHELL_TRANSPARENT_EGRESS";
+
 /// `VmHWM` (peak resident set, KiB) from a `/proc/PID/status` file.
 fn high_water_mark(status_file: &str) -> Option<u64> {
     let status = std::fs::read_to_string(status_file).ok()?;

@@ -51,7 +51,13 @@ pub fn report(origin: policy::PolicyOrigin, workdir: &Path) -> (String, bool) {
     describe_seccomp(&mut out, &kernel);
     match transparent::Setting::from_env() {
         Ok(setting) => {
-            transparent::describe(&mut out, &mut problems, &policy, &kernel.transparent, setting);
+            transparent::describe(
+                &mut out,
+                &mut problems,
+                &policy,
+                &kernel.transparent,
+                setting,
+            );
         }
         Err(e) => problems.push(e),
     }

@@ -51,6 +51,9 @@ Environment:
   OPENSHELL_SANDBOX_UID/GID   the agent's uid/gid, overriding the policy
   OPENSHELL_GRACE_PERIOD      seconds between SIGTERM and SIGKILL (default 10)
   OPENSHELL_LOG_FILE          log file (same as --log-file)
+  OPENSHELL_TRANSPARENT_EGRESS
+                              auto (default), direct, relay or off: how the agent's own
+                              connections meet the policy (see `check`)
   OPENSHELL_* variables configure the supervisor and are not passed to the agent.
 
 Example:

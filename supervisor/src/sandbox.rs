@@ -89,7 +89,10 @@ pub enum SandboxError {
 
 fn transparent_needed(endpoints: &str, why: &str) -> String {
     match endpoints.is_empty() {
-        true => format!("{}=direct, and transparent egress cannot run: {why}", probe::SETTING_VAR),
+        true => format!(
+            "{}=direct, and transparent egress cannot run: {why}",
+            probe::SETTING_VAR
+        ),
         false => format!(
             "the policy has protocol: tcp endpoints ({endpoints}), which need transparent \
              egress, and it cannot run: {why}"

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::{Lab, Upstream, python, rule, transparent_on};
+use crate::support::{EGRESS_SETTING, Lab, Upstream, python, rule, transparent_on};
 
 const PORT: u16 = 9000;
 
@@ -164,11 +164,13 @@ fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
         return;
     };
     let target = format!("api.test.example:{PORT}");
-    for cork in ["0", "1"] {
+    // Handed over where the kernel can, and relayed, where the proxy also checks that the
+    // connection comes from the recorded socket.
+    let rounds = [("auto", "0"), ("auto", "1"), ("relay", "0")];
+    for (setting, cork) in rounds {
+        let sandbox = lab.sandbox(&policy).env(EGRESS_SETTING, setting);
         // Baseline: the allowed binary lends to itself; the tunnel works.
-        let run = lab
-            .sandbox(&policy)
-            .run(&[&allowed, "agent.py", "lend", &allowed, &target, cork]);
+        let run = sandbox.run(&[&allowed, "agent.py", "lend", &allowed, &target, cork]);
         if !transparent_on(&run, "identity recorded at connect") {
             return;
         }
@@ -182,9 +184,7 @@ fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
             "baseline, cork={cork}: {run}"
         );
         // The attack: python (not allowed) connects, the allowed copy sends (or uncorks).
-        let run = lab
-            .sandbox(&policy)
-            .agent(&["lend", &allowed, &target, cork]);
+        let run = sandbox.agent(&["lend", &allowed, &target, cork]);
         let result = run.json();
         assert_eq!(result["connect"]["status"], 403, "cork={cork}: {run}");
         let denied = run.events("denied", "proxy");
@@ -195,7 +195,7 @@ fn a_lent_socket_is_credited_to_the_process_that_connected_it() {
     }
     assert_eq!(
         upstream.requests_on(PORT),
-        ["GET /lent HTTP/1.1", "GET /lent HTTP/1.1"],
+        vec!["GET /lent HTTP/1.1"; rounds.len()],
         "only the baselines' tunnels carried a request"
     );
 }

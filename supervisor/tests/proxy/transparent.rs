@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    EGRESS_SETTING, HOST, HOST_V6, Lab, METADATA, NAMESERVER, Nameserver, Side, Upstream,
-    python, relayed, rule, transparent_direct, transparent_on,
+    EGRESS_SETTING, HOST, HOST_V6, Lab, METADATA, NAMESERVER, Nameserver, Side, Upstream, python,
+    relayed, rule, transparent_direct, transparent_on,
 };
 
 const PORT: u16 = 9000;

@@ -599,13 +599,16 @@ mod tests {
         };
         // By address alone (what a record without the socket trusts), the impostor is the
         // recorded caller: the attack works.
-        assert_eq!(credited(None).unwrap(), [allowed.clone()]);
+        assert_eq!(credited(None).unwrap(), vec![allowed.clone()]);
         assert!(matches!(
             credited(Some(inode(&recorded))),
             Err(CallerError::Impostor)
         ));
         // The socket recorded is the one connected: credited.
-        assert_eq!(credited(Some(inode(&impostor))).unwrap(), [allowed.clone()]);
+        assert_eq!(
+            credited(Some(inode(&impostor))).unwrap(),
+            vec![allowed.clone()]
+        );
         // Closed before the proxy asked: nobody to credit.
         drop(impostor);
         assert!(matches!(

@@ -16,7 +16,8 @@
 //!
 //! A second ruleset rather than rights added to the filesystem one: it can be checked on
 //! its own (a TCP connect to the sandbox's loopback must fail with EACCES) and exists only
-//! when the transparent path does.
+//! when the transparent path hands connections over (`Mode::Direct`); a relaying path hands out
+//! no socket of the pod, and checks the socket behind each connection instead (handoff.rs).
 
 use std::os::fd::AsRawFd;
 

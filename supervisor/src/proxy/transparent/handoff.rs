@@ -1,4 +1,6 @@
-//! Direct connections to inspected endpoints: handed to the L7 engine instead of dialled.
+//! Direct connections to inspected endpoints: handed to the L7 engine instead of dialled; and,
+//! on a relaying path (no TCP fence), every allowed direct connection, relayed to the address
+//! the agent chose ([`Route::Relay`]).
 //!
 //! A connection handed out directly carries whatever the agent sends, so an endpoint with L7
 //! rules is never reached that way. The agent's `connect()` instead connects its own socket
@@ -18,12 +20,11 @@
 //!
 //! What makes the entry trustworthy: the destination is the one the supervisor read from the
 //! call and the chain is the thread in the call, never anything the agent sends. Only the
-//! supervisor ever connects to the listener (the agent's own `connect()` to it is refused by
-//! the transparent path, and the TCP fence refuses any TCP connect made in the agent's
-//! context), an entry is made only for a local address no other entry holds, and the kernel
-//! keeps at most one connection per address pair: so the connection accepted from an
-//! address is the agent socket registered under it, and no other socket or process can
-//! claim its entry. Entries are removed when claimed or when the connect fails; the table is
+//! supervisor connects to the listener (the agent's own `connect()` to it is refused by the
+//! transparent path, and where the TCP fence exists it refuses any TCP connect made in the
+//! agent's context), an entry is made only for a local address no other entry holds, and the
+//! connection claiming it must come from the very socket registered (its inode, asked of
+//! `sock_diag`): so no other socket or process can claim an entry, fence or no fence. Entries are removed when claimed or when the connect fails; the table is
 //! bounded (stale entries, whose connection never arrived, go first when it is full).
 //!
 //! The caller's binaries are pinned at `connect()`, as for a connection dialled directly, and

@@ -28,6 +28,13 @@
 //! pod's address (any server the agent reaches can tell it that, too); `SO_BINDTODEVICE` can
 //! only move the flow to another interface of the pod, towards the same server.
 //!
+//! Relayed ([`Mode::Relay`], for kernels without the fence): no socket of the pod is handed
+//! out. An allowed connection goes the way of an inspected one, to the hand-off listener, and
+//! the relay there dials the address the agent chose: the same decision, pins and address guard,
+//! the bytes through the supervisor. Without the fence a process can slip a TCP connect of its
+//! own past the supervisor, so the hand-off listener and the proxy take a connection only from
+//! the very socket registered or recorded at `connect()` (its inode), not from its address.
+//!
 //! Limits: an agent socket bound before `connect()` loses its binding (the connection is a
 //! new socket); an epoll registration made before `connect()` stays with the old socket (no
 //! event loop we know does that, except Netty's native transport); options set after

@@ -355,7 +355,9 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let (out, problems) = describe(&Probe::default(), Setting::Relay);
         assert!(
-            out.contains(&format!("transparent egress: relayed ({SETTING_VAR}=relay)")),
+            out.contains(&format!(
+                "transparent egress: relayed ({SETTING_VAR}=relay)"
+            )),
             "{out}"
         );
         assert!(problems.is_empty(), "{problems:?}");

@@ -36,6 +36,12 @@ hostname matrix
 ip link set lo up
 ip route add default dev lo
 
+# The modules a node would load on demand (matrix.sh says which): sock_diag for TCP, which
+# relayed transparent egress needs.
+for module in inet_diag tcp_diag; do
+  insmod "/lib/modules-matrix/$module.ko" || echo "MATRIX-INFO cannot load $module"
+done
+
 # Set by matrix.sh on the kernel command line: which configuration this boot is, and the
 # kernel features the tests may skip on it because the kernel lacks them.
 case "${matrix:-}" in

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kernel matrix, for real: boots Debian 12's own 6.1 cloud kernel under QEMU (TCG: KVM
 # fails on these nested machines) with an initramfs of static builds (busybox, the supervisor,
-# the escape probe and the escape/behaviour/view test suites) and runs the suites as root:
+# the escape probe, fetch-direct and the escape/behaviour/view test suites) and runs the suites as root:
 #   shipped     6.1 as Debian ships it: Landlock ABI 2 (no truncate right), no vm.memfd_noexec
 #   nolandlock  6.1 booted with an lsm= list without landlock, like RHEL 9 before 9.6
 # The machine's own kernel is the third column: `make test-unit` runs the same suites there.
@@ -49,14 +49,19 @@ kernel() {
     package="$(newest_kernel_package)"
   fi
   [[ -n $package ]] || die "no linux-image-6.1.0-*-cloud-amd64-unsigned package (apt-get update?)"
-  if [[ ! -f $WORK/$package/vmlinuz ]]; then
+  if [[ ! -f $WORK/$package/vmlinuz || ! -f $WORK/$package/modules/tcp_diag.ko ]]; then
     say "downloading $package" >&2
-    rm -rf "$WORK/download" && mkdir -p "$WORK/download" "$WORK/$package"
+    rm -rf "$WORK/download" && mkdir -p "$WORK/download" "$WORK/$package/modules"
     # (apt warns that root downloads unsandboxed into a directory _apt cannot write: fine.)
     (cd "$WORK/download" && apt-get download -q "$package" 2>/dev/null >&2)
     deb="$(ls "$WORK/download"/*.deb)"
     dpkg-deb -x "$deb" "$WORK/download/x"
     cp "$WORK/download"/x/boot/vmlinuz-* "$WORK/$package/vmlinuz"
+    # sock_diag for TCP is modular in Debian's kernel; a node loads it on first use, which an
+    # initramfs without modules cannot (init.sh loads these, in this order).
+    for module in inet_diag tcp_diag; do
+      cp "$(find "$WORK/download/x/lib/modules" -name "$module.ko")" "$WORK/$package/modules/"
+    done
     rm -rf "$WORK/download"
   fi
   echo "$WORK/$package/vmlinuz"
@@ -95,13 +100,17 @@ initramfs() {
   for name in escape behaviour view; do
     [[ -x $root/t/debug/deps/$name ]] || die "test suite $name was not built"
   done
-  strip --strip-debug -o "$root/t/debug/escape-probe" "$REPO/target/$MUSL_TARGET/debug/escape-probe"
+  for helper in escape-probe fetch-direct; do
+    strip --strip-debug -o "$root/t/debug/$helper" "$REPO/target/$MUSL_TARGET/debug/$helper"
+  done
   strip --strip-debug -o "$root/t/debug/openshell-sandbox" "$SANDBOX"
   # The behaviour tests read the shipped policies where they were compiled (as
   # $REPO/tests/../policies).
   mkdir -p "$root$REPO/policies" "$root$REPO/tests"
   cp "$REPO"/policies/*.yaml "$root$REPO/policies/"
   cp "$REPO/tests/kernels/init.sh" "$root/init"
+  mkdir -p "$root/lib/modules-matrix"
+  cp "$(dirname "$vmlinuz")"/modules/*.ko "$root/lib/modules-matrix/"
   (cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$WORK/initrd.gz"
   rm -rf "$root"
 }

@@ -875,3 +875,144 @@ fn denial_line_is_written_before_the_supervisor_exits() {
         text.trim_start_matches('\0')
     );
 }
+
+/// An address of the pod's network namespace that the sandbox's own namespace does not have:
+/// a server there is outside the sandbox, as any server is.
+const POD_ADDRESS: &str = "10.77.0.1";
+
+/// A minimal HTTP server on `POD_ADDRESS:port` (in the calling thread's network namespace)
+/// that answers 200 and keeps each request line.
+fn http_server(port: u16) -> Arc<Mutex<Vec<String>>> {
+    let listener = std::net::TcpListener::bind((POD_ADDRESS, port)).expect("bind the server");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for mut client in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let line = head.lines().next().unwrap_or("").to_owned();
+            kept.lock().expect("requests").push(line);
+            let _ = client.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    seen
+}
+
+/// The agent's own connections meet the policy on this kernel: handed over where it has the
+/// TCP fence (Landlock ABI 4), relayed where it has not (the kernel matrix's 6.1, with and
+/// without Landlock). A program without proxy support reaches the allowed port of a server in
+/// the pod's namespace; the other port, which it reaches unconfined, sees nothing, and the
+/// refusal is logged with the program.
+#[test]
+fn the_agents_own_connections_meet_the_policy_handed_over_or_relayed() {
+    // On a thread of its own, in a network namespace of its own (the pod's); what it starts
+    // (`ip`, the supervisor, the baseline) starts there too.
+    let outcome = std::thread::spawn(|| {
+        // SAFETY: unshare with a constant flag, on this thread only (a network namespace may
+        // be left by one thread of a multithreaded process).
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", &format!("{POD_ADDRESS}/32"), "dev", "lo"],
+        ] {
+            let status = Command::new("ip").args(args).status().expect("ip");
+            assert!(status.success(), "ip {args:?}");
+        }
+        own_connections_in_this_namespace();
+    })
+    .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn own_connections_in_this_namespace() {
+    let (allowed, other) = (8080, 8081);
+    let (to_allowed, to_other) = (http_server(allowed), http_server(other));
+    let client = bin("fetch-direct").display().to_string();
+    let fetch = |port: u16, path: &str| {
+        vec![
+            client.clone(),
+            POD_ADDRESS.to_owned(),
+            port.to_string(),
+            path.to_owned(),
+        ]
+    };
+    // Unconfined, the other port answers too.
+    let baseline = fetch(other, "/baseline");
+    let out = Command::new(&baseline[0])
+        .args(&baseline[1..])
+        .output()
+        .expect("the baseline");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("HTTP/1.1 200 OK"),
+        "unconfined: {out:?}"
+    );
+    assert_eq!(
+        *to_other.lock().expect("requests"),
+        ["GET /baseline HTTP/1.1"]
+    );
+    let sandbox = Sandbox::new(&format!(
+        "network_policies:\n  pod_server:\n    endpoints:\n      - {{ host: \"{POD_ADDRESS}\", \
+         port: {allowed}, allowed_ips: [\"{POD_ADDRESS}/32\"] }}\n    binaries:\n      - {{ \
+         path: {client} }}\n"
+    ));
+    for (round, setting) in ["auto", "relay"].into_iter().enumerate() {
+        let run = |argv: &[String]| {
+            let mut command = sandbox.command(&["--"]);
+            command
+                .args(argv)
+                .env("OPENSHELL_TRANSPARENT_EGRESS", setting);
+            run::run(&mut command, Stdin::Null)
+        };
+        let out = run(&fetch(allowed, "/allowed"));
+        let said = |text: &str| {
+            out.log()
+                .iter()
+                .any(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+        };
+        let off = said("TRANSPARENT EGRESS OFF");
+        if !openshell_tests::require_kernel(!off, "transparent egress (seccomp ADDFD, pidfd_getfd)")
+        {
+            return;
+        }
+        let relayed = said("TRANSPARENT EGRESS RELAYED") || said("transparent egress relayed");
+        assert_eq!(out.code(), 0, "{setting}: {out:?}");
+        // The agent's peer: the server, or relayed, the supervisor's hand-off listener.
+        let peer = match relayed {
+            false => format!("{POD_ADDRESS}:{allowed}"),
+            true => "127.0.0.1:".to_owned(),
+        };
+        assert!(
+            out.stdout
+                .starts_with(&format!("HTTP/1.1 200 OK from {peer}")),
+            "{setting}: {out:?}"
+        );
+        assert_eq!(
+            *to_allowed.lock().expect("requests"),
+            vec!["GET /allowed HTTP/1.1"; round + 1]
+        );
+        let out = run(&fetch(other, "/refused"));
+        assert_eq!(out.code(), 1, "{setting}: {out:?}");
+        assert!(
+            out.stdout.contains("Connection refused"),
+            "{setting}: {out:?}"
+        );
+        let denials = out.denials();
+        assert!(
+            denials.len() == 1
+                && denials[0]["layer"] == "network"
+                && denials[0]["exe"] == client.as_str(),
+            "{setting}: {out:?}"
+        );
+        assert_eq!(
+            *to_other.lock().expect("requests"),
+            ["GET /baseline HTTP/1.1"],
+            "only the baseline reached the other port"
+        );
+    }
+}

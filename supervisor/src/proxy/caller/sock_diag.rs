@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const INET_DIAG_NOCOOKIE: u32 = !0;
 
@@ -87,18 +88,19 @@ fn words(ip: IpAddr) -> [u32; 4] {
     }
 }
 
-/// Looks up the inode of the TCP socket `local` → `remote` in the diag socket's namespace.
-pub fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io::Result<u64> {
-    #[repr(C)]
-    struct Request {
-        header: NlMsgHdr,
-        body: InetDiagReqV2,
-    }
-    let request = Request {
+#[repr(C)]
+struct Request {
+    header: NlMsgHdr,
+    body: InetDiagReqV2,
+}
+
+/// A TCP request about `local` → `remote` in the given `states` (a bit per TCP state).
+fn request(flags: u16, states: u32, local: SocketAddr, remote: SocketAddr) -> Request {
+    Request {
         header: NlMsgHdr {
             len: size_of::<Request>() as u32,
             kind: SOCK_DIAG_BY_FAMILY,
-            flags: NLM_F_REQUEST,
+            flags,
             seq: 1,
             pid: 0,
         },
@@ -111,7 +113,7 @@ pub fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io
             protocol: libc::IPPROTO_TCP as u8,
             ext: 0,
             pad: 0,
-            states: !0,
+            states,
             id: InetDiagSockId {
                 sport: local.port().to_be(),
                 dport: remote.port().to_be(),
@@ -121,14 +123,19 @@ pub fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io
                 cookie: [INET_DIAG_NOCOOKIE; 2],
             },
         },
-    };
+    }
+}
+
+/// Sends `request` and receives the first message of the reply: its bytes and length, or the
+/// error the kernel answered.
+fn exchange(diag: &OwnedFd, request: &Request) -> io::Result<([u64; 128], usize)> {
     // SAFETY: sends the request struct's bytes to the kernel (destination: the kernel, pid 0).
     let sent = unsafe {
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
         kernel.nl_family = libc::AF_NETLINK as u16;
         libc::sendto(
             diag.as_raw_fd(),
-            (&request as *const Request).cast(),
+            (request as *const Request).cast(),
             size_of::<Request>(),
             0,
             (&kernel as *const libc::sockaddr_nl).cast(),
@@ -164,7 +171,13 @@ pub fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io
         };
         return Err(io::Error::from_raw_os_error(-errno));
     }
-    if (got as usize) < size_of::<NlMsgHdr>() + size_of::<InetDiagMsg>() {
+    Ok((reply, got as usize))
+}
+
+/// Looks up the inode of the TCP socket `local` → `remote` in the diag socket's namespace.
+pub fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io::Result<u64> {
+    let (reply, got) = exchange(diag, &request(NLM_F_REQUEST, !0, local, remote))?;
+    if got < size_of::<NlMsgHdr>() + size_of::<InetDiagMsg>() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "short sock_diag reply",
@@ -179,6 +192,16 @@ pub fn socket_inode(diag: &OwnedFd, local: SocketAddr, remote: SocketAddr) -> io
             .cast::<InetDiagMsg>()
     };
     Ok(u64::from(msg.inode))
+}
+
+/// Whether this kernel answers `sock_diag` about TCP sockets: without its `inet_diag` and
+/// `tcp_diag` (modules on many distribution kernels, loaded on first use where the node can
+/// load modules) every question fails with ENOENT, as if no socket existed. Asks for the
+/// sockets in no state at all, which costs nothing.
+pub fn tcp_available() -> io::Result<()> {
+    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+    let dump = request(NLM_F_REQUEST | NLM_F_DUMP, 0, any, any);
+    exchange(&diag_socket()?, &dump).map(drop)
 }
 
 #[cfg(test)]
@@ -205,5 +228,7 @@ mod tests {
             "127.0.0.1:2".parse().unwrap(),
         );
         assert_eq!(missing.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        // The machine this runs on answers about TCP sockets (the lookup above found one).
+        tcp_available().unwrap();
     }
 }

@@ -21,10 +21,13 @@
 //! What makes the entry trustworthy: the destination is the one the supervisor read from the
 //! call and the chain is the thread in the call, never anything the agent sends. Only the
 //! supervisor connects to the listener (the agent's own `connect()` to it is refused by the
-//! transparent path, and where the TCP fence exists it refuses any TCP connect made in the
-//! agent's context), an entry is made only for a local address no other entry holds, and the
-//! connection claiming it must come from the very socket registered (its inode, asked of
-//! `sock_diag`): so no other socket or process can claim an entry, fence or no fence. Entries are removed when claimed or when the connect fails; the table is
+//! transparent path, and the TCP fence refuses any TCP connect made in the agent's context),
+//! an entry is made only for a local address no other entry holds, and the kernel keeps at
+//! most one connection per address pair: so the connection accepted from an address is the
+//! agent socket registered under it. Without the fence (a relaying path) a process can slip a
+//! connect of its own past the supervisor, so there the connection claiming an entry must
+//! also come from the very socket registered (its inode, asked of `sock_diag`): no other
+//! socket or process can claim an entry, fence or no fence. Entries are removed when claimed or when the connect fails; the table is
 //! bounded (stale entries, whose connection never arrived, go first when it is full).
 //!
 //! The caller's binaries are pinned at `connect()`, as for a connection dialled directly, and
@@ -91,20 +94,20 @@ pub struct Pending {
     pub hosts: Vec<String>,
     /// The caller (the thread in the `connect()` call) and the ancestors credited with it.
     pub chain: Vec<Process>,
-    /// The inode of the agent's socket: only a connection from that very socket claims the
-    /// entry.
-    socket: u64,
+    /// Without the TCP fence, the inode of the agent's socket: only a connection from that
+    /// very socket claims the entry.
+    socket: Option<u64>,
     route: Route,
     at: Instant,
 }
 
 impl Pending {
-    /// An entry made now for the agent's socket whose inode is `socket`.
+    /// An entry made now for the agent's socket, whose inode `socket` is to be checked.
     pub fn new(
         to: SocketAddr,
         hosts: Vec<String>,
         chain: Vec<Process>,
-        socket: u64,
+        socket: Option<u64>,
         route: Route,
     ) -> Pending {
         Pending {
@@ -229,7 +232,9 @@ pub async fn serve(
         tracing::debug!(layer = "transparent", %peer, "hand-off connection with no entry");
         return;
     };
-    if let Err(why) = same_socket(&shared, &pending, &client, peer) {
+    if let Some(socket) = pending.socket
+        && let Err(why) = same_socket(&shared, socket, &client, peer)
+    {
         return refuse(&shared, &pending, None, &why);
     }
     let _ = client.set_nodelay(true);
@@ -308,8 +313,8 @@ pub async fn serve(
     }
 }
 
-/// Whether the connection accepted from `peer` comes from the agent's socket that `pending`
-/// was made for. Without the TCP fence (a relaying path) a process of the sandbox can slip a
+/// Whether the connection accepted from `peer` comes from the agent's socket whose inode is
+/// `socket`. Without the TCP fence (a relaying path) a process of the sandbox can slip a
 /// TCP connect of its own past the supervisor (in the instant between the check and the
 /// kernel's second read of a let-through unix `connect()`), from an address that it shares
 /// with the registered socket (`SO_REUSEADDR`, `SO_REUSEPORT`) or that the registered socket
@@ -317,12 +322,12 @@ pub async fn serve(
 /// credit. The socket's inode cannot be shared.
 fn same_socket(
     shared: &Shared,
-    pending: &Pending,
+    socket: u64,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Result<(), String> {
     let listener = client.local_addr().map_err(|e| e.to_string())?;
-    match shared.identifier.comes_from(peer, listener, pending.socket) {
+    match shared.identifier.comes_from(peer, listener, socket) {
         Ok(()) => Ok(()),
         Err(CallerError::Impostor) => Err(format!(
             "the connection to the hand-off listener came from {peer} but not from the socket \
@@ -528,7 +533,7 @@ mod tests {
             "203.0.113.2:443".parse().unwrap(),
             vec!["api.example.com".into()],
             Vec::new(),
-            1,
+            None,
             Route::Inspect,
         )
     }

@@ -676,9 +676,13 @@ impl Transparent {
             Ok(local) => local,
             Err(e) => return notice.fail(e as i32),
         };
-        let socket = match nix::sys::stat::fstat(agent.as_fd()) {
-            Ok(st) => st.st_ino,
-            Err(e) => return notice.fail(e as i32),
+        // Without the fence, the connection must be proven to come from this very socket.
+        let socket = match self.mode {
+            Mode::Direct => None,
+            Mode::Relay => match nix::sys::stat::fstat(agent.as_fd()) {
+                Ok(st) => Some(st.st_ino),
+                Err(e) => return notice.fail(e as i32),
+            },
         };
         let pending = Pending::new(to, hosts, chain, socket, route);
         if let Err(e) = handoff.register(local, pending) {

@@ -83,6 +83,10 @@ pub struct Probe {
     pub missing: Vec<String>,
     /// Why there is no TCP fence, when there is none: the path can then only relay.
     pub no_fence: Option<String>,
+    /// Why the supervisor cannot ask `sock_diag` about TCP sockets, when it cannot: the path
+    /// can then not relay (a relayed connection must be proven to come from the socket the
+    /// supervisor connected).
+    pub no_diag: Option<String>,
     /// Whether `SECCOMP_IOCTL_NOTIF_ADDFD` takes the SEND flag (Linux 5.14); reported, not
     /// needed (SEND would make `connect()` return the fd number).
     pub addfd_send: bool,
@@ -122,9 +126,18 @@ pub fn probe(notify: bool, landlock_abi: i32) -> Probe {
             fence::MIN_ABI
         )
     });
+    let no_diag = crate::proxy::caller::sock_diag::tcp_available()
+        .err()
+        .map(|e| {
+            format!(
+                "sock_diag for TCP sockets (inet_diag and tcp_diag; {e}): without the fence, the \
+                 relay must ask it which socket made each connection"
+            )
+        });
     Probe {
         missing,
         no_fence,
+        no_diag,
         addfd_send,
     }
 }
@@ -142,8 +155,15 @@ impl Probe {
             }
             return Err(Off::Missing(missing));
         }
+        let relay = || match &self.no_diag {
+            None => Ok(Mode::Relay),
+            Some(no_diag) => {
+                let no_fence = self.no_fence.iter().filter(|_| setting == Setting::Auto);
+                Err(Off::Missing(no_fence.chain([no_diag]).cloned().collect()))
+            }
+        };
         match (setting, &self.no_fence) {
-            (Setting::Relay, _) | (Setting::Auto, Some(_)) => Ok(Mode::Relay),
+            (Setting::Relay, _) | (Setting::Auto, Some(_)) => relay(),
             (Setting::Direct, Some(no_fence)) => Err(Off::Missing(vec![no_fence.clone()])),
             _ => Ok(Mode::Direct),
         }
@@ -299,6 +319,16 @@ mod tests {
             no_fence: Some(fence.clone()),
             ..Probe::default()
         };
+        let diag = "sock_diag for TCP sockets".to_owned();
+        let no_diag = Probe {
+            no_diag: Some(diag.clone()),
+            ..Probe::default()
+        };
+        let neither = Probe {
+            no_fence: Some(fence.clone()),
+            no_diag: Some(diag.clone()),
+            ..Probe::default()
+        };
         use Setting::{Auto, Direct, Relay};
         let missing = |m: &[&String]| Err(Off::Missing(m.iter().map(|s| (*s).clone()).collect()));
         let table: &[(&Probe, Setting, Result<Mode, Off>)] = &[
@@ -313,6 +343,12 @@ mod tests {
             (&old, Auto, missing(&[&addfd])),
             (&old, Direct, missing(&[&addfd, &fence])),
             (&old, Relay, missing(&[&addfd])),
+            // Relaying needs sock_diag; handing over does not.
+            (&no_diag, Auto, Ok(Mode::Direct)),
+            (&no_diag, Relay, missing(&[&diag])),
+            (&neither, Auto, missing(&[&fence, &diag])),
+            (&neither, Direct, missing(&[&fence])),
+            (&neither, Relay, missing(&[&diag])),
         ];
         for (probe, setting, expected) in table {
             assert_eq!(&probe.mode(*setting), expected, "{probe:?} {setting:?}");

@@ -12,6 +12,8 @@
 #   direct       from the pod namespace, as root
 #   transparent  inside the sandbox (release build, started in the pod namespace), with no
 #                proxy: the connect() is intercepted and the real connection handed over
+#   relayed      inside the sandbox with OPENSHELL_TRANSPARENT_EGRESS=relay (what a kernel without
+#                the TCP fence gets): the connection relayed by the supervisor (for the record)
 #   connect      inside the sandbox through the proxy's CONNECT tunnel (for the record)
 #   baseline     with BASELINE=PATH (another supervisor binary, e.g. main's), its transparent
 #                and CONNECT figures in the same rounds, for before/after comparisons
@@ -79,13 +81,16 @@ network_policies:
     binaries: [{ path: /usr/bin/curl }, { path: $dir/proxy-load }]
 EOF
 
-# nsenter and env exec: the supervisor (BINARY) runs the command in the pod namespace.
+# nsenter and env exec: the supervisor (BINARY) runs the command in the pod namespace, with
+# the supervisor's variables in SANDBOX_ENV (NAME=VALUE words).
 sandbox_with() { # BINARY, then the command
     local binary=$1
     shift
-    nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin "$binary" --policy "$dir/policy.yaml" \
-        --workdir "$dir" --log-format json -- "$@" 2>>"$dir/supervisor.log"
+    # shellcheck disable=SC2086 # SANDBOX_ENV is a list of words
+    nsenter --net="/run/netns/$pod" env -i PATH=/usr/bin:/bin ${SANDBOX_ENV:-} "$binary" \
+        --policy "$dir/policy.yaml" --workdir "$dir" --log-format json -- "$@" 2>>"$dir/supervisor.log"
 }
+relayed=OPENSHELL_TRANSPARENT_EGRESS=relay
 
 curl_bulk=(curl -sS -o /dev/null -w '%{size_download} %{speed_download}\n')
 bulk() { [[ ${SKIP_BULK:-} == 1 ]] || bench_bulk "$@"; }
@@ -101,9 +106,11 @@ step() { # one measurement, by name; NAME_baseline is NAME with the BASELINE bin
     case $name in
     bulk_direct) bulk "$tag" in_pod "${curl_bulk[@]}" "$url/bulk" ;;
     bulk_transparent) bulk "$tag" "${sandbox[@]}" "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
+    bulk_relayed) SANDBOX_ENV=$relayed bulk "$tag" "${sandbox[@]}" "${curl_bulk[@]}" --noproxy '*' "$url/bulk" ;;
     bulk_connect) bulk "$tag" "${sandbox[@]}" "${curl_bulk[@]}" -p "$url/bulk" ;;
     rate_direct) bench_load "$1" in_pod "$dir/proxy-load" "${rate[@]}" ;;
     rate_transparent) bench_load "$1" "${sandbox[@]}" ./proxy-load "${rate[@]}" ;;
+    rate_relayed) SANDBOX_ENV=$relayed bench_load "$1" "${sandbox[@]}" ./proxy-load "${rate[@]}" ;;
     rate_connect) bench_load "$1" "${sandbox[@]}" ./proxy-load "${rate[@]}" 127.0.0.1:3128 ;;
     dns_direct) bench_load "$1" in_pod "$dir/proxy-load" "${resolve[@]}" ;;
     dns_policy) bench_load "$1" "${sandbox[@]}" ./proxy-load "${resolve[@]}" ;;
@@ -118,9 +125,9 @@ step() { # one measurement, by name; NAME_baseline is NAME with the BASELINE bin
 # a run measured second was seen to be 5-10% slower or faster than the same run measured first.
 # With BASELINE, each sandboxed figure is also taken with that binary, right after this one's.
 steps=()
-for name in bulk_direct bulk_transparent bulk_connect rate_direct rate_transparent rate_connect dns_direct dns_policy fresh_direct fresh_policy; do
+for name in bulk_direct bulk_transparent bulk_relayed bulk_connect rate_direct rate_transparent rate_relayed rate_connect dns_direct dns_policy fresh_direct fresh_policy; do
     steps+=("$name")
-    if [[ -n ${BASELINE:-} && $name != *_direct ]]; then steps+=("${name}_baseline"); fi
+    if [[ -n ${BASELINE:-} && $name != *_direct && $name != *_relayed ]]; then steps+=("${name}_baseline"); fi
 done
 echo "rounds: $runs (bulk $size_mb MiB; $rate_count connections and $dns_count lookups per run; $workers workers)"
 for ((round = 1; round <= runs; round++)); do
@@ -159,9 +166,11 @@ def baseline(name):
 rows = [
     ("bulk direct", "bulk_direct", "MB/s"),
     ("bulk transparent", "bulk_transparent", "MB/s"),
+    ("bulk relayed", "bulk_relayed", "MB/s"),
     ("bulk CONNECT", "bulk_connect", "MB/s"),
     ("new connections direct", "rate_direct_per_second", "/s"),
     ("new connections transparent", "rate_transparent_per_second", "/s"),
+    ("new connections relayed", "rate_relayed_per_second", "/s"),
     ("new connections CONNECT", "rate_connect_per_second", "/s"),
     ("lookups direct (dnsmasq)", "dns_direct_per_second", "/s"),
     ("lookups policy resolver", "dns_policy_per_second", "/s"),
@@ -176,6 +185,8 @@ ratio("bulk transparent / direct", "bulk_transparent", "bulk_direct", 0.97)
 ratio("connections transparent / direct", "rate_transparent_per_second", "rate_direct_per_second", 0.5)
 ratio("lookups policy / direct", "dns_policy_per_second", "dns_direct_per_second", 0.5)
 ratio("lookups TTL 0 policy / direct", "fresh_policy_per_second", "fresh_direct_per_second")
+ratio("bulk relayed / direct", "bulk_relayed", "bulk_direct")
+ratio("connections relayed / direct", "rate_relayed_per_second", "rate_direct_per_second")
 ratio("bulk CONNECT / direct", "bulk_connect", "bulk_direct")
 ratio("connections CONNECT / direct", "rate_connect_per_second", "rate_direct_per_second")
 if baseline("rate_connect_per_second") in m:

@@ -89,3 +89,13 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The start of what `fetch-direct` prints for a 200 from `server` (`HOST:PORT`): the peer it
+/// saw, which is the server, or on a relaying path the supervisor's hand-off listener on the
+/// sandbox's loopback (any port).
+pub fn fetched_from(server: &str, relayed: bool) -> String {
+    match relayed {
+        false => format!("HTTP/1.1 200 OK from {server}"),
+        true => "HTTP/1.1 200 OK from 127.0.0.1:".to_owned(),
+    }
+}

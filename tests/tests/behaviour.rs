@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use openshell_tests::run::{self, Output, Pty, Setup, Stdin};
 use openshell_tests::scratch::{RUN_AS_AGENT, Scratch, give_to_agent};
-use openshell_tests::{FORWARDED_SIGNALS, bin, wait_until};
+use openshell_tests::{FORWARDED_SIGNALS, bin, fetched_from, wait_until};
 use serde_json::Value;
 
 /// A scratch directory with `rw/` (the agent's workdir, read-write and its own) and a policy.
@@ -982,14 +982,9 @@ fn own_connections_in_this_namespace() {
         }
         let relayed = said("TRANSPARENT EGRESS RELAYED") || said("transparent egress relayed");
         assert_eq!(out.code(), 0, "{setting}: {out:?}");
-        // The agent's peer: the server, or relayed, the supervisor's hand-off listener.
-        let peer = match relayed {
-            false => format!("{POD_ADDRESS}:{allowed}"),
-            true => "127.0.0.1:".to_owned(),
-        };
+        let server = format!("{POD_ADDRESS}:{allowed}");
         assert!(
-            out.stdout
-                .starts_with(&format!("HTTP/1.1 200 OK from {peer}")),
+            out.stdout.starts_with(&fetched_from(&server, relayed)),
             "{setting}: {out:?}"
         );
         assert_eq!(

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use openshell_tests::fetched_from;
+
 use crate::support::{
     EGRESS_SETTING, HOST, HOST_V6, Lab, executable, python, relayed, require_kernel, rule,
     transparent_direct, transparent_on,
@@ -86,14 +88,10 @@ fn a_rust_program_without_proxy_variables_connects_blocking() {
             return;
         }
         assert_eq!(run.code, 0, "{setting}: {run}");
-        // Its peer: the server, or relayed, the supervisor's hand-off listener.
-        let peer = match relayed(&run) {
-            false => format!("{HOST}:{PORT}"),
-            true => "127.0.0.1:".to_owned(),
-        };
+        let server = format!("{HOST}:{PORT}");
         assert!(
             run.stdout
-                .starts_with(&format!("HTTP/1.1 200 OK from {peer}")),
+                .starts_with(&fetched_from(&server, relayed(&run))),
             "{setting}: {run}"
         );
         assert_eq!(

@@ -487,8 +487,8 @@ async fn tunnel(
     let (host, port) = (target.host, target.port);
     let timeout = shared.settings.connect_timeout;
     // Relayed, the address the agent connected to (the one the policy resolver gave it,
-    // allowed at connect()); inspected, the name the connection gives.
-    let address = pending.to.ip().to_string();
+    // allowed at connect(); a v4-mapped one as IPv4); inspected, the name the connection gives.
+    let address = canonical_ip(pending.to.ip()).to_string();
     let dialled = match pending.route {
         Route::Relay => address.as_str(),
         Route::Inspect => host,

@@ -71,11 +71,13 @@ pub enum SandboxError {
     #[error("cannot start the egress proxy in the sandbox's network namespace: {0}")]
     Proxy(std::io::Error),
     /// Transparent egress is needed (the policy has `protocol: tcp` endpoints, or `direct`
-    /// was asked for) and cannot run.
-    #[error("{}", transparent_needed(endpoints, why))]
+    /// or `relay` was asked for) and cannot run.
+    #[error("{}", transparent_needed(endpoints, *setting, why))]
     Transparent {
         /// The `protocol: tcp` endpoints, if any.
         endpoints: String,
+        /// What was asked for.
+        setting: probe::Setting,
         /// Why it cannot run.
         why: String,
     },
@@ -87,11 +89,12 @@ pub enum SandboxError {
     Fence(#[from] ::landlock::RulesetError),
 }
 
-fn transparent_needed(endpoints: &str, why: &str) -> String {
+fn transparent_needed(endpoints: &str, setting: probe::Setting, why: &str) -> String {
     match endpoints.is_empty() {
         true => format!(
-            "{}=direct, and transparent egress cannot run: {why}",
-            probe::SETTING_VAR
+            "{}={}, and transparent egress cannot run: {why}",
+            probe::SETTING_VAR,
+            setting.name()
         ),
         false => format!(
             "the policy has protocol: tcp endpoints ({endpoints}), which need transparent \
@@ -252,8 +255,8 @@ pub fn prepare(
 
 /// The transparent path's plan, as [`probe::SETTING_VAR`] asks and the kernel allows; without
 /// one the agent's direct connections fail as before (no route), which is refused outright for
-/// a policy with `protocol: tcp` endpoints (reachable no other way) and when `direct` was
-/// asked for.
+/// a policy with `protocol: tcp` endpoints (reachable no other way) and when `direct` or
+/// `relay` was asked for.
 fn transparent_plan(
     policy: &Policy,
     kernel: &Kernel,
@@ -280,9 +283,10 @@ fn transparent_plan(
         Err(off) => off,
     };
     let direct_only = probe::direct_only(policy);
-    if !direct_only.is_empty() || setting == probe::Setting::Direct {
+    if !direct_only.is_empty() || setting.is_required() {
         return Err(SandboxError::Transparent {
             endpoints: direct_only,
+            setting,
             why: off.why(),
         });
     }

@@ -208,10 +208,14 @@ pub fn start(
         budget::FLOOR >> 10,
         settings.buffer_budget >> 20
     );
-    let recorded = bound.transparent.is_some();
+    let callers = match bound.transparent.as_ref().map(transparent::Bound::mode) {
+        None => caller::Callers::Holders,
+        Some(transparent::Mode::Direct) => caller::Callers::Recorded,
+        Some(transparent::Mode::Relay) => caller::Callers::RecordedSockets,
+    };
     let shared = Arc::new(connection::Shared {
         rules,
-        identifier: caller::Identifier::new(bound.diag, init, lineage, recorded)?,
+        identifier: caller::Identifier::new(bound.diag, init, lineage, callers)?,
         settings,
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         permits: Arc::new(Semaphore::new(settings.max_connections)),

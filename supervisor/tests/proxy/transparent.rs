@@ -57,6 +57,12 @@ fn by_name_and_by_address(path: Path) {
             &format!("host: v6.test.example, port: {PORT}"),
             &[&python],
         ),
+        // Allowed, and nothing listens there.
+        rule(
+            "closed",
+            &format!("host: api.test.example, port: {}", PORT + 3),
+            &[&python],
+        ),
     ]
     .concat();
     let policy = lab.policy("policy.yaml", &network);
@@ -70,6 +76,7 @@ fn by_name_and_by_address(path: Path) {
         &format!("{HOST}:{}/by-ip", PORT + 1),
         &format!("v6.test.example:{PORT}/v6"),
         &format!("api.test.example:{}/other-port", PORT + 2),
+        &format!("api.test.example:{}/closed", PORT + 3),
     ]);
     let (v4_peer, v6_peer) = match path {
         Path::Direct => {
@@ -93,6 +100,13 @@ fn by_name_and_by_address(path: Path) {
     assert_eq!(results[2]["status"], 200, "{run}");
     assert_eq!(results[2]["peer"][0], v6_peer, "{run}");
     assert_eq!(results[3]["error"], "ECONNREFUSED", "{run}");
+    // The server's own refusal: at connect(), or relayed (connect() is answered before the
+    // relay dials), as a reset rather than a clean end.
+    let closed = match path {
+        Path::Direct => "ECONNREFUSED",
+        Path::Relay => "ECONNRESET",
+    };
+    assert_eq!(results[4]["error"], closed, "{run}");
     assert_eq!(
         upstream.requests_on(PORT),
         ["GET /by-name HTTP/1.1", "GET /v6 HTTP/1.1"]
@@ -114,8 +128,9 @@ fn by_name_and_by_address(path: Path) {
             .is_some_and(|w| w.contains("api.test.example")),
         "the names tried: {line}"
     );
+    // The policy allowed the closed port too.
     let allowed = run.events("allowed", "transparent");
-    assert_eq!(allowed.len(), 3, "{run}");
+    assert_eq!(allowed.len(), 4, "{run}");
 }
 
 #[test]

@@ -104,10 +104,25 @@ pub struct Identifier {
     pub pins: Pins,
     /// Who connected each socket, when the supervisor sees every `connect()`.
     pub records: Records,
-    /// Whether [`Identifier::records`] are the callers (else the socket's holders are).
-    recorded: bool,
+    /// Where the callers come from.
+    callers: Callers,
     /// Init's children seen in a system call, by pid: [`Identifier::chain_in_call`].
     known: Mutex<HashMap<u32, Known>>,
+}
+
+/// Where the proxy learns who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callers {
+    /// Every process holding the client's socket (found in /proc): without the transparent
+    /// path, which is what sees the `connect()` calls.
+    Holders,
+    /// The process that connected it: every `connect()` of the sandbox is made through the
+    /// supervisor, which records its caller in [`Identifier::records`] by the socket's
+    /// address (with the TCP fence, no other socket can come to connect from it).
+    Recorded,
+    /// The same, and the connection must come from the very socket recorded (its inode):
+    /// without the fence, another socket can connect from the recorded address.
+    RecordedSockets,
 }
 
 /// A child of init whose chain is itself alone, and what says it still is.
@@ -121,14 +136,13 @@ struct Known {
 }
 
 impl Identifier {
-    /// An identifier for the sandbox whose init is `init`. `recorded`: every `connect()` of
-    /// the sandbox is made through the supervisor, which records its caller in
-    /// [`Identifier::records`]; the proxy then credits the connecting process.
+    /// An identifier for the sandbox whose init is `init`, finding its callers as `callers`
+    /// says.
     pub fn new(
         diag: OwnedFd,
         init: u32,
         lineage: Arc<Lineage>,
-        recorded: bool,
+        callers: Callers,
     ) -> io::Result<Identifier> {
         let pidns = fs::metadata(format!("/proc/{init}/ns/pid"))?.ino();
         let enumeration = match fs::metadata(format!("/proc/{init}/task/{init}/children")) {
@@ -143,15 +157,15 @@ impl Identifier {
             lineage,
             pins: Pins::default(),
             records: Records::default(),
-            recorded,
+            callers,
             known: Mutex::default(),
         })
     }
 
-    /// Whether callers are read from the records (a table lookup that never blocks) rather
-    /// than found among the socket's holders (a scan of /proc).
+    /// Whether callers are read from the records (a table lookup, and at most one `sock_diag`
+    /// question) rather than found among the socket's holders (a scan of /proc).
     pub fn is_recorded(&self) -> bool {
-        self.recorded
+        self.callers != Callers::Holders
     }
 
     /// The callers behind the client socket `client` → `proxy`, each with its chain of
@@ -162,12 +176,17 @@ impl Identifier {
         client: SocketAddr,
         proxy: SocketAddr,
     ) -> Result<Vec<Vec<Process>>, CallerError> {
-        if self.recorded {
-            let recorded = self.records.get(client).ok_or(CallerError::Unrecorded)?;
-            if let Some(socket) = recorded.socket {
+        let recorded = || self.records.get(client).ok_or(CallerError::Unrecorded);
+        match self.callers {
+            Callers::Holders => {}
+            Callers::Recorded => return Ok(vec![recorded()?.chain]),
+            Callers::RecordedSockets => {
+                let recorded = recorded()?;
+                // A record without a socket (the resolver's) names no connection to the proxy.
+                let socket = recorded.socket.ok_or(CallerError::Unrecorded)?;
                 self.comes_from(client, proxy, socket)?;
+                return Ok(vec![recorded.chain]);
             }
-            return Ok(vec![recorded.chain]);
         }
         let inode = self.client_socket(client, proxy)?;
         let owners = self.owners(inode).map_err(CallerError::Scan)?;
@@ -490,7 +509,7 @@ mod tests {
         let diag = sock_diag::diag_socket().unwrap();
         let scanning = Identifier {
             enumeration: Enumeration::Scan,
-            ..Identifier::new(diag, me, Arc::default(), false).unwrap()
+            ..Identifier::new(diag, me, Arc::default(), Callers::Holders).unwrap()
         };
         let scanned = scanning.sandbox_pids().unwrap();
         // The scan keeps the processes of the same PID namespace: ours, so it finds at least
@@ -574,8 +593,19 @@ mod tests {
     fn a_recorded_address_taken_over_by_another_socket_is_not_credited() {
         use nix::sys::socket::{SockaddrIn, connect, getsockname};
         let me = std::process::id();
-        let identifier =
-            Identifier::new(sock_diag::diag_socket().unwrap(), me, Arc::default(), true).unwrap();
+        let identifier = |callers| {
+            Identifier::new(
+                sock_diag::diag_socket().unwrap(),
+                me,
+                Arc::default(),
+                callers,
+            )
+            .unwrap()
+        };
+        let (by_address, by_socket) = (
+            identifier(Callers::Recorded),
+            identifier(Callers::RecordedSockets),
+        );
         let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let std::net::SocketAddr::V4(to) = proxy.local_addr().unwrap() else {
             unreachable!()
@@ -587,32 +617,39 @@ mod tests {
         let local = SocketAddr::from((local.ip(), local.port()));
         let impostor = reusing(local);
         connect(impostor.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
-        let inode = |fd: &OwnedFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let inode = |fd: &OwnedFd| Some(nix::sys::stat::fstat(fd).unwrap().st_ino);
         let allowed = vec![Process {
             pid: 1,
             start: 1,
             exe: "/usr/bin/allowed".into(),
         }];
-        let credited = |socket| {
+        let credited = |identifier: &Identifier, socket| {
             identifier.records.record(local, allowed.clone(), socket);
             identifier.callers(local, SocketAddr::V4(to))
         };
-        // By address alone (what a record without the socket trusts), the impostor is the
-        // recorded caller: the attack works.
-        assert_eq!(credited(None).unwrap(), vec![allowed.clone()]);
+        // By address alone, the impostor is the recorded caller: the attack works.
+        assert_eq!(
+            credited(&by_address, inode(&recorded)).unwrap(),
+            vec![allowed.clone()]
+        );
         assert!(matches!(
-            credited(Some(inode(&recorded))),
+            credited(&by_socket, inode(&recorded)),
             Err(CallerError::Impostor)
+        ));
+        // A record that names no socket (the resolver's) credits nobody.
+        assert!(matches!(
+            credited(&by_socket, None),
+            Err(CallerError::Unrecorded)
         ));
         // The socket recorded is the one connected: credited.
         assert_eq!(
-            credited(Some(inode(&impostor))).unwrap(),
+            credited(&by_socket, inode(&impostor)).unwrap(),
             vec![allowed.clone()]
         );
         // Closed before the proxy asked: nobody to credit.
         drop(impostor);
         assert!(matches!(
-            credited(Some(inode(&recorded))),
+            credited(&by_socket, inode(&recorded)),
             Err(CallerError::Abandoned | CallerError::Impostor)
         ));
     }
@@ -620,8 +657,13 @@ mod tests {
     #[test]
     fn a_kept_chain_follows_its_process_into_another_program() {
         let me = std::process::id();
-        let identifier =
-            Identifier::new(sock_diag::diag_socket().unwrap(), me, Arc::default(), false).unwrap();
+        let identifier = Identifier::new(
+            sock_diag::diag_socket().unwrap(),
+            me,
+            Arc::default(),
+            Callers::Holders,
+        )
+        .unwrap();
         let sleep = fs::canonicalize("/bin/sleep").unwrap();
         let sh = fs::canonicalize("/bin/sh").unwrap();
         let mut child = exec_on_cue(&sh, &format!("exec {} 60", sleep.display()));
@@ -647,7 +689,7 @@ mod tests {
             sock_diag::diag_socket().unwrap(),
             me,
             lineage.clone(),
-            false,
+            Callers::Holders,
         )
         .unwrap();
         // Two names of one file: the same key, and a policy that matches paths tells them

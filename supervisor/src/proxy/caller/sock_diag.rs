@@ -10,6 +10,7 @@ const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const INET_DIAG_NOCOOKIE: u32 = !0;
 
 #[repr(C)]
@@ -160,16 +161,21 @@ fn exchange(diag: &OwnedFd, request: &Request) -> io::Result<([u64; 128], usize)
     }
     // SAFETY: the buffer holds at least a header; it is 8-byte aligned and plain old data.
     let header = unsafe { *reply.as_ptr().cast::<NlMsgHdr>() };
-    if header.kind == NLMSG_ERROR {
-        // SAFETY: an error message carries an i32 errno right after the header.
-        let errno = unsafe {
+    // An error message carries a negative errno right after the header; so does the end of a
+    // dump that failed (no `tcp_diag`, with `inet_diag` loaded).
+    if matches!(header.kind, NLMSG_ERROR | NLMSG_DONE) && got >= size_of::<NlMsgHdr>() as isize + 4
+    {
+        // SAFETY: checked above that four bytes follow the header.
+        let code = unsafe {
             *reply
                 .as_ptr()
                 .cast::<u8>()
                 .add(size_of::<NlMsgHdr>())
                 .cast::<i32>()
         };
-        return Err(io::Error::from_raw_os_error(-errno));
+        if code < 0 {
+            return Err(io::Error::from_raw_os_error(-code));
+        }
     }
     Ok((reply, got as usize))
 }

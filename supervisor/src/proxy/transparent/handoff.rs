@@ -1,6 +1,6 @@
 //! Direct connections to inspected endpoints: handed to the L7 engine instead of dialled; and,
-//! on a relaying path (no TCP fence), every allowed direct connection, relayed to the address
-//! the agent chose ([`Route::Relay`]).
+//! on a relaying path (no TCP fence), every other allowed direct connection, relayed to the
+//! address the agent chose ([`Route::Relay`]).
 //!
 //! A connection handed out directly carries whatever the agent sends, so an endpoint with L7
 //! rules is never reached that way. The agent's `connect()` instead connects its own socket
@@ -80,7 +80,7 @@ pub enum Route {
     /// address): the connection goes to the name it gives.
     Inspect,
     /// The relay of a path without the TCP fence: a tunnel to the very address the agent
-    /// connected to, which the policy allowed at `connect()`.
+    /// connected to, which the policy allowed at `connect()` (and the allowed line logged).
     Relay,
 }
 
@@ -227,8 +227,9 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let Some(pending) = handoff.claim(peer) else {
-        // Only the supervisor connects here: an entry removed already belongs to a connect
-        // that failed (and was answered so) while the kernel still completed it.
+        // An entry removed already belongs to a connect that failed (and was answered so)
+        // while the kernel still completed it; without the fence, it may also be a connect
+        // slipped past the supervisor.
         tracing::debug!(layer = "transparent", %peer, "hand-off connection with no entry");
         return;
     };
@@ -473,17 +474,11 @@ struct Target<'a> {
 async fn tunnel(
     shared: &Shared,
     pending: &Pending,
-    mut client: TcpStream,
+    client: TcpStream,
     target: &Target<'_>,
     endpoints: &[&Endpoint],
     early: &[u8],
 ) {
-    let pipes = match (shared.pipes.take(), shared.pipes.take()) {
-        (Ok(up), Ok(down)) => [up, down],
-        (Err(e), _) | (_, Err(e)) => {
-            return tracing::error!(layer = "transparent", "cannot relay a connection: {e}");
-        }
-    };
     let (host, port) = (target.host, target.port);
     let timeout = shared.settings.connect_timeout;
     // Relayed, the address the agent connected to (the one the policy resolver gave it,
@@ -493,17 +488,40 @@ async fn tunnel(
         Route::Relay => address.as_str(),
         Route::Inspect => host,
     };
-    let mut upstream = match dial::dial(timeout, dialled, port, endpoints).await {
+    let upstream = match dial::dial(timeout, dialled, port, endpoints).await {
         Ok(upstream) => upstream,
-        Err(DialFailure::Refused(why)) => return refuse(shared, pending, Some(target.host), &why),
-        Err(DialFailure::Unreachable(why)) => {
-            return tracing::warn!(layer = "transparent", host, port, "{why}");
-        }
-        Err(DialFailure::Overloaded(e)) => {
-            return tracing::error!(layer = "transparent", "cannot dial {host}: {e}");
+        Err(failure) => {
+            // Relayed, the agent's connect() succeeded already: a reset, not a clean end,
+            // says the server was never reached.
+            if pending.route == Route::Relay {
+                let _ = client.set_zero_linger();
+            }
+            return match failure {
+                DialFailure::Refused(why) => refuse(shared, pending, Some(target.host), &why),
+                DialFailure::Unreachable(why) => {
+                    tracing::warn!(layer = "transparent", host, port, "{why}");
+                }
+                DialFailure::Overloaded(e) => {
+                    tracing::error!(layer = "transparent", "cannot dial {host}: {e}");
+                }
+            };
         }
     };
-    super::log_allowed(target.caller, host, pending.to, target.rule);
+    if pending.route == Route::Inspect {
+        super::log_allowed(target.caller, host, pending.to, target.rule);
+    }
+    carry(shared, client, upstream, early).await;
+}
+
+/// Carries bytes between `client` and `upstream` until either ends, `early` (what was read
+/// from the client already) sent first.
+async fn carry(shared: &Shared, mut client: TcpStream, mut upstream: TcpStream, early: &[u8]) {
+    let pipes = match (shared.pipes.take(), shared.pipes.take()) {
+        (Ok(up), Ok(down)) => [up, down],
+        (Err(e), _) | (_, Err(e)) => {
+            return tracing::error!(layer = "transparent", "cannot relay a connection: {e}");
+        }
+    };
     if upstream.write_all(early).await.is_ok() {
         let idle = shared.settings.idle_timeout;
         let _ = relay::tunnel(&client, &upstream, &pipes, idle).await;

@@ -12,7 +12,8 @@
 //!   SECCOMP_IOCTL_NOTIF_ADDFD: the connection replaces fd, connect() returns 0/EINPROGRESS
 //! ```
 //!
-//! From then on the agent talks to the server directly: no relay, no copy. A denial answers
+//! From then on the agent talks to the server directly: no relay, no copy (where the kernel
+//! has the TCP fence; see "Relayed" below). A denial answers
 //! ECONNREFUSED at once and is logged with pid, exe, destination, the names tried and why.
 //! A connection to an inspected (L7) endpoint is not dialled: the agent's socket is connected
 //! to the L7 engine instead, which decides each request as on the CONNECT path ([`handoff`]).
@@ -115,6 +116,13 @@ pub struct Bound {
     netns: u64,
 }
 
+impl Bound {
+    /// How the path runs.
+    pub fn mode(&self) -> Mode {
+        self.plan.mode
+    }
+}
+
 /// In the sandbox's namespace (on the thread that made it): makes the nameserver addresses
 /// local and binds the resolver on each, UDP and TCP, port 53; and the hand-off listener
 /// when the policy has inspected endpoints or the path relays.
@@ -185,6 +193,8 @@ pub struct Transparent {
     /// Where connections to inspected endpoints go, when the policy has any, and every
     /// allowed connection when the path relays.
     handoff: Option<Arc<Handoff>>,
+    /// Whether the policy has inspected endpoints.
+    inspect: bool,
     mode: Mode,
     /// The callers' pidfds, kept (in the serving threads' descriptor table, the only one
     /// this handler runs in).
@@ -244,6 +254,7 @@ pub fn start(bound: Bound, shared: Arc<Shared>) -> io::Result<Arc<Transparent>> 
         limiter: RateLimit::new(50, Duration::from_secs(1)),
         defaults: Default::default(),
         handoff,
+        inspect: bound.plan.inspect,
         mode: bound.plan.mode,
         threads: socket::Threads::default(),
     }))
@@ -367,13 +378,9 @@ impl Transparent {
             return notice.fail(libc::EAFNOSUPPORT);
         }
         if ours {
-            // A handed-out connection asked to connect again: say what the kernel says of
-            // it; never let the kernel connect it (that would be from the pod's namespace).
-            return match socket::tcp_state(fd.as_fd()) {
-                State::Established => notice.fail(libc::EISCONN),
-                State::Connecting => notice.fail(libc::EALREADY),
-                State::Idle => self.remote(notice, caller, fd, kind, to),
-            };
+            // A handed-out connection asked to connect again: never let the kernel connect it
+            // (that would be from the pod's namespace).
+            return self.unless_connected(notice, caller, fd, kind, to);
         }
         if kind.kind == libc::SOCK_DGRAM && self.is_local(to.ip()) {
             return self.local_datagram(notice, caller, fd, kind, to);
@@ -390,7 +397,26 @@ impl Transparent {
             }
             self.local_stream(notice, caller, fd, kind, to);
         } else {
-            self.remote(notice, caller, fd, kind, to);
+            self.unless_connected(notice, caller, fd, kind, to);
+        }
+    }
+
+    /// A TCP `connect()` out of the sandbox, unless the socket is connected or connecting
+    /// already: then it gets what the kernel says of such a socket, and no second decision or
+    /// connection (a relayed socket is connected to the hand-off listener; a handed-out one to
+    /// its server).
+    fn unless_connected(
+        self: &Arc<Self>,
+        notice: Notice,
+        caller: Caller,
+        fd: OwnedFd,
+        kind: Kind,
+        to: SocketAddr,
+    ) {
+        match socket::tcp_state(fd.as_fd()) {
+            State::Established => notice.fail(libc::EISCONN),
+            State::Connecting => notice.fail(libc::EALREADY),
+            State::Idle => self.remote(notice, caller, fd, kind, to),
         }
     }
 
@@ -409,28 +435,34 @@ impl Transparent {
             && to.port() == 53
             && let Some(local) = socket::local_address(fd.as_fd())
         {
-            self.record(local, caller, to, fd.as_fd());
+            self.record_asker(local, caller);
         }
         answer(notice, result);
     }
 
-    /// Records who connected the socket whose address is `local` to `to`: for the proxy the
-    /// whole chain the policy credits, for the resolver (which only names who asked) the
-    /// process alone. Relaying (no TCP fence), a connection to the proxy is credited only if
-    /// it comes from this very socket, `fd` (see handoff.rs).
-    fn record(&self, local: SocketAddr, caller: Caller, to: SocketAddr, fd: BorrowedFd<'_>) {
+    /// Records who asked the resolver from the socket whose address is `local`: the process
+    /// alone (the resolver only names who asked).
+    fn record_asker(&self, local: SocketAddr, caller: Caller) {
         let identifier = &self.shared.identifier;
-        let (chain, socket) = match to.port() == super::PORT {
-            true => {
-                let socket = match self.mode {
-                    Mode::Relay => nix::sys::stat::fstat(fd).ok().map(|st| st.st_ino),
-                    Mode::Direct => None,
-                };
-                (identifier.chain(caller.tgid), socket)
-            }
-            false => (identifier.process(caller.tgid), None),
-        };
-        identifier.records.record(local, chain, socket);
+        let process = identifier.process(caller.tgid);
+        identifier.records.record(local, process, None);
+    }
+
+    /// Records who connected the socket `fd`, whose address is `local`, to the proxy: the
+    /// whole chain the policy credits. Relaying (no TCP fence), the proxy credits a connection
+    /// only if it comes from this very socket (see handoff.rs).
+    fn record_caller(
+        &self,
+        local: SocketAddr,
+        caller: Caller,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), Errno> {
+        let identifier = &self.shared.identifier;
+        let socket = self.proven_socket(fd)?;
+        identifier
+            .records
+            .record(local, identifier.chain(caller.tgid), socket);
+        Ok(())
     }
 
     /// A TCP `connect()` to the sandbox's own addresses, made on the agent's socket. For the
@@ -446,9 +478,14 @@ impl Transparent {
     ) {
         let address = socket::for_domain(to, kind.domain);
         if self.is_recorded_service(to) {
-            match socket::source_toward(fd.as_fd(), to.ip(), kind.domain) {
-                Ok(local) => self.record(local, caller, to, fd.as_fd()),
+            let local = match socket::source_toward(fd.as_fd(), to.ip(), kind.domain) {
+                Ok(local) => local,
                 Err(e) => return notice.fail(e as i32),
+            };
+            if to.port() != super::PORT {
+                self.record_asker(local, caller);
+            } else if let Err(e) = self.record_caller(local, caller, fd.as_fd()) {
+                return notice.fail(e as i32);
             }
         }
         self.connect_here(notice, fd, address, || ());
@@ -529,7 +566,7 @@ impl Transparent {
                     allowed.push((host.to_owned(), rule, endpoints, matched));
                     // Without inspected endpoints the first allowed name decides; with them,
                     // every allowed name counts (one sharing the address may be inspected).
-                    if self.handoff.is_none() {
+                    if !self.inspect {
                         break;
                     }
                 }
@@ -600,7 +637,8 @@ impl Transparent {
                 }
             }
             match (next, this.mode) {
-                (Next::Dial { host, .. }, Mode::Relay) => {
+                (Next::Dial { host, rule }, Mode::Relay) => {
+                    log_allowed(chain.first(), &host, to, &rule);
                     let route = handoff::Route::Relay;
                     this.hand_off(notice, agent, kind, to, vec![host], chain, route);
                 }
@@ -648,8 +686,8 @@ impl Transparent {
     }
 
     /// Connects the agent's socket to the hand-off listener, its destination, caller and
-    /// inode noted under its local address: the L7 engine or the relay serves it from there,
-    /// as `route` says (handoff.rs).
+    /// (relaying) inode noted under its local address: the L7 engine or the relay serves it
+    /// from there, as `route` says (handoff.rs).
     #[allow(clippy::too_many_arguments)]
     fn hand_off(
         self: &Arc<Self>,
@@ -677,12 +715,9 @@ impl Transparent {
             Err(e) => return notice.fail(e as i32),
         };
         // Without the fence, the connection must be proven to come from this very socket.
-        let socket = match self.mode {
-            Mode::Direct => None,
-            Mode::Relay => match nix::sys::stat::fstat(agent.as_fd()) {
-                Ok(st) => Some(st.st_ino),
-                Err(e) => return notice.fail(e as i32),
-            },
+        let socket = match self.proven_socket(agent.as_fd()) {
+            Ok(socket) => socket,
+            Err(e) => return notice.fail(e as i32),
         };
         let pending = Pending::new(to, hosts, chain, socket, route);
         if let Err(e) = handoff.register(local, pending) {
@@ -690,6 +725,15 @@ impl Transparent {
         }
         let address = socket::for_domain(listener, kind.domain);
         self.connect_here(notice, agent, address, move || handoff.cancel(local));
+    }
+
+    /// Without the TCP fence (relaying), the inode of the agent's socket `fd`, which a
+    /// connection said to come from it must prove it does; with the fence, nothing to prove.
+    fn proven_socket(&self, fd: BorrowedFd<'_>) -> Result<Option<u64>, Errno> {
+        match self.mode {
+            Mode::Direct => Ok(None),
+            Mode::Relay => nix::sys::stat::fstat(fd).map(|st| Some(st.st_ino)),
+        }
     }
 
     /// Dials `to` from the pod's namespace with the agent's socket options, and hands the
@@ -810,7 +854,7 @@ impl Transparent {
                 && kind.netns == self.netns
                 && let Ok(local) = socket::source_toward(fd.as_fd(), to.ip(), kind.domain)
             {
-                self.record(local, caller, to, fd.as_fd());
+                self.record_asker(local, caller);
             }
             return notice.proceed();
         }

@@ -18,13 +18,28 @@ pub enum Setting {
     Auto,
     /// Direct, or the sandbox does not start.
     Direct,
-    /// Relayed, whatever the kernel has.
+    /// Relayed, even where the kernel has the fence; or the sandbox does not start.
     Relay,
     /// No transparent path: only clients that use the proxy reach the network.
     Off,
 }
 
 impl Setting {
+    /// The value that asks for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Auto => "auto",
+            Setting::Direct => "direct",
+            Setting::Relay => "relay",
+            Setting::Off => "off",
+        }
+    }
+
+    /// Whether the sandbox must not start without the mode asked for.
+    pub fn is_required(self) -> bool {
+        matches!(self, Setting::Direct | Setting::Relay)
+    }
+
     /// The setting from the environment; an unknown value is an error naming the variable.
     pub fn from_env() -> Result<Setting, String> {
         match std::env::var(SETTING_VAR) {
@@ -270,9 +285,10 @@ pub fn describe(
          the sandbox has no DNS, and protocol: tcp endpoints are refused",
         off.why()
     );
-    if let (Setting::Direct, Off::Missing(_)) = (setting, &off) {
+    if setting.is_required() {
         problems.push(format!(
-            "{SETTING_VAR}=direct, and transparent egress cannot run here ({})",
+            "{SETTING_VAR}={}, and transparent egress cannot run here ({})",
+            setting.name(),
             off.why()
         ));
         return;

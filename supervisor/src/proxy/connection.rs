@@ -199,7 +199,8 @@ async fn exchange(
     let denied = |callers: &[Vec<Process>], error: &str, reason: &str| {
         deny(shared, callers, &what, host, port, error, reason)
     };
-    // Recorded at connect(), the caller is a table lookup. Without records, usually a few
+    // Recorded at connect(), the caller is a table lookup (relayed, and one sock_diag
+    // question, which the kernel answers at once). Without records, usually a few
     // dozen /proc reads, but proportional to the fds the sandbox holds: on a worker thread, so
     // a sandbox holding a million sockets slows only its own requests, not the runtime that
     // also forwards signals. The workers exist before the agent runs (an agent at its pids

@@ -27,8 +27,9 @@
 //! agent socket registered under it. Without the fence (a relaying path) a process can slip a
 //! connect of its own past the supervisor, so there the connection claiming an entry must
 //! also come from the very socket registered (its inode, asked of `sock_diag`): no other
-//! socket or process can claim an entry, fence or no fence. Entries are removed when claimed or when the connect fails; the table is
-//! bounded (stale entries, whose connection never arrived, go first when it is full).
+//! socket or process can claim an entry, fence or no fence. Entries are removed when claimed
+//! or when the connect fails; the table is bounded (stale entries, whose connection never
+//! arrived, go first when it is full).
 //!
 //! The caller's binaries are pinned at `connect()`, as for a connection dialled directly, and
 //! the engine dials upstream by name with the address guard, as for a CONNECT.

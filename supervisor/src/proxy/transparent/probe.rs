@@ -145,8 +145,8 @@ pub fn probe(notify: bool, landlock_abi: i32) -> Probe {
         .err()
         .map(|e| {
             format!(
-                "sock_diag for TCP sockets (inet_diag and tcp_diag; {e}): without the fence, the \
-                 relay must ask it which socket made each connection"
+                "sock_diag for TCP sockets (inet_diag and tcp_diag; {e}), which tells which \
+                 socket made a connection"
             )
         });
     Probe {
@@ -299,6 +299,16 @@ pub fn describe(
             "protocol: tcp endpoints ({direct_only}) need transparent egress, which is off here"
         ));
     }
+    // Without the records of the transparent path, the proxy finds its callers among the
+    // holders of the client's socket, which only sock_diag names.
+    if let Some(no_diag) = &probe.no_diag
+        && !policy.network.is_empty()
+    {
+        problems.push(format!(
+            "the proxy cannot identify its callers without {no_diag}: it would refuse every \
+             request"
+        ));
+    }
 }
 
 /// The policy's `protocol: tcp` endpoints (reachable only through the transparent path), as
@@ -424,6 +434,20 @@ mod tests {
         );
         let (_, problems) = describe(&Probe::default(), Setting::Off);
         assert_eq!(problems.len(), 1, "{problems:?}");
+        // Off, the proxy needs sock_diag to find its callers.
+        let no_diag = Probe {
+            no_diag: Some("sock_diag for TCP sockets".to_owned()),
+            ..old.clone()
+        };
+        let (_, problems) = describe(&no_diag, Setting::Auto);
+        assert_eq!(
+            problems.last().map(String::as_str),
+            Some(
+                "the proxy cannot identify its callers without sock_diag for TCP sockets: it \
+                 would refuse every request"
+            ),
+            "{problems:?}"
+        );
         let (out, problems) = describe(&no_fence, Setting::Direct);
         assert!(out.contains("transparent egress: OFF (this kernel lacks Landlock ABI 4"));
         assert_eq!(

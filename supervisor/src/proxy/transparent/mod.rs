@@ -379,8 +379,8 @@ impl Transparent {
         }
         if ours {
             // A handed-out connection asked to connect again: never let the kernel connect it
-            // (that would be from the pod's namespace).
-            return self.unless_connected(notice, caller, fd, kind, to);
+            // (that would be from the pod's namespace); `remote` says what the kernel would.
+            return self.remote(notice, caller, fd, kind, to);
         }
         if kind.kind == libc::SOCK_DGRAM && self.is_local(to.ip()) {
             return self.local_datagram(notice, caller, fd, kind, to);
@@ -397,26 +397,7 @@ impl Transparent {
             }
             self.local_stream(notice, caller, fd, kind, to);
         } else {
-            self.unless_connected(notice, caller, fd, kind, to);
-        }
-    }
-
-    /// A TCP `connect()` out of the sandbox, unless the socket is connected or connecting
-    /// already: then it gets what the kernel says of such a socket, and no second decision or
-    /// connection (a relayed socket is connected to the hand-off listener; a handed-out one to
-    /// its server).
-    fn unless_connected(
-        self: &Arc<Self>,
-        notice: Notice,
-        caller: Caller,
-        fd: OwnedFd,
-        kind: Kind,
-        to: SocketAddr,
-    ) {
-        match socket::tcp_state(fd.as_fd()) {
-            State::Established => notice.fail(libc::EISCONN),
-            State::Connecting => notice.fail(libc::EALREADY),
-            State::Idle => self.remote(notice, caller, fd, kind, to),
+            self.remote(notice, caller, fd, kind, to);
         }
     }
 
@@ -532,8 +513,9 @@ impl Transparent {
         }
     }
 
-    /// A connection out of the sandbox: decided, then dialled from the pod and handed over,
-    /// or, for an inspected endpoint, handed to the L7 engine.
+    /// A connection out of the sandbox: decided, then dialled from the pod and handed over
+    /// (relaying: connected to the relay), or, for an inspected endpoint, handed to the L7
+    /// engine; unless the socket is connected or connecting already.
     fn remote(
         self: &Arc<Self>,
         notice: Notice,
@@ -542,6 +524,13 @@ impl Transparent {
         kind: Kind,
         to: SocketAddr,
     ) {
+        // Connected or connecting already (relayed, to the hand-off listener; handed out, to
+        // its server): what the kernel says of such a socket, and no second decision.
+        match socket::tcp_state(agent.as_fd()) {
+            State::Established => return notice.fail(libc::EISCONN),
+            State::Connecting => return notice.fail(libc::EALREADY),
+            State::Idle => {}
+        }
         let identifier = &self.shared.identifier;
         let key = pinning::exe_key(caller.tgid);
         let chain = identifier.chain_in_call(caller.tgid, caller.ppid, key.as_ref());

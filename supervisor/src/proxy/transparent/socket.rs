@@ -23,6 +23,7 @@ const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 pub const SO_NETNS_COOKIE: i32 = 71;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: u8 = 7;
 
 /// `PIDFD_GET_INFO` (Linux 6.13): a pidfd's pid, thread group and parent, in one ioctl.
 const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
@@ -293,14 +294,16 @@ pub enum State {
     Idle,
 }
 
-/// The state of TCP socket `fd`.
+/// The state of TCP socket `fd`. One call for a new socket (every `connect()` asks): the
+/// peer is looked up only in the states that may or may not have one (closing, listening).
 pub fn tcp_state(fd: BorrowedFd<'_>) -> State {
-    if nix::sys::socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).is_ok() {
-        return State::Established;
-    }
     match get_raw(fd, libc::IPPROTO_TCP, libc::TCP_INFO).and_then(|i| i.first().copied()) {
         Some(TCP_ESTABLISHED) => State::Established,
         Some(TCP_SYN_SENT) => State::Connecting,
+        Some(TCP_CLOSE) => State::Idle,
+        _ if nix::sys::socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).is_ok() => {
+            State::Established
+        }
         _ => State::Idle,
     }
 }
@@ -508,6 +511,21 @@ mod tests {
     /// The inode of the socket behind `fd`.
     fn inode(fd: BorrowedFd<'_>) -> u64 {
         nix::sys::stat::fstat(fd).expect("fstat").st_ino
+    }
+
+    #[test]
+    fn tcp_state_of_new_listening_connected_and_half_closed_sockets() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let new = new_like(&Kind::of(listener.as_fd()).unwrap()).unwrap();
+        assert_eq!(tcp_state(new.as_fd()), State::Idle);
+        assert_eq!(tcp_state(listener.as_fd()), State::Idle);
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(tcp_state(client.as_fd()), State::Established);
+        // The server closes: the client, in CLOSE_WAIT, still has its peer.
+        drop(listener.accept().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(tcp_state(client.as_fd()), State::Established);
     }
 
     #[test]

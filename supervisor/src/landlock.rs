@@ -232,16 +232,9 @@ impl Prepared {
     /// the kernel enforces all of it. Needs no_new_privs (or CAP_SYS_ADMIN, which the agent no
     /// longer has).
     pub fn restrict(&mut self) -> Result<(), Failure> {
-        let Some(ruleset) = self.ruleset.take() else {
-            return Ok(());
-        };
-        match ruleset.restrict_self() {
-            Ok(RestrictionStatus {
-                ruleset: RulesetStatus::FullyEnforced,
-                ..
-            }) => Ok(()),
-            Ok(_) => Err(Failure::NotEnforced),
-            Err(e) => Err(Failure::Step("landlock_restrict_self", errno(&e))),
+        match self.ruleset.take() {
+            Some(ruleset) => enforce(ruleset, "landlock_restrict_self"),
+            None => Ok(()),
         }
     }
 
@@ -272,7 +265,20 @@ fn for_type(
 }
 
 /// The errno behind a crate error (EINVAL when it carries none).
-pub(crate) fn errno(error: &(dyn std::error::Error + 'static)) -> Errno {
+/// Enforces `ruleset` on the calling thread and its future children, and checks that the
+/// kernel enforces all of it; `step` names the call in an error.
+pub(crate) fn enforce(ruleset: RulesetCreated, step: &'static str) -> Result<(), Failure> {
+    match ruleset.restrict_self() {
+        Ok(RestrictionStatus {
+            ruleset: RulesetStatus::FullyEnforced,
+            ..
+        }) => Ok(()),
+        Ok(_) => Err(Failure::NotEnforced),
+        Err(e) => Err(Failure::Step(step, errno(&e))),
+    }
+}
+
+fn errno(error: &(dyn std::error::Error + 'static)) -> Errno {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if let Some(io) = e.downcast_ref::<std::io::Error>()

@@ -193,14 +193,14 @@ agent_tests!(
     tool_call_outside_the_policy_is_refused => tool_call_outside_the_policy,
 );
 
+/// bubblewrap's message when it cannot make a namespace.
+const NO_NAMESPACE: &str = "bwrap: No permissions to create new namespace";
+
 /// Codex's own sandbox for the commands it runs (its bundled bubblewrap, which needs user
 /// namespaces) cannot start inside ours, which refuses creating namespaces: the command does
 /// not run, and the supervisor logs the refusal with bubblewrap as the culprit. Hence
 /// `--sandbox danger-full-access` in the one-shot runs above (and in the README). Unconfined
 /// (the baseline), bubblewrap gets past its namespaces.
-/// bubblewrap's message when it cannot make a namespace.
-const NO_NAMESPACE: &str = "bwrap: No permissions to create new namespace";
-
 #[test]
 fn codex_own_sandbox_is_refused_inside_ours() {
     let agent = Agent::Codex;

@@ -114,12 +114,16 @@ fn re_parenting_through_a_subreaper_is_refused() {
     // Unconfined, the trick works (the baseline): the process becomes a subreaper, execs the
     // allowed program, and adopts the grandchild orphaned meanwhile, which then has the
     // allowed program for a parent. Confined, the prctl is refused, so the orphaned curl
-    // goes to the sandbox's init and nobody lends it an identity.
+    // goes to the sandbox's init and nobody lends it an identity. The baseline orphans the
+    // grandchild only once the shell has become the allowed program (its command line says
+    // so, within 10 s): a slow start of python must not make the baseline fail.
     let baseline = std::process::Command::new("/bin/sh")
         .current_dir(lab.dir())
         .args([
             "-c",
-            "( sleep 0.2; ( sleep 0.2; read -r _ _ _ ppid _ < /proc/self/stat; \
+            "( i=0; until tr '\\0' ' ' < /proc/$$/cmdline | grep -q '^/bin/sh -c echo'; do \
+                 i=$((i + 1)); [ $i -gt 200 ] && break; sleep 0.05; done; \
+               ( sleep 0.2; read -r _ _ _ ppid _ < /proc/self/stat; \
                echo \"orphan's parent $ppid\" ) & ) &
              exec /usr/bin/python3 agent.py subreaper_then_exec /bin/sh -c \
                'echo \"subreaper $$\"; sleep 0.8'",

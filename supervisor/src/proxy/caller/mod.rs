@@ -670,6 +670,11 @@ mod tests {
         // Kept on the first call, reused on the second.
         let before = chain_now(&identifier, child.id());
         assert_eq!(before, [sh.display().to_string()]);
+        let kept = identifier.known.lock().unwrap()[&child.id()]
+            .process
+            .exe
+            .clone();
+        assert_eq!(kept, sh.display().to_string());
         assert_eq!(chain_now(&identifier, child.id()), before);
         // An exec the lineage never heard of (the count of execs is unchanged): the kept chain
         // must not outlive the program, which its executable's key shows.

@@ -22,13 +22,13 @@
 use std::os::fd::AsRawFd;
 
 use landlock::{
-    ABI, Access, AccessNet, CompatLevel, Compatible, RestrictionStatus, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetStatus,
+    ABI, Access, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
 
-use crate::landlock::{Failure, errno};
+use crate::landlock::{Failure, enforce};
 
 /// The Landlock ABI that handles TCP bind and connect.
 pub const MIN_ABI: i32 = 4;
@@ -44,7 +44,9 @@ pub fn prepare() -> Result<Fence, landlock::RulesetError> {
     let ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(AccessNet::from_all(ABI::V4))?
-        .create()?;
+        .create()?
+        // child.rs sets it once, before every Landlock layer: no second prctl.
+        .no_new_privs(false);
     Ok(Fence { ruleset })
 }
 
@@ -54,14 +56,7 @@ impl Fence {
     /// connect to the sandbox's own loopback is refused by Landlock (EACCES), not by the
     /// network.
     pub fn apply(self) -> Result<(), Failure> {
-        match self.ruleset.restrict_self() {
-            Ok(RestrictionStatus {
-                ruleset: RulesetStatus::FullyEnforced,
-                ..
-            }) => {}
-            Ok(_) => return Err(Failure::NotEnforced),
-            Err(e) => return Err(Failure::Step("enforcing the Landlock TCP fence", errno(&e))),
-        }
+        enforce(self.ruleset, "enforcing the Landlock TCP fence")?;
         let proving = |e| Failure::Step("proving the Landlock TCP fence", e);
         let sock = socket(
             AddressFamily::Inet,

@@ -7,8 +7,8 @@
 # 203.0.113.53, the pod's nameserver (a private mount namespace gives both sides the same
 # /etc/resolv.conf): bench.test -> 203.0.113.2 with a TTL of 5 s (CoreDNS's default for a
 # cluster's own names; names outside usually carry 30-300 s), and fresh.test, the same address
-# with a TTL of 0, which no resolver may keep: each of its lookups is asked upstream. The same client binaries run on
-# both sides of each comparison:
+# with a TTL of 0, which no resolver may keep: each of its lookups is asked upstream. The same
+# client binaries run on both sides of each comparison:
 #   direct       from the pod namespace, as root
 #   transparent  inside the sandbox (release build, started in the pod namespace), with no
 #                proxy: the connect() is intercepted and the real connection handed over

@@ -60,7 +60,7 @@ impl Thread {
     /// is rare enough to accept.
     fn open(tid: u32) -> io::Result<Thread> {
         match pidfd_open(tid, PIDFD_THREAD) {
-            Ok(pidfd) => Thread::of(Arc::new(pidfd), tid),
+            Ok(pidfd) => Thread::of(Arc::new(pidfd), tid, None),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let tgid = crate::procfs::tgid(tid).ok_or_else(gone)?;
                 Ok(Thread {
@@ -74,11 +74,13 @@ impl Thread {
         }
     }
 
-    /// Thread `tid` through `pidfd`, its own; ESRCH when the thread behind it is gone.
-    fn of(pidfd: Arc<OwnedFd>, tid: u32) -> io::Result<Thread> {
+    /// Thread `tid` through `pidfd`, its own, whose process may be `known` already (it does
+    /// not change while the pidfd answers); ESRCH when the thread behind it is gone.
+    fn of(pidfd: Arc<OwnedFd>, tid: u32, known: Option<u32>) -> io::Result<Thread> {
         let info = pidfd_info(&pidfd)?;
         let tgid = info
             .map(|(tgid, _)| tgid)
+            .or(known)
             .or_else(|| crate::procfs::tgid(tid))
             .ok_or_else(gone)?;
         Ok(Thread {
@@ -118,15 +120,17 @@ const MAX_KEPT: usize = 256;
 /// once that tid is reused.
 #[derive(Debug, Default)]
 pub struct Threads {
-    kept: Mutex<HashMap<u32, Arc<OwnedFd>>>,
+    /// By tid: the thread's pidfd and its process (before Linux 6.13 the pidfd cannot say).
+    kept: Mutex<HashMap<u32, (Arc<OwnedFd>, u32)>>,
 }
 
 impl Threads {
     /// Thread `tid`, which waits in a system call, with its fd `fd` taken.
     pub fn take(&self, tid: u32, fd: i32) -> io::Result<(Thread, OwnedFd)> {
         let kept = self.lock().get(&tid).cloned();
-        if let Some(pidfd) = kept {
-            let thread = Thread::of(pidfd, tid);
+        if let Some((pidfd, tgid)) = kept {
+            // A thread that has ended fails here or in `take` with ESRCH.
+            let thread = Thread::of(pidfd, tid, Some(tgid));
             match thread.and_then(|t| t.take(fd).map(|socket| (t, socket))) {
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                     self.lock().remove(&tid);
@@ -141,12 +145,12 @@ impl Threads {
             if kept.len() >= MAX_KEPT {
                 kept.clear();
             }
-            kept.insert(tid, Arc::clone(&thread.pidfd));
+            kept.insert(tid, (Arc::clone(&thread.pidfd), thread.tgid));
         }
         Ok((thread, socket))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<OwnedFd>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (Arc<OwnedFd>, u32)>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
